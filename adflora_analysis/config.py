@@ -1,0 +1,228 @@
+"""Typed experiment configs from TOML files with ``key=value`` overrides (DESIGN §8).
+
+A config schema is a (nested) dataclass. :func:`load_config` reads a TOML file, applies dotted
+overrides (``topology.q=0.2``), and builds the dataclass, refusing unknown keys (with the closest
+valid name) and ill-typed values with one-line :class:`~adflora_analysis.errors.AdfloraError`\\ s.
+Checks that span fields live in the dataclass's ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from adflora_analysis.errors import AdfloraError, unknown_name
+
+T = TypeVar("T")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing or corrupt file is an :class:`AdfloraError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise AdfloraError(f"config file {str(p)!r} does not exist", "check the path")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise AdfloraError(f"config file {str(p)!r} is not valid TOML: {e}",
+                           "fix the syntax at the position named") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"topology.q=0.2"`` -> ``(["topology", "q"], 0.2)``; values parse as TOML, else string.
+
+    >>> parse_override("methods=['lora','rolora']")
+    (['methods'], ['lora', 'rolora'])
+    >>> parse_override("task=sst2")
+    (['task'], 'sst2')
+    """
+    if "=" not in item:
+        raise AdfloraError(f"override {item!r} is not key=value", "write e.g. rounds=50")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise AdfloraError(f"override {item!r} has an empty key", "write e.g. rounds=50")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key=value`` override set (dotted keys nest)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise AdfloraError(f"override {item!r}: {k!r} is not a table")
+        node[keys[-1]] = value
+    return out
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, checking keys and types recursively."""
+    if not isinstance(data, dict):
+        raise AdfloraError(f"{where or 'config'} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            err = unknown_name(f"config key{' in [' + where + ']' if where else ''}", key, fields)
+            raise err
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, path)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required key is missing
+        raise AdfloraError(f"{where or 'config'}: {e}", "add the missing key") from None
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except AdfloraError as e:
+                errors.append(e)
+        raise AdfloraError(f"config key {path!r} = {value!r} has the wrong type; "
+                           f"expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise unknown_name(f"value for {path!r}", value, [str(a) for a in get_args(tp)])
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise AdfloraError(f"config key {path!r} = {value!r} must be a list",
+                               f"write e.g. {path.split('.')[-1]} = [...]")
+        (arg, *_rest) = get_args(tp) or (Any,)
+        return [_coerce(arg, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise AdfloraError(f"config key {path!r} must be a table")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise AdfloraError(f"config key {path!r} = {value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise AdfloraError(f"config key {path!r} = {value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AdfloraError(f"config key {path!r} = {value!r} must be a number")
+        if not math.isfinite(float(value)):
+            raise AdfloraError(f"config key {path!r} = {value!r} must be finite")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise AdfloraError(f"config key {path!r} = {value!r} must be a string")
+        return value
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in get_args(tp) if a is not type(None)]
+    return " or ".join(getattr(a, "__name__", str(a)) for a in args)
+
+
+def load_config(cls: type[T], path: str | Path | None = None,
+                overrides: list[str] | None = None, data: dict[str, Any] | None = None) -> T:
+    """Load ``cls`` from a TOML file (or ``data``), then apply ``key=value`` overrides."""
+    base = read_toml(path) if path is not None else dict(data or {})
+    return from_dict(cls, apply_overrides(base, overrides))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as a plain (nested) dict, for ``config.toml`` and comparisons."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Serialize a nested dict of scalars, lists and tables as TOML (None values are omitted).
+
+    >>> print(dump_toml({"n": 3, "t": {"q": 0.1, "g": "ring"}}).strip())
+    n = 3
+    <BLANKLINE>
+    [t]
+    q = 0.1
+    g = "ring"
+    """
+    lines: list[str] = []
+    _dump_table(data, [], lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _dump_table(data: dict[str, Any], prefix: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if prefix and (scalars or not tables):
+        lines.append("")
+        lines.append("[" + ".".join(_key(k) for k in prefix) + "]")
+    for k, v in scalars.items():
+        lines.append(f"{_key(k)} = {_value(v)}")
+    for k, v in tables.items():
+        _dump_table(v, [*prefix, k], lines)
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else f'"{k}"'
+
+
+def _value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        if isinstance(v, float) and not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, Path):
+        return json.dumps(str(v))
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (for refusing a resume).
+
+    >>> config_diff({"a": 1, "t": {"q": 0.1}}, {"a": 1, "t": {"q": 0.2}})
+    ['t.q']
+    """
+    keys = sorted(set(a) | set(b))
+    out: list[str] = []
+    for k in keys:
+        p = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, p + ".")
+        elif va != vb:
+            out.append(p)
+    return out

@@ -1,0 +1,35 @@
+"""User-facing errors: one line saying what is wrong and how to fix it.
+
+The CLI turns every :class:`AdfloraError` into a one-line message on stderr and exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AdfloraError(ValueError):
+    """Bad input or a state the user can fix. ``str(err)`` is the one-line message."""
+
+    def __init__(self, problem: str, hint: str | None = None):
+        self.problem = problem
+        self.hint = hint
+        super().__init__(problem if not hint else f"{problem} (hint: {hint})")
+
+
+class DivergenceError(AdfloraError):
+    """A run produced a non-finite value; what was written so far stays on disk."""
+
+
+def unknown_name(kind: str, name: str, valid: Iterable[str]) -> AdfloraError:
+    """Error for an unknown name, listing the valid ones and the closest match.
+
+    >>> str(unknown_name("graph", "rign", ["ring", "star"]))
+    "unknown graph 'rign'; valid: ring, star (hint: did you mean 'ring'?)"
+    """
+    valid = sorted(valid)
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else None
+    return AdfloraError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}", hint)
