@@ -1,0 +1,112 @@
+"""The one round loop shared by the synthetic testbed and the GLUE runner (DESIGN §1, §2).
+
+Round t: local update of the trained block(s) (K steps, done by the problem), gossip of the
+mixed block(s) with W^t, then metrics. The loop is a generator: the caller writes metrics and
+checkpoints between rounds and may stop early; a resumed run passes ``start_round`` and the
+checkpointed state. Randomness lives in the problem and the mixing schedule, both keyed by
+(seed, t), so resuming reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from adflora_analysis.core.gossip import MixFn, gossip, messages, mix_state
+from adflora_analysis.core.methods import MethodSpec
+from adflora_analysis.core.metrics import consensus_error, layer_metrics
+from adflora_analysis.core.state import LoraState
+from adflora_analysis.errors import DivergenceError
+
+
+class Problem(Protocol):
+    """What a testbed supplies to :func:`run_rounds`."""
+
+    def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int) -> LoraState:
+        """K local steps on ``blocks`` for every client at round ``t``; other blocks must come
+        back bit-identical."""
+
+    def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
+        """Extra per-round metrics, each of shape (*batch,) (e.g. loss, grad_norm_sq)."""
+
+
+@dataclass
+class RoundResult:
+    """What one round produced. Per-layer tensors are (*batch, L); scalars are (*batch,).
+
+    ``layer`` holds xi_A, xi_B, cross_term, product_consensus after gossip, and
+    ``xi_A_local``/``xi_B_local`` (after the local update, before gossip) and
+    ``disp_A``/``disp_B`` = ‖(I − J) Δ_t‖²_F / n, the consensus error of the round's local
+    displacement Δ_t (theory check 4). ``scalar`` holds the problem's metrics and ``bytes_sent``.
+    """
+
+    t: int
+    state: LoraState
+    trained: tuple[str, ...]
+    mixed: tuple[str, ...]
+    W: Tensor
+    layer: dict[str, Tensor]
+    scalar: dict[str, Tensor]
+
+
+def _per_layer(blocks: list[Tensor]) -> Tensor:
+    return torch.stack([consensus_error(x) for x in blocks], -1)
+
+
+def check_finite(state: LoraState, t: int, method: str, where: str) -> None:
+    """Raise :class:`DivergenceError` naming round, method and client at the first non-finite
+    value of ``state``."""
+    for name in ("A", "B"):
+        for li, X in enumerate(state.block(name)):
+            bad = ~torch.isfinite(X)
+            if bad.any():
+                idx = bad.flatten(-2).any(-1).nonzero()[0].tolist()
+                client = idx[-1]
+                batch = idx[:-1]
+                raise DivergenceError(
+                    f"non-finite {name} in layer {state.layers[li]} at round {t} {where} "
+                    f"(method {method}, client {client}"
+                    + (f", batch index {batch}" if batch else "") + ")",
+                    "lower the step size (lr); metrics up to the previous round are kept")
+
+
+def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
+               mixing: Callable[[int], Tensor], *, rounds: int, switch_interval: int | None = None,
+               start_round: int = 0, mix_fn: MixFn = gossip) -> Iterator[RoundResult]:
+    """Run rounds ``start_round .. rounds-1`` of method ``spec``; yield a :class:`RoundResult`
+    after each.
+
+    Parameters
+    ----------
+    problem : local updates and evaluation (synthetic quadratic or GLUE model).
+    spec : the method (which blocks train / gossip at round t).
+    state : client factors at the start of ``start_round``.
+    mixing : ``t -> W^t`` of shape (*batch, n, n) (see
+        :func:`adflora_analysis.core.gossip.mixing_schedule`).
+    switch_interval : T; the spec's default when None.
+    mix_fn : the gossip implementation (in-process einsum by default; the torch.distributed
+        backend supplies its own with the same semantics).
+    """
+    T = switch_interval or spec.default_switch_interval
+    for t in range(start_round, rounds):
+        trained = spec.trained_blocks(t, T)
+        mixed = spec.mixed_blocks(t, T)
+        before = state
+        state = problem.local_update(state, trained, t)
+        check_finite(state, t, spec.name, "after the local update")
+        disp = {f"disp_{b}": _per_layer([x - y for x, y in zip(state.block(b), before.block(b),
+                                                              strict=True)])
+                for b in ("A", "B")}
+        local = {f"xi_{b}_local": _per_layer(state.block(b)) for b in ("A", "B")}
+        W = mixing(t)
+        state = mix_state(state, W, mixed, mix_fn)
+        check_finite(state, t, spec.name, "after gossip")
+        layer = {**layer_metrics(state), **local, **disp}
+        scalar = dict(problem.evaluate(state, t))
+        msgs = messages(W).double()
+        scalar["bytes_sent"] = msgs * sum(state.bytes_per_client(b) for b in mixed)
+        yield RoundResult(t, state, trained, mixed, W, layer, scalar)

@@ -1,0 +1,104 @@
+"""Method specs: which LoRA blocks train and which are gossiped at round t (DESIGN §2).
+
+A method is data, not code: adding one is adding a :class:`MethodSpec` to :data:`METHODS`.
+The same specs drive the synthetic testbed and the GLUE runner through
+:func:`adflora_analysis.core.loop.run_rounds`. Centralized (server) variants are the same specs
+run with the ``server`` topology (W^t = J).
+
+>>> [get_method("adf-lora").trained_blocks(t, 2) for t in range(5)]
+[('B',), ('B',), ('A',), ('A',), ('B',)]
+>>> get_method("adf-lora").mixed_blocks(3, 2), get_method("rolora").mixed_blocks(3, 1)
+(('A', 'B'), ('A',))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from adflora_analysis.errors import AdfloraError, unknown_name
+
+BlockRule = Literal["phase", "A", "B", "AB"]
+
+
+def phase(t: int, switch_interval: int) -> str:
+    """Active factor at round ``t``: ``"B"`` for the first T rounds, then ``"A"``, alternating.
+
+    B comes first because B = 0 at init makes A's gradient zero (DESIGN §2).
+
+    >>> "".join(phase(t, 2) for t in range(8))
+    'BBAABBAA'
+    """
+    if switch_interval < 1:
+        raise AdfloraError(f"switch_interval T = {switch_interval} must be at least 1",
+                           "use T = 1 (switch every round) or more")
+    return "B" if (t // switch_interval) % 2 == 0 else "A"
+
+
+def _blocks(rule: BlockRule, t: int, switch_interval: int) -> tuple[str, ...]:
+    if rule == "phase":
+        return (phase(t, switch_interval),)
+    return tuple(rule)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One federated LoRA method.
+
+    Attributes
+    ----------
+    name : registry name used in configs (``methods = [...]``).
+    train : which blocks take local steps: ``"phase"`` (alternating by :func:`phase`), ``"A"``,
+        ``"B"`` or ``"AB"``.
+    mix : which blocks are gossiped every round (same vocabulary).
+    default_switch_interval : T used when the config gives none.
+    summary : one line for tables and reports.
+    """
+
+    name: str
+    train: BlockRule
+    mix: BlockRule
+    default_switch_interval: int
+    summary: str
+
+    def trained_blocks(self, t: int, switch_interval: int | None = None) -> tuple[str, ...]:
+        """Blocks updated by local steps at round ``t``."""
+        return _blocks(self.train, t, switch_interval or self.default_switch_interval)
+
+    def mixed_blocks(self, t: int, switch_interval: int | None = None) -> tuple[str, ...]:
+        """Blocks gossiped with W^t at round ``t``."""
+        return _blocks(self.mix, t, switch_interval or self.default_switch_interval)
+
+    @property
+    def alternates(self) -> bool:
+        """Whether the trained block switches with the phase (T matters)."""
+        return self.train == "phase"
+
+
+METHODS: dict[str, MethodSpec] = {
+    s.name: s
+    for s in (
+        MethodSpec("adf-lora", "phase", "AB", 5,
+                   "alternate the trained factor every T rounds; gossip both factors every round"),
+        MethodSpec("rolora", "phase", "phase", 1,
+                   "alternate the trained factor; gossip only the trained one (naive in DFL)"),
+        MethodSpec("ffa-lora", "B", "B", 1, "train and gossip B; A frozen at its shared init"),
+        MethodSpec("lora", "AB", "AB", 1, "train and gossip both factors (FedAvg-LoRA)"),
+    )
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec registered as ``name``; an unknown name lists the valid ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise unknown_name("method", name, METHODS) from None
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add a method spec to :data:`METHODS` (refuses to overwrite a name)."""
+    if spec.name in METHODS:
+        raise AdfloraError(f"method {spec.name!r} is already registered", "pick another name")
+    METHODS[spec.name] = spec
+    return spec

@@ -1,0 +1,36 @@
+"""Tidy metric rows from a :class:`~adflora_analysis.core.loop.RoundResult` (DESIGN §4, §8).
+
+One row per (method, seed, round, layer); ``layer == "all"`` holds totals over layers and the
+problem's scalar metrics (loss, grad_norm_sq, bytes_sent, ...), which are NaN on per-layer rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from adflora_analysis.core.loop import RoundResult
+from adflora_analysis.core.metrics import total_over_layers
+
+
+def round_rows(res: RoundResult, method: str, seeds: Sequence[int],
+               extra: dict | None = None) -> list[dict]:
+    """Rows for every batch entry (seed) of one round. ``seeds`` indexes the batch axis; a
+    state without a batch axis takes ``seeds`` of length 1."""
+    layer_vals = {k: v.detach().cpu().reshape(len(seeds), -1) for k, v in res.layer.items()}
+    totals = {k: total_over_layers(k, v) for k, v in layer_vals.items()}
+    scal = {k: v.detach().cpu().double().reshape(len(seeds)) for k, v in res.scalar.items()}
+    base = {"method": method, "round": res.t, "trained": "".join(res.trained),
+            "mixed": "".join(res.mixed), **(extra or {})}
+    rows: list[dict] = []
+    for si, seed in enumerate(seeds):
+        for li, name in enumerate(res.state.layers):
+            row = {**base, "seed": int(seed), "layer": name}
+            row.update({k: float(v[si, li]) for k, v in layer_vals.items()})
+            row.update({k: math.nan for k in scal})
+            rows.append(row)
+        row = {**base, "seed": int(seed), "layer": "all"}
+        row.update({k: float(v[si]) for k, v in totals.items()})
+        row.update({k: float(v[si]) for k, v in scal.items()})
+        rows.append(row)
+    return rows

@@ -1,0 +1,170 @@
+"""Drive a study's jobs through the round loop into a run directory, with checkpoints and resume.
+
+Shared by ``adflora synthetic run`` and ``adflora glue run`` (DESIGN §8). A *job* is one method
+on one batch of seeds (the synthetic testbed runs all seeds of a method as one batch; the GLUE
+runner one seed per job). After every round its rows are appended to ``metrics.jsonl`` (and any
+extra tables, e.g. ``eval.jsonl``); every ``checkpoint_every`` rounds the job's state is saved
+atomically under ``checkpoints/``. On resume, finished jobs are skipped, the running job restarts
+from its last checkpoint, and rows written after that checkpoint are dropped first, so a killed
+and resumed run ends with exactly the rows of an uninterrupted one. ``metrics.parquet`` (and one
+Parquet file per extra table) is written at the end, and also when a run stops on a divergence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from adflora_analysis import io
+from adflora_analysis.config import config_diff, read_toml
+from adflora_analysis.core.loop import Problem, RoundResult, run_rounds
+from adflora_analysis.core.methods import MethodSpec
+from adflora_analysis.core.rows import round_rows
+from adflora_analysis.core.state import LoraState
+from adflora_analysis.errors import AdfloraError, DivergenceError
+
+
+@dataclass
+class Job:
+    """One method on one batch of seeds.
+
+    ``build()`` returns ``(problem, initial_state, mixing)`` (see
+    :func:`adflora_analysis.core.loop.run_rounds`); it is called once per job, also on resume.
+    ``extra`` is added to every row (e.g. ``{"switch_interval": 5}``).
+    """
+
+    key: str
+    method: MethodSpec
+    seeds: list[int]
+    build: Callable[[], tuple[Problem, LoraState, Callable[[int], Any]]]
+    switch_interval: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+OnRound = Callable[[Job, Problem, RoundResult], dict[str, list[dict]]]
+
+
+def _slug(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)
+
+
+def check_resume_config(run_dir: str | Path, config: dict[str, Any]) -> None:
+    """Refuse to resume ``run_dir`` with a config that differs from the one it was started with,
+    naming the differing keys."""
+    p = Path(run_dir) / "config.toml"
+    if not p.exists():
+        raise AdfloraError(f"{str(run_dir)!r} is not a run directory (no config.toml)",
+                           "pass the directory a run wrote with --out")
+    diff = config_diff(read_toml(p), json.loads(json.dumps(config)))
+    if diff:
+        raise AdfloraError(f"cannot resume {str(run_dir)!r}: the config differs in "
+                           f"{', '.join(diff)}", "resume with the original config, or start a "
+                           "new run directory")
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    import torch
+
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise AdfloraError(f"checkpoint {str(path)!r} is corrupt ({type(e).__name__}: {e})",
+                           "delete it to restart that job from round 0") from None
+
+
+def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_every: int = 0,
+             resume: bool = False, on_round: OnRound | None = None,
+             progress: bool | None = None, stop_after: int | None = None) -> pd.DataFrame:
+    """Run every job for ``rounds`` rounds; return the metrics table.
+
+    ``on_round(job, problem, result)`` may return extra rows by table name (e.g. ``"eval"``).
+    ``stop_after`` (testing) ends the run after that many rounds in total, as a kill would.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    progress_path = run_dir / "progress.json"
+    done: list[str] = json.loads(progress_path.read_text())["done"] if (
+        resume and progress_path.exists()) else []
+    if not resume:
+        for f in run_dir.glob("*.jsonl"):
+            f.unlink()
+    show = sys.stderr.isatty() if progress is None else progress
+    tables: set[str] = {"metrics"} | {p.stem for p in run_dir.glob("*.jsonl")}
+    rounds_run = 0
+    try:
+        for job in jobs:
+            if job.key in done:
+                continue
+            problem, state, mixing = job.build()
+            start = 0
+            ck_path = ckpt_dir / f"{_slug(job.key)}.pt"
+            ck = _load_checkpoint(ck_path) if resume else None
+            if ck is not None:
+                start = int(ck["round"]) + 1
+                state = LoraState.from_dict(ck["state"])
+                if hasattr(problem, "load_state_dict") and ck.get("problem") is not None:
+                    problem.load_state_dict(ck["problem"])
+            if resume:  # drop rows of this job written after its checkpoint
+                for name in tables:
+                    io.truncate_jsonl(run_dir / f"{name}.jsonl",
+                                      lambda r, k=job.key, s=start: r.get("job") != k
+                                      or r["round"] < s)
+            bar = _progress(show, job.key, rounds, start)
+            for res in run_rounds(problem, job.method, state, mixing, rounds=rounds,
+                                  switch_interval=job.switch_interval, start_round=start):
+                rows = round_rows(res, job.method.name, job.seeds, {"job": job.key, **job.extra})
+                io.append_jsonl(run_dir / "metrics.jsonl", rows)
+                for name, extra_rows in (on_round(job, problem, res) if on_round else {}).items():
+                    tables.add(name)
+                    for r in extra_rows:
+                        r.setdefault("job", job.key)
+                        r.setdefault("round", res.t)
+                    io.append_jsonl(run_dir / f"{name}.jsonl", extra_rows)
+                if checkpoint_every and ((res.t + 1) % checkpoint_every == 0
+                                         or res.t == rounds - 1):
+                    payload = {"round": res.t, "job": job.key, "state": res.state.to_dict(),
+                               "problem": problem.state_dict()
+                               if hasattr(problem, "state_dict") else None}
+                    io.save_torch(ck_path, payload)
+                if bar:
+                    bar.update(1)
+                rounds_run += 1
+                if stop_after is not None and rounds_run >= stop_after:
+                    return _finish(run_dir, tables)
+            if bar:
+                bar.close()
+            done.append(job.key)
+            io.write_json(progress_path, {"done": done})
+    except DivergenceError:
+        _finish(run_dir, tables)
+        raise
+    return _finish(run_dir, tables)
+
+
+def _progress(show: bool, desc: str, total: int, start: int):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, leave=False, file=sys.stderr)
+
+
+def _finish(run_dir: Path, tables: set[str]) -> pd.DataFrame:
+    out = pd.DataFrame()
+    for name in sorted(tables):
+        rows = io.read_jsonl(run_dir / f"{name}.jsonl")
+        df = pd.DataFrame(rows)
+        if rows:
+            io.write_parquet(run_dir / f"{name}.parquet", df)
+        if name == "metrics":
+            out = df
+    return out
