@@ -6,6 +6,7 @@ states (:class:`LoraState`), gossip (:func:`gossip`, :func:`mixing_schedule`), m
 (:func:`run_rounds`).
 """
 
+from adflora_analysis.core.backend import LOCAL, Backend, LocalBackend
 from adflora_analysis.core.gossip import gossip, messages, mix_state, mixing_schedule
 from adflora_analysis.core.loop import Problem, RoundResult, check_finite, run_rounds
 from adflora_analysis.core.methods import METHODS, MethodSpec, get_method, phase, register_method
@@ -20,7 +21,8 @@ from adflora_analysis.core.rows import round_rows
 from adflora_analysis.core.state import LoraState
 
 __all__ = [
-    "METHODS", "LoraState", "MethodSpec", "Problem", "RoundResult", "check_finite",
+    "LOCAL", "Backend", "LocalBackend", "METHODS", "LoraState", "MethodSpec", "Problem",
+    "RoundResult", "check_finite",
     "consensus_error", "cross_term", "get_method", "gossip", "layer_metrics", "messages",
     "mix_state", "mixing_schedule", "phase", "product_consensus", "register_method",
     "round_rows", "run_rounds", "total_over_layers",

@@ -16,7 +16,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from adflora_analysis.core.gossip import MixFn, gossip, messages, mix_state
+from adflora_analysis.core.backend import LOCAL, Backend
+from adflora_analysis.core.gossip import messages
 from adflora_analysis.core.methods import MethodSpec
 from adflora_analysis.core.metrics import consensus_error, layer_metrics
 from adflora_analysis.core.state import LoraState
@@ -57,6 +58,10 @@ def _per_layer(blocks: list[Tensor]) -> Tensor:
     return torch.stack([consensus_error(x) for x in blocks], -1)
 
 
+def _gather(state: LoraState, backend: Backend) -> LoraState:
+    return state if backend.world_size == 1 else state.map_blocks(backend.gather)
+
+
 def check_finite(state: LoraState, t: int, method: str, where: str) -> None:
     """Raise :class:`DivergenceError` naming round, method and client at the first non-finite
     value of ``state``."""
@@ -76,7 +81,7 @@ def check_finite(state: LoraState, t: int, method: str, where: str) -> None:
 
 def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
                mixing: Callable[[int], Tensor], *, rounds: int, switch_interval: int | None = None,
-               start_round: int = 0, mix_fn: MixFn = gossip) -> Iterator[RoundResult]:
+               start_round: int = 0, backend: Backend = LOCAL) -> Iterator[RoundResult]:
     """Run rounds ``start_round .. rounds-1`` of method ``spec``; yield a :class:`RoundResult`
     after each.
 
@@ -88,8 +93,9 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
     mixing : ``t -> W^t`` of shape (*batch, n, n) (see
         :func:`adflora_analysis.core.gossip.mixing_schedule`).
     switch_interval : T; the spec's default when None.
-    mix_fn : the gossip implementation (in-process einsum by default; the torch.distributed
-        backend supplies its own with the same semantics).
+    backend : where the clients live. In-process (default), ``state`` holds every client; under
+        torch.distributed it holds this process's clients, gossip exchanges blocks between
+        processes, and metrics are computed on the gathered state (identical on every rank).
     """
     T = switch_interval or spec.default_switch_interval
     for t in range(start_round, rounds):
@@ -97,16 +103,20 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
         mixed = spec.mixed_blocks(t, T)
         before = state
         state = problem.local_update(state, trained, t)
-        check_finite(state, t, spec.name, "after the local update")
-        disp = {f"disp_{b}": _per_layer([x - y for x, y in zip(state.block(b), before.block(b),
+        W = mixing(t)
+        mixed_state = state.map_blocks(lambda X, W=W: backend.mix(W, X), mixed)
+        full_local, full_before, full = (_gather(s, backend) for s in (state, before,
+                                                                         mixed_state))
+        check_finite(full_local, t, spec.name, "after the local update")
+        check_finite(full, t, spec.name, "after gossip")
+        disp = {f"disp_{b}": _per_layer([x - y for x, y in zip(full_local.block(b),
+                                                              full_before.block(b),
                                                               strict=True)])
                 for b in ("A", "B")}
-        local = {f"xi_{b}_local": _per_layer(state.block(b)) for b in ("A", "B")}
-        W = mixing(t)
-        state = mix_state(state, W, mixed, mix_fn)
-        check_finite(state, t, spec.name, "after gossip")
-        layer = {**layer_metrics(state), **local, **disp}
+        local = {f"xi_{b}_local": _per_layer(full_local.block(b)) for b in ("A", "B")}
+        state = mixed_state
+        layer = {**layer_metrics(full), **local, **disp}
         scalar = dict(problem.evaluate(state, t))
         msgs = messages(W).double()
-        scalar["bytes_sent"] = msgs * sum(state.bytes_per_client(b) for b in mixed)
+        scalar["bytes_sent"] = msgs * sum(full.bytes_per_client(b) for b in mixed)
         yield RoundResult(t, state, trained, mixed, W, layer, scalar)
