@@ -24,6 +24,7 @@ import pandas as pd
 
 from adflora_analysis import io
 from adflora_analysis.config import config_diff, read_toml
+from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.loop import Problem, RoundResult, run_rounds
 from adflora_analysis.core.methods import MethodSpec
 from adflora_analysis.core.rows import round_rows
@@ -69,6 +70,57 @@ def check_resume_config(run_dir: str | Path, config: dict[str, Any]) -> None:
                            "new run directory")
 
 
+def _ckpt_path(ckpt_dir: Path, key: str, t: int, rank: int) -> Path:
+    return ckpt_dir / f"{_slug(key)}.r{t:06d}.rank{rank}.pt"
+
+
+def _ckpt_rounds(ckpt_dir: Path, key: str) -> dict[int, set[int]]:
+    """round -> ranks that saved their part, for job ``key``."""
+    out: dict[int, set[int]] = {}
+    for f in ckpt_dir.glob(f"{_slug(key)}.r*.rank*.pt"):
+        m = re.fullmatch(re.escape(_slug(key)) + r"\.r(\d+)\.rank(\d+)\.pt", f.name)
+        if m:
+            out.setdefault(int(m[1]), set()).add(int(m[2]))
+    return out
+
+
+def latest_checkpoint(ckpt_dir: Path, key: str, backend: Backend) -> tuple[int, dict] | None:
+    """This process's part of the newest checkpoint of ``key`` that every process completed.
+
+    A checkpoint written by a different number of processes is refused with a clear message.
+    """
+    rounds = _ckpt_rounds(ckpt_dir, key)
+    if not rounds:
+        return None
+    ranks_seen = set().union(*rounds.values())
+    if max(ranks_seen) >= backend.world_size or any(
+            len(r) != len(ranks_seen) for r in rounds.values() if max(r) >= backend.world_size):
+        raise AdfloraError(f"checkpoints of {key!r} were written by {max(ranks_seen) + 1} "
+                           f"processes, this run has {backend.world_size}",
+                           "resume with the same number of processes (--nproc-per-node)")
+    full = [t for t, r in rounds.items() if r == set(range(backend.world_size))]
+    if not full:
+        return None
+    t = max(full)
+    ck = _load_checkpoint(_ckpt_path(ckpt_dir, key, t, backend.rank))
+    if ck.get("world_size", 1) != backend.world_size:
+        raise AdfloraError(f"checkpoint of {key!r} was written by {ck.get('world_size')} "
+                           f"processes, this run has {backend.world_size}",
+                           "resume with the same number of processes (--nproc-per-node)")
+    return t, ck
+
+
+def _save_checkpoint(ckpt_dir: Path, job: Job, res: RoundResult, problem: Problem,
+                     backend: Backend) -> None:
+    payload = {"round": res.t, "job": job.key, "state": res.state.to_dict(),
+               "world_size": backend.world_size, "rank": backend.rank,
+               "problem": problem.state_dict() if hasattr(problem, "state_dict") else None}
+    io.save_torch(_ckpt_path(ckpt_dir, job.key, res.t, backend.rank), payload)
+    # keep this and the previous complete checkpoint; older parts of this rank go
+    for t in sorted(_ckpt_rounds(ckpt_dir, job.key))[:-2]:
+        _ckpt_path(ckpt_dir, job.key, t, backend.rank).unlink(missing_ok=True)
+
+
 def _load_checkpoint(path: Path) -> dict | None:
     import torch
 
@@ -83,8 +135,14 @@ def _load_checkpoint(path: Path) -> dict | None:
 
 def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_every: int = 0,
              resume: bool = False, on_round: OnRound | None = None,
-             progress: bool | None = None, stop_after: int | None = None) -> pd.DataFrame:
+             progress: bool | None = None, stop_after: int | None = None,
+             backend: Backend = LOCAL) -> pd.DataFrame:
     """Run every job for ``rounds`` rounds; return the metrics table.
+
+    Under torch.distributed (``backend`` from :mod:`adflora_analysis.distributed`) every process
+    runs this with its own clients; rank 0 alone writes rows and tables, and every rank saves
+    its clients' part of each checkpoint (``<job>.r<round>.rank<r>.pt``); a resume takes the
+    newest round that every rank completed and needs the same number of processes.
 
     ``on_round(job, problem, result)`` may return extra rows by table name (e.g. ``"eval"``).
     ``stop_after`` (testing) ends the run after that many rounds in total, as a kill would.
@@ -94,10 +152,13 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
     progress_path = run_dir / "progress.json"
     done: list[str] = json.loads(progress_path.read_text())["done"] if (
         resume and progress_path.exists()) else []
-    if not resume:
+    writer = backend.rank == 0
+    if not resume and writer:
         for f in run_dir.glob("*.jsonl"):
             f.unlink()
-    show = sys.stderr.isatty() if progress is None else progress
+        for f in ckpt_dir.glob("*.pt"):
+            f.unlink()
+    show = (sys.stderr.isatty() if progress is None else progress) and writer
     tables: set[str] = {"metrics"} | {p.stem for p in run_dir.glob("*.jsonl")}
     rounds_run = 0
     try:
@@ -106,48 +167,49 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
                 continue
             problem, state, mixing = job.build()
             start = 0
-            ck_path = ckpt_dir / f"{_slug(job.key)}.pt"
-            ck = _load_checkpoint(ck_path) if resume else None
+            ck = latest_checkpoint(ckpt_dir, job.key, backend) if resume else None
             if ck is not None:
-                start = int(ck["round"]) + 1
-                state = LoraState.from_dict(ck["state"])
-                if hasattr(problem, "load_state_dict") and ck.get("problem") is not None:
-                    problem.load_state_dict(ck["problem"])
-            if resume:  # drop rows of this job written after its checkpoint
+                start = ck[0] + 1
+                state = LoraState.from_dict(ck[1]["state"])
+                if hasattr(problem, "load_state_dict") and ck[1].get("problem") is not None:
+                    problem.load_state_dict(ck[1]["problem"])
+            if resume and writer:  # drop rows of this job written after its checkpoint
                 for name in tables:
                     io.truncate_jsonl(run_dir / f"{name}.jsonl",
                                       lambda r, k=job.key, s=start: r.get("job") != k
                                       or r["round"] < s)
             bar = _progress(show, job.key, rounds, start)
             for res in run_rounds(problem, job.method, state, mixing, rounds=rounds,
-                                  switch_interval=job.switch_interval, start_round=start):
-                rows = round_rows(res, job.method.name, job.seeds, {"job": job.key, **job.extra})
-                io.append_jsonl(run_dir / "metrics.jsonl", rows)
-                for name, extra_rows in (on_round(job, problem, res) if on_round else {}).items():
-                    tables.add(name)
-                    for r in extra_rows:
-                        r.setdefault("job", job.key)
-                        r.setdefault("round", res.t)
-                    io.append_jsonl(run_dir / f"{name}.jsonl", extra_rows)
+                                  switch_interval=job.switch_interval, start_round=start,
+                                  backend=backend):
+                extra_tables = on_round(job, problem, res) if on_round else {}
+                if writer:
+                    rows = round_rows(res, job.method.name, job.seeds,
+                                      {"job": job.key, **job.extra})
+                    io.append_jsonl(run_dir / "metrics.jsonl", rows)
+                    for name, extra_rows in extra_tables.items():
+                        tables.add(name)
+                        for r in extra_rows:
+                            r.setdefault("job", job.key)
+                            r.setdefault("round", res.t)
+                        io.append_jsonl(run_dir / f"{name}.jsonl", extra_rows)
                 if checkpoint_every and ((res.t + 1) % checkpoint_every == 0
                                          or res.t == rounds - 1):
-                    payload = {"round": res.t, "job": job.key, "state": res.state.to_dict(),
-                               "problem": problem.state_dict()
-                               if hasattr(problem, "state_dict") else None}
-                    io.save_torch(ck_path, payload)
+                    _save_checkpoint(ckpt_dir, job, res, problem, backend)
                 if bar:
                     bar.update(1)
                 rounds_run += 1
                 if stop_after is not None and rounds_run >= stop_after:
-                    return _finish(run_dir, tables)
+                    return _finish(run_dir, tables, writer)
             if bar:
                 bar.close()
             done.append(job.key)
-            io.write_json(progress_path, {"done": done})
+            if writer:
+                io.write_json(progress_path, {"done": done})
     except DivergenceError:
-        _finish(run_dir, tables)
+        _finish(run_dir, tables, writer)
         raise
-    return _finish(run_dir, tables)
+    return _finish(run_dir, tables, writer)
 
 
 def _progress(show: bool, desc: str, total: int, start: int):
@@ -158,8 +220,10 @@ def _progress(show: bool, desc: str, total: int, start: int):
     return tqdm(total=total, initial=start, desc=desc, leave=False, file=sys.stderr)
 
 
-def _finish(run_dir: Path, tables: set[str]) -> pd.DataFrame:
+def _finish(run_dir: Path, tables: set[str], writer: bool = True) -> pd.DataFrame:
     out = pd.DataFrame()
+    if not writer:
+        return out
     for name in sorted(tables):
         rows = io.read_jsonl(run_dir / f"{name}.jsonl")
         df = pd.DataFrame(rows)

@@ -96,6 +96,7 @@ def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     if not rows:
         return
     data = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(data)
         f.flush()
