@@ -1,0 +1,126 @@
+"""Write a report: ``report.md``, a self-contained ``index.html`` (figures embedded as data
+URIs, so it opens from disk with no server), the figures as PNG and the tables as CSV."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from adflora_analysis import io
+
+
+@dataclass
+class Section:
+    """A titled part of the report: paragraphs (Markdown-lite text), figures and tables."""
+
+    title: str
+    text: list[str] = field(default_factory=list)
+    figures: dict[str, plt.Figure] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    table_notes: dict[str, str] = field(default_factory=dict)
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _fmt(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
+    return out
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    df = _fmt(df).map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(r) + " |" for r in df.itertuples(index=False, name=None)]
+    return "\n".join(lines)
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+td.held,span.held{color:#176b2c;font-weight:600}td.violated,span.violated{color:#b00020;
+font-weight:600}img{max-width:100%;display:block;margin:1em 0}
+.note{color:#555;font-size:0.9em}
+"""
+
+ONLOAD = """
+window.addEventListener('load', function () {
+  var imgs = document.querySelectorAll('img.figure');
+  var ok = 0;
+  imgs.forEach(function (i) { if (i.complete && i.naturalWidth > 0) ok += 1; });
+  document.body.setAttribute('data-figures-total', imgs.length);
+  document.body.setAttribute('data-figures-loaded', ok);
+});
+"""
+
+
+def write_report(out: str | Path, title: str, sections: list[Section],
+                 preamble: list[str] | None = None) -> Path:
+    """Write the report files under ``out``; returns the path of ``index.html``."""
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    md = [f"# {title}", ""] + [*(preamble or []), ""]
+    body = [f"<h1>{html.escape(title)}</h1>"] + [f"<p>{html.escape(p)}</p>"
+                                                  for p in preamble or []]
+    toc = []
+    for sec in sections:
+        sid = _slug(sec.title)
+        toc.append(f'<li><a href="#{sid}">{html.escape(sec.title)}</a></li>')
+        md += [f"## {sec.title}", ""]
+        body.append(f'<h2 id="{sid}">{html.escape(sec.title)}</h2>')
+        for p in sec.text:
+            md += [p, ""]
+            body.append(f"<p>{html.escape(p)}</p>")
+        for name, df in sec.tables.items():
+            fname = f"{sid}-{_slug(name)}.csv"
+            io.write_csv(out / "tables" / fname, df)
+            md += [f"**{name}** ([csv](tables/{fname}))", "", _md_table(df), ""]
+            note = sec.table_notes.get(name)
+            if note:
+                md += [f"*{note}*", ""]
+            table_html = _fmt(df).to_html(index=False, escape=True, border=0)
+            for verdict in ("held", "violated"):
+                table_html = table_html.replace(f"<td>{verdict}</td>",
+                                                f'<td class="{verdict}">{verdict}</td>')
+            body.append(f"<h3>{html.escape(name)}</h3>"
+                        + (f'<p class="note">{html.escape(note)}</p>' if note else "")
+                        + f'<div class="table" data-table="{_slug(name)}">{table_html}</div>'
+                        + f'<p class="note"><a href="tables/{fname}">CSV</a></p>')
+        for name, fig in sec.figures.items():
+            fname = f"{sid}-{_slug(name)}.png"
+            data = _png(fig)
+            plt.close(fig)
+            io.atomic_write(out / "figures" / fname, lambda f, d=data: f.write(d))
+            md += [f"![{name}](figures/{fname})", ""]
+            b64 = base64.b64encode(data).decode()
+            body.append(f'<figure><img class="figure" alt="{html.escape(name)}" '
+                        f'src="data:image/png;base64,{b64}"><figcaption class="note">'
+                        f'{html.escape(name)} (<a href="figures/{fname}">PNG</a>)'
+                        f"</figcaption></figure>")
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style>"
+            f"<script>{ONLOAD}</script></head><body>"
+            + body[0] + "<ul>" + "".join(toc) + "</ul>" + "".join(body[1:])
+            + "</body></html>")
+    io.write_text(out / "report.md", "\n".join(md) + "\n")
+    return io.write_text(out / "index.html", page)
