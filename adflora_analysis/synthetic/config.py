@@ -1,0 +1,200 @@
+"""Typed config of a synthetic study (``synthetic/*.toml``; DESIGN §6, §8).
+
+Every key a TOML file may set is a field below; an unknown key, a value of the wrong type, or a
+combination that cannot run is one clear :class:`~adflora_analysis.errors.AdfloraError` at load
+time, before anything is computed.
+
+>>> cfg = SyntheticConfig(n_clients=4, rounds=3, methods=["adf-lora"], seeds=2)
+>>> cfg.seed_list, cfg.rank, cfg.scale
+([0, 1], 2, 1.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from adflora_analysis.core.methods import METHODS, get_method
+from adflora_analysis.errors import AdfloraError
+from adflora_analysis.seeding import expand_seeds
+
+
+def _topology_default():
+    from adflora_analysis.topology import TopologyConfig
+
+    return TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
+
+
+def _topology_type():  # the annotation is resolved lazily by typing.get_type_hints
+    from adflora_analysis.topology import TopologyConfig
+
+    return TopologyConfig
+
+
+@dataclass
+class SyntheticConfig:
+    """One synthetic study: every method in ``methods`` on every seed of ``seeds``.
+
+    Problem (DESIGN §6): client i of layer l minimizes
+    ``f_i(A, B) = (1/2m) ||X_i (W0 + s B A)^T - Y_i||_F^2`` with
+    ``Y_i = X_i (W0 + T_i)^T + label_noise * N(0, 1)`` and ``T_i = (1 - h) dW* + h dW_i*``:
+    ``h = heterogeneity`` in [0, 1] moves the targets from identical (0) to independent rank-r*
+    targets per client with no shared component (1, "fully disjoint").
+
+    Attributes (the ones users and tests rely on first)
+    ----------
+    n_clients, rounds, local_steps (K), lr (constant SGD step size), rank (r),
+    switch_interval (T; None = each method's default: adf-lora 5, others 1),
+    seeds (a count n -> seeds 0..n-1, or a list), methods (names of
+    :data:`adflora_analysis.core.methods.METHODS`), topology (``[topology]`` table:
+    graph, weights, q, params, matrix).
+
+    Other attributes
+    ----------------
+    d_in, d_out, n_layers : shapes; every layer has the same shape and its own data.
+    target_rank : rank r* of dW* (and of each client's dW_i*).
+    target_norm : ||dW*||_F (each dW_i* has the same norm).
+    heterogeneity : h above.
+    alpha : LoRA scaling numerator, s = alpha / r (peft's convention); default alpha = r (s = 1).
+    samples_per_client : m, rows of X_i (features N(0, I)).
+    label_noise : std of the label noise in Y_i (makes f* > 0; fixed data, not gradient noise).
+    noise_kind : gradient noise: "none" (full-batch gradients), "minibatch" (``batch_size`` rows
+        drawn without replacement every local step) or "additive" (full gradient plus Gaussian
+        noise with E||xi||^2 = ``noise`` over one client's whole parameter vector).
+    noise : sigma^2 of the additive noise (ignored otherwise).
+    batch_size : rows per minibatch (minibatch noise).
+    init_scale : A^0 ~ U(-b, b) with b = init_scale / sqrt(d_in) (peft's kaiming_uniform(a=5**.5)
+        is init_scale = 1).
+    per_client_init : draw A^0 independently per client instead of sharing it (DESIGN §2 option).
+    dtype : "float64" (default, for theory checks) or "float32".
+    constants_every : measure L (Hessian power iteration), sigma^2 at the client iterates every
+        this many rounds (0 = never; zeta^2 and the Frobenius-norm L bound are logged every round).
+    power_iters : Hessian-vector power iterations per measurement.
+    checkpoint_every : rounds between checkpoints (0 = none).
+    device : torch device.
+    threads : torch intra-op threads for the run; 0 = auto (1 for small problems, where thread
+        start-up costs more than the matmuls, else torch's default).
+    topology_samples : Monte Carlo samples for p and the second-moment rate of a random sampler.
+    sweep : dotted key -> list of values; the study runs every combination (e.g.
+        ``sweep = {switch_interval = [1, 2, 5]}`` or ``{"topology.q" = [0.05, 0.1]}``).
+    variants : list of tables of dotted overrides (and an optional ``label``), applied on top of
+        each sweep combination (e.g. one per topology family). Rows carry the ``variant`` label.
+    """
+
+    n_clients: int = 10
+    rounds: int = 100
+    local_steps: int = 5
+    lr: float = 0.05
+    rank: int = 2
+    switch_interval: int | None = None
+    seeds: int | list[int] = 20
+    methods: list[str] = field(default_factory=lambda: ["adf-lora", "rolora", "ffa-lora",
+                                                        "lora"])
+    topology: _topology_type() = field(default_factory=_topology_default)  # noqa: F821
+    d_in: int = 16
+    d_out: int = 16
+    n_layers: int = 1
+    target_rank: int = 2
+    target_norm: float = 2.0
+    heterogeneity: float = 0.3
+    alpha: float | None = None
+    samples_per_client: int = 64
+    label_noise: float = 0.1
+    noise_kind: Literal["none", "minibatch", "additive"] = "minibatch"
+    noise: float = 0.0
+    batch_size: int = 16
+    init_scale: float = 1.0
+    per_client_init: bool = False
+    dtype: Literal["float64", "float32"] = "float64"
+    constants_every: int = 10
+    power_iters: int = 20
+    checkpoint_every: int = 0
+    device: str = "cpu"
+    topology_samples: int = 20000
+    threads: int = 0
+    sweep: dict[str, list] = field(default_factory=dict)
+    variants: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, problem: str, hint: str) -> None:
+            if not ok:
+                raise AdfloraError(problem, hint)
+
+        need(self.n_clients >= 1, f"n_clients = {self.n_clients} must be at least 1",
+             "use n_clients = 2 or more")
+        need(self.rounds >= 1, f"rounds = {self.rounds} must be at least 1", "use rounds >= 1")
+        need(self.local_steps >= 1, f"local_steps = {self.local_steps} must be at least 1",
+             "use local_steps = 1 or more")
+        need(self.lr > 0, f"lr = {self.lr} must be positive", "use e.g. lr = 0.05")
+        need(min(self.d_in, self.d_out, self.n_layers) >= 1,
+             "d_in, d_out and n_layers must be at least 1", "use positive shapes")
+        need(1 <= self.rank <= min(self.d_in, self.d_out),
+             f"rank = {self.rank} must be between 1 and min(d_in, d_out) = "
+             f"{min(self.d_in, self.d_out)}", "lower rank or raise d_in/d_out")
+        need(1 <= self.target_rank <= min(self.d_in, self.d_out),
+             f"target_rank = {self.target_rank} must be between 1 and min(d_in, d_out) = "
+             f"{min(self.d_in, self.d_out)}", "lower target_rank")
+        need(self.switch_interval is None or self.switch_interval >= 1,
+             f"switch_interval T = {self.switch_interval} must be at least 1",
+             "use T = 1 (switch every round) or more")
+        need(0.0 <= self.heterogeneity <= 1.0,
+             f"heterogeneity = {self.heterogeneity} must be in [0, 1]",
+             "0 = identical clients, 1 = fully disjoint targets")
+        need(self.target_norm >= 0, "target_norm must be >= 0", "use e.g. 2.0")
+        need(self.samples_per_client >= 1, "samples_per_client must be at least 1", "use 64")
+        need(self.label_noise >= 0, "label_noise must be >= 0", "use 0 for noiseless labels")
+        need(self.noise >= 0, f"noise = {self.noise} (a variance) must be >= 0", "use e.g. 0.01")
+        need(1 <= self.batch_size <= self.samples_per_client,
+             f"batch_size = {self.batch_size} must be between 1 and samples_per_client = "
+             f"{self.samples_per_client}", "lower batch_size")
+        need(self.alpha is None or self.alpha > 0, "alpha must be positive", "omit it for s = 1")
+        need(self.init_scale > 0, "init_scale must be positive", "use 1.0")
+        need(self.constants_every >= 0 and self.checkpoint_every >= 0 and self.power_iters >= 1,
+             "constants_every, checkpoint_every must be >= 0 and power_iters >= 1",
+             "use 0 to switch a measurement off")
+        need(self.threads >= 0, "threads must be >= 0", "use 0 for automatic")
+        need(self.topology_samples >= 100, "topology_samples must be at least 100",
+             "use e.g. 20000")
+        for k, v in self.sweep.items():
+            need(isinstance(v, list) and len(v) >= 1, f"sweep.{k} must be a non-empty list",
+                 f'write e.g. sweep = {{"{k}" = [1, 2]}}')
+            need(k not in ("sweep", "variants", "seeds", "rounds"),
+                 f"sweep over {k!r} is not supported", "sweep a problem or topology key")
+        for v in self.variants:
+            need(isinstance(v, dict), "each [[variants]] entry must be a table",
+                 "write [[variants]] then key = value lines")
+        need(bool(self.methods), "methods is empty", f"list some of {', '.join(METHODS)}")
+        for m in self.methods:
+            get_method(m)  # unknown name -> lists the valid ones
+        need(len(set(self.methods)) == len(self.methods), "methods lists a method twice",
+             "list each method once")
+        try:
+            self.seed_list  # noqa: B018 - validates
+        except TypeError as e:
+            raise AdfloraError(f"seeds: {e}", "write seeds = 20 or seeds = [0, 1, 2]") from None
+        need(len(set(self.seed_list)) == len(self.seed_list), "seeds lists a seed twice",
+             "list each seed once")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return expand_seeds(self.seeds)
+
+    @property
+    def scale(self) -> float:
+        """s = alpha / r."""
+        return (self.alpha if self.alpha is not None else float(self.rank)) / self.rank
+
+    def n_threads(self) -> int:
+        """Threads :func:`~adflora_analysis.synthetic.runner.run_study` sets (see ``threads``)."""
+        import torch
+
+        if self.threads:
+            return self.threads
+        work = len(self.seed_list) * self.n_clients * self.n_layers * self.d_in * max(
+            self.d_in, self.d_out)
+        return 1 if work < 2_000_000 else torch.get_num_threads()
+
+    def as_dict(self) -> dict[str, Any]:
+        from adflora_analysis.config import to_dict
+
+        return to_dict(self)

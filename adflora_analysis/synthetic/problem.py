@@ -1,0 +1,311 @@
+"""The synthetic quadratic LoRA problem (DESIGN §6), batched over seeds, clients and layers.
+
+Client i, layer l (every layer has its own data; the loss is the sum over layers)::
+
+    f_i(A, B) = (1/2m) || X_i (W0 + s B A)^T - Y_i ||_F^2,
+    Y_i = X_i (W0 + T_i)^T + label_noise * E_i,    T_i = (1 - h) dW* + h dW_i*.
+
+W0 cancels: with R_i = Y_i - X_i W0^T = X_i T_i^T + label_noise E_i and P = s B A,
+``f_i = 1/2 tr(P S_i P^T) - <P, C_i> + c_i`` where ``S_i = X_i^T X_i / m``,
+``C_i = R_i^T X_i / m`` and ``c_i = ||R_i||^2 / 2m``. Full-batch gradients use these sufficient
+statistics at O(r d^2) per client and step (never forming P):
+
+    grad_B = s (s B (A S A^T) - C A^T),     grad_A = s (s (B^T B)(A S) - B^T C).
+
+Minibatch gradients use ``batch_size`` rows of (X_i, R_i) drawn without replacement every step.
+Additive noise adds N(0, noise / P) to every coordinate of the gradient of one client's P
+parameters (A and B of every layer), so E||xi||^2 = noise = sigma^2 exactly.
+
+Shapes: S seeds (batch axis), n clients, L layers. The state's per-layer tensors are
+``A[l]: (S, n, r, d_in)`` and ``B[l]: (S, n, d_out, r)``; inside a round the layers are stacked as
+``(S, n, L, ...)`` so one batched matmul covers everything. Every random draw is keyed by
+``(seed, stream, counters)`` (:mod:`adflora_analysis.seeding`), so a seed's numbers do not depend
+on which other seeds share the batch, and a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from adflora_analysis.core.state import LoraState
+from adflora_analysis.seeding import torch_generator
+from adflora_analysis.synthetic.config import SyntheticConfig
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def _orthonormal(g: torch.Generator, shape: tuple[int, ...], k: int, dtype) -> Tensor:
+    """(*shape, d, k) with orthonormal columns (QR of a Gaussian)."""
+    Z = torch.randn(*shape, k, generator=g, dtype=torch.float64)
+    Q, R = torch.linalg.qr(Z)
+    return (Q * torch.sign(torch.diagonal(R, dim1=-2, dim2=-1)).unsqueeze(-2)).to(dtype)
+
+
+def _low_rank(g: torch.Generator, batch: tuple[int, ...], d_out: int, d_in: int, rank: int,
+              norm: float, dtype) -> Tensor:
+    """Random rank-``rank`` matrices (*batch, d_out, d_in) with equal singular values and
+    Frobenius norm ``norm``."""
+    U = _orthonormal(g, (*batch, d_out), rank, dtype)
+    V = _orthonormal(g, (*batch, d_in), rank, dtype)
+    return (norm / math.sqrt(rank)) * U @ V.transpose(-1, -2)
+
+
+class QuadraticProblem:
+    """Data, local updates and evaluation of the quadratic LoRA problem for a batch of seeds.
+
+    Implements the :class:`adflora_analysis.core.loop.Problem` protocol. Besides ``loss`` and
+    ``grad_norm_sq`` at the averaged model, :meth:`evaluate` reports what the theory checks need
+    (see :meth:`evaluate`), and the problem keeps running maxima of the factor norms (part of its
+    checkpointed :meth:`state_dict`) for the smoothness bound of :mod:`.constants`.
+    """
+
+    def __init__(self, cfg: SyntheticConfig, seeds: Sequence[int] | None = None):
+        self.cfg = cfg
+        self.seeds = list(seeds if seeds is not None else cfg.seed_list)
+        self.dtype = _DTYPES[cfg.dtype]
+        self.device = torch.device(cfg.device)
+        self.s = cfg.scale
+        self.n, self.L, self.r = cfg.n_clients, cfg.n_layers, cfg.rank
+        self._make_data()
+        S = len(self.seeds)
+        self.max_fro_A = torch.zeros(S, self.L, dtype=torch.float64, device=self.device)
+        self.max_fro_B = torch.zeros_like(self.max_fro_A)
+        self._round_stats: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ data
+    def _make_data(self) -> None:
+        c = self.cfg
+        n, L, m, di, do = c.n_clients, c.n_layers, c.samples_per_client, c.d_in, c.d_out
+        Xs, Rs, Ts = [], [], []
+        for seed in self.seeds:
+            g = torch_generator(seed, "data")
+            dW = _low_rank(g, (L,), do, di, c.target_rank, c.target_norm, torch.float64)
+            dWi = _low_rank(g, (n, L), do, di, c.target_rank, c.target_norm, torch.float64)
+            T = (1 - c.heterogeneity) * dW.unsqueeze(0) + c.heterogeneity * dWi  # (n, L, do, di)
+            X = torch.randn(n, L, m, di, generator=g, dtype=torch.float64)
+            E = torch.randn(n, L, m, do, generator=g, dtype=torch.float64)
+            R = X @ T.transpose(-1, -2) + c.label_noise * E
+            Xs.append(X)
+            Rs.append(R)
+            Ts.append(T)
+        X = torch.stack(Xs).to(self.device)        # (S, n, L, m, di)
+        R = torch.stack(Rs).to(self.device)        # (S, n, L, m, do)
+        self.targets = torch.stack(Ts).to(self.device)
+        Sig = X.transpose(-1, -2) @ X / m           # (S, n, L, di, di)
+        C = R.transpose(-1, -2) @ X / m             # (S, n, L, do, di)
+        c0 = R.pow(2).sum((-2, -1)) / (2 * m)       # (S, n, L)
+        # exact constants of the data, in float64
+        self.lam_sigma = torch.linalg.eigvalsh(Sig).amax(-1)       # (S, n, L)
+        self.norm_C = torch.linalg.matrix_norm(C, ord=2)            # (S, n, L)
+        self.Sig_bar64, self.C_bar64, self.c_bar64 = Sig.mean(1), C.mean(1), c0.mean(1)
+        self.f_star = self._f_star()                                # (S,)
+        dt = self.dtype
+        self.X, self.R = X.to(dt), R.to(dt)
+        self.Sig, self.C, self.c0 = Sig.to(dt), C.to(dt), c0
+        self.Sig_bar, self.C_bar = self.Sig_bar64.to(dt), self.C_bar64.to(dt)
+
+    def _f_star(self) -> Tensor:
+        """min over rank-<=r P of f(P) = 1/2 tr(P S P^T) - <P, C> + c (S, C, c averaged over
+        clients), per seed: reduced-rank regression. With Q = C S^{-1/2},
+        f(P) = 1/2 ||P S^{1/2} - Q||^2 - 1/2 ||Q||^2 + c, so f* = c - 1/2 sum_{j<=r} sigma_j(Q)^2
+        (Eckart-Young; pseudo-inverse root where S is singular, C lies in its range)."""
+        lam, V = torch.linalg.eigh(self.Sig_bar64)
+        tol = lam.amax(-1, keepdim=True) * 1e-12
+        inv_sqrt = torch.where(lam > tol, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
+        Q = self.C_bar64 @ (V * inv_sqrt.unsqueeze(-2)) @ V.transpose(-1, -2)
+        sv = torch.linalg.svdvals(Q)[..., : self.r]
+        return (self.c_bar64 - 0.5 * sv.pow(2).sum(-1)).sum(-1)
+
+    # ------------------------------------------------------------------ state
+    def initial_state(self) -> LoraState:
+        """A^0 ~ U(-b, b), b = init_scale / sqrt(d_in), shared by all clients (per client with
+        ``per_client_init``), from stream (seed, "init-A", layer); B^0 = 0 (DESIGN §2)."""
+        c = self.cfg
+        b = c.init_scale / math.sqrt(c.d_in)
+        A, B = [], []
+        for li in range(self.L):
+            per_seed = []
+            for seed in self.seeds:
+                g = torch_generator(seed, "init-A", li)
+                shape = (self.n, self.r, c.d_in) if c.per_client_init else (1, self.r, c.d_in)
+                a = (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * b
+                per_seed.append(a.expand(self.n, -1, -1))
+            A.append(torch.stack(per_seed).to(self.device, self.dtype).contiguous())
+            B.append(torch.zeros(len(self.seeds), self.n, c.d_out, self.r, dtype=self.dtype,
+                                 device=self.device))
+        return LoraState(A, B, [f"layer{i}" for i in range(self.L)])
+
+    # ------------------------------------------------------------------ gradients
+    def full_grads(self, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor,
+                   blocks: tuple[str, ...] = ("A", "B")) -> dict[str, Tensor]:
+        """Full-batch gradients from sufficient statistics (shapes broadcast over the batch)."""
+        s = self.s
+        AS = A @ Sig                                        # (.., r, di)
+        out = {}
+        if "B" in blocks:
+            out["B"] = s * (s * B @ (AS @ A.transpose(-1, -2)) - C @ A.transpose(-1, -2))
+        if "A" in blocks:
+            out["A"] = s * (s * (B.transpose(-1, -2) @ B) @ AS - B.transpose(-1, -2) @ C)
+        return out
+
+    def _minibatch_grads(self, A: Tensor, B: Tensor, idx: Tensor,
+                         blocks: tuple[str, ...]) -> dict[str, Tensor]:
+        s, b = self.s, idx.shape[-1]
+        Xb = torch.gather(self.X, -2, idx.unsqueeze(-1).expand(*idx.shape, self.X.shape[-1]))
+        Rb = torch.gather(self.R, -2, idx.unsqueeze(-1).expand(*idx.shape, self.R.shape[-1]))
+        Z = Xb @ A.transpose(-1, -2)                        # (.., b, r)
+        E = s * Z @ B.transpose(-1, -2) - Rb                # (.., b, do)
+        out = {}
+        if "B" in blocks:
+            out["B"] = (s / b) * E.transpose(-1, -2) @ Z
+        if "A" in blocks:
+            out["A"] = (s / b) * (E @ B).transpose(-1, -2) @ Xb
+        return out
+
+    def n_params(self) -> int:
+        """Parameters of one client (A and B, all layers)."""
+        c = self.cfg
+        return self.L * self.r * (c.d_in + c.d_out)
+
+    # ------------------------------------------------------------------ Problem protocol
+    def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int) -> LoraState:
+        """K SGD steps with step size lr on ``blocks`` for every seed, client and layer at once.
+
+        Also records, for :meth:`evaluate`, the mean over the K inner steps of the consensus error
+        of all factors (``xi_inner``) and of ||M_t grad f(x_bar)||^2 at the inner averaged models
+        (``grad_norm_sq_inner``; M_t masks the trained blocks), the loss at the round's start,
+        and the running maxima of ||A_i||_F, ||B_i||_F over all clients and inner steps."""
+        c, K, lr = self.cfg, self.cfg.local_steps, self.cfg.lr
+        A = torch.stack(state.A, 2)                          # (S, n, L, r, di)
+        B = torch.stack(state.B, 2)                          # (S, n, L, do, r)
+        noise = self._draw_noise(t, blocks)
+        xi_frozen = sum(_xi(X) for name, X in (("A", A), ("B", B)) if name not in blocks)
+        xi_inner = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
+        g_inner = torch.zeros_like(xi_inner)
+        loss_start = None
+        for k in range(K):
+            # bookkeeping at x^{t,k} (before the step): consensus and the averaged model
+            xi_inner += xi_frozen + sum(_xi(X) for name, X in (("A", A), ("B", B))
+                                        if name in blocks)
+            Ab, Bb = A.mean(1), B.mean(1)
+            gbar = self.full_grads(Ab, Bb, self.Sig_bar, self.C_bar, blocks)
+            g_inner += sum(v.double().pow(2).flatten(1).sum(-1) for v in gbar.values())
+            if k == 0:
+                loss_start = self._global_loss(Ab, Bb)
+            self._track_norms(A, B)
+            # the step
+            if c.noise_kind == "minibatch":
+                g = self._minibatch_grads(A, B, noise["idx"][:, k], blocks)
+            else:
+                g = self.full_grads(A, B, self.Sig, self.C, blocks)
+                if c.noise_kind == "additive":
+                    g = {name: v + noise[name][:, k] for name, v in g.items()}
+            if "A" in g:
+                A = A - lr * g["A"]
+            if "B" in g:
+                B = B - lr * g["B"]
+        self._track_norms(A, B)
+        self._round_stats = {"xi_inner": xi_inner / K, "grad_norm_sq_inner": g_inner / K,
+                             "loss_start": loss_start}
+        newA = list(A.unbind(2)) if "A" in blocks else state.A
+        newB = list(B.unbind(2)) if "B" in blocks else state.B
+        return LoraState(newA, newB, list(state.layers))
+
+    def _draw_noise(self, t: int, blocks: tuple[str, ...]) -> dict[str, Tensor]:
+        c, K = self.cfg, self.cfg.local_steps
+        if c.noise_kind == "minibatch":
+            idx = []
+            for seed in self.seeds:
+                g = torch_generator(seed, "minibatch", t)
+                u = torch.rand(K, self.n, self.L, c.samples_per_client, generator=g)
+                idx.append(u.argsort(-1)[..., : c.batch_size])
+            return {"idx": torch.stack(idx).to(self.device)}   # (S, K, n, L, b)
+        if c.noise_kind == "additive":
+            std = math.sqrt(c.noise / self.n_params())
+            shapes = {"A": (K, self.n, self.L, self.r, c.d_in),
+                      "B": (K, self.n, self.L, c.d_out, self.r)}
+            out = {}
+            for name in blocks:
+                out[name] = torch.stack([
+                    std * torch.randn(*shapes[name], generator=torch_generator(seed, "noise-"
+                                                                               + name, t),
+                                      dtype=torch.float64) for seed in self.seeds
+                ]).to(self.device, self.dtype)
+            return out
+        return {}
+
+    def _track_norms(self, A: Tensor, B: Tensor) -> None:
+        fa = A.double().pow(2).sum((-2, -1)).sqrt().amax(1)   # (S, L)
+        fb = B.double().pow(2).sum((-2, -1)).sqrt().amax(1)
+        self.max_fro_A = torch.maximum(self.max_fro_A, fa)
+        self.max_fro_B = torch.maximum(self.max_fro_B, fb)
+
+    def _global_loss(self, Ab: Tensor, Bb: Tensor) -> Tensor:
+        """f(x_bar) = (1/n) sum_i f_i at averaged factors (S, L, ...) -> (S,)."""
+        return self._loss(Ab.double(), Bb.double(), self.Sig_bar64, self.C_bar64,
+                          self.c_bar64).sum(-1)
+
+    def _loss(self, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor, c0: Tensor) -> Tensor:
+        s = self.s
+        quad = s * s * ((B.transpose(-1, -2) @ B) * (A @ Sig @ A.transpose(-1, -2))).sum(
+            (-2, -1))
+        lin = s * (B * (C @ A.transpose(-1, -2))).sum((-2, -1))
+        return 0.5 * quad - lin + c0
+
+    def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
+        """Per-seed scalars after round ``t`` (all float64, shape (S,)):
+
+        - ``loss``, ``loss_gap`` (= loss - f*), ``grad_norm_sq`` (and ``_A``/``_B``): the global
+          objective f = (1/n) sum_i f_i and its full gradient at the averaged model (A_bar, B_bar);
+        - ``local_loss``: (1/n) sum_i f_i(A_i, B_i);
+        - ``zeta_sq``: (1/n) sum_i ||grad f_i(x_bar) - grad f(x_bar)||^2 (heterogeneity at the
+          averaged model);
+        - ``sigma_sq_max``/``sigma_sq_mean``: the variance of one client's stochastic gradient
+          at the clients' current points (max / mean over clients; exact, not sampled);
+        - ``xi_inner``, ``grad_norm_sq_inner``, ``loss_start``: see :meth:`local_update`;
+        - ``L_hull``: the smoothness bound of :func:`.constants.smoothness_bound` over the convex
+          hull of every client iterate so far.
+        """
+        from adflora_analysis.synthetic.constants import sigma_sq, smoothness_bound
+
+        A = torch.stack(state.A, 2).double()
+        B = torch.stack(state.B, 2).double()
+        Ab, Bb = A.mean(1), B.mean(1)
+        g = self.full_grads(Ab, Bb, self.Sig_bar64, self.C_bar64)
+        gA = g["A"].pow(2).flatten(1).sum(-1)
+        gB = g["B"].pow(2).flatten(1).sum(-1)
+        loss = self._global_loss(Ab, Bb)
+        local = self._loss(A, B, self.Sig.double(), self.C.double(), self.c0).sum(-1).mean(1)
+        gi = self.full_grads(Ab.unsqueeze(1), Bb.unsqueeze(1), self.Sig.double(),
+                             self.C.double())
+        zeta = sum((gi[k] - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1) for k in ("A", "B"))
+        sig = sigma_sq(self, A, B)
+        out = {
+            "loss": loss, "loss_gap": loss - self.f_star, "grad_norm_sq": gA + gB,
+            "grad_norm_sq_A": gA, "grad_norm_sq_B": gB, "local_loss": local,
+            "zeta_sq": zeta.mean(1), "sigma_sq_max": sig.amax(1), "sigma_sq_mean": sig.mean(1),
+            "L_hull": smoothness_bound(self),
+        }
+        nan = torch.full_like(loss, float("nan"))
+        for k in ("xi_inner", "grad_norm_sq_inner", "loss_start"):
+            v = self._round_stats.get(k)
+            out[k] = v.double() if v is not None else nan
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"max_fro_A": self.max_fro_A.cpu(), "max_fro_B": self.max_fro_B.cpu()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.max_fro_A = d["max_fro_A"].to(self.device)
+        self.max_fro_B = d["max_fro_B"].to(self.device)
+
+
+def _xi(X: Tensor) -> Tensor:
+    """Consensus error over the client axis 1 of a stacked (S, n, ...) tensor -> (S,)."""
+    D = X - X.mean(1, keepdim=True)
+    return D.double().pow(2).flatten(1).sum(-1) / X.shape[1]
