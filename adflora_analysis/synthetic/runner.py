@@ -42,7 +42,10 @@ from adflora_analysis.synthetic.config import SyntheticConfig
 def expand_variants(cfg: SyntheticConfig) -> list[tuple[str, SyntheticConfig]]:
     """The (label, config) variants of a study: the cartesian product of ``sweep`` (dotted key
     -> list of values), then each entry of ``variants`` (a table of dotted overrides with an
-    optional ``label``) applied on top. No sweep and no variants: one variant, label "base"."""
+    optional ``label``) applied on top. A variant that sets ``topology.graph`` (or
+    ``topology.matrix``) replaces the whole ``[topology]`` table (keys it does not set take their
+    defaults), so e.g. ``q`` of an encounter base does not leak into a ring variant. No sweep and
+    no variants: one variant, label "base"."""
     base = to_dict(replace(cfg, sweep={}, variants=[]))
     sweeps: list[list[tuple[str, Any]]] = [[(k, v) for v in vals]
                                            for k, vals in cfg.sweep.items()]
@@ -56,8 +59,11 @@ def expand_variants(cfg: SyntheticConfig) -> list[tuple[str, SyntheticConfig]]:
             items = [*combo, *table.items()]
             overrides = [f"{k}={_toml_value(v)}" for k, v in items]
             label = label_given or (", ".join(f"{k}={v}" for k, v in items) or "base")
+            data = base
+            if any(k in ("topology.graph", "topology.matrix") for k, _ in items):
+                data = {**base, "topology": {}}  # a new graph describes the whole topology
             try:
-                vcfg = load_config(SyntheticConfig, data=base, overrides=overrides)
+                vcfg = load_config(SyntheticConfig, data=data, overrides=overrides)
             except AdfloraError as e:
                 raise AdfloraError(f"variant {label!r}: {e.problem}", e.hint) from None
             out.append((label, vcfg))
