@@ -1,0 +1,193 @@
+"""The topology section of an experiment config, and the constants a run records.
+
+Conventions of :class:`TopologyConfig` (DESIGN §2-§3):
+
+- ``graph = "encounter"`` (needs ``q`` in (0, 1]): the encounter sampler, with ``weights`` as
+  its combination rule (``metropolis``, ``max-degree``, ``lazy-metropolis``, ``uniform``,
+  ``pairwise``);
+- ``graph = "matching"`` or ``"one-peer-exponential"``: those time-varying samplers (matched
+  pairs average; ``params = {graph = "ring"}`` restricts matchings to a graph);
+- any other graph name (see :data:`~adflora_analysis.topology.graphs.GRAPHS`): static W from
+  ``weights`` on that graph, ``params`` being the graph's parameters (``degree``, ``p``, ...);
+- ``weights = "server"``: W = J every round, whatever the graph (the centralized baseline);
+- ``matrix = "W.npy"`` (or CSV): a user's static W.
+
+>>> cfg = TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
+>>> s = build_sampler(cfg, n=10, seed=0)
+>>> s.kind, s.n, s.q
+('encounter', 10, 0.1)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adflora_analysis.errors import AdfloraError, unknown_name
+from adflora_analysis.seeding import int_seed
+from adflora_analysis.topology.graphs import GRAPHS, build_graph, check_n
+from adflora_analysis.topology.rates import (
+    SECOND_MOMENT_MAX_N,
+    as_sampler,
+    consensus_rate,
+    second_moment_rate,
+)
+from adflora_analysis.topology.samplers import (
+    ENCOUNTER_RULES,
+    EncounterSampler,
+    MatchingSampler,
+    OnePeerExponentialSampler,
+    Sampler,
+    StaticSampler,
+    check_q,
+)
+from adflora_analysis.topology.spectral import spectral_summary
+from adflora_analysis.topology.validation import is_connected, load_matrix
+from adflora_analysis.topology.weights import RULES, mixing_matrix
+
+__all__ = ["TIME_VARYING", "TopologyConfig", "build_sampler", "topology_constants"]
+
+TIME_VARYING = ("encounter", "matching", "one-peer-exponential")
+"""Graph names of :class:`TopologyConfig` that mean a time-varying sampler."""
+
+ALL_WEIGHTS = tuple(dict.fromkeys((*RULES, *ENCOUNTER_RULES)))
+
+
+@dataclass
+class TopologyConfig:
+    """How clients mix (see the module docstring for the conventions).
+
+    Attributes
+    ----------
+    graph : str
+        A graph family, or ``encounter`` / ``matching`` / ``one-peer-exponential``.
+    weights : str
+        Weight / combination rule.
+    q : float, optional
+        Encounter probability per pair and round (``graph = "encounter"`` only).
+    params : dict
+        Graph parameters (``degree``, ``p``, ``k``, ``radius``, ``rows``, ``sided``,
+        ``bridges``, ``path``); for ``matching``, ``graph`` names the base graph.
+    matrix : str, optional
+        Path of a user W (``.npy`` or CSV); overrides ``graph`` and ``weights``.
+    """
+
+    graph: str = "complete"
+    weights: str = "metropolis"
+    q: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    matrix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.matrix is not None:
+            return
+        if self.graph not in GRAPHS and self.graph not in TIME_VARYING:
+            raise unknown_name("graph", self.graph, [*GRAPHS, *TIME_VARYING])
+        if self.weights not in ALL_WEIGHTS:
+            raise unknown_name("weights", self.weights, ALL_WEIGHTS)
+        if self.graph == "encounter":
+            if self.q is None:
+                raise AdfloraError("graph 'encounter' needs an encounter probability q",
+                                   "set q in (0, 1], e.g. q = 0.1")
+            self.q = check_q(self.q)
+            if self.weights not in ENCOUNTER_RULES and self.weights != "server":
+                raise unknown_name("encounter combination rule", self.weights,
+                                   ENCOUNTER_RULES)
+        elif self.q is not None:
+            raise AdfloraError(f"q = {self.q} is only used by graph 'encounter', not "
+                               f"{self.graph!r}", "drop q or set graph = 'encounter'")
+        if self.graph in ("matching", "one-peer-exponential") and self.weights not in (
+                "metropolis", "pairwise", "server"):
+            raise AdfloraError(f"graph {self.graph!r} averages matched pairs; weights "
+                               f"{self.weights!r} do not apply", "use weights = 'pairwise'")
+        if self.graph in GRAPHS and self.weights == "pairwise":
+            raise AdfloraError("weights 'pairwise' needs a time-varying graph",
+                               "use graph = 'encounter' or 'matching', or weights = "
+                               "'metropolis'")
+
+
+def build_sampler(cfg: TopologyConfig, n: int, seed: int = 0) -> Sampler:
+    """The sampler of W^t that ``cfg`` describes, for ``n`` clients.
+
+    Random graph families draw from ``seeding.int_seed(seed, "topology-graph")``. A
+    disconnected static graph is returned as is; call
+    :func:`~adflora_analysis.topology.rates.require_mixing` where p > 0 is needed.
+
+    >>> build_sampler(TopologyConfig(graph="ring", weights="server"), 4).sample(0, None)[0]
+    array([0.25, 0.25, 0.25, 0.25])
+    """
+    if cfg.matrix is not None:
+        W = load_matrix(cfg.matrix, for_theory=False)
+        if n is not None and W.shape[0] != n:
+            raise AdfloraError(f"matrix {cfg.matrix!r} is {W.shape[0]} x {W.shape[0]} but "
+                               f"n = {n}", f"use n = {W.shape[0]}")
+        return StaticSampler(W, graph="matrix", rule=None)
+    n = check_n(n)
+    if cfg.weights == "server":
+        return StaticSampler(np.full((n, n), 1.0 / n), graph=cfg.graph, rule="server")
+    if cfg.graph == "encounter":
+        return EncounterSampler(n, cfg.q, cfg.weights)
+    gseed = int_seed(seed, "topology-graph")
+    if cfg.graph == "matching":
+        params = dict(cfg.params)
+        base = params.pop("graph", None)
+        if base is None or base == "complete":
+            return MatchingSampler(n)
+        return MatchingSampler(n, build_graph(base, n, seed=gseed, **params), base)
+    if cfg.graph == "one-peer-exponential":
+        return OnePeerExponentialSampler(n)
+    g = build_graph(cfg.graph, n, seed=gseed, **cfg.params)
+    return StaticSampler(mixing_matrix(g, cfg.weights), graph=cfg.graph, rule=cfg.weights)
+
+
+def _num(x: float | None) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def topology_constants(obj: Sampler | Any, samples: int = 20000, seed: int = 0, *,
+                       max_n: int = SECOND_MOMENT_MAX_N) -> dict[str, Any]:
+    """The topology constants of a run (for ``meta.json`` and ``adflora topology inspect``).
+
+    Returns a JSON-ready dict: ``n``, ``kind``, ``graph``, ``weights``, ``q``,
+    ``doubly_stochastic`` and ``symmetric`` (of every W^t), ``connected``, ``lambda2``,
+    ``lambda_n``, ``spectral_gap`` (of E[W]; W itself when static), ``p``, ``p_stderr``
+    (0 when exact), ``p_method``, ``p_samples``, ``second_moment_rate`` (None above
+    ``max_n`` clients for a time-varying sampler).
+
+    >>> c = topology_constants(np.full((3, 3), 1 / 3))
+    >>> c["p"], c["spectral_gap"], c["connected"], c["second_moment_rate"]
+    (1.0, 1.0, True, 0.0)
+    """
+    s = as_sampler(obj)
+    desc = s.describe()
+    EW = s.expected(samples=samples, seed=seed)
+    spec = spectral_summary(EW)
+    rate = consensus_rate(s, samples=samples, seed=seed)
+    if s.is_static or s.n <= max_n:
+        rho = second_moment_rate(s, samples=samples, seed=seed, max_n=max_n)
+    else:
+        rho = None
+    return {
+        "n": s.n,
+        "kind": s.kind,
+        "graph": desc.get("graph"),
+        "weights": desc.get("rule"),
+        "q": desc.get("q"),
+        "doubly_stochastic": bool(s.doubly_stochastic),
+        "symmetric": bool(s.symmetric),
+        "connected": is_connected(EW),
+        "lambda2": _num(spec.lambda2),
+        "lambda_n": _num(spec.lambda_n),
+        "spectral_gap": _num(spec.gap),
+        "p": _num(rate.p),
+        "p_stderr": _num(rate.stderr),
+        "p_method": rate.method,
+        "p_samples": rate.samples,
+        "second_moment_rate": _num(rho),
+    }

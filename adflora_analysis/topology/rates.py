@@ -1,0 +1,326 @@
+"""Consensus rates of static and random mixing (DESIGN §3).
+
+Let U be an n x (n−1) orthonormal basis of the consensus-orthogonal subspace 1^⊥ (so
+UUᵀ = I − J) and B = UᵀWU the action of W on deviations from consensus.
+
+- **Expected consensus rate** (Koloskova et al., ICML 2020, "A unified theory of decentralized
+  SGD with changing topology and local updates", Assumption 4):
+
+      p = 1 − λ_max((I − J) E[WᵀW] (I − J)) = 1 − λ_max(Uᵀ E[WᵀW] U),
+
+  the largest p with E‖W X − X̄‖²_F ≤ (1 − p)‖X − X̄‖²_F for doubly stochastic W. For a static
+  W, p = 1 − σ_max(W(I − J))²; for symmetric doubly stochastic W, p = 1 − max(|λ2|, |λn|)²
+  = 1 − (1 − δ)². (For a W that is only row-stochastic the same formula is reported; it then
+  also charges the drift of the mean.)
+- **Exact second-moment rate**: the deviations Z_t = UᵀX_t obey Z_{t+1} = B_t Z_t, so their second
+  moment S_t = E[Z_t Z_tᵀ] obeys vec(S_{t+1}) = E[B ⊗ B] vec(S_t). The spectral radius
+
+      ρ = ρ(E[B ⊗ B]) = ρ of E[(W − J) ⊗ (W − J)] on the consensus-orthogonal subspace
+
+  is the true asymptotic per-round decay factor of E‖X_t − X̄_t‖². The map S ↦ E[BSBᵀ] is
+  completely positive, so its Perron eigenvector is PSD, and tr(E[BSBᵀ]) ≤ (1 − p) tr S gives
+  ρ ≤ 1 − p: the Koloskova rate is a bound, this is the rate.
+
+Estimation: exact for a static W; exact by enumerating the support for tiny n (all
+2^(n(n−1)/2) encounter graphs, orderings too for ``pairwise``, all perfect matchings, the period
+of a periodic sampler); otherwise Monte Carlo over vectorized batches. For an exchangeable
+sampler (encounter, matching on the complete graph) E[WᵀW] is a·I + b·J, so
+λ_max(Uᵀ E[WᵀW] U) = E‖WU‖²_F / (n − 1): an unbiased mean of i.i.d. terms with an exact standard
+error. Otherwise the top eigenvalue of the Monte Carlo mean is used, with a delta-method
+standard error (std of ‖W_s U v‖² / √S at the top eigenvector v).
+
+>>> import numpy as np
+>>> from adflora_analysis.topology import make_sampler
+>>> r = consensus_rate(np.full((4, 4), 0.25))
+>>> r.p, r.stderr, r.method
+(1.0, 0.0, 'exact')
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from adflora_analysis.errors import AdfloraError, unknown_name
+from adflora_analysis.seeding import numpy_rng
+from adflora_analysis.topology.samplers import Sampler, StaticSampler, _chunks
+from adflora_analysis.topology.validation import as_matrix, is_connected
+
+__all__ = ["RateEstimate", "consensus_basis", "consensus_rate", "require_mixing",
+           "second_moment_rate", "as_sampler"]
+
+RATE_METHODS = ("auto", "exact", "enumeration", "monte-carlo")
+SECOND_MOMENT_MAX_N = 64
+"""Largest n for which :func:`second_moment_rate` forms E[B ⊗ B] ((n−1)² x (n−1)²)."""
+
+
+@dataclass(frozen=True)
+class RateEstimate:
+    """An estimate of the expected consensus rate p.
+
+    Attributes
+    ----------
+    p : float
+        1 − λ_max((I − J) E[WᵀW] (I − J)).
+    stderr : float
+        Standard error of ``p`` (0 when exact).
+    method : str
+        ``"exact"`` (static W), ``"enumeration"`` (whole support) or ``"monte-carlo"``.
+    samples : int
+        Draws used (0 unless Monte Carlo; support size for enumeration).
+    """
+
+    p: float
+    stderr: float
+    method: str
+    samples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-ready)."""
+        return asdict(self)
+
+
+def consensus_basis(n: int) -> np.ndarray:
+    """Orthonormal basis U (n, n−1) of 1^⊥: UᵀU = I, UUᵀ = I − J.
+
+    >>> U = consensus_basis(4)
+    >>> bool(np.allclose(U @ U.T, np.eye(4) - 0.25) and np.allclose(U.T @ U, np.eye(3)))
+    True
+    """
+    q, _ = np.linalg.qr(np.column_stack([np.ones(n), np.eye(n)[:, : n - 1]]))
+    return q[:, 1:]
+
+
+def as_sampler(obj: Any) -> Sampler:
+    """A :class:`Sampler` from a sampler or an (n, n) matrix (static)."""
+    if isinstance(obj, Sampler):
+        return obj
+    return StaticSampler(obj)
+
+
+def _static_p(W: Any) -> float:
+    """1 − σ_max(W(I − J))², dense or (large sparse) ARPACK."""
+    W = as_matrix(W)
+    n = W.shape[0]
+    if sp.issparse(W) and n > 1500:
+        rows = np.asarray(W.sum(axis=1)).ravel()
+        op = spla.LinearOperator(
+            (n, n), dtype=np.float64,
+            matvec=lambda x: W @ x - rows * x.mean(),
+            rmatvec=lambda y: (W.T @ y) - (rows @ y) / n)
+        s = spla.svds(op, k=1, tol=0, return_singular_vectors=False,
+                      v0=np.random.default_rng(0).standard_normal(n))
+        return float(1.0 - s[0] ** 2)
+    A = W.toarray() if sp.issparse(W) else W
+    if np.allclose(A, A.T, rtol=0, atol=1e-12) and np.allclose(A.sum(1), 1, rtol=0, atol=1e-12):
+        ev = np.linalg.eigvalsh(0.5 * (A + A.T))
+        # drop one eigenvalue 1 (the consensus direction) and take the largest modulus of the rest
+        k = int(np.argmin(np.abs(ev - 1.0)))
+        rest = np.delete(ev, k)
+        return float(1.0 - np.max(np.abs(rest)) ** 2)
+    B = A - A.sum(1, keepdims=True) / n  # W (I − J)
+    return float(1.0 - np.linalg.svd(B, compute_uv=False)[0] ** 2)
+
+
+def consensus_rate(obj: Any, *, samples: int = 20000, seed: int = 0, method: str = "auto"
+                   ) -> RateEstimate:
+    """Expected consensus rate p of Koloskova et al. (2020), Assumption 4.
+
+    Parameters
+    ----------
+    obj : Sampler or array_like (n, n)
+        A sampler of W^t, or a static W.
+    samples : int
+        Monte Carlo draws (when neither exact nor enumeration applies).
+    seed : int
+        Seed of the Monte Carlo stream (``seeding.numpy_rng(seed, "consensus-rate")``).
+    method : {"auto", "exact", "enumeration", "monte-carlo"}
+        ``auto``: exact for static W, enumeration when the support has at most 2^15 elements,
+        else Monte Carlo.
+
+    Returns
+    -------
+    RateEstimate
+
+    Examples
+    --------
+    >>> import networkx as nx
+    >>> from adflora_analysis.topology import mixing_matrix, make_sampler
+    >>> W = mixing_matrix(nx.cycle_graph(6), "metropolis")      # λ2 = 2/3, λn = −1/3
+    >>> round(consensus_rate(W).p, 12) == round(1 - (2 / 3) ** 2, 12)
+    True
+    >>> consensus_rate(make_sampler("encounter", 4, q=0.5)).method
+    'enumeration'
+    """
+    if method not in RATE_METHODS:
+        raise unknown_name("rate method", method, RATE_METHODS)
+    if not isinstance(obj, Sampler):
+        W = as_matrix(obj)
+        if method in ("auto", "exact"):
+            return RateEstimate(_clean(_static_p(W)), 0.0, "exact", 0)
+        obj = StaticSampler(W)
+    s = obj
+    if s.is_static and method in ("auto", "exact"):
+        return RateEstimate(_clean(_static_p(s.sample(0, None))), 0.0, "exact", 0)
+    if method == "exact":
+        raise AdfloraError(f"no exact consensus rate for a time-varying {s.kind!r} sampler",
+                           "use method='auto', 'enumeration' or 'monte-carlo'")
+    if method in ("auto", "enumeration"):
+        sup = s.support()
+        if sup is not None:
+            mats, probs = sup
+            U = consensus_basis(s.n)
+            WU = mats @ U  # (K, n, n−1)
+            M = np.einsum("k,kia,kib->ab", probs, WU, WU)
+            lam = float(np.linalg.eigvalsh(0.5 * (M + M.T))[-1])
+            return RateEstimate(_clean(1.0 - lam), 0.0, "enumeration", len(probs))
+        if method == "enumeration":
+            raise AdfloraError(f"the support of this {s.kind!r} sampler is too large to "
+                               "enumerate", "use method='monte-carlo' or 'auto'")
+    samples = int(samples)
+    if samples < 2:
+        raise AdfloraError(f"samples = {samples} is too few for Monte Carlo",
+                           "pass samples >= 100")
+    return _monte_carlo(s, samples, seed)
+
+
+def _monte_carlo(s: Sampler, samples: int, seed: int) -> RateEstimate:
+    n = s.n
+    U = consensus_basis(n)
+    sizes = _chunks(samples, n)
+    if s.exchangeable:
+        rng = numpy_rng(seed, "consensus-rate")
+        f = np.concatenate([_frob_dev(s.sample_batch(rng, k)) for k in sizes])
+        mean = float(f.mean())
+        se = float(f.std(ddof=1) / np.sqrt(samples))
+        return RateEstimate(_clean(1.0 - mean / (n - 1)), se / (n - 1), "monte-carlo", samples)
+    rng = numpy_rng(seed, "consensus-rate")
+    M = np.zeros((n - 1, n - 1))
+    for k in sizes:
+        WU = s.sample_batch(rng, k) @ U
+        M += np.einsum("kia,kib->ab", WU, WU)
+    M /= samples
+    ev, vec = np.linalg.eigh(0.5 * (M + M.T))
+    v = U @ vec[:, -1]
+    rng = numpy_rng(seed, "consensus-rate")  # same draws again: delta-method standard error
+    f = np.concatenate([np.sum((s.sample_batch(rng, k) @ v) ** 2, axis=1) for k in sizes])
+    se = float(f.std(ddof=1) / np.sqrt(samples))
+    return RateEstimate(_clean(1.0 - float(ev[-1])), se, "monte-carlo", samples)
+
+
+def _frob_dev(W: np.ndarray) -> np.ndarray:
+    """‖W(I − J)‖²_F = ‖W‖²_F − ‖W1‖²/n per matrix of a batch (size, n, n) -> (size,)."""
+    n = W.shape[-1]
+    return np.einsum("kij,kij->k", W, W) - np.einsum("ki,ki->k", W.sum(-1), W.sum(-1)) / n
+
+
+def _restrict(W: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """B = UᵀWU for a batch W (k, n, n) -> (k, n−1, n−1), as two plain GEMMs."""
+    k, n, _ = W.shape
+    m = U.shape[1]
+    WU = (W.reshape(k * n, n) @ U).reshape(k, n, m)
+    BT = (WU.transpose(0, 2, 1).reshape(k * m, n) @ U).reshape(k, m, m)  # (UᵀWU)ᵀ
+    return BT.transpose(0, 2, 1)
+
+
+def _clean(p: float) -> float:
+    """Round off ±1e-14 noise around 0 and 1."""
+    for v in (0.0, 1.0):
+        if abs(p - v) < 1e-13:
+            return v
+    return float(p)
+
+
+def _spectral_radius(K: np.ndarray) -> float:
+    if K.shape[0] <= 2500:
+        return float(np.max(np.abs(np.linalg.eigvals(K))))
+    v = spla.eigs(K, k=1, which="LM", return_eigenvectors=False,
+                  v0=np.random.default_rng(0).standard_normal(K.shape[0]))
+    return float(np.abs(v[0]))
+
+
+def second_moment_rate(obj: Any, *, samples: int = 20000, seed: int = 0,
+                       max_n: int = SECOND_MOMENT_MAX_N) -> float:
+    """Exact asymptotic decay factor ρ(E[B ⊗ B]) of E‖X_t − X̄_t‖² (see the module docstring).
+
+    Parameters
+    ----------
+    obj : Sampler or array_like (n, n)
+    samples, seed : int
+        Monte Carlo draws and seed, used only when the support is too large to enumerate.
+    max_n : int
+        Refuse n > max_n for time-varying samplers (E[B ⊗ B] has (n−1)⁴ entries). A static W
+        needs no Kronecker product: ρ = ρ(B)², for any n.
+
+    Returns
+    -------
+    float
+        ρ, with ρ ≤ 1 − p.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = np.array([[0.5, 0.5, 0], [0.25, 0.25, 0.5], [0.25, 0.25, 0.5]])  # P_12 P_01
+    >>> rho, p = second_moment_rate(W), consensus_rate(W).p
+    >>> round(rho, 12), round(1 - p, 12)                     # ρ(B)² < σ_max(B)² = 1 − p
+    (0.0625, 0.25)
+    """
+    s = as_sampler(obj)
+    n = s.n
+    U = consensus_basis(n)
+    if s.is_static:
+        B = U.T @ np.asarray(s.sample(0, None)) @ U
+        return _clean(float(np.max(np.abs(np.linalg.eigvals(B))) ** 2))
+    if n > max_n:
+        raise AdfloraError(f"second-moment rate needs E[(W−J)⊗(W−J)] of size (n−1)² = "
+                           f"{(n - 1) ** 2}; n = {n} is above the limit {max_n}",
+                           "use consensus_rate (p) for large n, or pass max_n=")
+    m = n - 1
+    sup = s.support()
+    if sup is not None:
+        mats, probs = sup
+        Bs = _restrict(mats, U).reshape(len(probs), m * m)
+        G = np.einsum("k,ka,kb->ab", probs, Bs, Bs)
+    else:
+        rng = numpy_rng(seed, "second-moment-rate")
+        G = np.zeros((m * m, m * m))
+        for k in _chunks(int(samples), n, budget=1 << 20):
+            Bs = _restrict(s.sample_batch(rng, k), U).reshape(k, m * m)
+            G += Bs.T @ Bs
+        G /= int(samples)
+    # G[(a,c),(b,d)] = E[B_ac B_bd] = (E[B ⊗ B])[(a,b),(c,d)]
+    K = G.reshape(m, m, m, m).transpose(0, 2, 1, 3).reshape(m * m, m * m)
+    return _clean(_spectral_radius(K))
+
+
+def require_mixing(obj: Any, *, tol: float = 1e-12) -> None:
+    """Raise :class:`AdfloraError` if the mixing cannot reach consensus (p = 0).
+
+    A static W must have a (strongly) connected support and p > 0; a time-varying sampler
+    must have a connected E[W] (then the clients mix over time).
+
+    >>> import numpy as np
+    >>> require_mixing(np.eye(3))
+    Traceback (most recent call last):
+    ...
+    adflora_analysis.errors.AdfloraError: graph is disconnected: p = 0, consensus cannot be reached (hint: use a connected graph or the encounter model with q > 0)
+    """  # noqa: E501
+    s = as_sampler(obj)
+    hint = "use a connected graph or the encounter model with q > 0"
+    if s.is_static:
+        W = s.sample(0, None)
+        if not is_connected(W):
+            raise AdfloraError("graph is disconnected: p = 0, consensus cannot be reached", hint)
+        p = _static_p(W)
+        if p <= tol:
+            raise AdfloraError(f"mixing matrix has p = {p:.3g}: consensus is not contracted "
+                               "(e.g. a periodic or bipartite W without self-weights)",
+                               "use lazy-metropolis weights")
+        return
+    if not is_connected(s.expected()):
+        raise AdfloraError(f"E[W] of the {s.kind!r} sampler is disconnected: p = 0, consensus "
+                           "cannot be reached", hint)
