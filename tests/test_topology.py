@@ -24,6 +24,7 @@ from adflora_analysis.topology import (
     load_matrix,
     make_sampler,
     mixing_matrix,
+    periodic_rates,
     require_mixing,
     second_moment_rate,
     spectral_gap,
@@ -213,6 +214,11 @@ def test_one_peer_exponential_is_exact_averaging_over_a_period():
     j = np.arange(1, 16)[:, None]
     lam = np.mean((1 + np.cos(2 * np.pi * j * 2 ** np.arange(4) / 16)) / 2, axis=1)
     assert consensus_rate(s).p == pytest.approx(1 - lam.max(), abs=1e-12)
+    # run in order, a period is exact averaging: block p = 1, per-round decay 0
+    assert periodic_rates(s) == {"period": 4, "p_period": 1.0, "rate_per_round": 0.0}
+    odd = periodic_rates(make_sampler("one-peer-exponential", 10))
+    assert 0 < odd["rate_per_round"] < 1 and odd["p_period"] < 1
+    assert topology_constants(s, samples=100)["periodic"]["p_period"] == 1.0
 
 
 def test_encounter_expected_closed_form_matches_monte_carlo():

@@ -25,6 +25,7 @@ from adflora_analysis.topology.rates import (
     RateEstimate,
     consensus_basis,
     consensus_rate,
+    periodic_rates,
     require_mixing,
     second_moment_rate,
 )
@@ -48,6 +49,6 @@ __all__ = [
     "MatchingSampler", "MixingReport", "OnePeerExponentialSampler", "RateEstimate", "Sampler",
     "SpectralSummary", "StaticSampler", "TopologyConfig", "build_graph", "build_sampler",
     "consensus_basis", "consensus_rate", "load_matrix", "make_sampler", "mixing_matrix",
-    "require_mixing", "second_moment_rate", "spectral_gap", "spectral_summary",
+    "periodic_rates", "require_mixing", "second_moment_rate", "spectral_gap", "spectral_summary",
     "topology_constants", "validate",
 ]

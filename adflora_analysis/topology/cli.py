@@ -67,8 +67,8 @@ def inspect(
         raise AdfloraError("--n is missing", "pass --n N (number of clients), or --matrix FILE")
     sampler = build_sampler(cfg, n, seed=seed)
     out = topology_constants(sampler, samples=samples, seed=seed)
-    out.update(graph="matrix" if matrix else graph, weights=None if matrix else weights,
-               q=q, params=cfg.params, matrix=matrix, samples=samples, seed=seed)
+    out.update(graph="matrix" if matrix else graph, q=q, params=cfg.params, matrix=matrix,
+               samples=samples, seed=seed)
     out = _jsonable(out)
     if json_out:
         print(json.dumps(out, allow_nan=False))
@@ -76,7 +76,7 @@ def inspect(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"topology: {out['graph']} / {out['weights']} (n = {out['n']})")
+    table = Table(title=f"{out['graph']} / {out['weights']}, n = {out['n']}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for k, v in out.items():

@@ -33,6 +33,7 @@ from adflora_analysis.topology.rates import (
     SECOND_MOMENT_MAX_N,
     as_sampler,
     consensus_rate,
+    periodic_rates,
     second_moment_rate,
 )
 from adflora_analysis.topology.samplers import (
@@ -158,7 +159,10 @@ def topology_constants(obj: Sampler | Any, samples: int = 20000, seed: int = 0, 
     ``doubly_stochastic`` and ``symmetric`` (of every W^t), ``connected``, ``lambda2``,
     ``lambda_n``, ``spectral_gap`` (of E[W]; W itself when static), ``p``, ``p_stderr``
     (0 when exact), ``p_method``, ``p_samples``, ``second_moment_rate`` (None above
-    ``max_n`` clients for a time-varying sampler).
+    ``max_n`` clients for a time-varying sampler). For a periodic sampler (one-peer
+    exponential, a list) p and the second-moment rate are those of a random phase each round;
+    ``periodic`` then adds the rates of the sequence run in order (see
+    :func:`~adflora_analysis.topology.rates.periodic_rates`).
 
     >>> c = topology_constants(np.full((3, 3), 1 / 3))
     >>> c["p"], c["spectral_gap"], c["connected"], c["second_moment_rate"]
@@ -173,7 +177,7 @@ def topology_constants(obj: Sampler | Any, samples: int = 20000, seed: int = 0, 
         rho = second_moment_rate(s, samples=samples, seed=seed, max_n=max_n)
     else:
         rho = None
-    return {
+    out = {
         "n": s.n,
         "kind": s.kind,
         "graph": desc.get("graph"),
@@ -191,3 +195,7 @@ def topology_constants(obj: Sampler | Any, samples: int = 20000, seed: int = 0, 
         "p_samples": rate.samples,
         "second_moment_rate": _num(rho),
     }
+    periodic = periodic_rates(s)
+    if periodic is not None:
+        out["periodic"] = periodic
+    return out

@@ -5,7 +5,9 @@ vectorized batch of independent draws, ``sample_batch(rng, size) -> (size, n, n)
 Monte Carlo estimates. Runs pass ``rng = seeding.numpy_rng(seed, "topology", t)`` so W^t is the
 same in a resumed or split run. Deterministic periodic samplers (one-peer exponential, a user
 list) ignore ``rng`` in ``sample``; their batch draws a uniformly random phase t, i.e. the
-average over a period, which is what the expected rates of a periodic sequence use.
+average over a period: the expected rates of :mod:`~adflora_analysis.topology.rates` then
+describe a random phase each round; ``rates.periodic_rates`` gives the rates of the sequence run
+in order.
 
 Kinds (:data:`SAMPLERS`):
 

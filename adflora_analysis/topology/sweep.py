@@ -113,7 +113,7 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, n: int | None = None) -> Path
     enc["rule"] = [r + (" (row-stochastic only)" if f else "") for r, f in
                    zip(enc["rule"], enc["flag"], strict=True)]
     sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9.0, 4.8))
     sns.lineplot(data=enc, x="q", y="p", hue="rule", marker="o", ax=ax)
     for _, r in enc.iterrows():
         ax.errorbar(r["q"], r["p"], yerr=2 * r["p_stderr"], fmt="none", ecolor="gray", lw=0.8)
@@ -121,9 +121,7 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, n: int | None = None) -> Path
     palette = sns.color_palette("dark", len(refs))
     for color, (_, r) in zip(palette, refs.iterrows(), strict=True):
         label = r["graph"] + (f" ({r['flag']})" if r["flag"] else "")
-        ax.axhline(r["p"], ls="--", lw=1, color=color)
-        ax.text(float(enc["q"].max()) * 1.05, r["p"], f"{label}: {r['p']:.3f}", fontsize=7,
-                va="center", color=color)
+        ax.axhline(r["p"], ls="--", lw=1, color=color, label=f"{label}: p = {r['p']:.3f}")
     ax.set_xscale("log")
     ax.set_xlabel("encounter probability q (per pair and round)")
     ax.set_ylabel("expected consensus rate p")
@@ -131,7 +129,8 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, n: int | None = None) -> Path
     ax.set_title(f"p = 1 − λmax((I−J) E[WᵀW] (I−J)) vs q, n = {n} "
                  "(dashed: reference topologies)", fontsize=9)
     ax.set_ylim(-0.02, 1.05)
-    ax.legend(title="encounter rule", fontsize=8, title_fontsize=8, loc="upper left")
+    ax.legend(title="encounter rule / reference", fontsize=8, title_fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.02, 1.0))
     out = io.save_figure(path, fig)
     plt.close(fig)
     return out
