@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 def sigma_sq(problem: QuadraticProblem, A: Tensor, B: Tensor) -> Tensor:
     """E||g_i(x_i) - grad f_i(x_i)||^2 of one local step's stochastic gradient, (S, n).
 
-    ``A: (S, n, L, r, d_in)``, ``B: (S, n, L, d_out, r)``. Minibatch of b rows drawn without
-    replacement from m: Var = (1/b) (m - b)/(m - 1) * pop_var, with
+    ``A: (S, n, L, r, d_in)``, ``B: (S, n, L, d_out, r)``. Minibatch of b rows drawn i.i.d.
+    (with replacement) from m: Var = pop_var / b, with
     pop_var = (1/m) sum_j ||g_j||^2 - ||g_bar||^2 and per-sample gradients g_j
     (grad_B = s e_j z_j^T, grad_A = s (B^T e_j) x_j^T, e_j = s B A x_j - r_j, z_j = A x_j); layers
     draw independent rows, so variances add over layers.
@@ -62,8 +62,7 @@ def sigma_sq(problem: QuadraticProblem, A: Tensor, B: Tensor) -> Tensor:
     gA = (s / m) * (E @ B).transpose(-1, -2) @ X
     mean_sq = gA.pow(2).sum((-2, -1)) + gB.pow(2).sum((-2, -1))
     pop = (per.mean(-1) - mean_sq).clamp_min(0)          # (S, n, L)
-    fpc = (m - b) / (m - 1) if m > 1 else 0.0
-    return (pop * fpc / b).sum(-1)
+    return (pop / b).sum(-1)
 
 
 def smoothness_bound(problem: QuadraticProblem) -> Tensor:

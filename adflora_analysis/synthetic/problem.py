@@ -12,7 +12,8 @@ statistics at O(r d^2) per client and step (never forming P):
 
     grad_B = s (s B (A S A^T) - C A^T),     grad_A = s (s (B^T B)(A S) - B^T C).
 
-Minibatch gradients use ``batch_size`` rows of (X_i, R_i) drawn without replacement every step.
+Minibatch gradients use ``batch_size`` rows of (X_i, R_i) drawn uniformly *with* replacement
+(i.i.d., as in the theory's stochastic-gradient model) every step.
 Additive noise adds N(0, noise / P) to every coordinate of the gradient of one client's P
 parameters (A and B of every layer), so E||xi||^2 = noise = sigma^2 exactly.
 
@@ -105,6 +106,7 @@ class QuadraticProblem:
         self.f_star = self._f_star()                                # (S,)
         dt = self.dtype
         self.X, self.R = X.to(dt), R.to(dt)
+        self.XR = torch.cat([self.X, self.R], -1).contiguous()   # one row gather per step
         self.Sig, self.C, self.c0 = Sig.to(dt), C.to(dt), c0
         self.Sig_bar, self.C_bar = self.Sig_bar64.to(dt), self.C_bar64.to(dt)
 
@@ -154,9 +156,14 @@ class QuadraticProblem:
 
     def _minibatch_grads(self, A: Tensor, B: Tensor, idx: Tensor,
                          blocks: tuple[str, ...]) -> dict[str, Tensor]:
+        """Gradients on rows ``idx`` (S, n, L, b) of every client's (X, R)."""
         s, b = self.s, idx.shape[-1]
-        Xb = torch.gather(self.X, -2, idx.unsqueeze(-1).expand(*idx.shape, self.X.shape[-1]))
-        Rb = torch.gather(self.R, -2, idx.unsqueeze(-1).expand(*idx.shape, self.R.shape[-1]))
+        m, di = self.X.shape[-2], self.X.shape[-1]
+        XR = self.XR.reshape(-1, self.XR.shape[-1])
+        base = torch.arange(0, XR.shape[0], m, device=idx.device).reshape(idx.shape[:-1])
+        rows = XR.index_select(0, (idx + base.unsqueeze(-1)).flatten())
+        rows = rows.reshape(*idx.shape, XR.shape[-1])
+        Xb, Rb = rows[..., :di], rows[..., di:]
         Z = Xb @ A.transpose(-1, -2)                        # (.., b, r)
         E = s * Z @ B.transpose(-1, -2) - Rb                # (.., b, do)
         out = {}
@@ -193,10 +200,13 @@ class QuadraticProblem:
                                         if name in blocks)
             Ab, Bb = A.mean(1), B.mean(1)
             gbar = self.full_grads(Ab, Bb, self.Sig_bar, self.C_bar, blocks)
-            g_inner += sum(v.double().pow(2).flatten(1).sum(-1) for v in gbar.values())
+            g_inner += sum(v.pow(2).flatten(1).sum(-1, dtype=torch.float64)
+                           for v in gbar.values())
             if k == 0:
                 loss_start = self._global_loss(Ab, Bb)
-            self._track_norms(A, B)
+                self._track_norms(A, B, ("A", "B"))
+            else:
+                self._track_norms(A, B, blocks)
             # the step
             if c.noise_kind == "minibatch":
                 g = self._minibatch_grads(A, B, noise["idx"][:, k], blocks)
@@ -208,7 +218,7 @@ class QuadraticProblem:
                 A = A - lr * g["A"]
             if "B" in g:
                 B = B - lr * g["B"]
-        self._track_norms(A, B)
+        self._track_norms(A, B, blocks)
         self._round_stats = {"xi_inner": xi_inner / K, "grad_norm_sq_inner": g_inner / K,
                              "loss_start": loss_start}
         newA = list(A.unbind(2)) if "A" in blocks else state.A
@@ -218,11 +228,9 @@ class QuadraticProblem:
     def _draw_noise(self, t: int, blocks: tuple[str, ...]) -> dict[str, Tensor]:
         c, K = self.cfg, self.cfg.local_steps
         if c.noise_kind == "minibatch":
-            idx = []
-            for seed in self.seeds:
-                g = torch_generator(seed, "minibatch", t)
-                u = torch.rand(K, self.n, self.L, c.samples_per_client, generator=g)
-                idx.append(u.argsort(-1)[..., : c.batch_size])
+            idx = [torch.randint(0, c.samples_per_client, (K, self.n, self.L, c.batch_size),
+                                 generator=torch_generator(seed, "minibatch", t))
+                   for seed in self.seeds]
             return {"idx": torch.stack(idx).to(self.device)}   # (S, K, n, L, b)
         if c.noise_kind == "additive":
             std = math.sqrt(c.noise / self.n_params())
@@ -238,11 +246,13 @@ class QuadraticProblem:
             return out
         return {}
 
-    def _track_norms(self, A: Tensor, B: Tensor) -> None:
-        fa = A.double().pow(2).sum((-2, -1)).sqrt().amax(1)   # (S, L)
-        fb = B.double().pow(2).sum((-2, -1)).sqrt().amax(1)
-        self.max_fro_A = torch.maximum(self.max_fro_A, fa)
-        self.max_fro_B = torch.maximum(self.max_fro_B, fb)
+    def _track_norms(self, A: Tensor, B: Tensor, blocks: tuple[str, ...]) -> None:
+        if "A" in blocks:
+            fa = A.pow(2).sum((-2, -1), dtype=torch.float64).sqrt().amax(1)   # (S, L)
+            self.max_fro_A = torch.maximum(self.max_fro_A, fa)
+        if "B" in blocks:
+            fb = B.pow(2).sum((-2, -1), dtype=torch.float64).sqrt().amax(1)
+            self.max_fro_B = torch.maximum(self.max_fro_B, fb)
 
     def _global_loss(self, Ab: Tensor, Bb: Tensor) -> Tensor:
         """f(x_bar) = (1/n) sum_i f_i at averaged factors (S, L, ...) -> (S,)."""
@@ -308,4 +318,4 @@ class QuadraticProblem:
 def _xi(X: Tensor) -> Tensor:
     """Consensus error over the client axis 1 of a stacked (S, n, ...) tensor -> (S,)."""
     D = X - X.mean(1, keepdim=True)
-    return D.double().pow(2).flatten(1).sum(-1) / X.shape[1]
+    return D.pow(2).flatten(1).sum(-1, dtype=torch.float64) / X.shape[1]
