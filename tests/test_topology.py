@@ -131,6 +131,16 @@ def test_sparse_spectral_path_agrees_on_a_large_graph():
     assert spectral_summary(W).method == "sparse"  # auto picks sparse for n > 1500
 
 
+def test_sparse_path_sees_repeated_eigenvalue_one():
+    # Lanczos alone cannot see multiplicities: a disconnected W must still give λ2 = 1
+    W = mixing_matrix(build_graph("two-cliques", 40, bridges=0), "metropolis", sparse=True)
+    s = spectral_summary(W, method="sparse")
+    assert s.lambda2 == pytest.approx(1.0, abs=1e-10) and s.gap == pytest.approx(0, abs=1e-10)
+    D = mixing_matrix(build_graph("exponential", 40, sided="one"), "uniform", sparse=True)
+    a, b = spectral_summary(D, method="sparse"), spectral_summary(D.toarray(), method="dense")
+    assert not a.symmetric and abs(a.gap - b.gap) < 1e-8 and abs(a.lambda2 - b.lambda2) < 1e-8
+
+
 def test_non_symmetric_gap_uses_sigma2():
     # one-sided exponential graph with uniform weights: a doubly stochastic circulant
     W = mixing_matrix(build_graph("exponential", 8, sided="one"), "uniform")

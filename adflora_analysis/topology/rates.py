@@ -110,8 +110,8 @@ def _static_p(W: Any) -> float:
         rows = np.asarray(W.sum(axis=1)).ravel()
         op = spla.LinearOperator(
             (n, n), dtype=np.float64,
-            matvec=lambda x: W @ x - rows * x.mean(),
-            rmatvec=lambda y: (W.T @ y) - (rows @ y) / n)
+            matvec=lambda x: W @ np.ravel(x) - rows * np.mean(x),
+            rmatvec=lambda y: W.T @ np.ravel(y) - (rows @ np.ravel(y)) / n * np.ones(n))
         s = spla.svds(op, k=1, tol=0, return_singular_vectors=False,
                       v0=np.random.default_rng(0).standard_normal(n))
         return float(1.0 - s[0] ** 2)

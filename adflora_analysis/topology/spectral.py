@@ -126,8 +126,7 @@ def spectral_summary(W: Any, *, method: str = "auto", sym_tol: float = 1e-12
             lam2, lamn = float(ev[1].real), float(ev[-1].real)
             sig2 = float(sla.svdvals(A)[1])
     else:
-        A = sp.csr_array(W)
-        lam2, lamn, sig2 = _sparse(A, sym)
+        lam2, lamn, sig2 = _sparse_by_component(sp.csr_array(W), sym)
     gap = 1.0 - (max(abs(lam2), abs(lamn)) if sym else sig2)
     return SpectralSummary(n=n, lambda2=lam2, lambda_n=lamn, sigma2=float(sig2),
                            gap=_snap(float(gap)),
@@ -142,22 +141,91 @@ def _snap(x: float, eps: float = 1e-13) -> float:
     return x
 
 
-def _sparse(A: sp.csr_array, sym: bool) -> tuple[float, float, float]:
+def _sparse_by_component(A: sp.csr_array, sym: bool) -> tuple[float, float, float]:
+    """(λ2, λn, σ2) of W, block by block when its support has several (weak) components.
+
+    W is then block diagonal, and its spectrum and singular values are the union of the blocks'.
+    Within a connected block the eigenvalue 1 of a stochastic W is simple (Perron–Frobenius), so
+    one Krylov start vector is enough.
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    ncomp, labels = connected_components(A, directed=True, connection="weak")
+    if ncomp == 1:
+        lam1, lam2, lamn, sig1, sig2 = _sparse(A, sym)
+        return lam2, lamn, sig2
+    eig_top: list[float] = []
+    sv_top: list[float] = []
+    lamn = np.inf
+    for c in range(ncomp):
+        idx = np.flatnonzero(labels == c)
+        B = A[idx][:, idx]
+        if len(idx) <= 500:  # small blocks go dense (ARPACK also needs k < n − 1)
+            D = B.toarray()
+            ev = np.linalg.eigvals(D).real
+            eig_top += sorted(ev)[-2:]
+            lamn = min(lamn, float(ev.min()))
+            sv_top += sorted(np.linalg.svd(D, compute_uv=False))[-2:]
+        else:
+            B = sp.csr_array(B)
+            lam1, lam2, lamb, sig1, sig2 = _sparse(B, _is_symmetric(B, 1e-12))
+            eig_top += [lam1, lam2]
+            lamn = min(lamn, lamb)
+            sv_top += [sig1, sig2]
+    lam2 = sorted(eig_top)[-2]
+    sig2 = sorted(sv_top)[-2]
+    return float(lam2), float(lamn), float(sig2 if not sym else max(abs(lam2), abs(lamn)))
+
+
+def _sparse(A: sp.csr_array, sym: bool) -> tuple[float, float, float, float, float]:
+    """(λ1, λ2, λn, σ1, σ2) of a W with a connected support, by ARPACK.
+
+    Lanczos/Arnoldi from one start vector cannot see the multiplicity of an eigenvalue, so
+    asking for the top two eigenvalues of a disconnected W (λ = 1 twice) would miss the second 1.
+    For doubly stochastic W the consensus direction is deflated instead: in the basis [1, U],
+    W = diag(1, UᵀWU), so W − 2J has the eigenvalue −1 on 1 and λ2, ..., λn elsewhere, and
+    σ_max(W − J) = σ2(W).
+    """
     n = A.shape[0]
     tol = 1e-13  # relative accuracy of the Ritz values (tol=0, machine precision, is slower)
     v0 = np.random.default_rng(0).standard_normal(n)  # fixed start: reproducible
+    ones = np.ones(n)
+    rows = np.asarray(A.sum(axis=1)).ravel()
+    cols = np.asarray(A.sum(axis=0)).ravel()
+    ds = bool(np.allclose(rows, 1.0, rtol=0, atol=1e-12)
+              and np.allclose(cols, 1.0, rtol=0, atol=1e-12))
+
+    def shifted(c: float) -> spla.LinearOperator:  # W − cJ
+        return spla.LinearOperator(
+            (n, n), dtype=np.float64,
+            matvec=lambda x: A @ np.ravel(x) - c * np.mean(x) * ones,
+            rmatvec=lambda y: A.T @ np.ravel(y) - c * np.mean(y) * ones)
+
+    ncv = min(n - 1, 20)  # eigs and svds need ncv < n
     try:
         if sym:
-            top = spla.eigsh(A, k=2, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
+            if ds:
+                top = [1.0, *spla.eigsh(shifted(2.0), k=1, which="LA", tol=tol, v0=v0,
+                                        return_eigenvectors=False)]
+            else:
+                top = spla.eigsh(A, k=2, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
             bot = spla.eigsh(A, k=1, which="SA", tol=tol, v0=v0, return_eigenvectors=False)
-            lam2, lamn = float(np.min(top)), float(bot[0])
-            return lam2, lamn, max(abs(lam2), abs(lamn))
-        ncv = min(n - 1, 20)  # eigs and svds need ncv < n
-        top = spla.eigs(A, k=2, which="LR", tol=tol, ncv=ncv, v0=v0, return_eigenvectors=False)
+            lam1, lam2, lamn = float(np.max(top)), float(np.min(top)), float(bot[0])
+            sig = sorted(abs(x) for x in (lam1, lam2, lamn))
+            return lam1, lam2, lamn, sig[-1], sig[-2]
+        if ds:
+            top = [1.0, *spla.eigs(shifted(2.0), k=1, which="LR", tol=tol, ncv=ncv, v0=v0,
+                                   return_eigenvectors=False).real]
+            sv = [1.0, *spla.svds(shifted(1.0), k=1, tol=tol, ncv=ncv, v0=v0,
+                                  return_singular_vectors=False)]
+        else:
+            top = spla.eigs(A, k=2, which="LR", tol=tol, ncv=ncv, v0=v0,
+                            return_eigenvectors=False).real
+            sv = spla.svds(A, k=2, tol=tol, ncv=ncv, v0=v0, return_singular_vectors=False)
         bot = spla.eigs(A, k=1, which="SR", tol=tol, ncv=ncv, v0=v0, return_eigenvectors=False)
-        sv = spla.svds(A, k=2, tol=tol, ncv=ncv, v0=v0, return_singular_vectors=False)
-        return float(np.min(top.real)), float(bot[0].real), float(np.min(sv))
-    except spla.ArpackNoConvergence:
+        return (float(np.max(top)), float(np.min(top)), float(bot[0].real), float(np.max(sv)),
+                float(np.min(sv)))
+    except (spla.ArpackNoConvergence, spla.ArpackError):
         raise AdfloraError(f"sparse eigensolver did not converge for n = {n}",
                            "use method='dense' (n up to a few thousand)") from None
 
