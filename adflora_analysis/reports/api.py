@@ -11,10 +11,8 @@ from adflora_analysis.reports.render import write_report
 
 def _checks_fn():
     """The synthetic layer's theory checks for reports, if that layer provides them."""
-    try:
-        from adflora_analysis.synthetic.checks import report_checks
-    except ImportError:
-        return None
+    from adflora_analysis.reports.checks import report_checks
+
     return report_checks
 
 

@@ -26,34 +26,52 @@ def _totals(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[metrics["layer"] == "all"] if "layer" in metrics else metrics
 
 
+def _variants(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """One (label, rows) pair per study variant (a single unlabelled pair without variants)."""
+    if "variant" in df and df["variant"].nunique() > 1:
+        return [(str(v), g) for v, g in df.groupby("variant", sort=False)]
+    return [(None, df)]
+
+
 def _positive(df: pd.DataFrame, col: str) -> pd.DataFrame:
-    """Rows with a positive value of ``col`` (log axes cannot show zeros)."""
-    return df[df[col] > 0]
+    """Rows whose ``col`` is above round-off (1e-14 of the column's largest value): log axes
+    cannot show zeros, and a block that is identical on every client (a shared frozen A) has a
+    consensus error of pure floating-point noise (~1e-32) that would squash the axis."""
+    top = df[col].abs().max()
+    return df[df[col] > (1e-14 * top if top > 0 else 0)]
 
 
 def consensus(metrics: pd.DataFrame, bounds: pd.DataFrame | None = None) -> plt.Figure | None:
-    """Ξ_A and Ξ_B per round on a log scale; ``bounds`` (columns method, round, block, bound)
-    are overlaid as dashed lines."""
+    """Ξ_A and Ξ_B per round on a log scale, one row of panels per study variant; ``bounds``
+    (columns method, round, block, bound, optionally variant) are overlaid as dashed lines."""
     df = _totals(metrics)
     if df.empty or "xi_A" not in df:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    parts = _variants(df)
+    fig, axes = plt.subplots(len(parts), 2, figsize=(11, 3.6 * len(parts)), squeeze=False)
     order = _hue_order(df)
     palette = dict(zip(order, sns.color_palette(n_colors=len(order)), strict=True))
-    for ax, block in zip(axes, ("A", "B"), strict=True):
-        col = f"xi_{block}"
-        data = _positive(df, col)
-        if not data.empty:
-            sns.lineplot(data=data, x="round", y=col, hue="method", hue_order=order,
-                         palette=palette, errorbar=BAND, ax=ax)
-        if bounds is not None and not bounds.empty:
-            for m, b in bounds[bounds["block"] == block].groupby("method"):
-                b = b[b["bound"] > 0]
-                ax.plot(b["round"], b["bound"], ls="--", lw=1.2,
-                        color=palette.get(m, "k"), label=f"{m} bound")
-        ax.set_yscale("log")
-        ax.set_title(f"consensus error Ξ_{block} (dashed: bound)")
-        ax.set_ylabel(f"Ξ_{block}")
+    for row, (label, part) in zip(axes, parts, strict=True):
+        for ax, block in zip(row, ("A", "B"), strict=True):
+            col = f"xi_{block}"
+            data = _positive(part, col)
+            if not data.empty:
+                sns.lineplot(data=data, x="round", y=col, hue="method", hue_order=order,
+                             palette=palette, errorbar=BAND, ax=ax)
+            if bounds is not None and not bounds.empty:
+                b_all = bounds[bounds["block"] == block]
+                if label is not None and "variant" in b_all:
+                    b_all = b_all[b_all["variant"].astype(str) == label]
+                for m, b in b_all.groupby("method"):
+                    b = b[b["bound"] > 0]
+                    ax.plot(b["round"], b["bound"], ls="--", lw=1.2,
+                            color=palette.get(m, "k"), label=f"{m} bound")
+            ax.set_yscale("log")
+            ax.set_title(f"Ξ_{block}" + (f" [{label}]" if label else "")
+                         + " (dashed: unrolled bound, check 4)")
+            ax.set_ylabel(f"Ξ_{block}")
+            if ax.get_legend() is not None:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -66,6 +84,8 @@ def frozen_block(metrics: pd.DataFrame, methods=("adf-lora", "rolora")) -> plt.F
     if df.empty or "trained" not in df:
         return None
     df = df[df["method"].isin(methods) & df["trained"].isin(["A", "B"])]
+    if "variant" in df and df["variant"].nunique() > 1:  # one variant: the first listed
+        df = df[df["variant"] == df["variant"].iloc[0]]
     present = [m for m in methods if m in set(df["method"])]
     if not present:
         return None
@@ -98,21 +118,28 @@ def frozen_block(metrics: pd.DataFrame, methods=("adf-lora", "rolora")) -> plt.F
 
 def per_round(metrics: pd.DataFrame, col: str, title: str, log: bool = True
               ) -> plt.Figure | None:
-    """One metric of the ``all`` rows per round, methods as hue, seeds as bands."""
+    """One metric of the ``all`` rows per round, methods as hue, seeds as bands, one panel per
+    study variant."""
     df = _totals(metrics)
     if df.empty or col not in df or df[col].isna().all():
         return None
     df = _positive(df, col) if log else df.dropna(subset=[col])
     if df.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    style = "switch_interval" if "switch_interval" in df and df["switch_interval"].nunique() > 1 \
-        else None
-    sns.lineplot(data=df, x="round", y=col, hue="method", hue_order=_hue_order(df),
-                 style=style, errorbar=BAND, ax=ax)
-    if log:
-        ax.set_yscale("log")
-    ax.set_title(title)
+    parts = _variants(df)
+    ncol = min(3, len(parts))
+    nrow = -(-len(parts) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.5 * ncol, 3.5 * nrow), squeeze=False,
+                             sharey=True)
+    order = _hue_order(df)
+    for ax, (label, part) in zip(axes.flat, parts, strict=False):
+        sns.lineplot(data=part, x="round", y=col, hue="method", hue_order=order,
+                     errorbar=BAND, ax=ax)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title + (f" [{label}]" if label else ""), fontsize=10)
+    for ax in list(axes.flat)[len(parts):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig
 

@@ -99,9 +99,9 @@ def write_report(out: str | Path, title: str, sections: list[Section],
             if note:
                 md += [f"*{note}*", ""]
             table_html = _fmt(df).to_html(index=False, escape=True, border=0)
-            for verdict in ("held", "violated"):
-                table_html = table_html.replace(f"<td>{verdict}</td>",
-                                                f'<td class="{verdict}">{verdict}</td>')
+            for verdict, cls in (("held", "held"), ("VIOLATED", "violated"),
+                                 ("violated", "violated")):
+                table_html = table_html.replace(f"<td>{verdict}", f'<td class="{cls}">{verdict}')
             body.append(f"<h3>{html.escape(name)}</h3>"
                         + (f'<p class="note">{html.escape(note)}</p>' if note else "")
                         + f'<div class="table" data-table="{_slug(name)}">{table_html}</div>'
