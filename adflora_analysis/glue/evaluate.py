@@ -1,0 +1,60 @@
+"""Evaluation every E rounds: each client's GLUE metric on the validation split(s), their mean
+(the paper's number), and the metric of the averaged adapter (Ā, B̄) (DESIGN §4, §7).
+
+Rows of the ``eval`` table: ``method``, ``seed``, ``round``, ``client`` (``"0"``..``"n-1"``,
+``"mean"`` or ``"averaged"``), ``split`` (``validation``, or ``validation_matched`` /
+``validation_mismatched`` for MNLI), ``metric`` (the task's GLUE metrics, plus ``loss``), and
+``value``. ``"mean"`` is the mean of the clients' values of each metric; ``"averaged"`` is the
+model with the client-mean factors (and client-mean head with ``train_head``) - what averaging
+the factors gives, not the mean of the products B_i A_i (their gap is the cross term C).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adflora_analysis.core.state import LoraState
+from adflora_analysis.glue.data import Encoded
+from adflora_analysis.glue.model import predict
+from adflora_analysis.glue.problem import GlueProblem
+from adflora_analysis.glue.tasks import TaskSpec, compute_metrics
+
+
+def _scores(problem: GlueProblem, task: TaskSpec, val: dict[str, Encoded],
+            batch_size: int) -> dict[tuple[str, str], float]:
+    out = {}
+    for split, enc in val.items():
+        pred, loss = predict(problem.gm, enc, batch_size)
+        for m, v in compute_metrics(task, enc.labels.numpy(), pred.numpy()).items():
+            out[(split, m)] = v
+        out[(split, "loss")] = loss
+    return out
+
+
+def eval_rows(problem: GlueProblem, state: LoraState, task: TaskSpec,
+              val: dict[str, Encoded], *, t: int, batch_size: int = 128,
+              clients: bool = True) -> list[dict]:
+    """Evaluate every client (if ``clients``) and the averaged adapter; tidy rows."""
+    gm = problem.gm
+    problem.activate()
+    base = {"method": problem.method, "seed": problem.seed, "round": t}
+    rows: list[dict] = []
+    per_client: dict[tuple[str, str], list[float]] = {}
+    if clients:
+        for i in range(state.n_clients):
+            gm.load_client(state, i)
+            gm.load_head(problem.client_head(i))
+            for (split, m), v in _scores(problem, task, val, batch_size).items():
+                per_client.setdefault((split, m), []).append(v)
+                rows.append({**base, "client": str(i), "split": split, "metric": m,
+                             "value": float(v)})
+        for (split, m), vs in per_client.items():
+            rows.append({**base, "client": "mean", "split": split, "metric": m,
+                         "value": float(np.mean(vs))})
+    gm.load_factors([a.mean(0) for a in state.A], [b.mean(0) for b in state.B])
+    gm.load_head(problem.mean_head())
+    for (split, m), v in _scores(problem, task, val, batch_size).items():
+        rows.append({**base, "client": "averaged", "split": split, "metric": m,
+                     "value": float(v)})
+    gm.load_head(problem.head0)
+    return rows

@@ -1,0 +1,214 @@
+"""The GLUE :class:`~adflora_analysis.core.loop.Problem`: K local AdamW steps per client on the
+one shared model, for :func:`adflora_analysis.core.loop.run_rounds` (DESIGN §2, §7).
+
+For each client i at round t: copy its factors (and its head, with ``train_head``) into the
+model, make only the trained block(s) require grad (the inactive factor gets no gradient and no
+optimizer state, and comes back bit-identical: it is never read back), build a fresh AdamW
+(the default; ``optimizer_reset = "never"`` keeps each client's AdamW state across rounds),
+take K steps of ``batch_size`` rows, and read the trained block(s) back into new stacked tensors.
+
+Randomness is counter-based (:mod:`adflora_analysis.seeding`), so a resumed run repeats the
+uninterrupted one exactly without saved generator states:
+
+- data order: client i's rows are visited epoch by epoch, epoch e in the order
+  ``numpy_rng(seed, "data", i, e).permutation(m_i)``; local step k of round t takes positions
+  ``[(t K + k) b, (t K + k + 1) b)`` of that endless sequence (b = batch_size);
+- dropout (model and LoRA): the global torch RNG is seeded from ``(seed, "dropout", i, t)``
+  before client i's steps of round t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from adflora_analysis.core.gossip import gossip
+from adflora_analysis.core.metrics import consensus_error
+from adflora_analysis.core.state import LoraState
+from adflora_analysis.errors import DivergenceError
+from adflora_analysis.glue.data import Encoded
+from adflora_analysis.glue.model import GlueModel
+from adflora_analysis.seeding import int_seed, numpy_rng
+
+
+class ClientBatches:
+    """Stateless epoch-wise sampling without replacement of one client's rows."""
+
+    def __init__(self, rows: np.ndarray, seed: int, client: int):
+        self.rows = np.asarray(rows)
+        self.seed, self.client = seed, client
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _perm(self, e: int) -> np.ndarray:
+        if e not in self._cache:
+            if len(self._cache) > 4:
+                self._cache.clear()
+            self._cache[e] = numpy_rng(self.seed, "data", self.client, e).permutation(
+                len(self.rows))
+        return self._cache[e]
+
+    def batch(self, step: int, batch_size: int) -> np.ndarray:
+        """Row indices of global local step ``step`` (= t K + k)."""
+        m = len(self.rows)
+        pos = np.arange(step * batch_size, (step + 1) * batch_size)
+        ep, off = pos // m, pos % m
+        return np.array([self.rows[self._perm(int(e))[o]] for e, o in zip(ep, off, strict=True)])
+
+
+class GlueProblem:
+    """Local AdamW steps of every client on the shared :class:`GlueModel` (see module doc).
+
+    Parameters
+    ----------
+    gm : the shared model (one per process; several problems may take turns on it).
+    train : the encoded training rows of the task.
+    parts : each client's row indices into ``train``.
+    method, seed : for messages, data order and dropout streams.
+    local_steps, batch_size, lr, weight_decay : the local AdamW steps.
+    head0 : the head every client starts from (:meth:`GlueModel.initial_head`).
+    train_head : train each client's head and gossip it with W^t every round.
+    optimizer_reset : ``"round"`` (fresh AdamW per client per round) or ``"never"``.
+    """
+
+    def __init__(self, gm: GlueModel, train: Encoded, parts: list[np.ndarray], *, method: str,
+                 seed: int, local_steps: int, batch_size: int, lr: float,
+                 weight_decay: float = 0.0, head0: dict[str, Tensor] | None = None,
+                 train_head: bool = False, optimizer_reset: str = "round"):
+        self.gm, self.train, self.method, self.seed = gm, train, method, seed
+        self.n = len(parts)
+        self.K, self.bs, self.lr, self.wd = local_steps, batch_size, lr, weight_decay
+        self.train_head = train_head
+        self.optimizer_reset = optimizer_reset
+        self.clients = [ClientBatches(p, seed, i) for i, p in enumerate(parts)]
+        self.head0 = {k: v.detach().clone() for k, v in (head0 or gm.initial_head(seed)).items()}
+        # per-client heads (n, *shape) when trained; None = the shared frozen head0
+        self.heads: dict[str, Tensor] | None = (
+            {k: v.unsqueeze(0).repeat(self.n, *([1] * v.ndim)) for k, v in self.head0.items()}
+            if train_head else None)
+        self.opt_state: list[dict[str, dict]] = [{} for _ in range(self.n)]
+        self.last_loss = float("nan")
+        self.last_steps = 0
+        self.rounds_done = -1
+
+    # --- the model is shared: make it ours ------------------------------------------------
+
+    def activate(self) -> None:
+        """Put this problem's shared head into the model (problems take turns on one model)."""
+        if self.gm.owner is not self:
+            self.gm.load_head(self.head0)
+            self.gm.owner = self
+
+    def client_head(self, i: int) -> dict[str, Tensor]:
+        return {k: v[i] for k, v in self.heads.items()} if self.heads is not None else self.head0
+
+    def mean_head(self) -> dict[str, Tensor]:
+        return ({k: v.mean(0) for k, v in self.heads.items()} if self.heads is not None
+                else self.head0)
+
+    # --- Problem protocol -------------------------------------------------------------------
+
+    def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int) -> LoraState:
+        gm = self.gm
+        self.activate()
+        gm.model.train()
+        new_A = [a.clone() for a in state.A] if "A" in blocks else list(state.A)
+        new_B = [b.clone() for b in state.B] if "B" in blocks else list(state.B)
+        losses = []
+        for i in range(self.n):
+            gm.load_client(state, i)
+            if self.heads is not None:
+                gm.load_head(self.client_head(i))
+            params = gm.set_trainable(blocks, self.train_head)
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.wd)
+            if self.optimizer_reset == "never":
+                self._restore_opt(opt, i)
+            torch.manual_seed(int_seed(self.seed, "dropout", i, t))
+            for k in range(self.K):
+                rows = self.clients[i].batch(t * self.K + k, self.bs)
+                out = gm.model(**self.train.batch(rows, gm.device))
+                loss = out.loss
+                lv = float(loss.detach())
+                if not np.isfinite(lv):
+                    raise DivergenceError(
+                        f"non-finite loss ({lv}) at round {t}, client {i}, local step {k} "
+                        f"(method {self.method}, seed {self.seed})",
+                        "lower lr; the metrics so far and the last good checkpoint are kept "
+                        "in the run directory")
+                losses.append(lv)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                if "A" in blocks:
+                    for X, p in zip(new_A, gm.lora_A, strict=True):
+                        X[i].copy_(p)
+                if "B" in blocks:
+                    for X, p in zip(new_B, gm.lora_B, strict=True):
+                        X[i].copy_(p)
+                if self.heads is not None:
+                    for k_, v in self.heads.items():
+                        v[i].copy_(gm.head[k_])
+            if self.optimizer_reset == "never":
+                self._save_opt(opt, i)
+            del opt
+        gm.set_trainable((), False)
+        self.last_loss = float(np.mean(losses))
+        self.last_steps = len(losses)
+        self.rounds_done = t
+        return LoraState(new_A, new_B, list(state.layers))
+
+    def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
+        out = {"local_loss": torch.tensor(self.last_loss, dtype=torch.float64)}
+        if self.heads is not None:
+            xi = sum(consensus_error(v.reshape(self.n, 1, -1)) for v in self.heads.values())
+            out["xi_head"] = torch.as_tensor(xi, dtype=torch.float64)
+        return out
+
+    def mixing(self, schedule: Callable[[int], Tensor]) -> Callable[[int], Tensor]:
+        """Wrap ``t -> W^t``: with ``train_head``, each call (once per round, after the local
+        update, as :func:`run_rounds` does) also gossips the clients' heads with the same W^t."""
+
+        def at(t: int) -> Tensor:
+            W = schedule(t)
+            if self.heads is not None:
+                self.heads = {k: gossip(W, v) for k, v in self.heads.items()}
+            return W
+
+        return at
+
+    # --- optimizer state across rounds (optimizer_reset = "never") ------------------------
+
+    def _restore_opt(self, opt: torch.optim.Optimizer, i: int) -> None:
+        saved = self.opt_state[i]
+        names = {id(p): n for n, p in self.gm.named_trainable().items()}
+        for group in opt.param_groups:
+            for p in group["params"]:
+                s = saved.get(names[id(p)])
+                if s is not None:
+                    opt.state[p] = {k: v.clone() for k, v in s.items()}
+
+    def _save_opt(self, opt: torch.optim.Optimizer, i: int) -> None:
+        names = {id(p): n for n, p in self.gm.named_trainable().items()}
+        for p, s in opt.state.items():
+            self.opt_state[i][names[id(p)]] = {k: v.detach().clone() for k, v in s.items()}
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs beyond the stacked adapters: per-client heads and optimizer
+        states where kept. Data order and dropout are functions of (seed, client, round), so no
+        generator state is saved; the record says so."""
+        return {"heads": self.heads, "opt_state": self.opt_state if self.optimizer_reset ==
+                "never" else None, "round": self.rounds_done,
+                "rng": "counter-based: data (seed, 'data', client, epoch), dropout "
+                       "(seed, 'dropout', client, round)"}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("heads") is not None:
+            self.heads = d["heads"]
+        if d.get("opt_state") is not None:
+            self.opt_state = d["opt_state"]
+        self.rounds_done = int(d.get("round", -1))

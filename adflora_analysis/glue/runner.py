@@ -1,0 +1,222 @@
+"""Run a GLUE study into a run directory (DESIGN §7, §8).
+
+One job per (method, seed), driven by :func:`adflora_analysis.experiment.run_jobs` through the
+one round loop; the base model is loaded once and shared by every job. The run directory holds:
+
+    config.toml            the resolved config (after overrides)
+    meta.json              versions, git revision, topology constants (p, ...), model and data facts
+    label_counts.csv       per-seed, per-client label counts of the partition
+    metrics.jsonl/.parquet per round and adapted layer (plus layer "all"): xi_A, xi_B,
+                           cross_term, product_consensus, ..., local_loss, bytes_sent
+    eval.jsonl/.parquet    every eval_every rounds: per-client, "mean" and "averaged" metrics
+    summary.csv            per method and seed: the last round's xi_A, xi_B, C and eval metrics
+    checkpoints/           stacked adapters (+ heads / optimizer states) every checkpoint_every
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from adflora_analysis import io
+from adflora_analysis.core.gossip import mixing_schedule
+from adflora_analysis.core.methods import get_method
+from adflora_analysis.errors import AdfloraError
+from adflora_analysis.experiment import Job, check_resume_config, run_jobs
+from adflora_analysis.glue.config import GlueConfig
+from adflora_analysis.glue.data import encode, load_data
+from adflora_analysis.glue.evaluate import eval_rows
+from adflora_analysis.glue.model import GlueModel
+from adflora_analysis.glue.partition import label_count_table, partition_indices, partition_labels
+from adflora_analysis.glue.problem import GlueProblem
+from adflora_analysis.glue.tasks import get_task
+from adflora_analysis.rundir import init_run_dir, make_meta, update_meta
+
+
+def job_key(method: str, seed: int) -> str:
+    return f"{method}/seed={seed}"
+
+
+def build_model(cfg: GlueConfig) -> GlueModel:
+    task = get_task(cfg.task)
+    return GlueModel(cfg.model, task.num_labels, rank=cfg.rank, lora_alpha=cfg.lora_alpha,
+                     dropout=cfg.dropout, target_modules=cfg.target_modules, device=cfg.device)
+
+
+class GlueStudy:
+    """Everything a GLUE run shares across its jobs: data, encodings, partitions, the model."""
+
+    def __init__(self, cfg: GlueConfig, run_dir: str | Path | None = None,
+                 gm: GlueModel | None = None):
+        self.cfg = cfg
+        self.task = get_task(cfg.task)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        fixture_dir = Path(run_dir) / "fixture" if run_dir is not None else None
+        self.data = load_data(cfg, fixture_dir=fixture_dir)
+        self.gm = gm if gm is not None else build_model(cfg)
+        tok = self.gm.tokenizer
+        self.train = encode(tok, self.task, self.data.train, cfg.max_length)
+        self.val = {s: encode(tok, self.task, df, cfg.max_length)
+                    for s, df in self.data.val.items()}
+        y, C = partition_labels(self.data.train["label"].to_numpy(), self.task.is_regression)
+        self.partition_y, self.partition_classes = y, C
+        self.parts = {s: partition_indices(y, cfg.n_clients, cfg.partition, s, n_classes=C,
+                                           alpha=cfg.dirichlet_alpha,
+                                           examples_per_client=cfg.examples_per_client)
+                      for s in cfg.seed_list}
+        for s, parts in self.parts.items():
+            small = [i for i, p in enumerate(parts) if len(p) == 0]
+            if small:
+                raise AdfloraError(f"partition {cfg.partition!r} (seed {s}) left client(s) "
+                                   f"{small} without rows", "use more rows or fewer clients")
+
+    def label_counts(self) -> pd.DataFrame:
+        names = list(self.task.label_names) if self.task.label_names else ["low", "high"]
+        return pd.concat([label_count_table(self.partition_y, p, self.partition_classes, names,
+                                            seed=s) for s, p in self.parts.items()],
+                         ignore_index=True)
+
+    def problem(self, method: str, seed: int) -> GlueProblem:
+        cfg = self.cfg
+        return GlueProblem(self.gm, self.train, self.parts[seed], method=method, seed=seed,
+                           local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                           weight_decay=cfg.weight_decay, head0=self.gm.initial_head(seed),
+                           train_head=cfg.train_head, optimizer_reset=cfg.optimizer_reset)
+
+    def sampler(self, seed: int):
+        from adflora_analysis.topology import build_sampler
+
+        return build_sampler(self.cfg.topology, self.cfg.n_clients, seed)
+
+    def job(self, method: str, seed: int) -> Job:
+        cfg = self.cfg
+
+        def build():
+            problem = self.problem(method, seed)
+            state = self.gm.initial_state(cfg.n_clients, seed, cfg.per_client_init)
+            sched = mixing_schedule(self.sampler(seed), [seed], dtype=torch.float64)
+            return problem, state, problem.mixing(lambda t: sched(t)[0])
+
+        T = cfg.switch_for(method)
+        return Job(job_key(method, seed), get_method(method), [seed], build,
+                   switch_interval=T, extra={"task": self.task.name, "switch_interval": T})
+
+    def jobs(self) -> list[Job]:
+        return [self.job(m, s) for m in self.cfg.methods for s in self.cfg.seed_list]
+
+    def eval_due(self, t: int) -> bool:
+        E = self.cfg.eval_every
+        return t == self.cfg.rounds - 1 or (E > 0 and (t + 1) % E == 0)
+
+    def on_round(self, log: bool = False):
+        def cb(job, problem, res) -> dict[str, list[dict]]:
+            if not self.eval_due(res.t):
+                return {}
+            rows = eval_rows(problem, res.state, self.task, self.val, t=res.t,
+                             batch_size=self.cfg.eval_batch_size)
+            if log:
+                print(_eval_line(job.key, res, rows, self.task.main_metric), file=sys.stderr,
+                      flush=True)
+            return {"eval": rows}
+
+        return cb
+
+    def meta(self) -> dict[str, Any]:
+        from adflora_analysis.topology import topology_constants
+
+        gm, cfg = self.gm, self.cfg
+        topo = {}
+        for s in cfg.seed_list:
+            try:
+                topo[str(s)] = topology_constants(self.sampler(s), samples=4000, seed=s)
+            except AdfloraError as e:
+                topo[str(s)] = {"error": str(e)}
+        sizes = [len(p) for p in self.parts[cfg.seed_list[0]]]
+        return make_meta(
+            cfg.seed_list,
+            layer="glue",
+            task=self.task.name,
+            data={"source": self.data.source, "description": self.data.description,
+                  "train_rows": len(self.data.train),
+                  "val_rows": {k: len(v) for k, v in self.data.val.items()},
+                  "rows_per_client_seed0": sizes},
+            model={"name": cfg.model, "path": gm.path, "adapted_layers": len(gm.layers),
+                   "layers": gm.layers, "adapter_bytes_per_client": gm.adapter_bytes(),
+                   "head_params": list(gm.head), "head_initialised": sorted(gm.head_missing),
+                   "scale": cfg.scale},
+            optimizer={"name": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                       "reset": cfg.optimizer_reset,
+                       "note": "fresh AdamW per client per round" if cfg.optimizer_reset ==
+                       "round" else "per-client AdamW state kept across rounds (not gossiped)"},
+            switch_interval={m: cfg.switch_for(m) for m in cfg.methods},
+            topology=topo,
+            p=topo.get(str(cfg.seed_list[0]), {}).get("p"),
+        )
+
+
+def _eval_line(key: str, res, rows: list[dict], metric: str) -> str:
+    vals = {(r["client"], r["split"]): r["value"] for r in rows if r["metric"] == metric}
+    parts = [f"{c} {metric} {v:.3f}" + (f" ({s})" if s != "validation" else "")
+             for (c, s), v in vals.items() if c in ("mean", "averaged")]
+    xi = {k: float(v.sum()) for k, v in res.layer.items() if k in ("xi_A", "xi_B")}
+    return (f"{key} round {res.t + 1}: " + ", ".join(parts)
+            + f"; xi_A {xi['xi_A']:.3g} xi_B {xi['xi_B']:.3g}")
+
+
+def summarize(run_dir: str | Path) -> pd.DataFrame:
+    """Per method and seed: the last round's totals (xi_A, xi_B, cross_term,
+    product_consensus, local_loss) and the last evaluation's "mean"/"averaged" metrics."""
+    run_dir = Path(run_dir)
+    m = pd.DataFrame(io.read_jsonl(run_dir / "metrics.jsonl"))
+    if m.empty:
+        return m
+    tot = m[m["layer"] == "all"]
+    last = tot.loc[tot.groupby(["method", "seed"])["round"].idxmax()]
+    out = last[["method", "seed", "round", "xi_A", "xi_B", "cross_term", "product_consensus",
+                "local_loss"]].reset_index(drop=True)
+    e = pd.DataFrame(io.read_jsonl(run_dir / "eval.jsonl"))
+    if not e.empty:
+        e = e[e["client"].isin(["mean", "averaged"])]
+        e = e[e["round"] == e.groupby(["method", "seed"])["round"].transform("max")]
+        e = e.assign(col=e["client"] + "_" + e["metric"]
+                     + e["split"].map(lambda s: "" if s == "validation"
+                                      else "_" + s.replace("validation_", "")))
+        wide = e.pivot_table(index=["method", "seed"], columns="col", values="value")
+        out = out.merge(wide.reset_index(), on=["method", "seed"], how="left")
+    return out
+
+
+def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
+             progress: bool | None = None, stop_after: int | None = None,
+             log: bool = False, gm: GlueModel | None = None) -> pd.DataFrame:
+    """Run (or resume) the study ``cfg`` into ``out``; return :func:`summarize`'s table.
+
+    ``stop_after`` (testing) stops after that many rounds in total, as a kill would.
+    """
+    out = Path(out)
+    config = cfg.as_dict()
+    if resume:
+        check_resume_config(out, config)
+    elif (out / "metrics.jsonl").exists() or (out / "checkpoints").exists():
+        raise AdfloraError(f"{str(out)!r} already holds a run",
+                           f"resume it with --resume {out}, or choose a new --out")
+    study = GlueStudy(cfg, out, gm=gm)
+    if resume:
+        import datetime as dt
+
+        update_meta(out, resumed_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    else:
+        init_run_dir(out, config, study.meta())
+    io.write_csv(out / "label_counts.csv", study.label_counts())
+    run_jobs(out, study.jobs(), cfg.rounds, checkpoint_every=cfg.checkpoint_every,
+             resume=resume, on_round=study.on_round(log), progress=progress,
+             stop_after=stop_after)
+    summary = summarize(out)
+    if not summary.empty:
+        io.write_csv(out / "summary.csv", summary)
+    return summary
