@@ -46,4 +46,20 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=True)
     except AdfloraError as e:
         print(f"error: {e}", file=sys.stderr)
+        _exit_distributed(2)
         sys.exit(2)
+
+
+def _exit_distributed(code: int) -> None:
+    """In a torch.distributed process whose peers are gone, exit without running the process
+    group's destructors (they abort with 'terminate called without an active exception')."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)

@@ -70,6 +70,18 @@ def check_resume_config(run_dir: str | Path, config: dict[str, Any]) -> None:
                            "new run directory")
 
 
+def check_resume_world_size(run_dir: str | Path, world_size: int) -> None:
+    """Refuse to resume a run with another number of processes than it was started with
+    (``world_size`` in its ``meta.json``; 1 for an in-process run)."""
+    p = Path(run_dir) / "meta.json"
+    started = json.loads(p.read_text()).get("world_size", 1) if p.exists() else 1
+    if started != world_size:
+        raise AdfloraError(f"cannot resume {str(run_dir)!r}: it was run by {started} "
+                           f"process(es), this run has {world_size}",
+                           f"resume with --nproc-per-node={started}" if started > 1
+                           else "resume without torchrun")
+
+
 def _ckpt_path(ckpt_dir: Path, key: str, t: int, rank: int) -> Path:
     return ckpt_dir / f"{_slug(key)}.r{t:06d}.rank{rank}.pt"
 

@@ -26,6 +26,19 @@ from adflora_analysis.errors import AdfloraError
 EXCHANGES = ("allgather", "neighbor")
 
 
+class PeerLostError(AdfloraError):
+    """A collective failed: another process died or stopped answering within the timeout."""
+
+
+def _peer_lost(rank: int, peers: list[int], what: str, err: Exception) -> PeerLostError:
+    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    who = f"rank {peers[0]}" if len(peers) == 1 else f"one of ranks {peers}"
+    return PeerLostError(
+        f"rank {rank}: lost contact with {who} during {what} ({first}); stopping",
+        "torchrun's summary names the failed rank; the last complete checkpoint stays valid: "
+        "rerun with --resume and the same --nproc-per-node")
+
+
 def split_clients(n: int, world_size: int) -> list[tuple[int, int]]:
     """Contiguous ``(start, stop)`` client ranges, sizes differing by at most one.
 
@@ -77,14 +90,23 @@ class TorchDistBackend:
         pad = torch.zeros((m, *Xc.shape[1:]), dtype=X.dtype, device=X.device)
         pad[: Xc.shape[0]] = Xc
         parts = [torch.empty_like(pad) for _ in range(self.world_size)]
-        dist.all_gather(parts, pad)
+        try:
+            dist.all_gather(parts, pad)
+        except (RuntimeError, dist.DistError) as e:
+            raise _peer_lost(self.rank, self._others(), "all-gather", e) from None
         self.bytes_sent += Xc.numel() * Xc.element_size() * (self.world_size - 1)
         full = torch.cat([p[: b - a] for p, (a, b) in zip(parts, self.ranges, strict=True)])
         return full.movedim(0, -3)
 
+    def _others(self) -> list[int]:
+        return [r for r in range(self.world_size) if r != self.rank]
+
     def all_sum(self, x: Tensor) -> Tensor:
         y = x.clone()
-        dist.all_reduce(y)
+        try:
+            dist.all_reduce(y)
+        except (RuntimeError, dist.DistError) as e:
+            raise _peer_lost(self.rank, self._others(), "all-reduce", e) from None
         return y
 
     def mix(self, W: Tensor, X: Tensor) -> Tensor:
@@ -127,8 +149,12 @@ class TorchDistBackend:
                 ops.append(dist.P2POp(dist.irecv, rbuf, other))
                 recv.append((recv_idx, rbuf))
         if ops:
-            for req in dist.batch_isend_irecv(ops):
-                req.wait()
+            peers = sorted({op.peer for op in ops})
+            try:
+                for req in dist.batch_isend_irecv(ops):
+                    req.wait()
+            except (RuntimeError, dist.DistError) as e:
+                raise _peer_lost(self.rank, peers, "neighbor exchange", e) from None
         for idx, rbuf in recv:
             full[torch.as_tensor(idx)] = rbuf
         return full.movedim(0, -3)

@@ -199,6 +199,9 @@ def final_vs(metrics: pd.DataFrame, by: str, col: str, title: str) -> plt.Figure
                  marker="o", errorbar=BAND, ax=ax)
     if (last[col] > 0).all():
         ax.set_yscale("log")
+    xs = last[by].dropna()
+    if len(xs) and (xs > 0).all() and xs.max() / xs.min() >= 10:
+        ax.set_xscale("log")
     ax.set_title(title)
     fig.tight_layout()
     return fig

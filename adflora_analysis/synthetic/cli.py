@@ -27,14 +27,21 @@ def run(
     progress: bool = typer.Option(None, "--progress/--no-progress",
                                   help="Progress bar (default: only on a terminal)."),
 ) -> None:
-    """Run every method (and variant) of CONFIG on all its seeds, batched, into --out."""
+    """Run every method (and variant) of CONFIG on all its seeds, batched, into --out.
+
+    Under torchrun (torchrun --standalone --nproc-per-node=P -m adflora_analysis synthetic run
+    ...) the clients are split over the P processes; results match the in-process run.
+    """
     from adflora_analysis.config import load_config
+    from adflora_analysis.distributed import make_backend, shutdown
     from adflora_analysis.synthetic.config import SyntheticConfig
     from adflora_analysis.synthetic.runner import run_study
 
     cfg = load_config(SyntheticConfig, config, overrides or [])
-    df = run_study(cfg, out, resume=resume, progress=progress)
-    if sys.stdout.isatty():
+    backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
+    df = run_study(cfg, out, resume=resume, progress=progress, backend=backend)
+    shutdown(backend)
+    if backend.rank == 0 and sys.stdout.isatty():
         n = df[["method", "seed", "round"]].drop_duplicates().shape[0] if len(df) else 0
         typer.echo(f"wrote {out} ({n} method-seed-rounds)")
 

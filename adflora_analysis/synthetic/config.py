@@ -75,6 +75,9 @@ class SyntheticConfig:
     threads : torch intra-op threads for the run; 0 = auto (1 for small problems, where thread
         start-up costs more than the matmuls, else half the cores).
     topology_samples : Monte Carlo samples for p and the second-moment rate of a random sampler.
+    backend : "auto" (torch.distributed exactly when launched by torchrun), "local" or "torch".
+    exchange : gossip exchange under torch.distributed: "allgather" or "neighbor".
+    dist_timeout_s : seconds a process waits for a dead peer before it stops with an error.
     sweep : dotted key -> list of values; the study runs every combination (e.g.
         ``sweep = {switch_interval = [1, 2, 5]}`` or ``{"topology.q" = [0.05, 0.1]}``).
     variants : list of tables of dotted overrides (and an optional ``label``), applied on top of
@@ -112,6 +115,9 @@ class SyntheticConfig:
     device: str = "cpu"
     topology_samples: int = 20000
     threads: int = 0
+    backend: Literal["auto", "local", "torch"] = "auto"
+    exchange: Literal["allgather", "neighbor"] = "allgather"
+    dist_timeout_s: float = 60.0
     sweep: dict[str, list] = field(default_factory=dict)
     variants: list[dict] = field(default_factory=list)
 

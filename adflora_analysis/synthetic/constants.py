@@ -136,6 +136,7 @@ def measure(problem: QuadraticProblem, state: LoraState, t: int) -> dict[str, Te
     - ``L_point``: the analytic bound at the client points (>= L_power);
     - ``L_hull``: :func:`smoothness_bound` so far.
     """
+    state = problem.full_state(state)
     A = torch.stack(state.A, 2).double()
     B = torch.stack(state.B, 2).double()
     Sig, C = problem.Sig.double(), problem.C.double()

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.seeding import torch_generator
 from adflora_analysis.synthetic.config import SyntheticConfig
@@ -64,8 +65,14 @@ class QuadraticProblem:
     checkpointed :meth:`state_dict`) for the smoothness bound of :mod:`.constants`.
     """
 
-    def __init__(self, cfg: SyntheticConfig, seeds: Sequence[int] | None = None):
+    def __init__(self, cfg: SyntheticConfig, seeds: Sequence[int] | None = None,
+                 backend: Backend = LOCAL):
         self.cfg = cfg
+        # Under torch.distributed this process steps only its clients ``self.sl``; the data of
+        # every client is generated everywhere (same streams, so the same numbers as in-process)
+        # and the bookkeeping that needs all clients uses gathered factors.
+        self.backend = backend
+        self.sl = backend.client_slice(cfg.n_clients)
         self.seeds = list(seeds if seeds is not None else cfg.seed_list)
         self.dtype = _DTYPES[cfg.dtype]
         self.device = torch.device(cfg.device)
@@ -109,6 +116,21 @@ class QuadraticProblem:
         self.XR = torch.cat([self.X, self.R], -1).contiguous()   # one row gather per step
         self.Sig, self.C, self.c0 = Sig.to(dt), C.to(dt), c0
         self.Sig_bar, self.C_bar = self.Sig_bar64.to(dt), self.C_bar64.to(dt)
+        # this process's clients (all of them in-process)
+        self.XR_loc = self.XR[:, self.sl].contiguous()
+        self.Sig_loc, self.C_loc = self.Sig[:, self.sl], self.C[:, self.sl]
+
+    def _full(self, X: Tensor) -> Tensor:
+        """All clients of a stacked (S, n_local, L, a, b) tensor (identity in-process)."""
+        if self.backend.world_size == 1:
+            return X
+        return torch.stack([self.backend.gather(x) for x in X.unbind(2)], 2)
+
+    def full_state(self, state: LoraState) -> LoraState:
+        """The state of every client from this process's part (identity in-process)."""
+        if self.backend.world_size == 1:
+            return state
+        return state.map_blocks(self.backend.gather)
 
     def _f_star(self) -> Tensor:
         """min over rank-<=r P of f(P) = 1/2 tr(P S P^T) - <P, C> + c (S, C, c averaged over
@@ -139,7 +161,10 @@ class QuadraticProblem:
             A.append(torch.stack(per_seed).to(self.device, self.dtype).contiguous())
             B.append(torch.zeros(len(self.seeds), self.n, c.d_out, self.r, dtype=self.dtype,
                                  device=self.device))
-        return LoraState(A, B, [f"layer{i}" for i in range(self.L)])
+        full = LoraState(A, B, [f"layer{i}" for i in range(self.L)])
+        if self.backend.world_size == 1:
+            return full
+        return full.map_blocks(lambda X: X[:, self.sl].contiguous())
 
     # ------------------------------------------------------------------ gradients
     def full_grads(self, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor,
@@ -159,7 +184,7 @@ class QuadraticProblem:
         """Gradients on rows ``idx`` (S, n, L, b) of every client's (X, R)."""
         s, b = self.s, idx.shape[-1]
         m, di = self.X.shape[-2], self.X.shape[-1]
-        XR = self.XR.reshape(-1, self.XR.shape[-1])
+        XR = self.XR_loc.reshape(-1, self.XR_loc.shape[-1])
         base = torch.arange(0, XR.shape[0], m, device=idx.device).reshape(idx.shape[:-1])
         rows = XR.index_select(0, (idx + base.unsqueeze(-1)).flatten())
         rows = rows.reshape(*idx.shape, XR.shape[-1])
@@ -190,35 +215,37 @@ class QuadraticProblem:
         A = torch.stack(state.A, 2)                          # (S, n, L, r, di)
         B = torch.stack(state.B, 2)                          # (S, n, L, do, r)
         noise = self._draw_noise(t, blocks)
-        xi_frozen = sum(_xi(X) for name, X in (("A", A), ("B", B)) if name not in blocks)
+        full = self._full
+        xi_frozen = sum(_xi(full(X)) for name, X in (("A", A), ("B", B)) if name not in blocks)
         xi_inner = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
         g_inner = torch.zeros_like(xi_inner)
         loss_start = None
         for k in range(K):
             # bookkeeping at x^{t,k} (before the step): consensus and the averaged model
-            xi_inner += xi_frozen + sum(_xi(X) for name, X in (("A", A), ("B", B))
+            Af, Bf = full(A), full(B)
+            xi_inner += xi_frozen + sum(_xi(X) for name, X in (("A", Af), ("B", Bf))
                                         if name in blocks)
-            Ab, Bb = A.mean(1), B.mean(1)
+            Ab, Bb = Af.mean(1), Bf.mean(1)
             gbar = self.full_grads(Ab, Bb, self.Sig_bar, self.C_bar, blocks)
             g_inner += sum(v.pow(2).flatten(1).sum(-1, dtype=torch.float64)
                            for v in gbar.values())
             if k == 0:
                 loss_start = self._global_loss(Ab, Bb)
-                self._track_norms(A, B, ("A", "B"))
+                self._track_norms(Af, Bf, ("A", "B"))
             else:
-                self._track_norms(A, B, blocks)
+                self._track_norms(Af, Bf, blocks)
             # the step
             if c.noise_kind == "minibatch":
                 g = self._minibatch_grads(A, B, noise["idx"][:, k], blocks)
             else:
-                g = self.full_grads(A, B, self.Sig, self.C, blocks)
+                g = self.full_grads(A, B, self.Sig_loc, self.C_loc, blocks)
                 if c.noise_kind == "additive":
                     g = {name: v + noise[name][:, k] for name, v in g.items()}
             if "A" in g:
                 A = A - lr * g["A"]
             if "B" in g:
                 B = B - lr * g["B"]
-        self._track_norms(A, B, blocks)
+        self._track_norms(full(A), full(B), blocks)
         self._round_stats = {"xi_inner": xi_inner / K, "grad_norm_sq_inner": g_inner / K,
                              "loss_start": loss_start}
         newA = list(A.unbind(2)) if "A" in blocks else state.A
@@ -231,7 +258,8 @@ class QuadraticProblem:
             idx = [torch.randint(0, c.samples_per_client, (K, self.n, self.L, c.batch_size),
                                  generator=torch_generator(seed, "minibatch", t))
                    for seed in self.seeds]
-            return {"idx": torch.stack(idx).to(self.device)}   # (S, K, n, L, b)
+            # (S, K, n_local, L, b): drawn for every client, so the numbers match in-process
+            return {"idx": torch.stack(idx)[:, :, self.sl].to(self.device)}
         if c.noise_kind == "additive":
             std = math.sqrt(c.noise / self.n_params())
             shapes = {"A": (K, self.n, self.L, self.r, c.d_in),
@@ -242,7 +270,7 @@ class QuadraticProblem:
                     std * torch.randn(*shapes[name], generator=torch_generator(seed, "noise-"
                                                                                + name, t),
                                       dtype=torch.float64) for seed in self.seeds
-                ]).to(self.device, self.dtype)
+                ])[:, :, self.sl].to(self.device, self.dtype)
             return out
         return {}
 
@@ -282,6 +310,7 @@ class QuadraticProblem:
         """
         from adflora_analysis.synthetic.constants import sigma_sq, smoothness_bound
 
+        state = self.full_state(state)
         A = torch.stack(state.A, 2).double()
         B = torch.stack(state.B, 2).double()
         Ab, Bb = A.mean(1), B.mean(1)

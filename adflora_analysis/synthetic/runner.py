@@ -31,10 +31,16 @@ from typing import Any
 import torch
 
 from adflora_analysis.config import load_config, to_dict
+from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError, DivergenceError
-from adflora_analysis.experiment import Job, check_resume_config, run_jobs
+from adflora_analysis.experiment import (
+    Job,
+    check_resume_config,
+    check_resume_world_size,
+    run_jobs,
+)
 from adflora_analysis.rundir import init_run_dir, make_meta, update_meta
 from adflora_analysis.synthetic.config import SyntheticConfig
 
@@ -124,10 +130,10 @@ def topology_meta(cfg: SyntheticConfig) -> dict[str, Any]:
                                        seed=cfg.seed_list[0])
 
 
-def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, Any]
-               ) -> list[tuple[Job, SyntheticConfig]]:
+def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, Any],
+               backend: Backend = LOCAL) -> list[tuple[Job, SyntheticConfig]]:
     """One job per (variant, method), with its variant's config; all seeds of a job run as
-    one batch."""
+    one batch (of this process's clients, under torch.distributed)."""
     from adflora_analysis.synthetic.problem import QuadraticProblem
 
     jobs = []
@@ -138,7 +144,7 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
             T = effective_T(vcfg, m)
 
             def build(vcfg=vcfg, label=label, seeds=seeds):
-                problem = QuadraticProblem(vcfg, seeds)
+                problem = QuadraticProblem(vcfg, seeds, backend)
                 mixing = mixing_schedule(samplers[label], seeds, dtype=problem.dtype,
                                          device=vcfg.device)
                 return problem, problem.initial_state(), mixing
@@ -155,28 +161,35 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
 
 
 def run_study(cfg: SyntheticConfig, out: str | Path, *, resume: bool = False,
-              progress: bool | None = None, stop_after: int | None = None):
+              progress: bool | None = None, stop_after: int | None = None,
+              backend: Backend = LOCAL):
     """Run every variant x method of ``cfg`` into ``out``; return the metrics table.
 
     A non-finite value stops the run with :class:`DivergenceError` naming the round and method;
-    the rows written so far stay (and ``meta.json`` records ``status = "diverged"``).
+    the rows written so far stay (and ``meta.json`` records ``status = "diverged"``). Under
+    torch.distributed (``backend``), every process runs this with its clients and rank 0 alone
+    writes files.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.n_threads())
     try:
         return _run_study(cfg, Path(out), resume=resume, progress=progress,
-                          stop_after=stop_after)
+                          stop_after=stop_after, backend=backend)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool | None,
-               stop_after: int | None):
+               stop_after: int | None, backend: Backend = LOCAL):
+    writer = backend.rank == 0
     config = to_dict(cfg)
     variants = expand_variants(cfg)
     rounds = {v.rounds for _, v in variants}
     if len(rounds) != 1:
         raise AdfloraError("variants must share the number of rounds", "sweep other keys")
+    if backend.world_size > 1 and {v.n_clients for _, v in variants} != {cfg.n_clients}:
+        raise AdfloraError("a torch.distributed run needs one n_clients for every variant",
+                           "run variants with other client counts separately")
     samplers, vmeta, mix_tables = {}, {}, []
     for label, vcfg in variants:
         samplers[label], tc = topology_meta(vcfg)
@@ -197,20 +210,23 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool 
     first = vmeta[variants[0][0]]
     if resume:
         check_resume_config(out, config)
-        update_meta(out, status="running")
-    else:
+        check_resume_world_size(out, backend.world_size)
+        if writer:
+            update_meta(out, status="running")
+    elif writer:
         meta = make_meta(cfg.seed_list, study="synthetic", p=first["p"],
                          p_stderr=first["p_stderr"],
                          second_moment_rate=first["second_moment_rate"],
                          topology=first["topology"], variants=vmeta, status="running",
-                         optimizer="sgd, fresh every round (no state to gossip)")
+                         optimizer="sgd, fresh every round (no state to gossip)",
+                         world_size=backend.world_size)
         init_run_dir(out, config, meta)
         import pandas as pd
 
         from adflora_analysis import io
 
         io.write_parquet(out / "mixing.parquet", pd.concat(mix_tables, ignore_index=True))
-    pairs = build_jobs(variants, samplers)
+    pairs = build_jobs(variants, samplers, backend)
     jobs = [j for j, _ in pairs]
     by_key = {j.key: v for j, v in pairs}
 
@@ -230,11 +246,13 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool 
     try:
         df = run_jobs(out, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
                       resume=resume, on_round=on_round, progress=progress,
-                      stop_after=stop_after)
+                      stop_after=stop_after, backend=backend)
     except DivergenceError as e:
-        update_meta(out, status="diverged", error=str(e))
+        if writer:
+            update_meta(out, status="diverged", error=str(e))
         raise
-    update_meta(out, status="done" if stop_after is None else "stopped")
+    if writer:
+        update_meta(out, status="done" if stop_after is None else "stopped")
     return df
 
 
