@@ -213,6 +213,7 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
                 rounds_run += 1
                 if stop_after is not None and rounds_run >= stop_after:
                     return _finish(run_dir, tables, writer)
+                del res  # drop the round's state before the next round allocates its own
             if bar:
                 bar.close()
             done.append(job.key)

@@ -9,7 +9,7 @@ checkpointed state. Randomness lives in the problem and the mixing schedule, bot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,7 +54,7 @@ class RoundResult:
     scalar: dict[str, Tensor]
 
 
-def _per_layer(blocks: list[Tensor]) -> Tensor:
+def _per_layer(blocks: Iterable[Tensor]) -> Tensor:
     return torch.stack([consensus_error(x) for x in blocks], -1)
 
 
@@ -103,18 +103,21 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
         mixed = spec.mixed_blocks(t, T)
         before = state
         state = problem.local_update(state, trained, t)
-        W = mixing(t)
-        mixed_state = state.map_blocks(lambda X, W=W: backend.mix(W, X), mixed)
-        full_local, full_before, full = (_gather(s, backend) for s in (state, before,
-                                                                         mixed_state))
+        full_local, full_before = _gather(state, backend), _gather(before, backend)
         check_finite(full_local, t, spec.name, "after the local update")
-        check_finite(full, t, spec.name, "after gossip")
-        disp = {f"disp_{b}": _per_layer([x - y for x, y in zip(full_local.block(b),
-                                                              full_before.block(b),
-                                                              strict=True)])
+        # one layer's displacement at a time, then let the pre-update state go: at most two
+        # stacked states are alive at once (before/after the local update, then before/after
+        # gossip), so memory per client stays at twice the adapter
+        disp = {f"disp_{b}": _per_layer(x - y for x, y in zip(full_local.block(b),
+                                                             full_before.block(b),
+                                                             strict=True))
                 for b in ("A", "B")}
         local = {f"xi_{b}_local": _per_layer(full_local.block(b)) for b in ("A", "B")}
-        state = mixed_state
+        del before, full_before, full_local
+        W = mixing(t)
+        state = state.map_blocks(lambda X, W=W: backend.mix(W, X), mixed)
+        full = _gather(state, backend)
+        check_finite(full, t, spec.name, "after gossip")
         layer = {**layer_metrics(full), **local, **disp}
         scalar = dict(problem.evaluate(state, t))
         msgs = messages(W).double()
