@@ -423,13 +423,15 @@ def write_fixture(task: str, folder: str | Path, n_train: int = 2000, n_val: int
 class Encoded:
     """Right-padded token ids of a split: ``input_ids`` (N, L) int32, ``lengths`` (N,),
     optional ``token_type_ids`` (N, L) int8, and ``labels`` (N,) (long, or float for
-    regression). :meth:`batch` trims padding to the longest row of the batch."""
+    regression). :meth:`batch` trims padding to the longest row of the batch (or pads to
+    ``pad_to`` when set: fixed shapes, e.g. for memory measurements)."""
 
     input_ids: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
     token_type_ids: torch.Tensor | None = None
     pad_id: int = 0
+    pad_to: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -437,7 +439,7 @@ class Encoded:
     def batch(self, idx, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         lens = self.lengths[idx]
-        L = int(lens.max())
+        L = self.pad_to or int(lens.max())
         out = {"input_ids": self.input_ids[idx, :L].long(),
                "attention_mask": (torch.arange(L)[None, :] < lens[:, None]).long(),
                "labels": self.labels[idx]}
