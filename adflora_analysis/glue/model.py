@@ -131,6 +131,9 @@ class GlueModel:
         self.rank = int(rank)
         self.scale = lora_alpha / rank
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise AdfloraError(f"device = {device!r} but no CUDA GPU is available",
+                               "use device=cpu")
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token or tok.unk_token
             base.config.pad_token_id = tok.pad_token_id
@@ -170,7 +173,7 @@ class GlueModel:
             if full is not None:
                 self.head[hn] = named[full]
         self.head_missing = {n for n in self.head if n in missing}
-        self._head_loaded = {n: p.detach().clone() for n, p in self.head.items()}
+        self._head_loaded = {n: p.detach().cpu().clone() for n, p in self.head.items()}
         self.owner: object | None = None
 
     # --- checks --------------------------------------------------------------------------
@@ -212,7 +215,8 @@ class GlueModel:
 
     def initial_state(self, n: int, seed: int, per_client: bool = False) -> LoraState:
         """A^0 (peft's Kaiming-uniform, drawn from stream ``(seed, "lora-init", layer)``; one
-        draw shared by every client, or one per client) and B^0 = 0."""
+        draw shared by every client, or one per client) and B^0 = 0, on the CPU (the model may
+        sit on a GPU; a client's factors are copied in and out around its local steps)."""
         A, B = [], []
         for li, (a, b) in enumerate(zip(self.lora_A, self.lora_B, strict=True)):
             g = torch_generator(seed, "lora-init", li)
@@ -220,8 +224,8 @@ class GlueModel:
             A0 = torch.empty((k, *a.shape), dtype=a.dtype)
             bound = 1.0 / math.sqrt(a.shape[1])  # kaiming_uniform_(a=sqrt(5)) on (r, in)
             A0.uniform_(-bound, bound, generator=g)
-            A.append(A0.expand(n, *a.shape).clone().to(self.device))
-            B.append(torch.zeros((n, *b.shape), dtype=b.dtype, device=self.device))
+            A.append(A0.expand(n, *a.shape).clone())  # stacked states live on the CPU
+            B.append(torch.zeros((n, *b.shape), dtype=b.dtype))
         return LoraState(A, B, list(self.layers))
 
     def initial_head(self, seed: int) -> dict[str, Tensor]:
