@@ -125,3 +125,51 @@ def test_neighbor_exchange_sends_less_on_a_sparse_graph():
         W[i, i] = W[i, (i + 1) % 8] = W[i, (i - 1) % 8] = 1 / 3
     assert b._needs(W, 1, 0).tolist() == [0, 3]   # rank 1's clients 4..7 touch 3 and 0
     assert b._needs(W, 0, 1).tolist() == [4, 7]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from adflora_analysis.glue.tiny import build_tiny_roberta
+
+    d = tmp_path_factory.mktemp("tiny-roberta")
+    build_tiny_roberta(d)
+    return d
+
+
+def _glue_config(tiny: Path, tmp_path: Path, **extra) -> Path:
+    cfg = tmp_path / "glue.toml"
+    lines = [f'model = "{tiny}"', 'task = "rotten_tomatoes"', "n_clients = 6", "rounds = 4",
+             "local_steps = 2", "batch_size = 8", "max_length = 24", "max_train_examples = 240",
+             "max_eval_examples = 30", "eval_every = 2", "checkpoint_every = 2", "lr = 0.005",
+             'methods = ["adf-lora", "rolora"]', "switch_interval = 2", "threads = 1"]
+    lines += [f"{k} = {v}" for k, v in extra.items()]
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+def _glue_tables(d: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    m = pd.read_parquet(d / "metrics.parquet").sort_values(["job", "round", "layer"])
+    e = pd.read_parquet(d / "eval.parquet").sort_values(["job", "round", "client", "split",
+                                                         "metric"])
+    return m.reset_index(drop=True), e.reset_index(drop=True)
+
+
+@pytest.mark.parametrize("nproc, extra", [(2, {}), (3, {"exchange": '"neighbor"',
+                                                        "train_head": "true"})])
+def test_glue_tiny_matches_in_process(tiny, tmp_path, nproc, extra):
+    """adf-lora and rolora on the tiny RoBERTa: per-round metrics and every client's evaluation
+    under 2 and 3 processes equal the in-process run (1e-5 relative)."""
+    cfg = _glue_config(tiny, tmp_path, **extra)
+    ref = inprocess("glue", "run", str(cfg), "--out", str(tmp_path / "ref"), "--quiet")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = torchrun(nproc, "glue", "run", str(cfg), "--out", str(tmp_path / "dist"), "--quiet")
+    assert run.returncode == 0, run.stderr[-3000:]
+    (m1, e1), (m2, e2) = _glue_tables(tmp_path / "ref"), _glue_tables(tmp_path / "dist")
+    assert set(m1["method"]) == {"adf-lora", "rolora"} and len(m1) == len(m2)
+    num = [c for c in m1.columns if m1[c].dtype.kind == "f"]
+    pd.testing.assert_frame_equal(m1[num], m2[num], rtol=1e-5, atol=1e-9)
+    pd.testing.assert_frame_equal(e1, e2, rtol=1e-5, atol=1e-9)
+    assert set(e2["client"]) >= {str(i) for i in range(6)} | {"mean", "averaged"}
+    # every rank saved its part of each checkpoint
+    parts = {p.name.rsplit(".rank", 1)[1] for p in (tmp_path / "dist" / "checkpoints").glob("*")}
+    assert parts == {f"{r}.pt" for r in range(nproc)}

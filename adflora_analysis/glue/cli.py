@@ -50,6 +50,7 @@ def run(
 ) -> None:
     """Run a GLUE study (every method x seed) into --out, or resume one with --resume."""
     from adflora_analysis.config import load_config
+    from adflora_analysis.distributed import make_backend, shutdown
     from adflora_analysis.glue.config import GlueConfig
     from adflora_analysis.glue.runner import run_glue
 
@@ -65,7 +66,8 @@ def run(
             raise AdfloraError(f"{str(resume)!r} is not a run directory (no config.toml)",
                                "pass the directory a run wrote with --out")
         cfg = load_config(GlueConfig, config or stored, overrides)
-        summary = run_glue(cfg, resume, resume=True, log=not quiet)
+        backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
+        summary = run_glue(cfg, resume, resume=True, log=not quiet, backend=backend)
         where = resume
     else:
         if config is None:
@@ -74,8 +76,12 @@ def run(
         if out is None:
             raise AdfloraError("no --out directory given", "add --out runs/NAME")
         cfg = load_config(GlueConfig, config, overrides)
-        summary = run_glue(cfg, out, log=not quiet)
+        backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
+        summary = run_glue(cfg, out, log=not quiet, backend=backend)
         where = out
+    shutdown(backend)
+    if backend.rank != 0:
+        return
     if not summary.empty:
         import pandas as pd
 

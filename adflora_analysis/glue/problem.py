@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adflora_analysis.core.gossip import gossip
+from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.metrics import consensus_error
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.errors import DivergenceError
@@ -71,14 +71,21 @@ class GlueProblem:
     head0 : the head every client starts from (:meth:`GlueModel.initial_head`).
     train_head : train each client's head and gossip it with W^t every round.
     optimizer_reset : ``"round"`` (fresh AdamW per client per round) or ``"never"``.
+    backend : where the clients live; under torch.distributed this process trains only its
+        clients (``backend.client_slice``), whose state, heads and optimizer states it holds.
     """
 
     def __init__(self, gm: GlueModel, train: Encoded, parts: list[np.ndarray], *, method: str,
                  seed: int, local_steps: int, batch_size: int, lr: float,
                  weight_decay: float = 0.0, head0: dict[str, Tensor] | None = None,
-                 train_head: bool = False, optimizer_reset: str = "round"):
+                 train_head: bool = False, optimizer_reset: str = "round",
+                 backend: Backend = LOCAL):
         self.gm, self.train, self.method, self.seed = gm, train, method, seed
         self.n = len(parts)
+        self.backend = backend
+        sl = backend.client_slice(self.n)
+        self.local_ids = list(range(sl.start, sl.stop))   # global ids of this process's clients
+        n_loc = len(self.local_ids)
         self.K, self.bs, self.lr, self.wd = local_steps, batch_size, lr, weight_decay
         self.train_head = train_head
         self.optimizer_reset = optimizer_reset
@@ -86,9 +93,9 @@ class GlueProblem:
         self.head0 = {k: v.detach().clone() for k, v in (head0 or gm.initial_head(seed)).items()}
         # per-client heads (n, *shape) when trained; None = the shared frozen head0
         self.heads: dict[str, Tensor] | None = (
-            {k: v.unsqueeze(0).repeat(self.n, *([1] * v.ndim)) for k, v in self.head0.items()}
+            {k: v.unsqueeze(0).repeat(n_loc, *([1] * v.ndim)) for k, v in self.head0.items()}
             if train_head else None)
-        self.opt_state: list[dict[str, dict]] = [{} for _ in range(self.n)]
+        self.opt_state: list[dict[str, dict]] = [{} for _ in range(n_loc)]
         self.last_loss = float("nan")
         self.last_steps = 0
         self.rounds_done = -1
@@ -101,12 +108,29 @@ class GlueProblem:
             self.gm.load_head(self.head0)
             self.gm.owner = self
 
-    def client_head(self, i: int) -> dict[str, Tensor]:
-        return {k: v[i] for k, v in self.heads.items()} if self.heads is not None else self.head0
+    def client_head(self, li: int) -> dict[str, Tensor]:
+        """The head of this process's ``li``-th client."""
+        return {k: v[li] for k, v in self.heads.items()} if self.heads is not None \
+            else self.head0
+
+    def _head_blocks(self, fn: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        """Apply a client-axis collective to every head tensor (n_local, *s), seen as the
+        (n_local, 1, P) block the backend expects."""
+        out = {}
+        for k, v in self.heads.items():
+            y = fn(v.reshape(v.shape[0], 1, -1))
+            out[k] = y.reshape(y.shape[0], *v.shape[1:])
+        return out
+
+    def all_heads(self) -> dict[str, Tensor] | None:
+        """Every client's head (gathered under torch.distributed), or None if not trained."""
+        if self.heads is None:
+            return None
+        return self._head_blocks(self.backend.gather)
 
     def mean_head(self) -> dict[str, Tensor]:
-        return ({k: v.mean(0) for k, v in self.heads.items()} if self.heads is not None
-                else self.head0)
+        heads = self.all_heads()
+        return {k: v.mean(0) for k, v in heads.items()} if heads is not None else self.head0
 
     # --- Problem protocol -------------------------------------------------------------------
 
@@ -117,14 +141,14 @@ class GlueProblem:
         new_A = [a.clone() for a in state.A] if "A" in blocks else list(state.A)
         new_B = [b.clone() for b in state.B] if "B" in blocks else list(state.B)
         losses = []
-        for i in range(self.n):
-            gm.load_client(state, i)
+        for li, i in enumerate(self.local_ids):   # li: index in this process, i: client id
+            gm.load_client(state, li)
             if self.heads is not None:
-                gm.load_head(self.client_head(i))
+                gm.load_head(self.client_head(li))
             params = gm.set_trainable(blocks, self.train_head)
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.wd)
             if self.optimizer_reset == "never":
-                self._restore_opt(opt, i)
+                self._restore_opt(opt, li)
             torch.manual_seed(int_seed(self.seed, "dropout", i, t))
             for k in range(self.K):
                 rows = self.clients[i].batch(t * self.K + k, self.bs)
@@ -144,26 +168,30 @@ class GlueProblem:
             with torch.no_grad():
                 if "A" in blocks:
                     for X, p in zip(new_A, gm.lora_A, strict=True):
-                        X[i].copy_(p)
+                        X[li].copy_(p)
                 if "B" in blocks:
                     for X, p in zip(new_B, gm.lora_B, strict=True):
-                        X[i].copy_(p)
+                        X[li].copy_(p)
                 if self.heads is not None:
                     for k_, v in self.heads.items():
-                        v[i].copy_(gm.head[k_])
+                        v[li].copy_(gm.head[k_])
             if self.optimizer_reset == "never":
-                self._save_opt(opt, i)
+                self._save_opt(opt, li)
             del opt
         gm.set_trainable((), False)
-        self.last_loss = float(np.mean(losses))
-        self.last_steps = len(losses)
+        # mean local loss over every client's steps (summed over processes when distributed)
+        tot = self.backend.all_sum(torch.tensor([float(np.sum(losses)), float(len(losses))],
+                                                dtype=torch.float64))
+        self.last_loss = float(tot[0] / tot[1])
+        self.last_steps = int(tot[1])
         self.rounds_done = t
         return LoraState(new_A, new_B, list(state.layers))
 
     def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
         out = {"local_loss": torch.tensor(self.last_loss, dtype=torch.float64)}
-        if self.heads is not None:
-            xi = sum(consensus_error(v.reshape(self.n, 1, -1)) for v in self.heads.values())
+        heads = self.all_heads()
+        if heads is not None:
+            xi = sum(consensus_error(v.reshape(self.n, 1, -1)) for v in heads.values())
             out["xi_head"] = torch.as_tensor(xi, dtype=torch.float64)
         return out
 
@@ -174,15 +202,15 @@ class GlueProblem:
         def at(t: int) -> Tensor:
             W = schedule(t)
             if self.heads is not None:
-                self.heads = {k: gossip(W, v) for k, v in self.heads.items()}
+                self.heads = self._head_blocks(lambda X: self.backend.mix(W, X))
             return W
 
         return at
 
     # --- optimizer state across rounds (optimizer_reset = "never") ------------------------
 
-    def _restore_opt(self, opt: torch.optim.Optimizer, i: int) -> None:
-        saved = self.opt_state[i]
+    def _restore_opt(self, opt: torch.optim.Optimizer, li: int) -> None:
+        saved = self.opt_state[li]
         names = {id(p): n for n, p in self.gm.named_trainable().items()}
         for group in opt.param_groups:
             for p in group["params"]:
@@ -190,10 +218,10 @@ class GlueProblem:
                 if s is not None:
                     opt.state[p] = {k: v.clone() for k, v in s.items()}
 
-    def _save_opt(self, opt: torch.optim.Optimizer, i: int) -> None:
+    def _save_opt(self, opt: torch.optim.Optimizer, li: int) -> None:
         names = {id(p): n for n, p in self.gm.named_trainable().items()}
         for p, s in opt.state.items():
-            self.opt_state[i][names[id(p)]] = {k: v.detach().clone() for k, v in s.items()}
+            self.opt_state[li][names[id(p)]] = {k: v.detach().clone() for k, v in s.items()}
 
     # --- checkpoints --------------------------------------------------------------------------
 

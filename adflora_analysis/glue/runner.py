@@ -23,10 +23,16 @@ import pandas as pd
 import torch
 
 from adflora_analysis import io
+from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.experiment import Job, check_resume_config, run_jobs
+from adflora_analysis.experiment import (
+    Job,
+    check_resume_config,
+    check_resume_world_size,
+    run_jobs,
+)
 from adflora_analysis.glue.config import GlueConfig
 from adflora_analysis.glue.data import encode, load_data
 from adflora_analysis.glue.evaluate import eval_rows
@@ -51,8 +57,9 @@ class GlueStudy:
     """Everything a GLUE run shares across its jobs: data, encodings, partitions, the model."""
 
     def __init__(self, cfg: GlueConfig, run_dir: str | Path | None = None,
-                 gm: GlueModel | None = None):
+                 gm: GlueModel | None = None, backend: Backend = LOCAL):
         self.cfg = cfg
+        self.backend = backend
         self.task = get_task(cfg.task)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -86,7 +93,8 @@ class GlueStudy:
         return GlueProblem(self.gm, self.train, self.parts[seed], method=method, seed=seed,
                            local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                            weight_decay=cfg.weight_decay, head0=self.gm.initial_head(seed),
-                           train_head=cfg.train_head, optimizer_reset=cfg.optimizer_reset)
+                           train_head=cfg.train_head, optimizer_reset=cfg.optimizer_reset,
+                           backend=self.backend)
 
     def sampler(self, seed: int):
         from adflora_analysis.topology import build_sampler
@@ -99,6 +107,9 @@ class GlueStudy:
         def build():
             problem = self.problem(method, seed)
             state = self.gm.initial_state(cfg.n_clients, seed, cfg.per_client_init)
+            sl = self.backend.client_slice(cfg.n_clients)   # this process's clients
+            if self.backend.world_size > 1:
+                state = state.map_blocks(lambda X: X[sl].contiguous())
             sched = mixing_schedule(self.sampler(seed), [seed], dtype=torch.float64)
             return problem, state, problem.mixing(lambda t: sched(t)[0])
 
@@ -119,7 +130,7 @@ class GlueStudy:
                 return {}
             rows = eval_rows(problem, res.state, self.task, self.val, t=res.t,
                              batch_size=self.cfg.eval_batch_size)
-            if log:
+            if log and self.backend.rank == 0:
                 print(_eval_line(job.key, res, rows, self.task.main_metric), file=sys.stderr,
                       flush=True)
             return {"eval": rows}
@@ -156,6 +167,7 @@ class GlueStudy:
             switch_interval={m: cfg.switch_for(m) for m in cfg.methods},
             topology=topo,
             p=topo.get(str(cfg.seed_list[0]), {}).get("p"),
+            world_size=self.backend.world_size,
         )
 
 
@@ -193,29 +205,37 @@ def summarize(run_dir: str | Path) -> pd.DataFrame:
 
 def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
              progress: bool | None = None, stop_after: int | None = None,
-             log: bool = False, gm: GlueModel | None = None) -> pd.DataFrame:
+             log: bool = False, gm: GlueModel | None = None,
+             backend: Backend = LOCAL) -> pd.DataFrame:
     """Run (or resume) the study ``cfg`` into ``out``; return :func:`summarize`'s table.
 
-    ``stop_after`` (testing) stops after that many rounds in total, as a kill would.
+    ``stop_after`` (testing) stops after that many rounds in total, as a kill would. Under
+    torch.distributed (``backend``) every process trains its clients and rank 0 alone writes
+    the run directory (other processes return an empty table).
     """
     out = Path(out)
     config = cfg.as_dict()
+    writer = backend.rank == 0
     if resume:
         check_resume_config(out, config)
+        check_resume_world_size(out, backend.world_size)
     elif (out / "metrics.jsonl").exists() or (out / "checkpoints").exists():
         raise AdfloraError(f"{str(out)!r} already holds a run",
                            f"resume it with --resume {out}, or choose a new --out")
-    study = GlueStudy(cfg, out, gm=gm)
-    if resume:
-        import datetime as dt
+    study = GlueStudy(cfg, out, gm=gm, backend=backend)
+    if writer:
+        if resume:
+            import datetime as dt
 
-        update_meta(out, resumed_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-    else:
-        init_run_dir(out, config, study.meta())
-    io.write_csv(out / "label_counts.csv", study.label_counts())
+            update_meta(out, resumed_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        else:
+            init_run_dir(out, config, study.meta())
+        io.write_csv(out / "label_counts.csv", study.label_counts())
     run_jobs(out, study.jobs(), cfg.rounds, checkpoint_every=cfg.checkpoint_every,
              resume=resume, on_round=study.on_round(log), progress=progress,
-             stop_after=stop_after)
+             stop_after=stop_after, backend=backend)
+    if not writer:
+        return pd.DataFrame()
     summary = summarize(out)
     if not summary.empty:
         io.write_csv(out / "summary.csv", summary)

@@ -12,27 +12,14 @@ time, before anything is computed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from adflora_analysis.core.methods import METHODS, get_method
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.seeding import expand_seeds
-
-
-def _topology_default():
-    from adflora_analysis.topology import TopologyConfig
-
-    return TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
-
-
-def _topology_type():  # the annotation is resolved lazily by typing.get_type_hints
-    from adflora_analysis.topology import TopologyConfig
-
-    return TopologyConfig
+from adflora_analysis.runconfig import FederationConfig
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(FederationConfig):
     """One synthetic study: every method in ``methods`` on every seed of ``seeds``.
 
     Problem (DESIGN §6): client i of layer l minimizes
@@ -84,16 +71,7 @@ class SyntheticConfig:
         each sweep combination (e.g. one per topology family). Rows carry the ``variant`` label.
     """
 
-    n_clients: int = 10
-    rounds: int = 100
-    local_steps: int = 5
-    lr: float = 0.05
-    rank: int = 2
-    switch_interval: int | None = None
-    seeds: int | list[int] = 20
-    methods: list[str] = field(default_factory=lambda: ["adf-lora", "rolora", "ffa-lora",
-                                                        "lora"])
-    topology: _topology_type() = field(default_factory=_topology_default)  # noqa: F821
+    seeds: int | list[int] = 20   # the shared keys live in FederationConfig
     d_in: int = 16
     d_out: int = 16
     n_layers: int = 1
@@ -111,13 +89,7 @@ class SyntheticConfig:
     dtype: Literal["float64", "float32"] = "float64"
     constants_every: int = 10
     power_iters: int = 20
-    checkpoint_every: int = 0
-    device: str = "cpu"
     topology_samples: int = 20000
-    threads: int = 0
-    backend: Literal["auto", "local", "torch"] = "auto"
-    exchange: Literal["allgather", "neighbor"] = "allgather"
-    dist_timeout_s: float = 60.0
     sweep: dict[str, list] = field(default_factory=dict)
     variants: list[dict] = field(default_factory=list)
 
@@ -126,12 +98,7 @@ class SyntheticConfig:
             if not ok:
                 raise AdfloraError(problem, hint)
 
-        need(self.n_clients >= 1, f"n_clients = {self.n_clients} must be at least 1",
-             "use n_clients = 2 or more")
-        need(self.rounds >= 1, f"rounds = {self.rounds} must be at least 1", "use rounds >= 1")
-        need(self.local_steps >= 1, f"local_steps = {self.local_steps} must be at least 1",
-             "use local_steps = 1 or more")
-        need(self.lr > 0, f"lr = {self.lr} must be positive", "use e.g. lr = 0.05")
+        self.check_federation()
         need(min(self.d_in, self.d_out, self.n_layers) >= 1,
              "d_in, d_out and n_layers must be at least 1", "use positive shapes")
         need(1 <= self.rank <= min(self.d_in, self.d_out),
@@ -140,9 +107,6 @@ class SyntheticConfig:
         need(1 <= self.target_rank <= min(self.d_in, self.d_out),
              f"target_rank = {self.target_rank} must be between 1 and min(d_in, d_out) = "
              f"{min(self.d_in, self.d_out)}", "lower target_rank")
-        need(self.switch_interval is None or self.switch_interval >= 1,
-             f"switch_interval T = {self.switch_interval} must be at least 1",
-             "use T = 1 (switch every round) or more")
         need(0.0 <= self.heterogeneity <= 1.0,
              f"heterogeneity = {self.heterogeneity} must be in [0, 1]",
              "0 = identical clients, 1 = fully disjoint targets")
@@ -155,10 +119,9 @@ class SyntheticConfig:
              f"{self.samples_per_client}", "lower batch_size")
         need(self.alpha is None or self.alpha > 0, "alpha must be positive", "omit it for s = 1")
         need(self.init_scale > 0, "init_scale must be positive", "use 1.0")
-        need(self.constants_every >= 0 and self.checkpoint_every >= 0 and self.power_iters >= 1,
-             "constants_every, checkpoint_every must be >= 0 and power_iters >= 1",
+        need(self.constants_every >= 0 and self.power_iters >= 1,
+             "constants_every must be >= 0 and power_iters >= 1",
              "use 0 to switch a measurement off")
-        need(self.threads >= 0, "threads must be >= 0", "use 0 for automatic")
         need(self.topology_samples >= 100, "topology_samples must be at least 100",
              "use e.g. 20000")
         for k, v in self.sweep.items():
@@ -169,21 +132,6 @@ class SyntheticConfig:
         for v in self.variants:
             need(isinstance(v, dict), "each [[variants]] entry must be a table",
                  "write [[variants]] then key = value lines")
-        need(bool(self.methods), "methods is empty", f"list some of {', '.join(METHODS)}")
-        for m in self.methods:
-            get_method(m)  # unknown name -> lists the valid ones
-        need(len(set(self.methods)) == len(self.methods), "methods lists a method twice",
-             "list each method once")
-        try:
-            self.seed_list  # noqa: B018 - validates
-        except TypeError as e:
-            raise AdfloraError(f"seeds: {e}", "write seeds = 20 or seeds = [0, 1, 2]") from None
-        need(len(set(self.seed_list)) == len(self.seed_list), "seeds lists a seed twice",
-             "list each seed once")
-
-    @property
-    def seed_list(self) -> list[int]:
-        return expand_seeds(self.seeds)
 
     @property
     def scale(self) -> float:
@@ -205,8 +153,3 @@ class SyntheticConfig:
         # many small kernels: on a small (often shared) machine extra threads cost more than
         # they give (measured: 2 threads 5x slower than 1 on a loaded 2-core box)
         return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) // 2))
-
-    def as_dict(self) -> dict[str, Any]:
-        from adflora_analysis.config import to_dict
-
-        return to_dict(self)

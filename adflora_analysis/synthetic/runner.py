@@ -87,7 +87,7 @@ def _toml_value(v: Any) -> str:
 
 def effective_T(cfg: SyntheticConfig, method: str) -> int:
     """T a method runs with: the config's ``switch_interval`` or the method's default."""
-    return cfg.switch_interval or get_method(method).default_switch_interval
+    return cfg.switch_for(method)
 
 
 def mixing_validity(sampler, seeds: list[int], rounds: int) -> dict[str, Any]:
