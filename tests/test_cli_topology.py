@@ -142,13 +142,3 @@ def test_sweep_small(capsys, tmp_path):
 def test_sweep_bad_input(capsys, tmp_path):
     code, _, err = run(capsys, "topology", "sweep", "--n", "1", "--out", str(tmp_path))
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
-
-
-def test_demo_quick(capsys, tmp_path):
-    code, out, err = run(capsys, "demo", "--quick", "--out", str(tmp_path / "demo"))
-    assert code == 0, err
-    topo = tmp_path / "demo" / "topology"
-    assert (topo / "sweep.parquet").is_file() and (topo / "sweep.png").is_file()
-    const = json.loads((topo / "paper_default.json").read_text())
-    assert const["graph"] == "encounter" and abs(const["p"] - 0.365) < 0.03
-    assert str(topo) in out

@@ -12,6 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+plt.rcParams["figure.max_open_warning"] = 0  # a report holds its figures until it writes them
+
 BAND = ("pi", 90)
 METHOD_ORDER = ["adf-lora", "rolora", "ffa-lora", "lora"]
 

@@ -740,6 +740,25 @@ def run_checks(run_dir: str | Path, *, z: float = Z_DEFAULT,
     return out
 
 
+def save_results(run_dir: str | Path, results: list[CheckResult]) -> None:
+    """Write ``checks.json`` (the summaries) and ``check_curves.parquet`` (every check's
+    measured curve and bound) into the run directory, atomically."""
+    from adflora_analysis import io
+
+    parts = []
+    for r in results:
+        if len(r.curve):
+            c = r.curve.copy()
+            c.insert(0, "check", r.number)
+            c.insert(1, "method", r.method)
+            c.insert(2, "variant", r.variant)
+            parts.append(c)
+    if parts:
+        io.write_parquet(Path(run_dir) / "check_curves.parquet",
+                         pd.concat(parts, ignore_index=True))
+    io.write_json(Path(run_dir) / "checks.json", [r.to_dict() for r in results])
+
+
 def format_results(results: list[CheckResult]) -> str:
     """A plain-text table: check, method, variant, status, worst slack, note."""
     lines = [f"{'check':<26} {'method':<9} {'variant':<22} {'status':<28} {'slack':>9} "

@@ -64,24 +64,9 @@ def check(
         raise AdfloraError(f"--z {z} must be positive", "use e.g. --z 3")
     results = run_checks(run_dir, z=z, decay_tol=decay_tol)
     if save:
-        from pathlib import Path
+        from adflora_analysis.synthetic.checks import save_results
 
-        import pandas as pd
-
-        from adflora_analysis import io
-
-        parts = []
-        for r in results:
-            if len(r.curve):
-                c = r.curve.copy()
-                c.insert(0, "check", r.number)
-                c.insert(1, "method", r.method)
-                c.insert(2, "variant", r.variant)
-                parts.append(c)
-        if parts:
-            io.write_parquet(Path(run_dir) / "check_curves.parquet",
-                             pd.concat(parts, ignore_index=True))
-        io.write_json(Path(run_dir) / "checks.json", [r.to_dict() for r in results])
+        save_results(run_dir, results)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
     else:
