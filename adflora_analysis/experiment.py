@@ -165,11 +165,18 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
     done: list[str] = json.loads(progress_path.read_text())["done"] if (
         resume and progress_path.exists()) else []
     writer = backend.rank == 0
-    if not resume and writer:
+    if writer:
+        # tables are rebuilt from the jsonl rows at the end: a Parquet file left from before
+        # would be stale (a fresh run, or a resumed run killed again before it finished)
         for f in run_dir.glob("*.jsonl"):
-            f.unlink()
-        for f in ckpt_dir.glob("*.pt"):
-            f.unlink()
+            run_dir.joinpath(f.stem + ".parquet").unlink(missing_ok=True)
+            if not resume:
+                f.unlink()
+        if not resume:  # a fresh run in a used directory forgets the old run entirely
+            run_dir.joinpath("metrics.parquet").unlink(missing_ok=True)
+            progress_path.unlink(missing_ok=True)
+            for f in ckpt_dir.glob("*.pt"):
+                f.unlink()
     show = (sys.stderr.isatty() if progress is None else progress) and writer
     tables: set[str] = {"metrics"} | {p.stem for p in run_dir.glob("*.jsonl")}
     rounds_run = 0
@@ -182,7 +189,10 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
             ck = latest_checkpoint(ckpt_dir, job.key, backend) if resume else None
             if ck is not None:
                 start = ck[0] + 1
-                state = LoraState.from_dict(ck[1]["state"])
+                saved = LoraState.from_dict(ck[1]["state"])
+                # checkpoints hold CPU tensors: put them where the job's state lives
+                state = LoraState([a.to(state.A[0]) for a in saved.A],
+                                  [b.to(state.B[0]) for b in saved.B], saved.layers)
                 if hasattr(problem, "load_state_dict") and ck[1].get("problem") is not None:
                     problem.load_state_dict(ck[1]["problem"])
             if resume and writer:  # drop rows of this job written after its checkpoint

@@ -60,4 +60,8 @@ def expand_seeds(seeds: int | list[int]) -> list[int]:
 
             raise AdfloraError(f"seeds = {seeds} is not a positive count", "use seeds = 1 or more")
         return list(range(seeds))
+    if not seeds:
+        from adflora_analysis.errors import AdfloraError
+
+        raise AdfloraError("seeds = [] lists no seed", "use seeds = 1 or a non-empty list")
     return [int(s) for s in seeds]

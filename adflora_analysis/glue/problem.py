@@ -141,6 +141,7 @@ class GlueProblem:
         new_A = [a.clone() for a in state.A] if "A" in blocks else list(state.A)
         new_B = [b.clone() for b in state.B] if "B" in blocks else list(state.B)
         losses = []
+        diverged = torch.zeros(self.n, dtype=torch.float64)   # 1 where a client's loss blew up
         for li, i in enumerate(self.local_ids):   # li: index in this process, i: client id
             gm.load_client(state, li)
             if self.heads is not None:
@@ -156,15 +157,16 @@ class GlueProblem:
                 loss = out.loss
                 lv = float(loss.detach())
                 if not np.isfinite(lv):
-                    raise DivergenceError(
-                        f"non-finite loss ({lv}) at round {t}, client {i}, local step {k} "
-                        f"(method {self.method}, seed {self.seed})",
-                        "lower lr; the metrics so far and the last good checkpoint are kept "
-                        "in the run directory")
+                    if self.backend.world_size == 1:
+                        raise self._diverged(t, i, lv, k)
+                    diverged[i] = 1.0   # the other processes learn of it below
+                    break
                 losses.append(lv)
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            if diverged[i]:
+                break
             with torch.no_grad():
                 if "A" in blocks:
                     for X, p in zip(new_A, gm.lora_A, strict=True):
@@ -180,12 +182,25 @@ class GlueProblem:
             del opt
         gm.set_trainable((), False)
         # mean local loss over every client's steps (summed over processes when distributed)
-        tot = self.backend.all_sum(torch.tensor([float(np.sum(losses)), float(len(losses))],
-                                                dtype=torch.float64))
+        tot = self.backend.all_sum(torch.cat([
+            torch.tensor([float(np.sum(losses)), float(len(losses))], dtype=torch.float64),
+            diverged]))
+        if tot[2:].any():   # every process stops, naming the first client that diverged
+            raise self._diverged(t, int(tot[2:].nonzero()[0]))
         self.last_loss = float(tot[0] / tot[1])
         self.last_steps = int(tot[1])
         self.rounds_done = t
         return LoraState(new_A, new_B, list(state.layers))
+
+    def _diverged(self, t: int, client: int, loss: float | None = None,
+                  step: int | None = None) -> DivergenceError:
+        what = f"non-finite loss ({loss})" if loss is not None else "non-finite loss"
+        where = f", local step {step}" if step is not None else ""
+        return DivergenceError(
+            f"{what} at round {t}, client {client}{where} "
+            f"(method {self.method}, seed {self.seed})",
+            "lower lr; the metrics so far and the last good checkpoint are kept "
+            "in the run directory")
 
     def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
         out = {"local_loss": torch.tensor(self.last_loss, dtype=torch.float64)}

@@ -115,6 +115,8 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
         "gradient norm": figures.per_round(metrics, "grad_norm_sq",
                                            "‖∇f(Ā, B̄)‖² at the averaged model"),
         "loss": figures.per_round(metrics, "loss", "loss"),
+        "local loss": figures.per_round(metrics, "local_loss",
+                                        "mean local training loss of the round"),
     }
     figs = {k: v for k, v in figs.items() if v is not None}
     secs.append(Section(f"{title}: dynamics", [
@@ -126,7 +128,9 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
     for by, label in (("switch_interval", "T ablation"), ("heterogeneity",
                                                            "heterogeneity stress"),
                       ("p", "topology sweep")):
-        if by in metrics and metrics[by].nunique() > 1:
+        # a study variable: some method ran with several values of it (not merely methods
+        # with different defaults, e.g. T = 5 for adf-lora and 1 for rolora in one GLUE run)
+        if by in metrics and metrics.groupby("method")[by].nunique().max() > 1:
             for col in ("grad_norm_sq", "cross_term", "loss"):
                 f = figures.final_vs(metrics, by, col, f"final {col} against {by}")
                 if f is not None:
@@ -183,11 +187,22 @@ def report_sections(runs: list[Run], checks_fn: CheckFn | None = None) -> list[S
         if kind == "topology-sweep":
             sw = _concat(group, "sweep")
             fig = figures.sweep(sw)
+            tables = {}
+            if "rule" in sw and "q" in sw:
+                enc = sw[sw["q"].notna()]
+                piv = enc.pivot_table(index="rule", columns="q", values="p")
+                piv.columns = [f"q={q:g}" for q in piv.columns]
+                tables["p by rule and q"] = piv.reset_index()
+                static = sw[sw["q"].isna()]
+                keep = [c for c in ("graph", "rule", "n", "p", "second_moment_rate",
+                                    "spectral_gap") if c in static]
+                tables["static and other references"] = static[keep]
+            tables["full sweep"] = sw
             secs.append(Section(f"{title}: topology sweep", [
                 "Expected consensus rate p (Koloskova et al. 2020, Assumption 4) against the "
                 "encounter probability q per combination rule; dotted: static graphs."],
                 figures={"p against q": fig} if fig is not None else {},
-                tables={"sweep": sw}))
+                tables=tables))
             continue
         metrics = _concat(group, "metrics")
         if metrics is None:

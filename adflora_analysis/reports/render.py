@@ -46,7 +46,7 @@ def _fmt(df: pd.DataFrame) -> pd.DataFrame:
 
 def _md_table(df: pd.DataFrame) -> str:
     df = _fmt(df).map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
-    cols = list(df.columns)
+    cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r) + " |" for r in df.itertuples(index=False, name=None)]
     return "\n".join(lines)
@@ -59,7 +59,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
 td.held,span.held{color:#176b2c;font-weight:600}td.violated,span.violated{color:#b00020;
 font-weight:600}img{max-width:100%;display:block;margin:1em 0}
-.note{color:#555;font-size:0.9em}
+.note{color:#555;font-size:0.9em}div.table{overflow-x:auto;max-height:32em;overflow-y:auto}
 """
 
 ONLOAD = """

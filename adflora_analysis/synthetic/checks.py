@@ -729,12 +729,11 @@ def run_checks(run_dir: str | Path, *, z: float = Z_DEFAULT,
             lora_C = float(r.mat("cross_term").mean(0)[-max(1, r.R // 10):].mean())
         for m, r in runs.items():
             out.append(check_mixing(data.mixing, vmeta, m, variant, z=z))
-            if p <= 0:
-                continue
-            out.append(check_gossip_contraction(r, p, p_se, rho, m, variant, z=z))
-            out.extend(check_frozen_block(r, p, p_se, rho, m, variant, z=z))
-            out.append(check_consensus_with_updates(r, p, p_se, m, variant, z=z))
-            out.append(check_stationarity(r, vmeta, data.constants, m, variant, z=z))
+            if p > 0:  # checks 2-5 need a consensus rate
+                out.append(check_gossip_contraction(r, p, p_se, rho, m, variant, z=z))
+                out.extend(check_frozen_block(r, p, p_se, rho, m, variant, z=z))
+                out.append(check_consensus_with_updates(r, p, p_se, m, variant, z=z))
+                out.append(check_stationarity(r, vmeta, data.constants, m, variant, z=z))
             out.append(check_cross_term(r, m, variant, lora_final_C=lora_C if m != "lora"
                                         else None, decay_tol=decay_tol))
     return out

@@ -221,6 +221,8 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool 
                          optimizer="sgd, fresh every round (no state to gossip)",
                          world_size=backend.world_size)
         init_run_dir(out, config, meta)
+        for stale in ("checks.json", "check_curves.parquet"):  # of an earlier run here
+            (out / stale).unlink(missing_ok=True)
         import pandas as pd
 
         from adflora_analysis import io
