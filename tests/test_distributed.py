@@ -137,13 +137,14 @@ def tiny(tmp_path_factory):
 
 
 def _glue_config(tiny: Path, tmp_path: Path, **extra) -> Path:
+    """A small GLUE config on the tiny RoBERTa; ``extra`` sets or replaces keys (TOML values)."""
     cfg = tmp_path / "glue.toml"
-    lines = [f'model = "{tiny}"', 'task = "rotten_tomatoes"', "n_clients = 6", "rounds = 4",
-             "local_steps = 2", "batch_size = 8", "max_length = 24", "max_train_examples = 240",
-             "max_eval_examples = 30", "eval_every = 2", "checkpoint_every = 2", "lr = 0.005",
-             'methods = ["adf-lora", "rolora"]', "switch_interval = 2", "threads = 1"]
-    lines += [f"{k} = {v}" for k, v in extra.items()]
-    cfg.write_text("\n".join(lines) + "\n")
+    keys = {"model": f'"{tiny}"', "task": '"rotten_tomatoes"', "n_clients": "6", "rounds": "4",
+            "local_steps": "2", "batch_size": "8", "max_length": "24",
+            "max_train_examples": "240", "max_eval_examples": "30", "eval_every": "2",
+            "checkpoint_every": "2", "lr": "0.005", "methods": '["adf-lora", "rolora"]',
+            "switch_interval": "2", "threads": "1", **extra}
+    cfg.write_text("".join(f"{k} = {v}\n" for k, v in keys.items()))
     return cfg
 
 
@@ -173,3 +174,15 @@ def test_glue_tiny_matches_in_process(tiny, tmp_path, nproc, extra):
     # every rank saved its part of each checkpoint
     parts = {p.name.rsplit(".rank", 1)[1] for p in (tmp_path / "dist" / "checkpoints").glob("*")}
     assert parts == {f"{r}.pt" for r in range(nproc)}
+
+
+def test_glue_divergence_stops_every_process(tiny, tmp_path):
+    """A non-finite loss on any process stops all of them with the same one-line message
+    naming round, client and method, and meta.json records the divergence."""
+    cfg = _glue_config(tiny, tmp_path, lr="1e30", methods='["lora"]')
+    run = torchrun(2, "glue", "run", str(cfg), "--out", str(tmp_path / "div"), "--quiet")
+    assert run.returncode != 0
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2 and errors[0] == errors[1]
+    assert "non-finite loss at round 0, client 0 (method lora, seed 0)" in errors[0]
+    assert '"status": "diverged"' in (tmp_path / "div" / "meta.json").read_text()
