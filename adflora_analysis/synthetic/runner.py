@@ -1,5 +1,10 @@
 """Run a synthetic study into a run directory (DESIGN §6, §8).
 
+Seeds differ in data, initialisation, gradient noise and the W^t draws of time-varying samplers;
+a *static random* graph (random-regular, Erdős–Rényi, Watts–Strogatz, random geometric) is drawn
+once per variant from its first seed and shared by all seeds of the batch, so its p in
+``meta.json`` applies to every seed (the GLUE runner, one seed per job, draws one per seed).
+
 A study is a :class:`SyntheticConfig`; its ``sweep``/``variants`` expand it into *variants*
 (e.g. T = 1, 2, 5, 10, 20), each a fully validated config. Every (variant, method) pair is one
 :class:`~adflora_analysis.experiment.Job` that runs **all seeds as one batch** through the shared
