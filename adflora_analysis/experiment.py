@@ -160,6 +160,7 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
     ``stop_after`` (testing) ends the run after that many rounds in total, as a kill would.
     """
     run_dir = Path(run_dir)
+    _set_status(run_dir, backend.rank == 0, status="running")
     ckpt_dir = run_dir / "checkpoints"
     progress_path = run_dir / "progress.json"
     done: list[str] = json.loads(progress_path.read_text())["done"] if (
@@ -222,6 +223,7 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
                     bar.update(1)
                 rounds_run += 1
                 if stop_after is not None and rounds_run >= stop_after:
+                    _set_status(run_dir, writer, status="stopped")
                     return _finish(run_dir, tables, writer)
                 del res  # drop the round's state before the next round allocates its own
             if bar:
@@ -229,10 +231,20 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
             done.append(job.key)
             if writer:
                 io.write_json(progress_path, {"done": done})
-    except DivergenceError:
+    except DivergenceError as e:
+        _set_status(run_dir, writer, status="diverged", error=str(e))
         _finish(run_dir, tables, writer)
         raise
+    _set_status(run_dir, writer, status="done")
     return _finish(run_dir, tables, writer)
+
+
+def _set_status(run_dir: Path, writer: bool, **fields: Any) -> None:
+    """Record how the run ended in ``meta.json`` (``done``, ``stopped`` or ``diverged``)."""
+    if writer and (run_dir / "meta.json").exists():
+        from adflora_analysis.rundir import update_meta
+
+        update_meta(run_dir, **fields)
 
 
 def _progress(show: bool, desc: str, total: int, start: int):

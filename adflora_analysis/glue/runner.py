@@ -26,7 +26,7 @@ from adflora_analysis import io
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
-from adflora_analysis.errors import AdfloraError, DivergenceError
+from adflora_analysis.errors import AdfloraError
 from adflora_analysis.experiment import (
     Job,
     check_resume_config,
@@ -231,16 +231,9 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
         else:
             init_run_dir(out, config, study.meta())
         io.write_csv(out / "label_counts.csv", study.label_counts())
-    try:
-        run_jobs(out, study.jobs(), cfg.rounds, checkpoint_every=cfg.checkpoint_every,
-                 resume=resume, on_round=study.on_round(log), progress=progress,
-                 stop_after=stop_after, backend=backend)
-    except DivergenceError as e:
-        if writer:
-            update_meta(out, status="diverged", error=str(e))
-        raise
-    if writer:
-        update_meta(out, status="done" if stop_after is None else "stopped")
+    run_jobs(out, study.jobs(), cfg.rounds, checkpoint_every=cfg.checkpoint_every,
+             resume=resume, on_round=study.on_round(log), progress=progress,
+             stop_after=stop_after, backend=backend)
     if not writer:
         return pd.DataFrame()
     summary = summarize(out)

@@ -39,14 +39,14 @@ from adflora_analysis.config import load_config, to_dict
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
-from adflora_analysis.errors import AdfloraError, DivergenceError
+from adflora_analysis.errors import AdfloraError
 from adflora_analysis.experiment import (
     Job,
     check_resume_config,
     check_resume_world_size,
     run_jobs,
 )
-from adflora_analysis.rundir import init_run_dir, make_meta, update_meta
+from adflora_analysis.rundir import init_run_dir, make_meta
 from adflora_analysis.synthetic.config import SyntheticConfig
 
 
@@ -216,8 +216,6 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool 
     if resume:
         check_resume_config(out, config)
         check_resume_world_size(out, backend.world_size)
-        if writer:
-            update_meta(out, status="running")
     elif writer:
         meta = make_meta(cfg.seed_list, study="synthetic", p=first["p"],
                          p_stderr=first["p_stderr"],
@@ -250,17 +248,9 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool 
                                    for i, s in enumerate(job.seeds)]
         return tables
 
-    try:
-        df = run_jobs(out, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
-                      resume=resume, on_round=on_round, progress=progress,
-                      stop_after=stop_after, backend=backend)
-    except DivergenceError as e:
-        if writer:
-            update_meta(out, status="diverged", error=str(e))
-        raise
-    if writer:
-        update_meta(out, status="done" if stop_after is None else "stopped")
-    return df
+    return run_jobs(out, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
+                    resume=resume, on_round=on_round, progress=progress,
+                    stop_after=stop_after, backend=backend)
 
 
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
