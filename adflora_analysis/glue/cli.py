@@ -48,7 +48,10 @@ def run(
                                  "GLUE's column layout, or a datasets save_to_disk folder)."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-evaluation lines on stderr."),
 ) -> None:
-    """Run a GLUE study (every method x seed) into --out, or resume one with --resume."""
+    """Run a GLUE study (every method x seed) into --out, or resume one with --resume.
+
+    Example: adflora glue run glue_runs/smoke.toml --out runs/smoke rounds=10
+    """
     from adflora_analysis.config import load_config
     from adflora_analysis.distributed import make_backend, shutdown
     from adflora_analysis.glue.config import GlueConfig
@@ -98,7 +101,10 @@ def _toml_str(s: str) -> str:
 
 @app.command("tasks")
 def tasks() -> None:
-    """List the tasks, their text columns, labels and metrics."""
+    """List the tasks, their text columns, labels and metrics.
+
+    Example: adflora glue tasks
+    """
     from adflora_analysis.glue.tasks import TASKS
 
     for t in TASKS.values():
@@ -115,7 +121,10 @@ def fixture(
     n_val: int = typer.Option(400, help="Rows per validation split."),
     seed: int = typer.Option(0, help="Seed of the generator."),
 ) -> None:
-    """Write generated sentence pairs in QNLI/MNLI column layout (usable with --data-dir)."""
+    """Write generated sentence pairs in QNLI/MNLI column layout (usable with --data-dir).
+
+    Example: adflora glue fixture qnli data/qnli
+    """
     from adflora_analysis.glue.data import write_fixture
     from adflora_analysis.glue.tasks import get_task
 

@@ -29,6 +29,8 @@ def run(
 ) -> None:
     """Run every method (and variant) of CONFIG on all its seeds, batched, into --out.
 
+    Example: adflora synthetic run synthetic/bounds.toml --out runs/bounds seeds=5
+
     Under torchrun (torchrun --standalone --nproc-per-node=P -m adflora_analysis synthetic run
     ...) the clients are split over the P processes; results match the in-process run.
     """
@@ -57,7 +59,10 @@ def check(
     save: bool = typer.Option(True, "--save/--no-save", help="Write checks.json and "
                               "check_curves.parquet into the run directory."),
 ) -> None:
-    """Evaluate the six theory checks of DESIGN §5 on a finished run."""
+    """Evaluate the six theory checks of DESIGN §5 on a finished run.
+
+    Example: adflora synthetic check runs/bounds --json
+    """
     from adflora_analysis.synthetic.checks import format_results, run_checks
 
     if z <= 0:

@@ -56,7 +56,10 @@ def inspect(
                                            "(repeatable), e.g. --param degree=4."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Constants of one topology: validity, λ2, λn, spectral gap, p, second-moment rate."""
+    """Constants of one topology: validity, λ2, λn, spectral gap, p, second-moment rate.
+
+    Example: adflora topology inspect --graph encounter --n 10 --weights metropolis --q 0.1 --json
+    """
     from adflora_analysis.topology.config import TopologyConfig, build_sampler, topology_constants
 
     if samples < 2:
@@ -95,7 +98,10 @@ def sweep(
     samples: int = typer.Option(20000, help="Monte Carlo draws per point."),
     seed: int = typer.Option(0, help="Seed of every random draw."),
 ) -> None:
-    """p against the encounter probability q (0.01 to 0.5) per rule, with static references."""
+    """p against the encounter probability q (0.01 to 0.5) per rule, with static references.
+
+    Example: adflora topology sweep --n 10 --out runs/sweep
+    """
     import pandas as pd
     from rich.console import Console
 
