@@ -127,15 +127,6 @@ def test_neighbor_exchange_sends_less_on_a_sparse_graph():
     assert b._needs(W, 0, 1).tolist() == [4, 7]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from adflora_analysis.glue.tiny import build_tiny_roberta
-
-    d = tmp_path_factory.mktemp("tiny-roberta")
-    build_tiny_roberta(d)
-    return d
-
-
 def _glue_config(tiny: Path, tmp_path: Path, **extra) -> Path:
     """A small GLUE config on the tiny RoBERTa; ``extra`` sets or replaces keys (TOML values)."""
     cfg = tmp_path / "glue.toml"

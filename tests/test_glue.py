@@ -17,16 +17,6 @@ from adflora_analysis.glue.partition import label_count_table, paper_proportions
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    from adflora_analysis.glue.tiny import build_tiny_roberta
-
-    d = tmp_path_factory.getbasetemp() / "tiny-roberta"
-    if not (d / "config.json").exists():
-        build_tiny_roberta(d)
-    return d
-
-
-@pytest.fixture(scope="session")
 def gm(tiny):
     from adflora_analysis.glue.model import GlueModel
 

@@ -25,16 +25,6 @@ from adflora_analysis.glue.config import GlueConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    from adflora_analysis.glue.tiny import build_tiny_roberta
-
-    d = tmp_path_factory.getbasetemp() / "tiny-roberta"
-    if not (d / "config.json").exists():
-        build_tiny_roberta(d)
-    return d
-
-
 def small(tiny, **kw) -> GlueConfig:
     base = dict(task="rotten_tomatoes", model=str(tiny), n_clients=4, rounds=4, local_steps=2,
                 batch_size=8, max_length=32, max_train_examples=300, max_eval_examples=40,
