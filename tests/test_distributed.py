@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -98,7 +99,11 @@ def test_killed_rank_stops_run_and_resume_matches(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert time.time() - t0 < 60
     assert proc.returncode != 0
-    assert "lost contact with rank 1" in err and "error:" in err
+    # Whoever notices first names the dead rank: the surviving process ("error: rank 0: lost
+    # contact with rank 1 ...") or, when torchrun's agent stops it first, the agent's summary.
+    ours = "error: rank 0: lost contact with rank 1" in err
+    agent = re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s*\n\s*exitcode\s*:\s*-9", err)
+    assert ours or agent, err[-2000:]
     refused = torchrun(3, "synthetic", "run", *args, "--out", str(out), "--resume")
     assert refused.returncode != 0 and "run by 2 process(es), this run has 3" in refused.stderr
     resumed = torchrun(2, "synthetic", "run", *args, "--out", str(out), "--resume")
