@@ -7,7 +7,7 @@ from adflora_analysis.distributed.backend import (
     launched_by_torchrun,
     split_clients,
 )
-from adflora_analysis.distributed.setup import BACKENDS, is_writer, make_backend, shutdown
+from adflora_analysis.distributed.setup import BACKENDS, make_backend, shutdown
 
-__all__ = ["BACKENDS", "EXCHANGES", "TorchDistBackend", "init_distributed", "is_writer",
+__all__ = ["BACKENDS", "EXCHANGES", "TorchDistBackend", "init_distributed",
            "launched_by_torchrun", "make_backend", "shutdown", "split_clients"]

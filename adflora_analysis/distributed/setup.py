@@ -7,8 +7,6 @@ Config keys (shared by the synthetic and GLUE runners): ``backend = "auto" | "lo
 
 from __future__ import annotations
 
-import os
-
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.distributed.backend import (
     TorchDistBackend,
@@ -33,11 +31,6 @@ def make_backend(n_clients: int, backend: str = "auto", exchange: str = "allgath
                            "launch with: torchrun --standalone --nproc-per-node=P -m "
                            "adflora_analysis ...")
     return TorchDistBackend(n_clients, exchange)
-
-
-def is_writer() -> bool:
-    """True on the process that writes files and prints (rank 0, or the only process)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def shutdown(backend: Backend) -> None:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
+from adflora_analysis.core.metrics import consensus_error
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.seeding import torch_generator
 from adflora_analysis.synthetic.config import SyntheticConfig
@@ -345,6 +346,5 @@ class QuadraticProblem:
 
 
 def _xi(X: Tensor) -> Tensor:
-    """Consensus error over the client axis 1 of a stacked (S, n, ...) tensor -> (S,)."""
-    D = X - X.mean(1, keepdim=True)
-    return D.pow(2).flatten(1).sum(-1, dtype=torch.float64) / X.shape[1]
+    """Consensus error over the client axis 1 of a stacked (S, n, L, ...) tensor -> (S,)."""
+    return consensus_error(X, client_axis=1)

@@ -48,6 +48,7 @@ import scipy.sparse.linalg as spla
 from adflora_analysis.errors import AdfloraError, unknown_name
 from adflora_analysis.seeding import numpy_rng
 from adflora_analysis.topology.samplers import Sampler, StaticSampler, _chunks
+from adflora_analysis.topology.spectral import _snap
 from adflora_analysis.topology.validation import as_matrix, is_connected
 
 __all__ = ["RateEstimate", "as_sampler", "consensus_basis", "consensus_rate", "periodic_rates",
@@ -161,11 +162,11 @@ def consensus_rate(obj: Any, *, samples: int = 20000, seed: int = 0, method: str
     if not isinstance(obj, Sampler):
         W = as_matrix(obj)
         if method in ("auto", "exact"):
-            return RateEstimate(_clean(_static_p(W)), 0.0, "exact", 0)
+            return RateEstimate(_snap(_static_p(W)), 0.0, "exact", 0)
         obj = StaticSampler(W)
     s = obj
     if s.is_static and method in ("auto", "exact"):
-        return RateEstimate(_clean(_static_p(s.sample(0, None))), 0.0, "exact", 0)
+        return RateEstimate(_snap(_static_p(s.sample(0, None))), 0.0, "exact", 0)
     if method == "exact":
         raise AdfloraError(f"no exact consensus rate for a time-varying {s.kind!r} sampler",
                            "use method='auto', 'enumeration' or 'monte-carlo'")
@@ -177,7 +178,7 @@ def consensus_rate(obj: Any, *, samples: int = 20000, seed: int = 0, method: str
             WU = mats @ U  # (K, n, n−1)
             M = np.einsum("k,kia,kib->ab", probs, WU, WU)
             lam = float(np.linalg.eigvalsh(0.5 * (M + M.T))[-1])
-            return RateEstimate(_clean(1.0 - lam), 0.0, "enumeration", len(probs))
+            return RateEstimate(_snap(1.0 - lam), 0.0, "enumeration", len(probs))
         if method == "enumeration":
             raise AdfloraError(f"the support of this {s.kind!r} sampler is too large to "
                                "enumerate", "use method='monte-carlo' or 'auto'")
@@ -197,7 +198,7 @@ def _monte_carlo(s: Sampler, samples: int, seed: int) -> RateEstimate:
         f = np.concatenate([_frob_dev(s.sample_batch(rng, k)) for k in sizes])
         mean = float(f.mean())
         se = float(f.std(ddof=1) / np.sqrt(samples))
-        return RateEstimate(_clean(1.0 - mean / (n - 1)), se / (n - 1), "monte-carlo", samples)
+        return RateEstimate(_snap(1.0 - mean / (n - 1)), se / (n - 1), "monte-carlo", samples)
     rng = numpy_rng(seed, "consensus-rate")
     M = np.zeros((n - 1, n - 1))
     for k in sizes:
@@ -209,7 +210,7 @@ def _monte_carlo(s: Sampler, samples: int, seed: int) -> RateEstimate:
     rng = numpy_rng(seed, "consensus-rate")  # same draws again: delta-method standard error
     f = np.concatenate([np.sum((s.sample_batch(rng, k) @ v) ** 2, axis=1) for k in sizes])
     se = float(f.std(ddof=1) / np.sqrt(samples))
-    return RateEstimate(_clean(1.0 - float(ev[-1])), se, "monte-carlo", samples)
+    return RateEstimate(_snap(1.0 - float(ev[-1])), se, "monte-carlo", samples)
 
 
 def _frob_dev(W: np.ndarray) -> np.ndarray:
@@ -225,14 +226,6 @@ def _restrict(W: np.ndarray, U: np.ndarray) -> np.ndarray:
     WU = (W.reshape(k * n, n) @ U).reshape(k, n, m)
     BT = (WU.transpose(0, 2, 1).reshape(k * m, n) @ U).reshape(k, m, m)  # (UᵀWU)ᵀ
     return BT.transpose(0, 2, 1)
-
-
-def _clean(p: float) -> float:
-    """Round off ±1e-14 noise around 0 and 1."""
-    for v in (0.0, 1.0):
-        if abs(p - v) < 1e-13:
-            return v
-    return float(p)
 
 
 def _spectral_radius(K: np.ndarray) -> float:
@@ -274,7 +267,7 @@ def second_moment_rate(obj: Any, *, samples: int = 20000, seed: int = 0,
     U = consensus_basis(n)
     if s.is_static:
         B = U.T @ np.asarray(s.sample(0, None)) @ U
-        return _clean(float(np.max(np.abs(np.linalg.eigvals(B))) ** 2))
+        return _snap(float(np.max(np.abs(np.linalg.eigvals(B))) ** 2))
     if n > max_n:
         raise AdfloraError(f"second-moment rate needs E[(W−J)⊗(W−J)] of size (n−1)² = "
                            f"{(n - 1) ** 2}; n = {n} is above the limit {max_n}",
@@ -294,7 +287,7 @@ def second_moment_rate(obj: Any, *, samples: int = 20000, seed: int = 0,
         G /= int(samples)
     # G[(a,c),(b,d)] = E[B_ac B_bd] = (E[B ⊗ B])[(a,b),(c,d)]
     K = G.reshape(m, m, m, m).transpose(0, 2, 1, 3).reshape(m * m, m * m)
-    return _clean(_spectral_radius(K))
+    return _snap(_spectral_radius(K))
 
 
 def periodic_rates(obj: Any) -> dict[str, float] | None:
@@ -325,8 +318,8 @@ def periodic_rates(obj: Any) -> dict[str, float] | None:
     sig = np.linalg.svd(prod @ U, compute_uv=False)[0]
     rho = float(np.max(np.abs(np.linalg.eigvals(U.T @ prod @ U))))
     tau = len(mats)
-    return {"period": tau, "p_period": _clean(1.0 - sig ** 2),
-            "rate_per_round": _clean(rho ** (2.0 / tau))}
+    return {"period": tau, "p_period": _snap(1.0 - sig ** 2),
+            "rate_per_round": _snap(rho ** (2.0 / tau))}
 
 
 def require_mixing(obj: Any, *, tol: float = 1e-12) -> None:

@@ -138,7 +138,7 @@ def _snap(x: float, eps: float = 1e-13) -> float:
     for v in (0.0, 1.0):
         if abs(x - v) < eps:
             return v
-    return x
+    return float(x)
 
 
 def _sparse_by_component(A: sp.csr_array, sym: bool) -> tuple[float, float, float]:
