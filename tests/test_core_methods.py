@@ -3,6 +3,8 @@ resume. Small shapes only (runs in a few seconds)."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,16 +12,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adflora_analysis.core import (
+    DisplacementStats,
     LoraState,
     consensus_error,
     cross_term,
     get_method,
     gossip,
+    gossip_,
     phase,
     product_consensus,
     run_rounds,
 )
 from adflora_analysis.errors import AdfloraError
+
+# the package re-exports functions named like these modules; take the modules themselves
+gossip_mod = importlib.import_module("adflora_analysis.core.gossip")
+metrics_mod = importlib.import_module("adflora_analysis.core.metrics")
 
 
 def _ds_matrix(n: int, rng: np.random.Generator, terms: int = 4) -> np.ndarray:
@@ -82,6 +90,27 @@ def test_gossip_batched_over_seeds_matches_loop():
         torch.testing.assert_close(Y[s], torch.einsum("ij,j...->i...", Ws[s], X[s]))
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 40, 2**18])
+def test_gossip_in_place_chunks_match_one_matmul(monkeypatch, chunk):
+    """Chunked in-place gossip (rows or columns of each block at a time, also on a strided view
+    as the synthetic state's per-layer tensors are) equals one batched matmul."""
+    rng = np.random.default_rng(3)
+    Ws = torch.tensor(np.stack([_ds_matrix(6, rng) for _ in range(2)]))
+    stacked = torch.tensor(rng.normal(size=(2, 6, 3, 5, 4)))      # (S, n, L, a, b)
+    X = stacked.unbind(2)[1]                                       # a non-contiguous view
+    ref = torch.stack([torch.einsum("ij,jab->iab", Ws[k], X[k]) for k in range(2)])
+    monkeypatch.setattr(gossip_mod, "_CHUNK_ELEMS", chunk)
+    ptr = X.data_ptr()
+    out = gossip_(Ws, X)
+    assert out is X and X.data_ptr() == ptr
+    torch.testing.assert_close(stacked[:, :, 1], ref)
+
+
+def test_gossip_rejects_a_block_without_client_axis():
+    with pytest.raises(ValueError, match=r"not \(\*batch, 3, a, b\)"):
+        gossip(torch.eye(3), torch.zeros(3, 4))
+
+
 # --------------------------------------------------------------------------- metrics
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 7), r=st.integers(1, 3), seed=st.integers(0, 10_000),
@@ -108,16 +137,71 @@ def test_cross_term_identities(n, r, seed, shared_A):
     torch.testing.assert_close(pc, ref)
 
 
+@pytest.mark.parametrize("chunk", [1, 50])
+def test_metrics_chunked_over_clients_equal_one_pass(monkeypatch, chunk):
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(2, 7, 3, 6, generator=g)          # float32 in, float64 out
+    B = torch.randn(2, 7, 5, 3, generator=g)
+    ref = {f.__name__: f(A, B) for f in (cross_term, product_consensus)}
+    ref["xi"] = consensus_error(A)
+    monkeypatch.setattr(metrics_mod, "_CHUNK_ELEMS", chunk)
+    for f in (cross_term, product_consensus):
+        torch.testing.assert_close(f(A, B), ref[f.__name__], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(consensus_error(A), ref["xi"], rtol=1e-12, atol=1e-12)
+    Ad = A.double()
+    two_pass = (Ad - Ad.mean(1, keepdim=True)).pow(2).sum((-2, -1)).mean(1)
+    torch.testing.assert_close(consensus_error(A), two_pass, rtol=1e-12, atol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 9), seed=st.integers(0, 10_000), offset=st.sampled_from([0.0, 1e6]))
+def test_displacement_stats_merge_groups_like_two_pass(n, seed, offset):
+    """Clients reported one at a time or in random groups give the two-pass consensus error,
+    also when the displacements share a large common part (no cancellation)."""
+    rng = np.random.default_rng(seed)
+    D = torch.tensor(rng.normal(size=(2, n, 3, 4))) + offset
+    ref = (D - D.mean(1, keepdim=True)).pow(2).sum((1, 2, 3)) / n
+    cuts = sorted(rng.choice(np.arange(1, n), size=min(n - 1, rng.integers(0, 3)),
+                             replace=False).tolist()) if n > 1 else []
+    stats = DisplacementStats()
+    for part in torch.tensor_split(D, cuts, dim=1):
+        stats.add("B", 0, part)
+    got = stats.consensus("B", n_layers=1, batch_shape=(2,))[:, 0]
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12 * (1 + offset) ** 2 * 1e-6)
+    assert stats.count("B", 0) == n
+    assert torch.equal(stats.consensus("A", n_layers=2, batch_shape=(2,)),
+                       torch.zeros(2, 2, dtype=torch.float64))
+
+
+class _SilentProblem:
+    """Updates its clients but never reports their displacement."""
+
+    def local_update(self, state, blocks, t, disp=None):
+        return state.map_blocks(lambda X: X + 1, blocks)
+
+    def evaluate(self, state, t):
+        return {}
+
+
+def test_loop_refuses_a_problem_that_hides_its_displacement():
+    with pytest.raises(RuntimeError, match="must call disp.add"):
+        next(run_rounds(_SilentProblem(), get_method("lora"), _toy_state(), _mixing(),
+                        rounds=1))
+
+
 # --------------------------------------------------------------------------- the loop
 class _ToyProblem:
     """Deterministic per-client drift: every trained block moves by a client-specific amount."""
 
-    def local_update(self, state, blocks, t):
+    def local_update(self, state, blocks, t, disp=None):
         def step(X):
             n = X.shape[-3]
             shift = torch.arange(n, dtype=X.dtype).reshape(*([1] * (X.ndim - 3)), n, 1, 1)
             return X + 0.1 * (shift + t)
-        return state.map_blocks(step, blocks)
+        new = state.map_blocks(step, blocks)
+        if disp is not None:
+            disp.add_states(state, new, blocks)
+        return new
 
     def evaluate(self, state, t):
         return {"loss": state.A[0].sum((-3, -2, -1)).double()}
@@ -147,19 +231,19 @@ def test_ffa_lora_keeps_A_bit_identical():
 
 def test_rolora_never_mixes_the_frozen_block():
     st0 = _toy_state()
-    prev = st0
+    prev = st0.clone()
     for res in run_rounds(_ToyProblem(), get_method("rolora"), st0, _mixing(), rounds=6,
                           switch_interval=2):
         frozen = "A" if res.trained == ("B",) else "B"
         assert res.mixed == res.trained
         for x, y in zip(res.state.block(frozen), prev.block(frozen), strict=True):
             assert torch.equal(x, y)
-        prev = res.state
+        prev = res.state.clone()   # the loop updates its state in place
 
 
 def test_adf_lora_mixes_the_frozen_block_and_round_metrics():
     st0 = _toy_state()
-    prev = st0
+    prev = st0.clone()
     for res in run_rounds(_ToyProblem(), get_method("adf-lora"), st0, _mixing(), rounds=6,
                           switch_interval=2):
         frozen = "A" if res.trained == ("B",) else "B"
@@ -171,7 +255,7 @@ def test_adf_lora_mixes_the_frozen_block_and_round_metrics():
             [consensus_error(x) for x in prev.block(frozen)], -1))
         assert torch.all(xf <= xf_local * (1 + 1e-12) + 1e-15)
         assert torch.all(res.layer[f"disp_{frozen}"] == 0)
-        prev = res.state
+        prev = res.state.clone()
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):

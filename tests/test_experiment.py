@@ -19,7 +19,7 @@ class NoisyProblem:
     def __init__(self, seeds, blow_up_at=None):
         self.seeds, self.blow_up_at = seeds, blow_up_at
 
-    def local_update(self, state, blocks, t):
+    def local_update(self, state, blocks, t, disp=None):
         def step(X):
             noise = torch.stack([torch.randn(X.shape[1:], generator=torch_generator(s, "n", t),
                                              dtype=X.dtype) for s in self.seeds])
@@ -27,7 +27,10 @@ class NoisyProblem:
             if self.blow_up_at == t:
                 out[0, 1] = float("nan")
             return out
-        return state.map_blocks(step, blocks)
+        new = state.map_blocks(step, blocks)
+        if disp is not None:
+            disp.add_states(state, new, blocks)
+        return new
 
     def evaluate(self, state, t):
         return {"loss": sum(a.pow(2).sum((-3, -2, -1)) for a in state.A)}

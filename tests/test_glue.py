@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from adflora_analysis.core import DisplacementStats
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.glue import GlueConfig, compute_metrics, get_task, partition_indices
 from adflora_analysis.glue.partition import label_count_table, paper_proportions
@@ -201,19 +202,29 @@ def _problem(gm, tiny, method="adf-lora", K=3, **kw):
 def test_inactive_factor_is_bit_identical_and_gets_no_gradient(gm, tiny):
     prob = _problem(gm, tiny)
     s0 = gm.initial_state(3, seed=0)
-    s1 = prob.local_update(s0, ("B",), 0)
-    assert all(torch.equal(a, b) for a, b in zip(s0.A, s1.A, strict=True))
-    assert all(float((b1 - b0).abs().max()) > 0 for b0, b1 in zip(s0.B, s1.B, strict=True))
+    start = s0.clone()                 # local_update writes into the state it is given
+    disp = DisplacementStats()
+    s1 = prob.local_update(s0, ("B",), 0, disp)
+    assert s1.B[0] is s0.B[0]          # in place: no second copy of the adapters
+    assert all(torch.equal(a, b) for a, b in zip(start.A, s1.A, strict=True))
+    assert all(float((b1 - b0).abs().max()) > 0 for b0, b1 in zip(start.B, s1.B, strict=True))
+    # the reported displacement is the one the state shows
+    ref = DisplacementStats()
+    ref.add_states(start, s1, ("B",))
+    L = len(s1.layers)
+    torch.testing.assert_close(disp.consensus("B", L), ref.consensus("B", L))
+    assert torch.all(disp.consensus("B", L) > 0) and disp.count("A", 0) == 0
     # the model's lora_A after client 2's steps is still client 2's A (never stepped)
-    assert all(torch.equal(p, a[2]) for p, a in zip(gm.lora_A, s0.A, strict=True))
+    assert all(torch.equal(p, a[2]) for p, a in zip(gm.lora_A, start.A, strict=True))
     assert all(p.grad is None and not p.requires_grad for p in gm.lora_A)
+    after_b = s1.clone()
     s2 = prob.local_update(s1, ("A",), 1)
-    assert all(torch.equal(a, b) for a, b in zip(s1.B, s2.B, strict=True))
-    assert any(not torch.equal(a, b) for a, b in zip(s1.A, s2.A, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(after_b.B, s2.B, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(after_b.A, s2.A, strict=True))
     assert np.isfinite(prob.last_loss) and prob.last_steps == 9
     # counter-based randomness: the same round repeats exactly
-    again = _problem(gm, tiny).local_update(s0, ("B",), 0)
-    assert all(torch.equal(a, b) for a, b in zip(s1.B, again.B, strict=True))
+    again = _problem(gm, tiny).local_update(start.clone(), ("B",), 0)
+    assert all(torch.equal(a, b) for a, b in zip(after_b.B, again.B, strict=True))
 
 
 def test_head_frozen_by_default_and_trained_and_gossiped_as_option(gm, tiny):

@@ -149,11 +149,11 @@ def test_non_finite_loss_stops_naming_round_client_method_and_keeps_files(tiny, 
 
     orig = GlueProblem.local_update
 
-    def poisoned(self, state, blocks, t):  # the frozen head turns NaN at round 3
+    def poisoned(self, state, blocks, t, disp=None):  # the frozen head turns NaN at round 3
         if t == 3:
             self.head0 = {k: v * float("nan") for k, v in self.head0.items()}
             self.gm.owner = None
-        return orig(self, state, blocks, t)
+        return orig(self, state, blocks, t, disp)
 
     monkeypatch.setattr(GlueProblem, "local_update", poisoned)
     out = tmp_path / "div"

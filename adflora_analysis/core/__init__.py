@@ -1,13 +1,15 @@
 """Method core shared by the synthetic testbed and the GLUE runner (DESIGN §1, §2, §4).
 
 Public surface: method specs (:func:`get_method`, :data:`METHODS`, :func:`phase`), stacked
-states (:class:`LoraState`), gossip (:func:`gossip`, :func:`mixing_schedule`), metrics
-(:func:`consensus_error`, :func:`cross_term`, :func:`product_consensus`) and the one round loop
+states (:class:`LoraState`), gossip (:func:`gossip`, in place :func:`gossip_`,
+:func:`mixing_schedule`), metrics (:func:`consensus_error`, :func:`cross_term`,
+:func:`product_consensus`, streaming :class:`DisplacementStats`) and the one round loop
 (:func:`run_rounds`).
 """
 
 from adflora_analysis.core.backend import LOCAL, Backend, LocalBackend
-from adflora_analysis.core.gossip import gossip, messages, mix_state, mixing_schedule
+from adflora_analysis.core.displacement import DisplacementStats
+from adflora_analysis.core.gossip import gossip, gossip_, messages, mix_state, mixing_schedule
 from adflora_analysis.core.loop import Problem, RoundResult, check_finite, run_rounds
 from adflora_analysis.core.methods import METHODS, MethodSpec, get_method, phase, register_method
 from adflora_analysis.core.metrics import (
@@ -21,9 +23,10 @@ from adflora_analysis.core.rows import round_rows
 from adflora_analysis.core.state import LoraState
 
 __all__ = [
-    "LOCAL", "Backend", "LocalBackend", "METHODS", "LoraState", "MethodSpec", "Problem",
-    "RoundResult", "check_finite",
-    "consensus_error", "cross_term", "get_method", "gossip", "layer_metrics", "messages",
+    "LOCAL", "Backend", "DisplacementStats", "LocalBackend", "METHODS", "LoraState",
+    "MethodSpec", "Problem", "RoundResult", "check_finite",
+    "consensus_error", "cross_term", "get_method", "gossip", "gossip_", "layer_metrics",
+    "messages",
     "mix_state", "mixing_schedule", "phase", "product_consensus", "register_method",
     "round_rows", "run_rounds", "total_over_layers",
 ]

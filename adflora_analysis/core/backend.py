@@ -12,7 +12,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from adflora_analysis.core.gossip import gossip
+from adflora_analysis.core.gossip import gossip_
 
 
 class Backend(Protocol):
@@ -23,7 +23,8 @@ class Backend(Protocol):
         """The clients (a contiguous range of the client axis) this process holds."""
 
     def mix(self, W: Tensor, X: Tensor) -> Tensor:
-        """Gossip: local rows of ``W @ X_full`` for W (*batch, n, n), X (*batch, n_local, ...)."""
+        """Gossip in place: overwrite X (*batch, n_local, a, b) with this process's rows of
+        ``W @ X_full`` for W (*batch, n, n); return X."""
 
     def gather(self, X: Tensor) -> Tensor:
         """The full (*batch, n, ...) block from every process's (*batch, n_local, ...) part."""
@@ -33,7 +34,7 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """Every client in this process; gossip is one batched matmul."""
+    """Every client in this process; gossip is a batched matmul, in place in chunks."""
 
     rank = 0
     world_size = 1
@@ -42,7 +43,7 @@ class LocalBackend:
         return slice(0, n)
 
     def mix(self, W: Tensor, X: Tensor) -> Tensor:
-        return gossip(W, X)
+        return gossip_(W, X)
 
     def gather(self, X: Tensor) -> Tensor:
         return X

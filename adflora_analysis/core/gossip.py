@@ -2,9 +2,10 @@
 
 >>> import torch
 >>> W = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
->>> gossip(W, torch.tensor([[1.0], [3.0]]))
-tensor([[2.],
-        [2.]])
+>>> gossip(W, torch.tensor([[[1.0]], [[3.0]]]))
+tensor([[[2.]],
+<BLANKLINE>
+        [[2.]]])
 """
 
 from __future__ import annotations
@@ -21,22 +22,47 @@ from adflora_analysis.seeding import numpy_rng
 MixFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def gossip(W: Tensor, X: Tensor) -> Tensor:
-    """One gossip step for a stacked block.
+# Column chunk of the in-place product: the temporary W @ X[..., chunk] holds at most this many
+# elements (1 MiB in float32), so gossip adds no memory that grows with the number of clients.
+_CHUNK_ELEMS = 2**18
+
+
+def gossip_(W: Tensor, X: Tensor) -> Tensor:
+    """One gossip step for a stacked block, in place.
 
     Parameters
     ----------
     W : (*batch, n, n) mixing matrix (one per batch entry, e.g. per seed), rows are receivers.
-    X : (*batch, n, *block) stacked client values.
+    X : (*batch, n, a, b) stacked client values; overwritten with ``X_i <- sum_j W_ij X_j``.
 
     Returns
     -------
-    (*batch, n, *block): ``X_i <- sum_j W_ij X_j`` for every batch entry.
+    ``X`` itself. Every entry (a, b) mixes independently of the others, so the product is
+    taken over chunks of entries: the only temporary is one chunk of ``W @ X``.
     """
     nb = W.ndim - 2
     n = W.shape[-1]
-    flat = X.reshape(*X.shape[:nb], n, -1)
-    return (W.to(X.dtype) @ flat).reshape(X.shape)
+    if X.ndim != nb + 3 or X.shape[nb] != n:
+        raise ValueError(f"gossip: X of shape {tuple(X.shape)} is not (*batch, {n}, a, b) for "
+                         f"W of shape {tuple(W.shape)}")
+    Wx = W.to(X.dtype)
+    a, b = X.shape[-2], X.shape[-1]
+    per_entry = X[..., :1, :1].numel()                       # batch * n
+    cols = min(b, max(1, _CHUNK_ELEMS // per_entry))
+    rows = max(1, _CHUNK_ELEMS // (per_entry * b)) if cols == b else 1
+    for i in range(0, a, rows):
+        for j in range(0, b, cols):
+            Y = X[..., i:i + rows, j:j + cols]
+            Y.copy_((Wx @ Y.reshape(*Y.shape[:nb], n, -1)).reshape(Y.shape))
+    return X
+
+
+def gossip(W: Tensor, X: Tensor) -> Tensor:
+    """One gossip step for a stacked block, returning a new tensor (see :func:`gossip_`).
+
+    W : (*batch, n, n); X : (*batch, n, a, b). Returns (*batch, n, a, b).
+    """
+    return gossip_(W, X.clone())
 
 
 def mix_state(state: LoraState, W: Tensor, blocks: Sequence[str],

@@ -5,6 +5,11 @@ mixed block(s) with W^t, then metrics. The loop is a generator: the caller write
 checkpoints between rounds and may stop early; a resumed run passes ``start_round`` and the
 checkpointed state. Randomness lives in the problem and the mixing schedule, both keyed by
 (seed, t), so resuming reproduces the uninterrupted run exactly.
+
+The loop owns the state it is given: gossip overwrites the mixed blocks in place (and the GLUE
+problem writes each client's update in place), so a round holds one copy of the stacked
+adapters plus chunk-sized temporaries, whatever the number of clients. ``RoundResult.state`` is
+that live state; a caller that keeps a round's values past the next round clones them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
+from adflora_analysis.core.displacement import DisplacementStats
 from adflora_analysis.core.gossip import messages
 from adflora_analysis.core.methods import MethodSpec
 from adflora_analysis.core.metrics import consensus_error, layer_metrics
@@ -27,9 +33,11 @@ from adflora_analysis.errors import DivergenceError
 class Problem(Protocol):
     """What a testbed supplies to :func:`run_rounds`."""
 
-    def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int) -> LoraState:
+    def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
+                     disp: DisplacementStats | None = None) -> LoraState:
         """K local steps on ``blocks`` for every client at round ``t``; other blocks must come
-        back bit-identical."""
+        back bit-identical. The update may be written into ``state`` in place. Each client's
+        displacement of each trained block and layer is reported to ``disp`` (when given)."""
 
     def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
         """Extra per-round metrics, each of shape (*batch,) (e.g. loss, grad_norm_sq)."""
@@ -60,6 +68,19 @@ def _per_layer(blocks: Iterable[Tensor]) -> Tensor:
 
 def _gather(state: LoraState, backend: Backend) -> LoraState:
     return state if backend.world_size == 1 else state.map_blocks(backend.gather)
+
+
+def _check_reported(disp: DisplacementStats, trained: tuple[str, ...], state: LoraState,
+                    problem: Problem) -> None:
+    """Every trained block's displacement must have been reported for every local client."""
+    n = state.n_clients
+    for b in trained:
+        for li in range(len(state.layers)):
+            if disp.count(b, li) != n:
+                raise RuntimeError(
+                    f"{type(problem).__name__}.local_update reported the displacement of block "
+                    f"{b}, layer {li} for {disp.count(b, li)} of {n} clients; it must call "
+                    f"disp.add(block, layer, delta) for every client it updates")
 
 
 def check_finite(state: LoraState, t: int, method: str, where: str) -> None:
@@ -101,24 +122,21 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
     for t in range(start_round, rounds):
         trained = spec.trained_blocks(t, T)
         mixed = spec.mixed_blocks(t, T)
-        before = state
-        state = problem.local_update(state, trained, t)
-        full_local, full_before = _gather(state, backend), _gather(before, backend)
+        disp = DisplacementStats()
+        state = problem.local_update(state, trained, t, disp)
+        _check_reported(disp, trained, state, problem)
+        full_local = _gather(state, backend)
         check_finite(full_local, t, spec.name, "after the local update")
-        # one layer's displacement at a time, then let the pre-update state go: at most two
-        # stacked states are alive at once (before/after the local update, then before/after
-        # gossip), so memory per client stays at twice the adapter
-        disp = {f"disp_{b}": _per_layer(x - y for x, y in zip(full_local.block(b),
-                                                             full_before.block(b),
-                                                             strict=True))
-                for b in ("A", "B")}
         local = {f"xi_{b}_local": _per_layer(full_local.block(b)) for b in ("A", "B")}
-        del before, full_before, full_local
+        del full_local
+        L = len(state.layers)
+        disp_m = {f"disp_{b}": disp.consensus(b, L, backend, tuple(state.batch_shape))
+                  for b in ("A", "B")}
         W = mixing(t)
         state = state.map_blocks(lambda X, W=W: backend.mix(W, X), mixed)
         full = _gather(state, backend)
         check_finite(full, t, spec.name, "after gossip")
-        layer = {**layer_metrics(full), **local, **disp}
+        layer = {**layer_metrics(full), **local, **disp_m}
         scalar = dict(problem.evaluate(state, t))
         msgs = messages(W).double()
         scalar["bytes_sent"] = msgs * sum(full.bytes_per_client(b) for b in mixed)

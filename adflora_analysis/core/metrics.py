@@ -18,9 +18,24 @@ from torch import Tensor
 
 from adflora_analysis.core.state import LoraState
 
-# Client chunk for the product-consensus loop: bounds memory at chunk * d_out * d_in per batch
-# (2**20 float64 elements = 8 MiB per temporary, so the transient does not grow with n).
-_CHUNK_ELEMS = 2**20
+# Client chunks bound every float64 temporary at _CHUNK_ELEMS elements (2 MiB), so the metrics
+# of a round add a transient that does not grow with n (one client at a time when a client's
+# block is larger than that, e.g. a d_out x d_in product).
+_CHUNK_ELEMS = 2**18
+
+
+def _chunks(n: int, per_client: int):
+    """Slices of at most ``_CHUNK_ELEMS // per_client`` (at least 1) clients covering 0..n."""
+    step = max(1, _CHUNK_ELEMS // max(1, per_client))
+    return (slice(s, min(n, s + step)) for s in range(0, n, step))
+
+
+def _client_mean(X: Tensor) -> Tensor:
+    """Mean over the client axis -3 in float64, keepdim, accumulated chunk by chunk."""
+    n = X.shape[-3]
+    per = X[..., :1, :, :].numel()
+    out = sum(X[..., s, :, :].double().sum(-3, keepdim=True) for s in _chunks(n, per))
+    return out / n
 
 
 def consensus_error(X: Tensor, client_axis: int = -3) -> Tensor:
@@ -30,34 +45,37 @@ def consensus_error(X: Tensor, client_axis: int = -3) -> Tensor:
     >>> consensus_error(torch.tensor([[[1.0]], [[3.0]]]))
     tensor(1., dtype=torch.float64)
     """
-    X = X.double()
     ax = client_axis % X.ndim
-    D = X - X.mean(dim=ax, keepdim=True)
-    return D.pow(2).flatten(ax).sum(-1) / X.shape[ax]
+    X = X.reshape(*X.shape[:ax + 1], 1, -1)      # (*batch, n, 1, P): the client axis is -3
+    n = X.shape[-3]
+    mean = _client_mean(X)
+    total = sum((X[..., s, :, :].double() - mean).pow(2).sum((-3, -2, -1))
+                for s in _chunks(n, X[..., :1, :, :].numel()))
+    return total / n
 
 
 def cross_term(A: Tensor, B: Tensor) -> Tensor:
     """C = ‖(1/n) Σ_i (B_i − B̄)(A_i − Ā)‖_F for A (*b, n, r, d_in), B (*b, n, d_out, r)."""
-    A, B = A.double(), B.double()
     n = A.shape[-3]
-    Ac = A - A.mean(-3, keepdim=True)
-    Bc = B - B.mean(-3, keepdim=True)
-    M = torch.einsum("...nor,...nri->...oi", Bc, Ac) / n
-    return M.pow(2).sum((-2, -1)).sqrt()
+    Am, Bm = _client_mean(A), _client_mean(B)
+    per = A[..., :1, :, :].numel() + B[..., :1, :, :].numel()
+    M = sum(torch.einsum("...nor,...nri->...oi", B[..., s, :, :].double() - Bm,
+                         A[..., s, :, :].double() - Am) for s in _chunks(n, per))
+    return (M / n).pow(2).sum((-2, -1)).sqrt()
 
 
 def product_consensus(A: Tensor, B: Tensor) -> Tensor:
     """(1/n) Σ_i ‖B_i A_i − P̄‖_F² for A (*b, n, r, d_in), B (*b, n, d_out, r)."""
-    A, B = A.double(), B.double()
     n, d_out, d_in = A.shape[-3], B.shape[-2], A.shape[-1]
-    batch = max(1, A[..., 0, 0, 0].numel())
-    Pbar = torch.einsum("...nor,...nri->...oi", B, A) / n
-    chunk = max(1, _CHUNK_ELEMS // max(1, d_out * d_in * batch))
-    total = torch.zeros(A.shape[:-3], dtype=torch.float64, device=A.device)
-    for s in range(0, n, chunk):  # chunks of clients, not one client at a time
-        P = torch.einsum("...nor,...nri->...noi", B[..., s:s + chunk, :, :],
-                         A[..., s:s + chunk, :, :])
-        total = total + (P - Pbar.unsqueeze(-3)).pow(2).sum((-3, -2, -1))
+    per = max(1, A[..., 0, 0, 0].numel()) * d_out * d_in      # one client's product
+    chunks = list(_chunks(n, per))
+
+    def prod(s: slice) -> Tensor:
+        return torch.einsum("...nor,...nri->...noi", B[..., s, :, :].double(),
+                            A[..., s, :, :].double())
+
+    Pbar = sum(prod(s).sum(-3) for s in chunks) / n
+    total = sum((prod(s) - Pbar.unsqueeze(-3)).pow(2).sum((-3, -2, -1)) for s in chunks)
     return total / n
 
 

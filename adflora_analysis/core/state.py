@@ -2,7 +2,9 @@
 
 ``A[l]`` has shape ``(*batch, n, r, d_in_l)`` and ``B[l]`` has ``(*batch, n, d_out_l, r)`` for
 layer ``l``; ``batch`` is ``(S,)`` (a seed axis) in the synthetic testbed and ``()`` in the GLUE
-runner. A state is a value: functions return new states rather than editing one in place.
+runner. Helpers here return new states; the round loop, though, owns the state it runs and
+overwrites its blocks in place (gossip, the GLUE local update) so that memory stays at one copy
+of the adapters: :meth:`LoraState.clone` a state to keep its values.
 """
 
 from __future__ import annotations

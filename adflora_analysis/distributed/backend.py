@@ -110,13 +110,14 @@ class TorchDistBackend:
         return y
 
     def mix(self, W: Tensor, X: Tensor) -> Tensor:
-        """Local rows of ``W @ X_full``: W (*batch, n, n), X (*batch, n_local, a, b)."""
+        """Overwrite X (*batch, n_local, a, b) with the local rows of ``W @ X_full`` for
+        W (*batch, n, n); return X (the in-place contract of the round loop's backends)."""
         full = self.gather(X) if self.exchange == "allgather" else self._neighbor_full(W, X)
         lo, hi = self.ranges[self.rank]
         nb = W.ndim - 2
         flat = full.reshape(*full.shape[:nb], self.n, -1)
         out = W[..., lo:hi, :].to(X.dtype) @ flat
-        return out.reshape(X.shape)
+        return X.copy_(out.reshape(X.shape))
 
     def _needs(self, W: Tensor, receiver: int, sender: int) -> np.ndarray:
         """Sender's client indices (global) that the receiver's rows of W use."""

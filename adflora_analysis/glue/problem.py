@@ -5,7 +5,9 @@ For each client i at round t: copy its factors (and its head, with ``train_head`
 model, make only the trained block(s) require grad (the inactive factor gets no gradient and no
 optimizer state, and comes back bit-identical: it is never read back), build a fresh AdamW
 (the default; ``optimizer_reset = "never"`` keeps each client's AdamW state across rounds),
-take K steps of ``batch_size`` rows, and read the trained block(s) back into new stacked tensors.
+take K steps of ``batch_size`` rows, and write the trained block(s) back into the stacked state
+in place (reporting each client's displacement first), so a round adds no per-client copy of
+the adapters.
 
 Randomness is counter-based (:mod:`adflora_analysis.seeding`), so a resumed run repeats the
 uninterrupted one exactly without saved generator states:
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
+from adflora_analysis.core.displacement import DisplacementStats
 from adflora_analysis.core.metrics import consensus_error
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.errors import DivergenceError
@@ -134,12 +137,13 @@ class GlueProblem:
 
     # --- Problem protocol -------------------------------------------------------------------
 
-    def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int) -> LoraState:
+    def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
+                     disp: DisplacementStats | None = None) -> LoraState:
+        """K AdamW steps of every local client on ``blocks``, written into ``state`` in place
+        (A: (n_local, r, d_in), B: (n_local, d_out, r) per layer); returns ``state``."""
         gm = self.gm
         self.activate()
         gm.model.train()
-        new_A = [a.clone() for a in state.A] if "A" in blocks else list(state.A)
-        new_B = [b.clone() for b in state.B] if "B" in blocks else list(state.B)
         losses = []
         diverged = torch.zeros(self.n, dtype=torch.float64)   # 1 where a client's loss blew up
         for li, i in enumerate(self.local_ids):   # li: index in this process, i: client id
@@ -168,11 +172,11 @@ class GlueProblem:
             if diverged[i]:
                 break
             with torch.no_grad():
-                if "A" in blocks:
-                    for X, p in zip(new_A, gm.lora_A, strict=True):
-                        X[li].copy_(p)
-                if "B" in blocks:
-                    for X, p in zip(new_B, gm.lora_B, strict=True):
+                for b in blocks:
+                    factors = gm.lora_A if b == "A" else gm.lora_B
+                    for layer, (X, p) in enumerate(zip(state.block(b), factors, strict=True)):
+                        if disp is not None:
+                            disp.add(b, layer, (p.to(X.device) - X[li]).unsqueeze(0))
                         X[li].copy_(p)
                 if self.heads is not None:
                     for k_, v in self.heads.items():
@@ -190,7 +194,7 @@ class GlueProblem:
         self.last_loss = float(tot[0] / tot[1])
         self.last_steps = int(tot[1])
         self.rounds_done = t
-        return LoraState(new_A, new_B, list(state.layers))
+        return state
 
     def _diverged(self, t: int, client: int, loss: float | None = None,
                   step: int | None = None) -> DivergenceError:

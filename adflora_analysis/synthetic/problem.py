@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
+from adflora_analysis.core.displacement import DisplacementStats
 from adflora_analysis.core.metrics import consensus_error
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.seeding import torch_generator
@@ -205,8 +206,12 @@ class QuadraticProblem:
         return self.L * self.r * (c.d_in + c.d_out)
 
     # ------------------------------------------------------------------ Problem protocol
-    def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int) -> LoraState:
+    def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
+                     disp: DisplacementStats | None = None) -> LoraState:
         """K SGD steps with step size lr on ``blocks`` for every seed, client and layer at once.
+
+        Returns a new state (the trained blocks are new tensors); the displacement of every
+        trained block and layer is reported to ``disp``.
 
         Also records, for :meth:`evaluate`, the mean over the K inner steps of the consensus error
         of all factors (``xi_inner``) and of ||M_t grad f(x_bar)||^2 at the inner averaged models
@@ -251,7 +256,10 @@ class QuadraticProblem:
                              "loss_start": loss_start}
         newA = list(A.unbind(2)) if "A" in blocks else state.A
         newB = list(B.unbind(2)) if "B" in blocks else state.B
-        return LoraState(newA, newB, list(state.layers))
+        new = LoraState(newA, newB, list(state.layers))
+        if disp is not None:
+            disp.add_states(state, new, blocks)
+        return new
 
     def _draw_noise(self, t: int, blocks: tuple[str, ...]) -> dict[str, Tensor]:
         c, K = self.cfg, self.cfg.local_steps
