@@ -164,6 +164,36 @@ def test_offline_hub_failure_is_fast_and_one_line(monkeypatch):
     assert time.perf_counter() - t < 15
 
 
+def test_hub_dataset_cache_probe_never_touches_the_network(monkeypatch):
+    """Without HF_*_OFFLINE in the environment (the hub clients read it at import), the
+    cache-first attempt must still not go to the network: no retry loop before our one line."""
+    import socket
+
+    import datasets
+    from huggingface_hub import constants as hub_constants
+
+    import adflora_analysis.glue.data as data
+
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    calls = []
+
+    def no_network(*a, **k):
+        calls.append(a[:1])
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(data, "hub_reachable", lambda *a, **k: False)
+    with pytest.raises(AdfloraError, match=r"nyu-mll/glue/sst2.*--data-dir"):
+        data.load_hub(get_task("sst2"))
+    assert calls == []
+    assert hub_constants.HF_HUB_OFFLINE is False and datasets.config.HF_HUB_OFFLINE is False
+
+
 # --- model: adapters by name, frozen inactive factor, errors ------------------------------
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,6 +179,23 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+@contextmanager
+def _hub_offline(datasets_mod):
+    """Offline mode for the hub clients while the block runs. ``datasets`` and
+    ``huggingface_hub`` read HF_*_OFFLINE once, at import, so setting the environment variable
+    later does nothing (the client then retries HEAD requests for ~30 s); their module flags
+    are switched instead, and restored."""
+    from huggingface_hub import constants as hub_constants
+
+    cfg = datasets_mod.config
+    saved = (hub_constants.HF_HUB_OFFLINE, cfg.HF_HUB_OFFLINE, cfg.HF_DATASETS_OFFLINE)
+    hub_constants.HF_HUB_OFFLINE = cfg.HF_HUB_OFFLINE = cfg.HF_DATASETS_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE, cfg.HF_HUB_OFFLINE, cfg.HF_DATASETS_OFFLINE = saved
+
+
 def load_hub(task: TaskSpec) -> GlueData:
     """GLUE from the hub (cache first). Unreachable hub: one line naming the dataset and how to
     use a local copy."""
@@ -190,18 +208,11 @@ def load_hub(task: TaskSpec) -> GlueData:
     datasets.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     splits = ("train", *task.val_splits)
-    ds = None
-    old = os.environ.get("HF_DATASETS_OFFLINE")
     try:  # the cache first, without touching the network
-        os.environ["HF_DATASETS_OFFLINE"] = "1"
-        ds = datasets.load_dataset(path, name)
+        with _hub_offline(datasets):
+            ds = datasets.load_dataset(path, name)
     except Exception:  # noqa: BLE001 - any failure means "not cached"
         ds = None
-    finally:
-        if old is None:
-            os.environ.pop("HF_DATASETS_OFFLINE", None)
-        else:
-            os.environ["HF_DATASETS_OFFLINE"] = old
     if ds is None:
         if not hub_reachable():
             raise AdfloraError(
