@@ -21,7 +21,7 @@ from adflora_analysis.core.state import LoraState
 # Client chunks bound every float64 temporary at _CHUNK_ELEMS elements (2 MiB), so the metrics
 # of a round add a transient that does not grow with n (one client at a time when a client's
 # block is larger than that, e.g. a d_out x d_in product).
-_CHUNK_ELEMS = 2**18
+_CHUNK_ELEMS = 2**16
 
 
 def _chunks(n: int, per_client: int):
@@ -36,6 +36,14 @@ def _client_mean(X: Tensor) -> Tensor:
     per = X[..., :1, :, :].numel()
     out = sum(X[..., s, :, :].double().sum(-3, keepdim=True) for s in _chunks(n, per))
     return out / n
+
+
+def _sum_of_products(B: Tensor, A: Tensor) -> Tensor:
+    """Σ_m B_m A_m for B (*b, m, o, r), A (*b, m, r, i) -> (*b, o, i), as one matmul over the
+    joint (m, r) axis (never materialising the m products)."""
+    m, o, r, i = B.shape[-3], B.shape[-2], B.shape[-1], A.shape[-1]
+    Bt = B.transpose(-3, -2).reshape(*B.shape[:-3], o, m * r)
+    return Bt @ A.reshape(*A.shape[:-3], m * r, i)
 
 
 def consensus_error(X: Tensor, client_axis: int = -3) -> Tensor:
@@ -59,8 +67,8 @@ def cross_term(A: Tensor, B: Tensor) -> Tensor:
     n = A.shape[-3]
     Am, Bm = _client_mean(A), _client_mean(B)
     per = A[..., :1, :, :].numel() + B[..., :1, :, :].numel()
-    M = sum(torch.einsum("...nor,...nri->...oi", B[..., s, :, :].double() - Bm,
-                         A[..., s, :, :].double() - Am) for s in _chunks(n, per))
+    M = sum(_sum_of_products(B[..., s, :, :].double() - Bm, A[..., s, :, :].double() - Am)
+            for s in _chunks(n, per))
     return (M / n).pow(2).sum((-2, -1)).sqrt()
 
 
@@ -74,7 +82,8 @@ def product_consensus(A: Tensor, B: Tensor) -> Tensor:
         return torch.einsum("...nor,...nri->...noi", B[..., s, :, :].double(),
                             A[..., s, :, :].double())
 
-    Pbar = sum(prod(s).sum(-3) for s in chunks) / n
+    Pbar = sum(_sum_of_products(B[..., s, :, :].double(), A[..., s, :, :].double())
+               for s in _chunks(n, A[..., :1, :, :].numel() + B[..., :1, :, :].numel())) / n
     total = sum((prod(s) - Pbar.unsqueeze(-3)).pow(2).sum((-3, -2, -1)) for s in chunks)
     return total / n
 
