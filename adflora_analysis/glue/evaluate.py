@@ -36,8 +36,9 @@ def eval_rows(problem: GlueProblem, state: LoraState, task: TaskSpec,
               clients: bool = True) -> list[dict]:
     """Evaluate every client (if ``clients``) and the averaged adapter; tidy rows.
 
-    Under torch.distributed each process evaluates its own clients and the rows are gathered
-    (every process returns all rows); ``state`` holds this process's clients.
+    Under torch.distributed each process evaluates its own clients and the rows are gathered;
+    process 0 alone evaluates the averaged adapter and shares its rows (every process returns
+    all rows); ``state`` holds this process's clients.
     """
     gm = problem.gm
     problem.activate()
@@ -64,10 +65,19 @@ def eval_rows(problem: GlueProblem, state: LoraState, task: TaskSpec,
             rows.append({**base, "client": "mean", "split": split, "metric": m,
                          "value": float(np.mean(vs))})
     full = state if backend.world_size == 1 else state.map_blocks(backend.gather)
-    gm.load_factors([a.mean(0) for a in full.A], [b.mean(0) for b in full.B])
-    gm.load_head(problem.mean_head())
-    for (split, m), v in _scores(problem, task, val, batch_size).items():
-        rows.append({**base, "client": "averaged", "split": split, "metric": m,
-                     "value": float(v)})
-    gm.load_head(problem.head0)
-    return rows
+    head = problem.mean_head()   # a collective: every process takes part
+    averaged: list[dict] = []
+    if backend.rank == 0:        # one process evaluates the averaged adapter, the others wait
+        gm.load_factors([a.mean(0) for a in full.A], [b.mean(0) for b in full.B])
+        gm.load_head(head)
+        averaged = [{**base, "client": "averaged", "split": split, "metric": m,
+                     "value": float(v)}
+                    for (split, m), v in _scores(problem, task, val, batch_size).items()]
+        gm.load_head(problem.head0)
+    if backend.world_size > 1:
+        import torch.distributed as dist
+
+        parts = [None] * backend.world_size
+        dist.all_gather_object(parts, averaged)
+        averaged = parts[0]
+    return rows + averaged
