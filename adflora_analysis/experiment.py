@@ -225,7 +225,7 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
                 if stop_after is not None and rounds_run >= stop_after:
                     _set_status(run_dir, writer, status="stopped")
                     return _finish(run_dir, tables, writer)
-                del res  # drop the round's state before the next round allocates its own
+                del res  # hold no reference to the live state while the next round runs
             if bar:
                 bar.close()
             done.append(job.key)

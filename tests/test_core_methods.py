@@ -173,6 +173,16 @@ def test_displacement_stats_merge_groups_like_two_pass(n, seed, offset):
                        torch.zeros(2, 2, dtype=torch.float64))
 
 
+def test_displacement_stats_stay_on_the_state_device():
+    """Counts, sums and the zeros of an unreported block live where the state lives (the
+    'meta' device stands in for a GPU: mixing it with CPU tensors raises like CUDA does)."""
+    stats = DisplacementStats()
+    stats.add("A", 0, torch.zeros(2, 4, 3, 5, device="meta"))
+    for b in ("A", "B"):
+        out = stats.consensus(b, n_layers=1, batch_shape=(2,), device="meta")
+        assert out.device.type == "meta" and out.shape == (2, 1)
+
+
 class _SilentProblem:
     """Updates its clients but never reports their displacement."""
 

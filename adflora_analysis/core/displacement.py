@@ -64,15 +64,18 @@ class DisplacementStats:
         return self._acc[(block, layer)][0] if (block, layer) in self._acc else 0
 
     def consensus(self, block: str, n_layers: int, backend: Backend = LOCAL,
-                  batch_shape: tuple[int, ...] = ()) -> Tensor:
-        """Ξ(Δ) per layer, (*batch, n_layers), over the clients of every process.
+                  batch_shape: tuple[int, ...] = (),
+                  device: str | torch.device = "cpu") -> Tensor:
+        """Ξ(Δ) per layer, (*batch, n_layers), over the clients of every process, on ``device``
+        (where the state lives: collectives and arithmetic stay on one device).
 
         A block nobody reported did not move (Δ = 0): its entries are 0.
         """
         if not any((block, li) in self._acc for li in range(n_layers)):
-            return torch.zeros(*batch_shape, n_layers, dtype=torch.float64)
+            return torch.zeros(*batch_shape, n_layers, dtype=torch.float64, device=device)
         parts = [self._acc[(block, li)] for li in range(n_layers)]
-        counts = torch.tensor([float(c) for c, _, _ in parts], dtype=torch.float64)
+        counts = torch.tensor([float(c) for c, _, _ in parts], dtype=torch.float64,
+                              device=parts[0][1].device)
         # process-level sums: one collective per stage for all layers together
         flat = torch.cat([(c * mu).reshape(-1) for c, mu, _ in parts])
         tot_n = backend.all_sum(counts)

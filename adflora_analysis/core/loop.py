@@ -7,9 +7,11 @@ checkpointed state. Randomness lives in the problem and the mixing schedule, bot
 (seed, t), so resuming reproduces the uninterrupted run exactly.
 
 The loop owns the state it is given: gossip overwrites the mixed blocks in place (and the GLUE
-problem writes each client's update in place), so a round holds one copy of the stacked
-adapters plus chunk-sized temporaries, whatever the number of clients. ``RoundResult.state`` is
-that live state; a caller that keeps a round's values past the next round clones them.
+problem writes each client's update in place), so an in-process GLUE round holds one copy of
+the stacked adapters plus chunk-sized temporaries, whatever the number of clients (the
+vectorized synthetic problem builds its new trained blocks beside the old ones, and under
+torch.distributed the metrics work on gathered copies). ``RoundResult.state`` is that live
+state; a caller that keeps a round's values past the next round clones them.
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
         local = {f"xi_{b}_local": _per_layer(full_local.block(b)) for b in ("A", "B")}
         del full_local
         L = len(state.layers)
-        disp_m = {f"disp_{b}": disp.consensus(b, L, backend, tuple(state.batch_shape))
+        disp_m = {f"disp_{b}": disp.consensus(b, L, backend, tuple(state.batch_shape),
+                                              state.A[0].device)
                   for b in ("A", "B")}
         W = mixing(t)
         state = state.map_blocks(lambda X, W=W: backend.mix(W, X), mixed)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from adflora_analysis.core.state import LoraState
 
-# Client chunks bound every float64 temporary at _CHUNK_ELEMS elements (2 MiB), so the metrics
+# Client chunks bound every float64 temporary at _CHUNK_ELEMS elements (512 KiB), so the metrics
 # of a round add a transient that does not grow with n (one client at a time when a client's
 # block is larger than that, e.g. a d_out x d_in product).
 _CHUNK_ELEMS = 2**16
@@ -54,11 +54,12 @@ def consensus_error(X: Tensor, client_axis: int = -3) -> Tensor:
     tensor(1., dtype=torch.float64)
     """
     ax = client_axis % X.ndim
-    X = X.reshape(*X.shape[:ax + 1], 1, -1)      # (*batch, n, 1, P): the client axis is -3
-    n = X.shape[-3]
-    mean = _client_mean(X)
-    total = sum((X[..., s, :, :].double() - mean).pow(2).sum((-3, -2, -1))
-                for s in _chunks(n, X[..., :1, :, :].numel()))
+    n = X.shape[ax]
+    per = X.numel() // max(1, n)
+    parts = [X.narrow(ax, s.start, s.stop - s.start) for s in _chunks(n, per)]
+    mean = sum(p.double().sum(ax, keepdim=True) for p in parts) / n
+    # the centred chunk is a fresh tensor: flattening it is a view, never a copy of the block
+    total = sum((p.double() - mean).pow(2).flatten(ax).sum(-1) for p in parts)
     return total / n
 
 
