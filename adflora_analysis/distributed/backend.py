@@ -164,7 +164,10 @@ class TorchDistBackend:
 def init_distributed(backend: str | None = None, timeout_s: float = 60.0) -> bool:
     """Initialise torch.distributed from torchrun's environment; False when not under torchrun.
 
-    ``backend`` defaults to NCCL on a GPU machine and gloo otherwise. ``timeout_s`` bounds how
+    ``backend`` defaults to gloo, also on GPU machines: the collectives carry the stacked
+    adapters, losses and metrics, which the GLUE runner keeps on the CPU, and NCCL accepts only
+    CUDA tensors. On a GPU machine each process takes the GPU of its LOCAL_RANK, so
+    ``device = "cuda"`` puts the processes of a node on different GPUs. ``timeout_s`` bounds how
     long a collective waits for a dead peer before raising.
     """
     import datetime
@@ -175,7 +178,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 60.0) -> boo
     if dist.is_initialized():
         return True
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "gloo"
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return True
 
