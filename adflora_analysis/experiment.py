@@ -38,7 +38,8 @@ class Job:
 
     ``build()`` returns ``(problem, initial_state, mixing)`` (see
     :func:`adflora_analysis.core.loop.run_rounds`); it is called once per job, also on resume.
-    ``extra`` is added to every row (e.g. ``{"switch_interval": 5}``).
+    ``extra`` is added to every row (e.g. ``{"switch_interval": 5}``). ``server``: the mixing
+    is a server's exact average (message count, see :func:`~adflora_analysis.core.messages`).
     """
 
     key: str
@@ -47,6 +48,7 @@ class Job:
     build: Callable[[], tuple[Problem, LoraState, Callable[[int], Any]]]
     switch_interval: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    server: bool = False
 
 
 OnRound = Callable[[Job, Problem, RoundResult], dict[str, list[dict]]]
@@ -204,7 +206,7 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
             bar = _progress(show, job.key, rounds, start)
             for res in run_rounds(problem, job.method, state, mixing, rounds=rounds,
                                   switch_interval=job.switch_interval, start_round=start,
-                                  backend=backend):
+                                  backend=backend, server=job.server):
                 extra_tables = on_round(job, problem, res) if on_round else {}
                 if writer:
                     rows = round_rows(res, job.method.name, job.seeds,

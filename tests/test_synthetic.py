@@ -207,6 +207,19 @@ def test_run_directory_contents(small_run):
     assert (allrows.loss_gap > -1e-9).all()
 
 
+def test_bytes_sent_counts_a_server_as_2n_messages(tmp_path):
+    """The same W = J, realised by a server (2n messages) or by all-to-all gossip on the
+    complete graph with uniform weights (n(n-1) messages)."""
+    per_client = 4 * (2 * 5 + 4 * 2)   # float32 A (2 x 5) + B (4 x 2) of the one layer
+    sent = {}
+    for weights in ("server", "uniform"):
+        cfg = small(rounds=2, seeds=1, methods=["lora"], dtype="float32", topology={
+            "graph": "complete", "weights": weights})
+        pq = run_study(cfg, tmp_path / weights, progress=False)
+        sent[weights] = pq[pq.layer == "all"].bytes_sent.unique().tolist()
+    assert sent == {"server": [2 * 4 * per_client], "uniform": [4 * 3 * per_client]}
+
+
 def test_checks_on_a_small_run(small_run):
     from adflora_analysis.synthetic.checks import run_checks
 

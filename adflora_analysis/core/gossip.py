@@ -71,9 +71,20 @@ def mix_state(state: LoraState, W: Tensor, blocks: Sequence[str],
     return state.map_blocks(lambda X: mix_fn(W, X), tuple(blocks))
 
 
-def messages(W: Tensor) -> Tensor:
-    """Number of client-to-client messages W implies: nonzero off-diagonal entries, (*batch,)."""
+def messages(W: Tensor, server: bool = False) -> Tensor:
+    """Messages one gossip step sends, (*batch,): the nonzero off-diagonal entries of W
+    (client-to-client), or, with ``server``, 2n (W = J realised by a server: every client
+    uploads its block and downloads the average; a complete graph with uniform weights gives
+    the same W but n(n − 1) messages).
+
+    >>> import torch
+    >>> J = torch.full((4, 4), 0.25)
+    >>> int(messages(J)), int(messages(J, server=True))
+    (12, 8)
+    """
     n = W.shape[-1]
+    if server:
+        return torch.full(W.shape[:-2], 2 * n, dtype=torch.long, device=W.device)
     off = W.abs() > 0
     off = off & ~torch.eye(n, dtype=torch.bool, device=W.device)
     return off.sum(dim=(-2, -1))

@@ -104,7 +104,8 @@ def check_finite(state: LoraState, t: int, method: str, where: str) -> None:
 
 def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
                mixing: Callable[[int], Tensor], *, rounds: int, switch_interval: int | None = None,
-               start_round: int = 0, backend: Backend = LOCAL) -> Iterator[RoundResult]:
+               start_round: int = 0, backend: Backend = LOCAL,
+               server: bool = False) -> Iterator[RoundResult]:
     """Run rounds ``start_round .. rounds-1`` of method ``spec``; yield a :class:`RoundResult`
     after each.
 
@@ -119,6 +120,8 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
     backend : where the clients live. In-process (default), ``state`` holds every client; under
         torch.distributed it holds this process's clients, gossip exchanges blocks between
         processes, and metrics are computed on the gathered state (identical on every rank).
+    server : W^t = J is realised by a server (topology weights ``"server"``): ``bytes_sent``
+        counts 2n messages per gossiped block instead of W's off-diagonal entries.
     """
     T = switch_interval or spec.default_switch_interval
     for t in range(start_round, rounds):
@@ -141,6 +144,6 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
         check_finite(full, t, spec.name, "after gossip")
         layer = {**layer_metrics(full), **local, **disp_m}
         scalar = dict(problem.evaluate(state, t))
-        msgs = messages(W).double()
+        msgs = messages(W, server).double()
         scalar["bytes_sent"] = msgs * sum(full.bytes_per_client(b) for b in mixed)
         yield RoundResult(t, state, trained, mixed, W, layer, scalar)

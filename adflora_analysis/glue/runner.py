@@ -115,7 +115,8 @@ class GlueStudy:
 
         T = cfg.switch_for(method)
         return Job(job_key(method, seed), get_method(method), [seed], build,
-                   switch_interval=T, extra={"task": self.task.name, "switch_interval": T})
+                   switch_interval=T, extra={"task": self.task.name, "switch_interval": T},
+                   server=cfg.topology.weights == "server")
 
     def jobs(self) -> list[Job]:
         return [self.job(m, s) for m in self.cfg.methods for s in self.cfg.seed_list]

@@ -160,8 +160,8 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
                      "lr": vcfg.lr, "n_clients": vcfg.n_clients,
                      "local_steps": vcfg.local_steps}
             key = f"{label}/{m}" if multi else m
-            jobs.append((Job(key, get_method(m), seeds, build, switch_interval=T, extra=extra),
-                         vcfg))
+            jobs.append((Job(key, get_method(m), seeds, build, switch_interval=T, extra=extra,
+                             server=topo.weights == "server"), vcfg))
     return jobs
 
 
