@@ -30,12 +30,17 @@ def _chunks(n: int, per_client: int):
     return (slice(s, min(n, s + step)) for s in range(0, n, step))
 
 
-def _client_mean(X: Tensor) -> Tensor:
-    """Mean over the client axis -3 in float64, keepdim, accumulated chunk by chunk."""
-    n = X.shape[-3]
-    per = X[..., :1, :, :].numel()
-    out = sum(X[..., s, :, :].double().sum(-3, keepdim=True) for s in _chunks(n, per))
-    return out / n
+def _parts(X: Tensor, ax: int) -> list[Tensor]:
+    """``X`` split along the client axis ``ax`` into chunks of at most _CHUNK_ELEMS elements
+    (views, no copy)."""
+    n = X.shape[ax]
+    return [X.narrow(ax, s.start, s.stop - s.start) for s in _chunks(n, X.numel() // max(1, n))]
+
+
+def _client_mean(X: Tensor, ax: int = -3) -> Tensor:
+    """Mean over the client axis ``ax`` in float64, keepdim, accumulated chunk by chunk."""
+    ax = ax % X.ndim
+    return sum(p.double().sum(ax, keepdim=True) for p in _parts(X, ax)) / X.shape[ax]
 
 
 def _sum_of_products(B: Tensor, A: Tensor) -> Tensor:
@@ -54,13 +59,10 @@ def consensus_error(X: Tensor, client_axis: int = -3) -> Tensor:
     tensor(1., dtype=torch.float64)
     """
     ax = client_axis % X.ndim
-    n = X.shape[ax]
-    per = X.numel() // max(1, n)
-    parts = [X.narrow(ax, s.start, s.stop - s.start) for s in _chunks(n, per)]
-    mean = sum(p.double().sum(ax, keepdim=True) for p in parts) / n
+    mean = _client_mean(X, ax)
     # the centred chunk is a fresh tensor: flattening it is a view, never a copy of the block
-    total = sum((p.double() - mean).pow(2).flatten(ax).sum(-1) for p in parts)
-    return total / n
+    total = sum((p.double() - mean).pow(2).flatten(ax).sum(-1) for p in _parts(X, ax))
+    return total / X.shape[ax]
 
 
 def cross_term(A: Tensor, B: Tensor) -> Tensor:
