@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from adflora_analysis import io
+from adflora_analysis import fileio
 from adflora_analysis.config import config_diff, read_toml
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.loop import Problem, RoundResult, run_rounds
@@ -129,7 +129,7 @@ def _save_checkpoint(ckpt_dir: Path, job: Job, res: RoundResult, problem: Proble
     payload = {"round": res.t, "job": job.key, "state": res.state.to_dict(),
                "world_size": backend.world_size, "rank": backend.rank,
                "problem": problem.state_dict() if hasattr(problem, "state_dict") else None}
-    io.save_torch(_ckpt_path(ckpt_dir, job.key, res.t, backend.rank), payload)
+    fileio.save_torch(_ckpt_path(ckpt_dir, job.key, res.t, backend.rank), payload)
     # keep this and the previous complete checkpoint; older parts of this rank go
     for t in sorted(_ckpt_rounds(ckpt_dir, job.key))[:-2]:
         _ckpt_path(ckpt_dir, job.key, t, backend.rank).unlink(missing_ok=True)
@@ -200,7 +200,7 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
                     problem.load_state_dict(ck[1]["problem"])
             if resume and writer:  # drop rows of this job written after its checkpoint
                 for name in tables:
-                    io.truncate_jsonl(run_dir / f"{name}.jsonl",
+                    fileio.truncate_jsonl(run_dir / f"{name}.jsonl",
                                       lambda r, k=job.key, s=start: r.get("job") != k
                                       or r["round"] < s)
             bar = _progress(show, job.key, rounds, start)
@@ -211,13 +211,13 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
                 if writer:
                     rows = round_rows(res, job.method.name, job.seeds,
                                       {"job": job.key, **job.extra})
-                    io.append_jsonl(run_dir / "metrics.jsonl", rows)
+                    fileio.append_jsonl(run_dir / "metrics.jsonl", rows)
                     for name, extra_rows in extra_tables.items():
                         tables.add(name)
                         for r in extra_rows:
                             r.setdefault("job", job.key)
                             r.setdefault("round", res.t)
-                        io.append_jsonl(run_dir / f"{name}.jsonl", extra_rows)
+                        fileio.append_jsonl(run_dir / f"{name}.jsonl", extra_rows)
                 if checkpoint_every and ((res.t + 1) % checkpoint_every == 0
                                          or res.t == rounds - 1):
                     _save_checkpoint(ckpt_dir, job, res, problem, backend)
@@ -232,7 +232,7 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
                 bar.close()
             done.append(job.key)
             if writer:
-                io.write_json(progress_path, {"done": done})
+                fileio.write_json(progress_path, {"done": done})
     except DivergenceError as e:
         _set_status(run_dir, writer, status="diverged", error=str(e))
         _finish(run_dir, tables, writer)
@@ -262,10 +262,10 @@ def _finish(run_dir: Path, tables: set[str], writer: bool = True) -> pd.DataFram
     if not writer:
         return out
     for name in sorted(tables):
-        rows = io.read_jsonl(run_dir / f"{name}.jsonl")
+        rows = fileio.read_jsonl(run_dir / f"{name}.jsonl")
         df = pd.DataFrame(rows)
         if rows:
-            io.write_parquet(run_dir / f"{name}.parquet", df)
+            fileio.write_parquet(run_dir / f"{name}.parquet", df)
         if name == "metrics":
             out = df
     return out

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from adflora_analysis import io
+from adflora_analysis import fileio
 from adflora_analysis.config import dump_toml
 
 PACKAGES = ("adflora-analysis", "torch", "numpy", "scipy", "networkx", "pandas", "pyarrow",
@@ -67,8 +67,8 @@ def init_run_dir(out: str | Path, config: dict[str, Any], meta: dict[str, Any]) 
     """Create ``out`` and write ``config.toml`` and ``meta.json`` atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    io.write_text(out / "config.toml", dump_toml(config))
-    io.write_json(out / "meta.json", meta)
+    fileio.write_text(out / "config.toml", dump_toml(config))
+    fileio.write_json(out / "meta.json", meta)
     return out
 
 
@@ -79,4 +79,4 @@ def update_meta(out: str | Path, **fields: Any) -> None:
     p = Path(out) / "meta.json"
     meta = json.loads(p.read_text()) if p.exists() else {}
     meta.update(fields)
-    io.write_json(p, meta)
+    fileio.write_json(p, meta)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from adflora_analysis import io
+from adflora_analysis import fileio
 from adflora_analysis.config import (
     apply_overrides,
     config_diff,
@@ -93,26 +93,26 @@ def test_toml_roundtrip_and_diff(tmp_path):
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     p = tmp_path / "x.json"
-    io.write_json(p, {"a": 1})
+    fileio.write_json(p, {"a": 1})
 
     def boom(f):
         f.write(b"partial")
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
-        io.atomic_write(p, boom)
+        fileio.atomic_write(p, boom)
     assert json.loads(p.read_text()) == {"a": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["x.json"]  # no temp file left
 
 
 def test_jsonl_ignores_torn_last_line(tmp_path):
     p = tmp_path / "m.jsonl"
-    io.append_jsonl(p, [{"round": 0}, {"round": 1}])
+    fileio.append_jsonl(p, [{"round": 0}, {"round": 1}])
     with open(p, "a") as f:
         f.write('{"round": 2, "xi')
-    assert [r["round"] for r in io.read_jsonl(p)] == [0, 1]
-    io.truncate_jsonl(p, lambda r: r["round"] < 1)
-    assert io.read_jsonl(p) == [{"round": 0}]
+    assert [r["round"] for r in fileio.read_jsonl(p)] == [0, 1]
+    fileio.truncate_jsonl(p, lambda r: r["round"] < 1)
+    assert fileio.read_jsonl(p) == [{"round": 0}]
 
 
 def test_streams_are_reproducible_and_independent():

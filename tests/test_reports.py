@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adflora_analysis import io
+from adflora_analysis import fileio
 from adflora_analysis.experiment import run_jobs
 from adflora_analysis.reports import make_report
 from adflora_analysis.reports.collect import load_run
@@ -36,10 +36,10 @@ def runs(tmp_path_factory):
     rows = [{"method": m, "seed": 0, "round": r, "client": c, "metric": "accuracy",
              "value": 0.5 + 0.05 * r + (0.01 if m == "adf-lora" else 0)}
             for m in ("adf-lora", "rolora") for r in (1, 3) for c in ("0", "mean", "averaged")]
-    io.write_parquet(glue / "eval.parquet", pd.DataFrame(rows))
+    fileio.write_parquet(glue / "eval.parquet", pd.DataFrame(rows))
     sweep = root / "sweep"
     sweep.mkdir()
-    io.write_parquet(sweep / "sweep.parquet", pd.DataFrame(
+    fileio.write_parquet(sweep / "sweep.parquet", pd.DataFrame(
         [{"kind": "encounter", "graph": "encounter", "rule": rule, "q": q, "p": p * q / 0.5}
          for rule, p in (("metropolis", 0.8), ("pairwise", 0.6)) for q in (0.02, 0.1, 0.5)]
         + [{"kind": "static", "graph": "ring", "rule": "metropolis", "q": None, "p": 0.2}]))

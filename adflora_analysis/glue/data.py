@@ -418,11 +418,11 @@ def fixture_frames(task: str, n_train: int = 2000, n_val: int = 400,
 def write_fixture(task: str, folder: str | Path, n_train: int = 2000, n_val: int = 400,
                   seed: int = 0) -> Path:
     """Write :func:`fixture_frames` as ``<split>.tsv`` files into ``folder`` (atomically)."""
-    from adflora_analysis import io
+    from adflora_analysis import fileio
 
     folder = Path(folder)
     for split, df in fixture_frames(task, n_train, n_val, seed).items():
-        with io.atomic_path(folder / f"{split}.tsv") as tmp:
+        with fileio.atomic_path(folder / f"{split}.tsv") as tmp:
             df.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_NONE)
     return folder
 

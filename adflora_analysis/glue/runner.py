@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from adflora_analysis import io
+from adflora_analysis import fileio
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
@@ -185,14 +185,14 @@ def summarize(run_dir: str | Path) -> pd.DataFrame:
     """Per method and seed: the last round's totals (xi_A, xi_B, cross_term,
     product_consensus, local_loss) and the last evaluation's "mean"/"averaged" metrics."""
     run_dir = Path(run_dir)
-    m = pd.DataFrame(io.read_jsonl(run_dir / "metrics.jsonl"))
+    m = pd.DataFrame(fileio.read_jsonl(run_dir / "metrics.jsonl"))
     if m.empty:
         return m
     tot = m[m["layer"] == "all"]
     last = tot.loc[tot.groupby(["method", "seed"])["round"].idxmax()]
     out = last[["method", "seed", "round", "xi_A", "xi_B", "cross_term", "product_consensus",
                 "local_loss"]].reset_index(drop=True)
-    e = pd.DataFrame(io.read_jsonl(run_dir / "eval.jsonl"))
+    e = pd.DataFrame(fileio.read_jsonl(run_dir / "eval.jsonl"))
     if not e.empty:
         e = e[e["client"].isin(["mean", "averaged"])]
         e = e[e["round"] == e.groupby(["method", "seed"])["round"].transform("max")]
@@ -231,7 +231,7 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
             update_meta(out, resumed_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         else:
             init_run_dir(out, config, study.meta())
-        io.write_csv(out / "label_counts.csv", study.label_counts())
+        fileio.write_csv(out / "label_counts.csv", study.label_counts())
     run_jobs(out, study.jobs(), cfg.rounds, checkpoint_every=cfg.checkpoint_every,
              resume=resume, on_round=study.on_round(log), progress=progress,
              stop_after=stop_after, backend=backend)
@@ -239,5 +239,5 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
         return pd.DataFrame()
     summary = summarize(out)
     if not summary.empty:
-        io.write_csv(out / "summary.csv", summary)
+        fileio.write_csv(out / "summary.csv", summary)
     return summary

@@ -10,7 +10,7 @@ import pandas as pd
 
 from adflora_analysis.config import read_toml
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.io import read_jsonl
+from adflora_analysis.fileio import read_jsonl
 
 KINDS = ("synthetic", "glue", "topology-sweep")
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import base64
 import html
-import io as _io
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from adflora_analysis import io
+from adflora_analysis import fileio
 
 
 @dataclass
@@ -31,7 +31,7 @@ def _slug(s: str) -> str:
 
 
 def _png(fig: plt.Figure) -> bytes:
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return buf.getvalue()
 
@@ -93,7 +93,7 @@ def write_report(out: str | Path, title: str, sections: list[Section],
             body.append(f"<p>{html.escape(p)}</p>")
         for name, df in sec.tables.items():
             fname = f"{sid}-{_slug(name)}.csv"
-            io.write_csv(out / "tables" / fname, df)
+            fileio.write_csv(out / "tables" / fname, df)
             md += [f"**{name}** ([csv](tables/{fname}))", "", _md_table(df), ""]
             note = sec.table_notes.get(name)
             if note:
@@ -110,7 +110,7 @@ def write_report(out: str | Path, title: str, sections: list[Section],
             fname = f"{sid}-{_slug(name)}.png"
             data = _png(fig)
             plt.close(fig)
-            io.atomic_write(out / "figures" / fname, lambda f, d=data: f.write(d))
+            fileio.atomic_write(out / "figures" / fname, lambda f, d=data: f.write(d))
             md += [f"![{name}](figures/{fname})", ""]
             b64 = base64.b64encode(data).decode()
             body.append(f'<figure><img class="figure" alt="{html.escape(name)}" '
@@ -122,5 +122,5 @@ def write_report(out: str | Path, title: str, sections: list[Section],
             f"<script>{ONLOAD}</script></head><body>"
             + body[0] + "<ul>" + "".join(toc) + "</ul>" + "".join(body[1:])
             + "</body></html>")
-    io.write_text(out / "report.md", "\n".join(md) + "\n")
-    return io.write_text(out / "index.html", page)
+    fileio.write_text(out / "report.md", "\n".join(md) + "\n")
+    return fileio.write_text(out / "index.html", page)

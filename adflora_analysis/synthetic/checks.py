@@ -128,9 +128,9 @@ def load_run(run_dir: str | Path) -> RunData:
     if (d / "metrics.parquet").exists():
         df = pd.read_parquet(d / "metrics.parquet")
     else:
-        from adflora_analysis import io
+        from adflora_analysis import fileio
 
-        df = pd.DataFrame(io.read_jsonl(d / "metrics.jsonl"))
+        df = pd.DataFrame(fileio.read_jsonl(d / "metrics.jsonl"))
     if df.empty:
         raise AdfloraError(f"{str(d)!r} has no metric rows", "run the study first")
     if "variant" not in df:
@@ -742,7 +742,7 @@ def run_checks(run_dir: str | Path, *, z: float = Z_DEFAULT,
 def save_results(run_dir: str | Path, results: list[CheckResult]) -> None:
     """Write ``checks.json`` (the summaries) and ``check_curves.parquet`` (every check's
     measured curve and bound) into the run directory, atomically."""
-    from adflora_analysis import io
+    from adflora_analysis import fileio
 
     parts = []
     for r in results:
@@ -753,9 +753,9 @@ def save_results(run_dir: str | Path, results: list[CheckResult]) -> None:
             c.insert(2, "variant", r.variant)
             parts.append(c)
     if parts:
-        io.write_parquet(Path(run_dir) / "check_curves.parquet",
+        fileio.write_parquet(Path(run_dir) / "check_curves.parquet",
                          pd.concat(parts, ignore_index=True))
-    io.write_json(Path(run_dir) / "checks.json", [r.to_dict() for r in results])
+    fileio.write_json(Path(run_dir) / "checks.json", [r.to_dict() for r in results])
 
 
 def format_results(results: list[CheckResult]) -> str:

@@ -228,9 +228,9 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool 
             (out / stale).unlink(missing_ok=True)
         import pandas as pd
 
-        from adflora_analysis import io
+        from adflora_analysis import fileio
 
-        io.write_parquet(out / "mixing.parquet", pd.concat(mix_tables, ignore_index=True))
+        fileio.write_parquet(out / "mixing.parquet", pd.concat(mix_tables, ignore_index=True))
     pairs = build_jobs(variants, samplers, backend)
     jobs = [j for j, _ in pairs]
     by_key = {j.key: v for j, v in pairs}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adflora_analysis import io
+from adflora_analysis import fileio
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.rundir import init_run_dir, make_meta
 from adflora_analysis.seeding import int_seed
@@ -131,7 +131,7 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, n: int | None = None) -> Path
     ax.set_ylim(-0.02, 1.05)
     ax.legend(title="encounter rule / reference", fontsize=8, title_fontsize=8,
               loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    out = io.save_figure(path, fig)
+    out = fileio.save_figure(path, fig)
     plt.close(fig)
     return out
 
@@ -149,8 +149,8 @@ def run_sweep(out: str | Path, *, n: int = 10, samples: int = 20000, seed: int =
               "rules": list(SWEEP_RULES), "references": list(REFERENCE_GRAPHS)}
     init_run_dir(out, config, make_meta(seed, kind="topology-sweep"))
     df = sweep_table(n, samples=int(samples), seed=seed, qs=qs)
-    paths = {"parquet": io.write_parquet(out / "sweep.parquet", df),
-             "csv": io.write_csv(out / "sweep.csv", df),
+    paths = {"parquet": fileio.write_parquet(out / "sweep.parquet", df),
+             "csv": fileio.write_csv(out / "sweep.csv", df),
              "figure": plot_sweep(df, out / "sweep.png", n),
              "meta": out / "meta.json", "config": out / "config.toml"}
     return paths
@@ -167,7 +167,7 @@ def run_topology_study(out: str | Path, quick: bool = False, seed: int = 0) -> d
     paths = run_sweep(out, n=10, samples=samples, seed=seed)
     cfg = TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
     const = topology_constants(build_sampler(cfg, 10, seed), samples=samples, seed=seed)
-    paths["paper_default"] = io.write_json(Path(out) / "paper_default.json", const)
+    paths["paper_default"] = fileio.write_json(Path(out) / "paper_default.json", const)
     return paths
 
 
