@@ -1,4 +1,4 @@
-"""The ``adflora`` command line: one sub-command per layer (DESIGN §8).
+"""The ``adflora`` command line: one sub-command per layer (docs/architecture.md §8).
 
 Every user error is one line on stderr (``error: ...``) and exit code 2; see
 :class:`adflora_analysis.errors.AdfloraError`.

@@ -1,4 +1,4 @@
-"""Typed experiment configs from TOML files with ``key=value`` overrides (DESIGN §8).
+"""Typed experiment configs from TOML files with ``key=value`` overrides (docs/architecture.md §8).
 
 A config schema is a (nested) dataclass. :func:`load_config` reads a TOML file, applies dotted
 overrides (``topology.q=0.2``), and builds the dataclass, refusing unknown keys (with the closest

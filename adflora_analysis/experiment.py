@@ -1,6 +1,6 @@
 """Drive a study's jobs through the round loop into a run directory, with checkpoints and resume.
 
-Shared by ``adflora synthetic run`` and ``adflora glue run`` (DESIGN §8). A *job* is one method
+Shared by ``adflora synthetic run`` and ``adflora glue run`` (docs/architecture.md §8). A *job* is one method
 on one batch of seeds (the synthetic testbed runs all seeds of a method as one batch; the GLUE
 runner one seed per job). After every round its rows are appended to ``metrics.jsonl`` (and any
 extra tables, e.g. ``eval.jsonl``); every ``checkpoint_every`` rounds the job's state is saved

@@ -1,4 +1,4 @@
-"""Run directories: resolved config, ``meta.json`` and tidy metrics (DESIGN §8).
+"""Run directories: resolved config, ``meta.json`` and tidy metrics (docs/architecture.md §8).
 
 Layout of a run directory::
 

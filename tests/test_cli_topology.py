@@ -1,4 +1,4 @@
-"""``adflora topology inspect`` and ``sweep`` through the real entry point (DESIGN §8)."""
+"""``adflora topology inspect`` and ``sweep`` through the real entry point (docs/architecture.md §8)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def test_demo_quick_writes_every_part(tmp_path):
     assert f"Open the report: {(out / 'index.html').resolve()}" in r.stdout
     for step in ("1/5", "2/5", "3/5", "4/5", "5/5"):
         assert f"[demo] {step}" in r.stdout
-    # 1. topology: the paper's setting has p ~ 0.366 (DESIGN §3)
+    # 1. topology: the paper's setting has p ~ 0.366 (docs/architecture.md §3)
     const = json.loads((out / "topology" / "paper_default.json").read_text())
     assert const["graph"] == "encounter" and abs(const["p"] - 0.366) < 0.03
     # 2. synthetic bounds with the checks saved

@@ -1,4 +1,4 @@
-"""Topology layer: closed forms, samplers, rates, validation and errors (DESIGN §3)."""
+"""Topology layer: closed forms, samplers, rates, validation and errors (docs/architecture.md §3)."""
 
 from __future__ import annotations
 
@@ -263,7 +263,7 @@ def test_pairwise_is_sequential_averaging():
 
 
 def test_rate_of_encounter_paper_setting():
-    # DESIGN §3: q = 0.1, n = 10, metropolis gives p ≈ 0.36 while each W^t is disconnected
+    # docs/architecture.md §3: q = 0.1, n = 10, metropolis gives p ≈ 0.36 while each W^t is disconnected
     s = make_sampler("encounter", 10, q=0.1, rule="metropolis")
     r = consensus_rate(s, samples=20000, seed=0)
     assert r.method == "monte-carlo" and abs(r.p - 0.365) < 0.01

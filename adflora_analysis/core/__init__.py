@@ -1,4 +1,4 @@
-"""Method core shared by the synthetic testbed and the GLUE runner (DESIGN §1, §2, §4).
+"""Method core shared by the synthetic testbed and the GLUE runner (docs/architecture.md §1, §2, §4).
 
 Public surface: method specs (:func:`get_method`, :data:`METHODS`, :func:`phase`), stacked
 states (:class:`LoraState`), gossip (:func:`gossip`, in place :func:`gossip_`,

@@ -1,4 +1,4 @@
-"""Gossip averaging: X <- W @ X over the client axis (DESIGN §1), rows are receivers.
+"""Gossip averaging: X <- W @ X over the client axis (docs/architecture.md §1), rows are receivers.
 
 >>> import torch
 >>> W = torch.tensor([[0.5, 0.5], [0.5, 0.5]])

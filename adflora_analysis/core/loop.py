@@ -1,4 +1,4 @@
-"""The one round loop shared by the synthetic testbed and the GLUE runner (DESIGN §1, §2).
+"""The one round loop shared by the synthetic testbed and the GLUE runner (docs/architecture.md §1, §2).
 
 Round t: local update of the trained block(s) (K steps, done by the problem), gossip of the
 mixed block(s) with W^t, then metrics. The loop is a generator: the caller writes metrics and

@@ -1,4 +1,4 @@
-"""Method specs: which LoRA blocks train and which are gossiped at round t (DESIGN §2).
+"""Method specs: which LoRA blocks train and which are gossiped at round t (docs/architecture.md §2).
 
 A method is data, not code: adding one is adding a :class:`MethodSpec` to :data:`METHODS`.
 The same specs drive the synthetic testbed and the GLUE runner through
@@ -24,7 +24,7 @@ BlockRule = Literal["phase", "A", "B", "AB"]
 def phase(t: int, switch_interval: int) -> str:
     """Active factor at round ``t``: ``"B"`` for the first T rounds, then ``"A"``, alternating.
 
-    B comes first because B = 0 at init makes A's gradient zero (DESIGN §2).
+    B comes first because B = 0 at init makes A's gradient zero (docs/architecture.md §2).
 
     >>> "".join(phase(t, 2) for t in range(8))
     'BBAABBAA'

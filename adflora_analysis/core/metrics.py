@@ -1,4 +1,4 @@
-"""Consensus and aggregation metrics of stacked LoRA states (DESIGN §4).
+"""Consensus and aggregation metrics of stacked LoRA states (docs/architecture.md §4).
 
 All functions take stacked tensors with the client axis at ``-3`` (``A: (*batch, n, r, d_in)``,
 ``B: (*batch, n, d_out, r)``) and return one value per batch entry, computed in float64.

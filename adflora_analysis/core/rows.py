@@ -1,4 +1,4 @@
-"""Tidy metric rows from a :class:`~adflora_analysis.core.loop.RoundResult` (DESIGN §4, §8).
+"""Tidy metric rows from a :class:`~adflora_analysis.core.loop.RoundResult` (docs/architecture.md §4, §8).
 
 One row per (method, seed, round, layer); ``layer == "all"`` holds totals over layers and the
 problem's scalar metrics (loss, grad_norm_sq, bytes_sent, ...), which are NaN on per-layer rows.

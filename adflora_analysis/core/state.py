@@ -1,4 +1,4 @@
-"""Stacked LoRA client states (DESIGN §1): the client axis is first after any batch axes.
+"""Stacked LoRA client states (docs/architecture.md §1): the client axis is first after any batch axes.
 
 ``A[l]`` has shape ``(*batch, n, r, d_in_l)`` and ``B[l]`` has ``(*batch, n, d_out_l, r)`` for
 layer ``l``; ``batch`` is ``(S,)`` (a seed axis) in the synthetic testbed and ``()`` in the GLUE

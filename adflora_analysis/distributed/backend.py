@@ -1,4 +1,4 @@
-"""Gossip over torch.distributed with the in-process semantics (DESIGN §1, §7).
+"""Gossip over torch.distributed with the in-process semantics (docs/architecture.md §1, §7).
 
 Clients are split into contiguous ranges, one per process (several clients per process
 allowed). Every process draws the same W^t from the shared seed (counter-based streams), so no

@@ -1,4 +1,4 @@
-"""GLUE runner: decentralized federated LoRA on real transformers (DESIGN §7).
+"""GLUE runner: decentralized federated LoRA on real transformers (docs/architecture.md §7).
 
 The same method specs, gossip, metrics and round loop as the synthetic testbed
 (:mod:`adflora_analysis.core`), applied to a sequence-classification model whose per-client

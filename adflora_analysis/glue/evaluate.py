@@ -1,5 +1,5 @@
 """Evaluation every E rounds: each client's GLUE metric on the validation split(s), their mean
-(the paper's number), and the metric of the averaged adapter (Ā, B̄) (DESIGN §4, §7).
+(the paper's number), and the metric of the averaged adapter (Ā, B̄) (docs/architecture.md §4, §7).
 
 Rows of the ``eval`` table: ``method``, ``seed``, ``round``, ``client`` (``"0"``..``"n-1"``,
 ``"mean"`` or ``"averaged"``), ``split`` (``validation``, or ``validation_matched`` /

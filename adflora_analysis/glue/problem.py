@@ -1,5 +1,5 @@
 """The GLUE :class:`~adflora_analysis.core.loop.Problem`: K local AdamW steps per client on the
-one shared model, for :func:`adflora_analysis.core.loop.run_rounds` (DESIGN §2, §7).
+one shared model, for :func:`adflora_analysis.core.loop.run_rounds` (docs/architecture.md §2, §7).
 
 For each client i at round t: copy its factors (and its head, with ``train_head``) into the
 model, make only the trained block(s) require grad (the inactive factor gets no gradient and no

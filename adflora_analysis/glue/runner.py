@@ -1,4 +1,4 @@
-"""Run a GLUE study into a run directory (DESIGN §7, §8).
+"""Run a GLUE study into a run directory (docs/architecture.md §7, §8).
 
 One job per (method, seed), driven by :func:`adflora_analysis.experiment.run_jobs` through the
 one round loop; the base model is loaded once and shared by every job. The run directory holds:

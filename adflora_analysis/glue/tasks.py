@@ -1,4 +1,4 @@
-"""GLUE task table and GLUE's own metrics (DESIGN §7).
+"""GLUE task table and GLUE's own metrics (docs/architecture.md §7).
 
 Each :class:`TaskSpec` names the task's text columns in the Hugging Face ``glue`` layout, its
 labels, its validation split(s) and the metrics GLUE reports for it (accuracy; F1 too for QQP and

@@ -1,4 +1,4 @@
-"""The six theory checks of DESIGN §5, evaluated on a finished synthetic run.
+"""The six theory checks of docs/architecture.md §5, evaluated on a finished synthetic run.
 
 Every check is a function of the run's metrics table (one method of one variant) and measured
 constants (p with its Monte Carlo standard error, the second-moment rate, L, sigma^2, f*), and
@@ -278,7 +278,7 @@ def check_mixing(mixing: pd.DataFrame | None, vmeta: dict[str, Any], method: str
 
     Holds if every W^t is nonnegative, row- and column-stochastic and symmetric (within ``tol``)
     and E[W] mixes: p - z * se_p > 0 with p = 1 - lambda_max((I-J) E[W^T W] (I-J)) (Koloskova
-    et al. 2020, Assumption 4 with tau = 1; DESIGN §3). Slack = the margin p - z se_p.
+    et al. 2020, Assumption 4 with tau = 1; docs/architecture.md §3). Slack = the margin p - z se_p.
     Source: Koloskova, Loizou, Boreiri, Jaggi, Stich, "A Unified Theory of Decentralized SGD
     with Changing Topology and Local Updates", ICML 2020, Assumption 4 (W^t doubly stochastic,
     Definition 1) and Boyd et al. 2006 (gossip: doubly stochastic, symmetric).
@@ -643,7 +643,7 @@ def check_cross_term(run: _Run, method: str, variant: str, *, lora_final_C: floa
 
     (a) C <= sqrt(Xi_A Xi_B) at every seed, round and layer (and for the layer total), by
     Cauchy-Schwarz: C = ||(1/n) sum_i (B_i - B_bar)(A_i - A_bar)||_F
-    <= (1/n) sum_i ||B_i - B_bar||_F ||A_i - A_bar||_F <= sqrt(Xi_B Xi_A) (DESIGN §4).
+    <= (1/n) sum_i ||B_i - B_bar||_F ||A_i - A_bar||_F <= sqrt(Xi_B Xi_A) (docs/architecture.md §4).
     Deterministic, so tested per point with a round-off tolerance.
     (b) for ``adf-lora`` and ``ffa-lora``: C -> 0, tested as "the seed-mean C over the last 10%
     of rounds is at most ``decay_tol`` times its peak" (ffa-lora: C is identically ~0 when A is
@@ -696,7 +696,7 @@ def check_cross_term(run: _Run, method: str, variant: str, *, lora_final_C: floa
     curve["held"] = True
     return CheckResult("cross-term", 6, method, variant, held, worst,
                        worst_z=float("nan"), violations=int((~ok).sum()), points=int(len(C)),
-                       source="DESIGN §4 (Cauchy-Schwarz); ADF-LoRA (arXiv 2511.18291)",
+                       source="docs/architecture.md §4 (Cauchy-Schwarz); ADF-LoRA (arXiv 2511.18291)",
                        note=note, details=det, curve=curve)
 
 

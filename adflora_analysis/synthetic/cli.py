@@ -59,7 +59,7 @@ def check(
     save: bool = typer.Option(True, "--save/--no-save", help="Write checks.json and "
                               "check_curves.parquet into the run directory."),
 ) -> None:
-    """Evaluate the six theory checks of DESIGN §5 on a finished run.
+    """Evaluate the six theory checks of docs/architecture.md §5 on a finished run.
 
     Example: adflora synthetic check runs/bounds --json
     """

@@ -1,4 +1,4 @@
-"""Typed config of a synthetic study (``synthetic/*.toml``; DESIGN §6, §8).
+"""Typed config of a synthetic study (``synthetic/*.toml``; docs/architecture.md §6, §8).
 
 Every key a TOML file may set is a field below; an unknown key, a value of the wrong type, or a
 combination that cannot run is one clear :class:`~adflora_analysis.errors.AdfloraError` at load
@@ -22,7 +22,7 @@ from adflora_analysis.runconfig import FederationConfig
 class SyntheticConfig(FederationConfig):
     """One synthetic study: every method in ``methods`` on every seed of ``seeds``.
 
-    Problem (DESIGN §6): client i of layer l minimizes
+    Problem (docs/architecture.md §6): client i of layer l minimizes
     ``f_i(A, B) = (1/2m) ||X_i (W0 + s B A)^T - Y_i||_F^2`` with
     ``Y_i = X_i (W0 + T_i)^T + label_noise * N(0, 1)`` and ``T_i = (1 - h) dW* + h dW_i*``:
     ``h = heterogeneity`` in [0, 1] moves the targets from identical (0) to independent rank-r*
@@ -52,7 +52,7 @@ class SyntheticConfig(FederationConfig):
     batch_size : rows per minibatch (minibatch noise).
     init_scale : A^0 ~ U(-b, b) with b = init_scale / sqrt(d_in) (peft's kaiming_uniform(a=5**.5)
         is init_scale = 1).
-    per_client_init : draw A^0 independently per client instead of sharing it (DESIGN §2 option).
+    per_client_init : draw A^0 independently per client instead of sharing it (docs/architecture.md §2 option).
     dtype : "float64" (default, for theory checks) or "float32".
     constants_every : measure L (Hessian power iteration), sigma^2 at the client iterates every
         this many rounds (0 = never; zeta^2 and the Frobenius-norm L bound are logged every round).

@@ -1,4 +1,4 @@
-"""The synthetic quadratic LoRA problem (DESIGN §6), batched over seeds, clients and layers.
+"""The synthetic quadratic LoRA problem (docs/architecture.md §6), batched over seeds, clients and layers.
 
 Client i, layer l (every layer has its own data; the loss is the sum over layers)::
 
@@ -149,7 +149,7 @@ class QuadraticProblem:
     # ------------------------------------------------------------------ state
     def initial_state(self) -> LoraState:
         """A^0 ~ U(-b, b), b = init_scale / sqrt(d_in), shared by all clients (per client with
-        ``per_client_init``), from stream (seed, "init-A", layer); B^0 = 0 (DESIGN §2)."""
+        ``per_client_init``), from stream (seed, "init-A", layer); B^0 = 0 (docs/architecture.md §2)."""
         c = self.cfg
         b = c.init_scale / math.sqrt(c.d_in)
         A, B = [], []

@@ -1,4 +1,4 @@
-"""Run a synthetic study into a run directory (DESIGN §6, §8).
+"""Run a synthetic study into a run directory (docs/architecture.md §6, §8).
 
 Seeds differ in data, initialisation, gradient noise and the W^t draws of time-varying samplers;
 a *static random* graph (random-regular, Erdős–Rényi, Watts–Strogatz, random geometric) is drawn

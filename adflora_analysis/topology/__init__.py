@@ -1,6 +1,6 @@
 """Topology layer: graphs, mixing matrices, time-varying samplers and consensus rates.
 
-DESIGN §3. Rows of a mixing matrix W are receivers: one gossip step is ``X <- W @ X`` over the
+docs/architecture.md §3. Rows of a mixing matrix W are receivers: one gossip step is ``X <- W @ X`` over the
 client axis; J = 11ᵀ/n is exact averaging.
 
 - :func:`build_graph` — graph families (``graphs.py``)

@@ -1,6 +1,6 @@
 """The topology section of an experiment config, and the constants a run records.
 
-Conventions of :class:`TopologyConfig` (DESIGN §2-§3):
+Conventions of :class:`TopologyConfig` (docs/architecture.md §2-§3):
 
 - ``graph = "encounter"`` (needs ``q`` in (0, 1]): the encounter sampler, with ``weights`` as
   its combination rule (``metropolis``, ``max-degree``, ``lazy-metropolis``, ``uniform``,

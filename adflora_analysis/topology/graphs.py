@@ -1,9 +1,9 @@
-"""Graph families for the communication topology (DESIGN §3).
+"""Graph families for the communication topology (docs/architecture.md §3).
 
 Every builder returns a simple :class:`networkx.Graph` (the one-sided exponential graph is a
 :class:`networkx.DiGraph`) on nodes ``0..n-1`` without self-loops. Random families take a
 ``seed``. Edges of an undirected graph mean "i and j exchange their states"; in a directed graph
-an edge ``j -> i`` means "i receives from j" (rows of W are receivers, DESIGN §1).
+an edge ``j -> i`` means "i receives from j" (rows of W are receivers, docs/architecture.md §1).
 
 >>> sorted(build_graph("ring", 4).edges())
 [(0, 1), (0, 3), (1, 2), (2, 3)]

@@ -1,4 +1,4 @@
-"""Consensus rates of static and random mixing (DESIGN §3).
+"""Consensus rates of static and random mixing (docs/architecture.md §3).
 
 Let U be an n x (n−1) orthonormal basis of the consensus-orthogonal subspace 1^⊥ (so
 UUᵀ = I − J) and B = UᵀWU the action of W on deviations from consensus.

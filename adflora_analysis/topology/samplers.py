@@ -1,4 +1,4 @@
-"""Time-varying mixing: samplers that yield W^t from a seeded RNG (DESIGN §3).
+"""Time-varying mixing: samplers that yield W^t from a seeded RNG (docs/architecture.md §3).
 
 A :class:`Sampler` gives the mixing matrix of round t, ``sample(t, rng) -> (n, n)``, and a
 vectorized batch of independent draws, ``sample_batch(rng, size) -> (size, n, n)``, used for

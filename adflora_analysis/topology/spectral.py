@@ -1,4 +1,4 @@
-"""Spectral quantities of a static mixing matrix W (DESIGN §3).
+"""Spectral quantities of a static mixing matrix W (docs/architecture.md §3).
 
 Definitions (eigenvalues of a symmetric W sorted 1 = λ1 ≥ λ2 ≥ ... ≥ λn):
 

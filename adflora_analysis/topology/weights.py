@@ -1,6 +1,6 @@
-"""Weight rules: from a graph to a mixing matrix W (DESIGN §3).
+"""Weight rules: from a graph to a mixing matrix W (docs/architecture.md §3).
 
-Rows of W are receivers: one gossip step is ``X <- W @ X`` (DESIGN §1), so ``W[i, j] > 0`` means
+Rows of W are receivers: one gossip step is ``X <- W @ X`` (docs/architecture.md §1), so ``W[i, j] > 0`` means
 client i takes a share of client j's state. d_i is the degree of i (in-degree for a directed
 graph), d_max the largest degree.
 
