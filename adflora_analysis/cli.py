@@ -23,6 +23,49 @@ app = typer.Typer(
 )
 
 
+configs_app = typer.Typer(help="The shipped study configs (package data): list, show, copy.",
+                          no_args_is_help=True)
+
+
+@configs_app.command("list")
+def configs_list() -> None:
+    """List the shipped configs (GROUP/NAME and the first line of each file's comment).
+
+    Example: adflora configs list
+    """
+    from adflora_analysis.configs import list_configs
+
+    for c in list_configs():
+        typer.echo(f"{c.qualified:28s} {c.summary}")
+
+
+@configs_app.command("show")
+def configs_show(name: str = typer.Argument(..., help="A shipped config: bounds, "
+                                            "synthetic/bounds, glue_runs/smoke.toml ...")) -> None:
+    """Print a shipped config's TOML.
+
+    Example: adflora configs show bounds
+    """
+    from adflora_analysis.configs import find_shipped
+
+    typer.echo(find_shipped(name).path.read_text(encoding="utf-8"), nl=False)
+
+
+@configs_app.command("copy")
+def configs_copy(
+    name: str = typer.Argument(..., help="A shipped config, e.g. smoke."),
+    dest: str = typer.Argument(..., help="File to write, or a folder to put NAME.toml in."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Copy a shipped config to DEST, to edit and run.
+
+    Example: adflora configs copy smoke my_smoke.toml
+    """
+    from adflora_analysis.configs import copy_config
+
+    typer.echo(f"wrote {copy_config(name, dest, force=force)}", err=True)
+
+
 def _register() -> None:
     from adflora_analysis.demo import demo
     from adflora_analysis.glue.cli import app as glue_app
@@ -33,6 +76,7 @@ def _register() -> None:
     app.add_typer(topology_app, name="topology")
     app.add_typer(synthetic_app, name="synthetic")
     app.add_typer(glue_app, name="glue")
+    app.add_typer(configs_app, name="configs")
     app.command("report")(report)
     app.command("demo")(demo)
 

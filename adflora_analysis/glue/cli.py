@@ -38,7 +38,8 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 @app.command("run")
 def run(
     args: list[str] = typer.Argument(None, metavar="[CONFIG] [KEY=VALUE]...",
-                                     help="A glue_runs/*.toml file, then key=value overrides "
+                                     help="A glue_runs/*.toml file or a shipped config "
+                                     "name (e.g. smoke), then key=value overrides "
                                      "(e.g. rounds=20 topology.q=0.2)."),
     out: Path = typer.Option(None, "--out", help="Run directory to create."),
     resume: Path = typer.Option(None, "--resume", help="Resume the run in this directory "
@@ -53,6 +54,7 @@ def run(
     Example: adflora glue run glue_runs/smoke.toml --out runs/smoke rounds=10
     """
     from adflora_analysis.config import load_config
+    from adflora_analysis.configs import resolve_config
     from adflora_analysis.distributed import make_backend, shutdown
     from adflora_analysis.glue.config import GlueConfig
     from adflora_analysis.glue.runner import run_glue
@@ -68,7 +70,7 @@ def run(
         if not stored.is_file():
             raise AdfloraError(f"{str(resume)!r} is not a run directory (no config.toml)",
                                "pass the directory a run wrote with --out")
-        cfg = load_config(GlueConfig, config or stored, overrides)
+        cfg = load_config(GlueConfig, resolve_config(config) if config else stored, overrides)
         backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
         summary = run_glue(cfg, resume, resume=True, log=not quiet, backend=backend)
         where = resume
@@ -78,7 +80,7 @@ def run(
                                "--out runs/smoke")
         if out is None:
             raise AdfloraError("no --out directory given", "add --out runs/NAME")
-        cfg = load_config(GlueConfig, config, overrides)
+        cfg = load_config(GlueConfig, resolve_config(config), overrides)
         backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
         summary = run_glue(cfg, out, log=not quiet, backend=backend)
         where = out

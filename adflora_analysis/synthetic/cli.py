@@ -19,7 +19,8 @@ app = typer.Typer(help="Synthetic quadratic LoRA testbed: run studies and check 
 
 @app.command("run")
 def run(
-    config: str = typer.Argument(..., help="Study TOML (e.g. synthetic/bounds.toml)."),
+    config: str = typer.Argument(..., help="Study TOML, or a shipped config by name "
+                                "(e.g. bounds; see adflora configs list)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. seeds=5 "
                                           "topology.q=0.2"),
     out: str = typer.Option(..., "--out", help="Run directory to write."),
@@ -35,11 +36,12 @@ def run(
     ...) the clients are split over the P processes; results match the in-process run.
     """
     from adflora_analysis.config import load_config
+    from adflora_analysis.configs import resolve_config
     from adflora_analysis.distributed import make_backend, shutdown
     from adflora_analysis.synthetic.config import SyntheticConfig
     from adflora_analysis.synthetic.runner import run_study
 
-    cfg = load_config(SyntheticConfig, config, overrides or [])
+    cfg = load_config(SyntheticConfig, resolve_config(config), overrides or [])
     backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
     df = run_study(cfg, out, resume=resume, progress=progress, backend=backend)
     shutdown(backend)
