@@ -6,14 +6,78 @@ Every user error is one line on stderr (``error: ...``) and exit code 2; see
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from adflora_analysis.errors import AdfloraError
 
+#: Sub-commands loaded on first use, so that ``adflora --help`` imports no torch, pandas or
+#: matplotlib: name -> ("module:attribute", the one-line help shown in ``adflora --help``).
+#: An attribute is a Typer app (a command group) or a command function.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "topology": ("adflora_analysis.topology.cli:app",
+                 "The topology layer: graphs, mixing matrices, consensus rates."),
+    "synthetic": ("adflora_analysis.synthetic.cli:app",
+                  "Synthetic quadratic LoRA testbed: run studies and check the theory."),
+    "glue": ("adflora_analysis.glue.cli:app",
+             "GLUE runner: ADF-LoRA and baselines on RoBERTa/MiniLM over simulated clients, "
+             "logging consensus and cross-term errors."),
+    "report": ("adflora_analysis.reports.cli:report",
+               "Write OUT/report.md and OUT/index.html (opens from disk) from finished runs."),
+    "demo": ("adflora_analysis.demo:demo",
+             "Run the tour: topology sweep, synthetic bounds + checks, T ablation, a small "
+             "offline GLUE run (MiniLM on Rotten Tomatoes), and an HTML report at "
+             "OUT/index.html."),
+}
+
+
+def load_command(name: str):
+    """The click command of lazy sub-command ``name`` (imports its module)."""
+    target, _ = LAZY_COMMANDS[name]
+    module, attr = target.split(":")
+    obj = getattr(importlib.import_module(module), attr)
+    if not isinstance(obj, typer.Typer):
+        single = typer.Typer()
+        single.command(name)(obj)
+        obj = single
+    cmd = typer.main.get_command(obj)
+    cmd.name = name
+    return cmd
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: lists the lazy sub-commands by their stored one-line help and
+    imports one only when it is run (or its own ``--help`` is asked for)."""
+
+    _listing = False
+
+    def list_commands(self, ctx) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name in self.commands or cmd_name not in LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        if self._listing:  # the top-level help needs names and one-line help only
+            import click
+
+            return click.Command(cmd_name, short_help=LAZY_COMMANDS[cmd_name][1])
+        self.commands[cmd_name] = load_command(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_help(self, ctx, formatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
 app = typer.Typer(
     name="adflora",
+    cls=LazyGroup,
     help="Check whether decentralized federated LoRA (ADF-LoRA and baselines) behaves as its "
     "theory says: topology constants, a synthetic testbed with theory checks, GLUE runs, "
     "reports.\n\nExample: adflora demo --quick",
@@ -21,6 +85,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from adflora_analysis import __version__
+
+        typer.echo(f"adflora-analysis {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                        help="Print the version and exit.")) -> None:
+    """Root options (the group's help is the Typer's)."""
 
 
 configs_app = typer.Typer(help="The shipped study configs (package data): list, show, copy.",
@@ -66,32 +144,43 @@ def configs_copy(
     typer.echo(f"wrote {copy_config(name, dest, force=force)}", err=True)
 
 
-def _register() -> None:
-    from adflora_analysis.demo import demo
-    from adflora_analysis.glue.cli import app as glue_app
-    from adflora_analysis.reports.cli import report
-    from adflora_analysis.synthetic.cli import app as synthetic_app
-    from adflora_analysis.topology.cli import app as topology_app
-
-    app.add_typer(topology_app, name="topology")
-    app.add_typer(synthetic_app, name="synthetic")
-    app.add_typer(glue_app, name="glue")
-    app.add_typer(configs_app, name="configs")
-    app.command("report")(report)
-    app.command("demo")(demo)
-
-
-_register()
+app.add_typer(configs_app, name="configs")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``adflora`` console script."""
+    """Entry point of the ``adflora`` console script: a user error (an :class:`AdfloraError`
+    or a usage error of the command line) is one ``error: ... (hint: ...)`` line, exit 2
+    (130/143 for a run stopped by SIGINT/SIGTERM)."""
+    try:  # typer vendors click (its own exception classes) since 0.2x
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as click
+
     try:
-        app(args=argv, standalone_mode=True)
+        rc = app(args=argv, standalone_mode=False)
     except AdfloraError as e:
         print(f"error: {e}", file=sys.stderr)
-        _exit_distributed(2)
+        _exit_distributed(e.exit_code)
+        sys.exit(e.exit_code)
+    except click.NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        print(f"error: {_usage_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except (click.Abort, KeyboardInterrupt):
+        print("error: interrupted (hint: a run stopped this way continues with --resume DIR)",
+              file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _usage_line(e) -> str:
+    """A click error as one line with a hint naming the command's ``--help``."""
+    msg = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "adflora"
+    return f"{msg} (hint: see `{where} --help`)"
 
 
 def _exit_distributed(code: int) -> None:

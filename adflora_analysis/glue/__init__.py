@@ -13,18 +13,17 @@ adapters are stacked tensors swapped into one shared peft model.
 - :func:`build_tiny_roberta` (``tiny.py``): an offline RoBERTa for tests and benchmarks.
 """
 
-from adflora_analysis.glue.config import GlueConfig
-from adflora_analysis.glue.partition import PARTITIONS, paper_proportions, partition_indices
-from adflora_analysis.glue.tasks import TASKS, TaskSpec, compute_metrics, get_task
-
 __all__ = ["PARTITIONS", "TASKS", "GlueConfig", "TaskSpec", "compute_metrics", "get_task",
            "paper_proportions", "partition_indices"]
 
 
-def __getattr__(name):  # heavy modules (torch, transformers) load on first use
+def __getattr__(name):  # every name loads on first use (the CLI's --help imports no torch)
     import importlib
 
-    where = {"load_data": "data", "write_fixture": "data", "encode": "data",
+    where = {"GlueConfig": "config", "PARTITIONS": "partition",
+             "paper_proportions": "partition", "partition_indices": "partition",
+             "TASKS": "tasks", "TaskSpec": "tasks", "compute_metrics": "tasks",
+             "get_task": "tasks", "load_data": "data", "write_fixture": "data", "encode": "data",
              "GlueModel": "model", "GlueProblem": "problem", "eval_rows": "evaluate",
              "run_glue": "runner", "summarize": "runner", "GlueStudy": "runner",
              "build_tiny_roberta": "tiny"}

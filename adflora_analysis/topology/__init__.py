@@ -1,7 +1,7 @@
 """Topology layer: graphs, mixing matrices, time-varying samplers and consensus rates.
 
-docs/architecture.md §3. Rows of a mixing matrix W are receivers: one gossip step is ``X <- W @ X`` over the
-client axis; J = 11ᵀ/n is exact averaging.
+docs/architecture.md §3. Rows of a mixing matrix W are receivers: one gossip step is
+``X <- W @ X`` over the client axis; J = 11ᵀ/n is exact averaging.
 
 - :func:`build_graph` — graph families (``graphs.py``)
 - :func:`mixing_matrix` — weight rules (``weights.py``)
@@ -15,34 +15,20 @@ client axis; J = 11ᵀ/n is exact averaging.
   other layers embed, and the constants written to ``meta.json`` (``config.py``)
 """
 
-from adflora_analysis.topology.config import (
-    TopologyConfig,
-    build_sampler,
-    topology_constants,
-)
-from adflora_analysis.topology.graphs import GRAPHS, build_graph
-from adflora_analysis.topology.rates import (
-    RateEstimate,
-    consensus_basis,
-    consensus_rate,
-    periodic_rates,
-    require_mixing,
-    second_moment_rate,
-)
-from adflora_analysis.topology.samplers import (
-    ENCOUNTER_RULES,
-    SAMPLERS,
-    EncounterSampler,
-    ListSampler,
-    MatchingSampler,
-    OnePeerExponentialSampler,
-    Sampler,
-    StaticSampler,
-    make_sampler,
-)
-from adflora_analysis.topology.spectral import SpectralSummary, spectral_gap, spectral_summary
-from adflora_analysis.topology.validation import MixingReport, load_matrix, validate
-from adflora_analysis.topology.weights import RULES, mixing_matrix
+# Names load from their module on first use (PEP 562), so that importing a sub-module (the CLI)
+# does not import torch, scipy and networkx.
+_LAZY = {
+    "TopologyConfig": "config", "build_sampler": "config", "topology_constants": "config",
+    "GRAPHS": "graphs", "build_graph": "graphs", "RateEstimate": "rates",
+    "consensus_basis": "rates", "consensus_rate": "rates", "periodic_rates": "rates",
+    "require_mixing": "rates", "second_moment_rate": "rates", "ENCOUNTER_RULES": "samplers",
+    "SAMPLERS": "samplers", "EncounterSampler": "samplers", "ListSampler": "samplers",
+    "MatchingSampler": "samplers", "OnePeerExponentialSampler": "samplers", "Sampler": "samplers",
+    "StaticSampler": "samplers", "make_sampler": "samplers", "SpectralSummary": "spectral",
+    "spectral_gap": "spectral", "spectral_summary": "spectral", "MixingReport": "validation",
+    "load_matrix": "validation", "validate": "validation", "RULES": "weights",
+    "mixing_matrix": "weights",
+}
 
 __all__ = [
     "ENCOUNTER_RULES", "GRAPHS", "RULES", "SAMPLERS", "EncounterSampler", "ListSampler",
@@ -52,3 +38,17 @@ __all__ = [
     "periodic_rates", "require_mixing", "second_moment_rate", "spectral_gap", "spectral_summary",
     "topology_constants", "validate",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
