@@ -34,7 +34,7 @@ def worker(n: int, exchange: str, out: str) -> None:
     sl = b.client_slice(n)
     r, d, layers = 8, 768, 24
     X = torch.randn(1, sl.stop - sl.start, layers * r, d)  # A blocks of every layer, stacked
-    sampler = make_sampler("encounter", n, q=0.1, rule="metropolis")
+    sampler = make_sampler("encounter", n, q=0.1, weights="metropolis")
     mix = mixing_schedule(sampler, [0], dtype=torch.float32)
     dist.barrier()
     t0 = time.perf_counter()

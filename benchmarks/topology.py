@@ -54,13 +54,13 @@ def main() -> None:
     print(f"    n = 3000: dense {t_dense:.2f} s, sparse {t_sparse:.3f} s, ratio dense/sparse = "
           f"{t_dense / t_sparse:.1f}x, |gap_dense - gap_sparse| = {abs(de_s.gap - sp_s.gap):.1e}")
 
-    s10 = make_sampler("encounter", 10, q=0.1, rule="metropolis")
+    s10 = make_sampler("encounter", 10, q=0.1, weights="metropolis")
     r, t_mc = timed(consensus_rate, s10, samples=20_000, seed=0)
     rho, t_rho = timed(second_moment_rate, s10, samples=20_000, seed=0)
     print(f"[2] encounter n = 10, q = 0.1, metropolis, 20000 samples: p = {r.p:.4f} "
           f"± {r.stderr:.4f} in {t_mc:.2f} s [target < 2 s: {'OK' if t_mc < 2 else 'MISSED'}]")
     for rule in ("max-degree", "pairwise", "uniform"):
-        rr, tt = timed(consensus_rate, make_sampler("encounter", 10, q=0.1, rule=rule),
+        rr, tt = timed(consensus_rate, make_sampler("encounter", 10, q=0.1, weights=rule),
                        samples=20_000, seed=0)
         print(f"    rule {rule:<10}: p = {rr.p:.4f} ± {rr.stderr:.4f} in {tt:.2f} s")
     print(f"    exact second-moment rate (same sampler) = {rho:.4f} vs 1 - p = {1 - r.p:.4f} "

@@ -1,4 +1,4 @@
-"""Topology layer: closed forms, samplers, rates, validation and errors (docs/architecture.md §3)."""
+"""Topology layer: closed forms, samplers, rates, validation, errors (docs/architecture.md §3)."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def test_non_symmetric_gap_uses_sigma2():
 def test_two_clients_encounter_rate_is_q():
     # W = J w.p. q (one edge; lazy: (I + J)/2), I otherwise: E[WᵀW] on 1^⊥ is 1 − q
     for rule in ENCOUNTER_RULES:
-        s = make_sampler("encounter", 2, q=0.3, rule=rule)
+        s = make_sampler("encounter", 2, q=0.3, weights=rule)
         p = 0.3 * (0.75 if rule == "lazy-metropolis" else 1.0)
         r = consensus_rate(s)
         assert r.method == "enumeration" and r.p == pytest.approx(p, abs=1e-12)
@@ -168,7 +168,7 @@ def test_two_clients_encounter_rate_is_q():
 
 @pytest.mark.parametrize("rule", ENCOUNTER_RULES)
 def test_monte_carlo_within_four_stderr_of_enumeration(rule):
-    s = make_sampler("encounter", 4, q=0.25, rule=rule)
+    s = make_sampler("encounter", 4, q=0.25, weights=rule)
     exact = consensus_rate(s)
     assert exact.method == "enumeration" and exact.stderr == 0.0
     mc = consensus_rate(s, method="monte-carlo", samples=20000, seed=3)
@@ -189,14 +189,14 @@ def test_monte_carlo_general_estimator_against_enumeration():
 @pytest.mark.parametrize("rule", ["metropolis", "max-degree", "lazy-metropolis", "pairwise"])
 def test_second_moment_rate_equals_one_minus_p_for_exchangeable(rule):
     # exchangeable law: E[BBᵀ] = E[BᵀB] = (1 − p) I, so the bound is tight
-    s = make_sampler("encounter", 4, q=0.4, rule=rule)
+    s = make_sampler("encounter", 4, q=0.4, weights=rule)
     assert second_moment_rate(s) == pytest.approx(1 - consensus_rate(s).p, abs=1e-10)
 
 
 def test_second_moment_rate_below_bound_for_time_varying():
     for s in (make_sampler("one-peer-exponential", 6),
               make_sampler("matching", 6, graph="ring"),
-              make_sampler("encounter", 4, q=0.3, rule="uniform")):
+              make_sampler("encounter", 4, q=0.3, weights="uniform")):
         rho = second_moment_rate(s, samples=20000, seed=0)
         p = consensus_rate(s, samples=20000, seed=0)
         assert rho <= 1 - p.p + 4 * p.stderr + 1e-12
@@ -233,7 +233,7 @@ def test_one_peer_exponential_is_exact_averaging_over_a_period():
 
 def test_encounter_expected_closed_form_matches_monte_carlo():
     for rule in ("metropolis", "uniform", "lazy-metropolis"):
-        s = make_sampler("encounter", 9, q=0.2, rule=rule)
+        s = make_sampler("encounter", 9, q=0.2, weights=rule)
         rng = np.random.default_rng(0)
         mc = s.sample_batch(rng, 40000).mean(0)
         assert np.abs(mc - s.expected()).max() < 0.01
@@ -242,7 +242,7 @@ def test_encounter_expected_closed_form_matches_monte_carlo():
 def test_encounter_samples_are_doubly_stochastic_and_seeded():
     rng = numpy_rng(0, "topology", 5)
     for rule in ("metropolis", "max-degree", "lazy-metropolis", "pairwise"):
-        s = make_sampler("encounter", 7, q=0.3, rule=rule)
+        s = make_sampler("encounter", 7, q=0.3, weights=rule)
         Ws = s.sample_batch(np.random.default_rng(1), 200)
         np.testing.assert_allclose(Ws.sum(1), 1, atol=1e-12)
         np.testing.assert_allclose(Ws.sum(2), 1, atol=1e-12)
@@ -254,7 +254,7 @@ def test_encounter_samples_are_doubly_stochastic_and_seeded():
 
 
 def test_pairwise_is_sequential_averaging():
-    s = make_sampler("encounter", 3, q=1.0, rule="pairwise")
+    s = make_sampler("encounter", 3, q=1.0, weights="pairwise")
     mats, probs = s.support()
     # q = 1: all 3! orders of the 3 encounters, each a product of pair averages
     assert len(probs[probs > 0]) == 6 and probs.sum() == pytest.approx(1)
@@ -263,8 +263,9 @@ def test_pairwise_is_sequential_averaging():
 
 
 def test_rate_of_encounter_paper_setting():
-    # docs/architecture.md §3: q = 0.1, n = 10, metropolis gives p ≈ 0.36 while each W^t is disconnected
-    s = make_sampler("encounter", 10, q=0.1, rule="metropolis")
+    # docs/architecture.md §3: q = 0.1, n = 10, metropolis gives p ≈ 0.36 while each W^t is
+    # disconnected
+    s = make_sampler("encounter", 10, q=0.1, weights="metropolis")
     r = consensus_rate(s, samples=20000, seed=0)
     assert r.method == "monte-carlo" and abs(r.p - 0.365) < 0.01
     single = s.sample(0, numpy_rng(0, "topology", 0))
@@ -317,7 +318,7 @@ def test_build_graph_families():
     (lambda: make_sampler("encounter", 5, q=0.0), r"outside \(0, 1\]"),
     (lambda: make_sampler("encounter", 5, q=1.5), r"outside \(0, 1\]"),
     (lambda: make_sampler("encounter", 5), "needs an encounter probability"),
-    (lambda: make_sampler("encounter", 5, q=0.1, rule="fastest"), "unknown encounter"),
+    (lambda: make_sampler("encounter", 5, q=0.1, weights="fastest"), "unknown encounter"),
     (lambda: make_sampler("gossip", 5), "unknown sampler kind"),
     (lambda: make_sampler("static", 1), "too few"),
     (lambda: TopologyConfig(graph="encounter"), "needs an encounter probability"),

@@ -81,7 +81,7 @@ def test_dense_and_sparse_spectra_agree(g, rule):
 @given(st.integers(2, 4), st.floats(0.01, 1.0),
        st.sampled_from(["metropolis", "max-degree", "lazy-metropolis", "uniform", "pairwise"]))
 def test_bound_holds_against_exact_second_moment_rate(n, q, rule):
-    s = make_sampler("encounter", n, q=q, rule=rule)
+    s = make_sampler("encounter", n, q=q, weights=rule)
     r = consensus_rate(s)
     assert r.method == "enumeration"
     assert 0.0 <= r.p <= 1.0

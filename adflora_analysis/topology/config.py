@@ -24,11 +24,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from adflora_analysis.errors import AdfloraError, unknown_name
 from adflora_analysis.seeding import int_seed
-from adflora_analysis.topology.graphs import GRAPHS, build_graph, check_n
+from adflora_analysis.topology.graphs import GRAPHS
 from adflora_analysis.topology.rates import (
     SECOND_MOMENT_MAX_N,
     as_sampler,
@@ -38,21 +36,20 @@ from adflora_analysis.topology.rates import (
 )
 from adflora_analysis.topology.samplers import (
     ENCOUNTER_RULES,
-    EncounterSampler,
-    MatchingSampler,
-    OnePeerExponentialSampler,
+    SAMPLERS,
     Sampler,
-    StaticSampler,
     check_q,
+    make_sampler,
 )
 from adflora_analysis.topology.spectral import spectral_summary
 from adflora_analysis.topology.validation import is_connected, load_matrix
-from adflora_analysis.topology.weights import RULES, mixing_matrix
+from adflora_analysis.topology.weights import RULES
 
 __all__ = ["TIME_VARYING", "TopologyConfig", "build_sampler", "topology_constants"]
 
-TIME_VARYING = ("encounter", "matching", "one-peer-exponential")
-"""Graph names of :class:`TopologyConfig` that mean a time-varying sampler."""
+TIME_VARYING = tuple(k for k in SAMPLERS if k not in ("static", "list"))
+"""Graph names of :class:`TopologyConfig` that mean a time-varying sampler (the sampler kinds
+of :data:`~.samplers.SAMPLERS` other than ``static`` and ``list``)."""
 
 ALL_WEIGHTS = tuple(dict.fromkeys((*RULES, *ENCOUNTER_RULES)))
 
@@ -125,23 +122,16 @@ def build_sampler(cfg: TopologyConfig, n: int, seed: int = 0) -> Sampler:
         if n is not None and W.shape[0] != n:
             raise AdfloraError(f"matrix {cfg.matrix!r} is {W.shape[0]} x {W.shape[0]} but "
                                f"n = {n}", f"use n = {W.shape[0]}")
-        return StaticSampler(W, graph="matrix", rule=None)
-    n = check_n(n)
-    if cfg.weights == "server":
-        return StaticSampler(np.full((n, n), 1.0 / n), graph=cfg.graph, rule="server")
-    if cfg.graph == "encounter":
-        return EncounterSampler(n, cfg.q, cfg.weights)
+        return make_sampler("static", W.shape[0], W=W)
     gseed = int_seed(seed, "topology-graph")
-    if cfg.graph == "matching":
-        params = dict(cfg.params)
-        base = params.pop("graph", None)
-        if base is None or base == "complete":
-            return MatchingSampler(n)
-        return MatchingSampler(n, build_graph(base, n, seed=gseed, **params), base)
-    if cfg.graph == "one-peer-exponential":
-        return OnePeerExponentialSampler(n)
-    g = build_graph(cfg.graph, n, seed=gseed, **cfg.params)
-    return StaticSampler(mixing_matrix(g, cfg.weights), graph=cfg.graph, rule=cfg.weights)
+    params = dict(cfg.params)
+    if cfg.weights == "server" or cfg.graph not in TIME_VARYING:
+        kind, params = "static", {**params, "graph": cfg.graph, "weights": cfg.weights}
+    else:
+        kind = cfg.graph
+        if kind == "encounter":
+            params.update(q=cfg.q, weights=cfg.weights)
+    return make_sampler(kind, n, seed=gseed, **params)
 
 
 def _num(x: float | None) -> float | None:
@@ -164,6 +154,7 @@ def topology_constants(obj: Sampler | Any, samples: int = 20000, seed: int = 0, 
     ``periodic`` then adds the rates of the sequence run in order (see
     :func:`~adflora_analysis.topology.rates.periodic_rates`).
 
+    >>> import numpy as np
     >>> c = topology_constants(np.full((3, 3), 1 / 3))
     >>> c["p"], c["spectral_gap"], c["connected"], c["second_moment_rate"]
     (1.0, 1.0, True, 0.0)

@@ -13,6 +13,7 @@ an edge ``j -> i`` means "i receives from j" (rows of W are receivers, docs/arch
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,32 @@ import numpy as np
 
 from adflora_analysis.errors import AdfloraError, unknown_name
 
-__all__ = ["GRAPHS", "build_graph", "check_n", "read_graph_file", "torus_shape"]
+__all__ = ["GRAPHS", "build_graph", "check_n", "read_graph_file", "seeded", "torus_shape"]
+
+
+def seeded(fn: Callable) -> Callable:
+    """Declare a random factory, the way networkx's ``@py_random_state`` does: the wrapped
+    function takes ``seed`` (None, an int, or a ``numpy.random.Generator``, from which an int
+    is drawn) and is marked ``takes_seed``, so a dispatcher passes the seed to it and to no
+    deterministic factory.
+
+    >>> @seeded
+    ... def f(n, seed=None):
+    ...     return seed
+    >>> f(3, seed=7), f.takes_seed
+    (7, True)
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, seed: Any = None, **kwargs: Any) -> Any:
+        if isinstance(seed, np.random.Generator):
+            seed = int(seed.integers(0, 2**63 - 1))
+        elif seed is not None:
+            seed = int(seed)
+        return fn(*args, seed=seed, **kwargs)
+
+    wrapper.takes_seed = True
+    return wrapper
 
 
 def check_n(n: Any, what: str = "n") -> int:
@@ -95,6 +121,7 @@ def _hypercube(n: int) -> nx.Graph:
     return nx.convert_node_labels_to_integers(g, ordering="sorted")
 
 
+@seeded
 def _random_regular(n: int, degree: int = 4, seed: int | None = None) -> nx.Graph:
     degree = int(degree)
     if not 0 <= degree < n or (n * degree) % 2:
@@ -103,6 +130,7 @@ def _random_regular(n: int, degree: int = 4, seed: int | None = None) -> nx.Grap
     return nx.random_regular_graph(degree, n, seed=seed)
 
 
+@seeded
 def _erdos_renyi(n: int, p: float | None = None, seed: int | None = None) -> nx.Graph:
     if p is None:
         p = min(1.0, 2.0 * math.log(n) / n)
@@ -112,6 +140,7 @@ def _erdos_renyi(n: int, p: float | None = None, seed: int | None = None) -> nx.
     return nx.gnp_random_graph(n, float(p), seed=seed)
 
 
+@seeded
 def _watts_strogatz(n: int, k: int = 4, p: float = 0.1, seed: int | None = None) -> nx.Graph:
     k = int(k)
     if not 0 <= k < n or not 0.0 <= float(p) <= 1.0:
@@ -120,6 +149,7 @@ def _watts_strogatz(n: int, k: int = 4, p: float = 0.1, seed: int | None = None)
     return nx.watts_strogatz_graph(n, k, float(p), seed=seed)
 
 
+@seeded
 def _random_geometric(n: int, radius: float | None = None, dim: int = 2,
                       seed: int | None = None) -> nx.Graph:
     if radius is None:  # twice the connectivity threshold sqrt(log n / (pi n)) in 2-D
@@ -258,9 +288,6 @@ GRAPHS: dict[str, Callable[..., nx.Graph]] = {
 }
 """Graph family name -> builder ``f(n, **params)``."""
 
-_RANDOM = {"random-regular", "erdos-renyi", "watts-strogatz", "random-geometric"}
-
-
 def build_graph(name: str, n: int, *, seed: int | None = None, **params: Any) -> nx.Graph:
     """Build graph family ``name`` on ``n`` nodes labelled ``0..n-1``.
 
@@ -306,7 +333,7 @@ def build_graph(name: str, n: int, *, seed: int | None = None, **params: Any) ->
         raise AdfloraError(
             f"graph {name!r} takes no parameter {key!r}; valid: "
             f"{', '.join(sorted(accepted)) or 'none'}", "drop it or pick another graph")
-    if name in _RANDOM:
+    if getattr(fn, "takes_seed", False):
         params["seed"] = seed
     try:
         g = fn(n, **params)

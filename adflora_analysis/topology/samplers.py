@@ -25,8 +25,13 @@ Kinds (:data:`SAMPLERS`):
   For n a power of 2 the product over one period is exactly J.
 - ``list``: a user's list of matrices, W^t = W_(t mod L).
 
+Samplers with ``sparse = True`` also draw W^t as a :class:`~.sparse.SparseW` (self-weights and
+an edge list, no n x n array): ``sample_sparse(t, rng)`` gives the same matrix as
+``sample(t, rng)`` from the same generator state (to float round-off in the self-weights), so
+the dense and the sparse gossip paths of a run see the same W^t.
+
 >>> import numpy as np
->>> s = make_sampler("encounter", 5, q=0.3, rule="metropolis")
+>>> s = make_sampler("encounter", 5, q=0.3, weights="metropolis")
 >>> W = s.sample(0, np.random.default_rng(0))
 >>> W.shape, bool(np.allclose(W.sum(0), 1) and np.allclose(W.sum(1), 1))
 ((5, 5), True)
@@ -40,15 +45,18 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+import scipy.sparse as sp
 import scipy.stats as st
 
 from adflora_analysis.errors import AdfloraError, unknown_name
-from adflora_analysis.topology.graphs import build_graph, check_n
+from adflora_analysis.topology.graphs import build_graph, check_n, seeded
+from adflora_analysis.topology.sparse import SparseW, check_dense_fits
 from adflora_analysis.topology.validation import as_matrix, validate
 from adflora_analysis.topology.weights import (
     GRAPH_RULES,
     RULES,
     adjacency,
+    edge_weights,
     mixing_matrix,
     weights_from_adjacency,
 )
@@ -61,6 +69,39 @@ ENCOUNTER_RULES = (*GRAPH_RULES, "pairwise")
 
 SUPPORT_LIMIT = 1 << 15
 """Largest support :meth:`Sampler.support` enumerates."""
+
+PAIR_DRAW_LIMIT = 1 << 24
+"""Up to this many client pairs the encounter model draws one uniform per pair (n <= 5,793)."""
+
+
+def _bernoulli_positions(rng: np.random.Generator, m: int, q: float) -> np.ndarray:
+    """Sorted positions of the successes among m independent Bernoulli(q) trials, by
+    geometric gaps: O(q m) time and memory."""
+    out, last = [], -1
+    while True:
+        k = int((m - 1 - last) * q * 1.02 + 10 * math.sqrt((m - last) * q + 1) + 16)
+        pos = last + np.cumsum(rng.geometric(q, size=k))
+        if pos[-1] >= m:
+            out.append(pos[pos < m])
+            return np.concatenate(out).astype(np.int64)
+        out.append(pos)
+        last = int(pos[-1])
+
+
+def _pair_of_index(e: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j), i < j, of pair number e in the row-major order of the upper triangle
+    (the order of ``np.triu_indices(n, 1)``).
+
+    >>> _pair_of_index(np.arange(6), 4)
+    (array([0, 0, 0, 1, 1, 2]), array([1, 2, 3, 2, 3, 3]))
+    """
+    e = np.asarray(e, dtype=np.int64)
+    start = lambda i: i * (2 * n - i - 1) // 2  # noqa: E731  first pair of row i
+    i = np.floor(((2 * n - 1) - np.sqrt((2.0 * n - 1) ** 2 - 8.0 * e)) / 2).astype(np.int64)
+    i = np.clip(i, 0, n - 2)
+    i -= (start(i) > e)                       # float round-off: step back or forward one row
+    i += (start(i + 1) <= e)
+    return i, e - start(i) + i + 1
 
 
 class Sampler:
@@ -89,6 +130,7 @@ class Sampler:
     exchangeable: bool = False
     doubly_stochastic: bool = True
     symmetric: bool = True
+    sparse: bool = False
 
     def sample(self, t: int, rng: np.random.Generator) -> np.ndarray:
         """W^t, shape (n, n), float64."""
@@ -97,6 +139,15 @@ class Sampler:
     def sample_batch(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` independent draws of W, shape (size, n, n), float64."""
         raise NotImplementedError
+
+    def sample_sparse(self, t: int, rng: np.random.Generator) -> SparseW:
+        """W^t as a one-matrix :class:`~.sparse.SparseW` (samplers with ``sparse = True``)."""
+        return self.sample_sparse_batch(rng, 1)
+
+    def sample_sparse_batch(self, rng: np.random.Generator, size: int) -> SparseW:
+        """``size`` independent draws as one :class:`~.sparse.SparseW` batch."""
+        raise AdfloraError(f"the {self.kind!r} sampler has no sparse form",
+                           "use a dense W (small n) or a sparse sampler")
 
     def support(self, limit: int = SUPPORT_LIMIT) -> tuple[np.ndarray, np.ndarray] | None:
         """All values of W with their probabilities ``(mats (K, n, n), probs (K,))``, or None
@@ -112,6 +163,7 @@ class Sampler:
             return np.einsum("k,kij->ij", probs, mats)
         from adflora_analysis.seeding import numpy_rng
 
+        check_dense_fits(self.n, 1, "E[W]")
         rng = numpy_rng(seed, "topology-expected")
         total = np.zeros((self.n, self.n))
         for size in _chunks(samples, self.n):
@@ -147,25 +199,48 @@ class StaticSampler(Sampler):
 
     Parameters
     ----------
-    W : array_like, shape (n, n)
-        Validated (square, finite, nonnegative); need not be doubly stochastic.
+    W : array_like or scipy sparse, shape (n, n)
+        Validated (square, finite, nonnegative); need not be doubly stochastic. A sparse W is
+        kept sparse (the dense view :attr:`W` is built on first use, refused when too large).
     graph, rule : str, optional
         Labels only.
     """
 
     kind = "static"
     is_static = True
+    sparse = True
 
     def __init__(self, W: Any, graph: str | None = None, rule: str | None = None):
-        W = np.array(as_matrix(W).toarray() if hasattr(W, "toarray") else as_matrix(W))
+        W = as_matrix(W)
         report = validate(W, for_theory=False)
-        W.setflags(write=False)
-        self.W = W
+        if sp.issparse(W):
+            self._csr, self._W = sp.csr_array(W), None
+        else:
+            self._W = np.array(W)
+            self._W.setflags(write=False)
+            self._csr = None
         self.n = W.shape[0]
         self.report = report
         self.doubly_stochastic = report.doubly_stochastic
         self.symmetric = report.symmetric
         self.graph, self.rule = graph, rule
+        self._sw: SparseW | None = None
+
+    @property
+    def W(self) -> np.ndarray:
+        """The dense W (n, n), read-only."""
+        if self._W is None:
+            check_dense_fits(self.n)
+            self._W = self._csr.toarray()
+            self._W.setflags(write=False)
+        return self._W
+
+    @property
+    def csr(self) -> sp.csr_array:
+        """W as a scipy CSR array."""
+        if self._csr is None:
+            self._csr = sp.csr_array(self._W)
+        return self._csr
 
     def sample(self, t: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """W (read-only), whatever t."""
@@ -173,6 +248,14 @@ class StaticSampler(Sampler):
 
     def sample_batch(self, rng: np.random.Generator, size: int) -> np.ndarray:
         return np.broadcast_to(self.W, (size, self.n, self.n)).copy()
+
+    def sample_sparse(self, t: int, rng: np.random.Generator | None = None) -> SparseW:
+        if self._sw is None:
+            self._sw = SparseW.from_csr(self.csr)
+        return self._sw
+
+    def sample_sparse_batch(self, rng: np.random.Generator, size: int) -> SparseW:
+        return SparseW.stack([self.sample_sparse(0)] * size)
 
     def support(self, limit: int = SUPPORT_LIMIT) -> tuple[np.ndarray, np.ndarray]:
         return self.W[None].copy(), np.ones(1)
@@ -214,12 +297,53 @@ class EncounterSampler(Sampler):
         self.rule = rule
         self.doubly_stochastic = rule != "uniform" or self.q == 1.0 or self.n == 2
         self.symmetric = rule not in ("uniform", "pairwise") or self.n == 2
-        self._iu, self._ju = np.triu_indices(self.n, 1)
+        self.sparse = rule != "pairwise"  # a product of pair averages fills in
+        self._triu: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def _iu(self) -> np.ndarray:
+        return self._pairs_index()[0]
+
+    @property
+    def _ju(self) -> np.ndarray:
+        return self._pairs_index()[1]
+
+    def _pairs_index(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._triu is None:
+            self._triu = np.triu_indices(self.n, 1)
+        return self._triu
 
     @property
     def m(self) -> int:
         """Number of pairs n(n−1)/2."""
         return self.n * (self.n - 1) // 2
+
+    def _meetings(self, rng: np.random.Generator, size: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The encounters of ``size`` rounds: (round, i, j) arrays with i < j.
+
+        Up to :data:`PAIR_DRAW_LIMIT` pairs, one uniform per pair (``rng.random((size, m)) <
+        q``, the draw of :meth:`sample_batch`); above, the same law by geometric skips between
+        successive encounters in the pair order, O(q m) per round instead of O(m)."""
+        if self.m <= PAIR_DRAW_LIMIT:
+            b, e = np.nonzero(rng.random((size, self.m)) < self.q)
+            iu, ju = self._pairs_index()
+            return b, iu[e], ju[e]
+        bs, es = [], []
+        for k in range(size):
+            e = _bernoulli_positions(rng, self.m, self.q)
+            bs.append(np.full(e.shape, k, dtype=np.int64))
+            es.append(e)
+        e = np.concatenate(es)
+        i, j = _pair_of_index(e, self.n)
+        return np.concatenate(bs), i, j
+
+    def sample_sparse_batch(self, rng: np.random.Generator, size: int) -> SparseW:
+        if not self.sparse:
+            return super().sample_sparse_batch(rng, size)
+        b, i, j = self._meetings(rng, size)
+        return edge_weights(self.rule, self.n, np.concatenate([i, j]), np.concatenate([j, i]),
+                            np.concatenate([b, b]), size)
 
     def _adjacency(self, meet: np.ndarray) -> np.ndarray:
         a = np.zeros((meet.shape[0], self.n, self.n))
@@ -228,6 +352,9 @@ class EncounterSampler(Sampler):
         return a
 
     def sample_batch(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        check_dense_fits(self.n, size)
+        if self.m > PAIR_DRAW_LIMIT and self.rule != "pairwise":
+            return self.sample_sparse_batch(rng, size).dense()
         meet = rng.random((size, self.m)) < self.q  # (size, m)
         if self.rule != "pairwise":
             return weights_from_adjacency(self._adjacency(meet), self.rule)
@@ -274,6 +401,7 @@ class EncounterSampler(Sampler):
     def expected(self, samples: int = 20000, seed: int = 0) -> np.ndarray:
         n, q = self.n, self.q
         if self.rule in ("metropolis", "lazy-metropolis", "uniform"):
+            check_dense_fits(n, 1, "E[W]")
             b = st.binom.pmf(np.arange(n - 1), n - 2, q)  # other-degree law
             if self.rule == "uniform":
                 off = q * float(b @ (1.0 / (2.0 + np.arange(n - 1))))
@@ -302,6 +430,7 @@ class MatchingSampler(Sampler):
     """
 
     kind = "matching"
+    sparse = True
 
     def __init__(self, n: int, graph: nx.Graph | None = None, graph_name: str | None = None):
         self.n = check_n(n)
@@ -312,21 +441,18 @@ class MatchingSampler(Sampler):
             if graph.number_of_nodes() != self.n or graph.is_directed():
                 raise AdfloraError("matching needs an undirected graph on the n clients",
                                    "pass an undirected graph with n nodes")
-            a = adjacency(graph)
-            self._eu, self._ev = np.nonzero(np.triu(a, 1))
+            a = sp.triu(adjacency(graph, sparse=True), 1).tocoo()
+            order = np.lexsort((a.col, a.row))          # row-major, as np.nonzero
+            self._eu, self._ev = a.row[order].astype(np.int64), a.col[order].astype(np.int64)
 
-    def _from_pairs(self, u: np.ndarray, v: np.ndarray, s: np.ndarray, size: int) -> np.ndarray:
-        W = np.broadcast_to(np.eye(self.n), (size, self.n, self.n)).copy()
-        W[s, u, u] = W[s, v, v] = W[s, u, v] = W[s, v, u] = 0.5
-        return W
-
-    def sample_batch(self, rng: np.random.Generator, size: int) -> np.ndarray:
+    def _pairs(self, rng: np.random.Generator, size: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Matched pairs of ``size`` draws: (draw, u, v)."""
         if self.graph is None:
             perm = np.argsort(rng.random((size, self.n)), axis=1)
             h = self.n // 2
             u, v = perm[:, 0:2 * h:2], perm[:, 1:2 * h:2]  # (size, h)
-            s = np.repeat(np.arange(size), h)
-            return self._from_pairs(u.ravel(), v.ravel(), s, size)
+            return np.repeat(np.arange(size), h), u.ravel(), v.ravel()
         m = len(self._eu)
         order = np.argsort(rng.random((size, m)), axis=1)
         matched = np.zeros((size, self.n), dtype=bool)
@@ -342,7 +468,18 @@ class MatchingSampler(Sampler):
             vs.append(v[ok])
             ss.append(rows[ok])
         cat = np.concatenate
-        return self._from_pairs(cat(us), cat(vs), cat(ss), size)
+        return cat(ss), cat(us), cat(vs)
+
+    def sample_sparse_batch(self, rng: np.random.Generator, size: int) -> SparseW:
+        s, u, v = self._pairs(rng, size)
+        diag = np.ones((size, self.n))
+        diag[s, u] = diag[s, v] = 0.5
+        return SparseW.from_edges(self.n, diag, np.concatenate([u, v]), np.concatenate([v, u]),
+                                  np.full(2 * len(u), 0.5), np.concatenate([s, s]))
+
+    def sample_batch(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        check_dense_fits(self.n, size)
+        return self.sample_sparse_batch(rng, size).dense()
 
     def support(self, limit: int = SUPPORT_LIMIT) -> tuple[np.ndarray, np.ndarray] | None:
         if self.graph is not None:
@@ -406,20 +543,53 @@ class _PeriodicSampler(Sampler):
         return len(self.mats)
 
 
-class OnePeerExponentialSampler(_PeriodicSampler):
+class _SparsePeriodicSampler(_PeriodicSampler):
+    """A periodic sampler defined by its sparse phases ``_phase(k) -> SparseW``; the dense
+    ``mats`` (L, n, n) are built on first use (refused when too large)."""
+
+    sparse = True
+    _period: int
+
+    def _phase(self, k: int) -> SparseW:
+        raise NotImplementedError
+
+    @property
+    def period(self) -> int:
+        return self._period
+
+    @property
+    def mats(self) -> np.ndarray:
+        if getattr(self, "_mats", None) is None:
+            check_dense_fits(self.n, self._period)
+            self._mats = np.concatenate([self._phase(k).dense() for k in range(self._period)])
+            self._mats.setflags(write=False)
+        return self._mats
+
+    def sample_sparse(self, t: int, rng: np.random.Generator | None = None) -> SparseW:
+        return self._phase(int(t) % self._period)
+
+    def sample_sparse_batch(self, rng: np.random.Generator, size: int) -> SparseW:
+        ks = rng.integers(0, self._period, size)
+        return SparseW.stack([self._phase(int(k)) for k in ks])
+
+
+class OnePeerExponentialSampler(_SparsePeriodicSampler):
     """One-peer exponential graph (Ying et al. 2021): i averages with (i + 2^(t mod τ)) mod n."""
 
     kind = "one-peer-exponential"
-    symmetric = False
 
     def __init__(self, n: int):
         self.n = check_n(n)
         tau = max(1, math.ceil(math.log2(self.n)))
-        eye = np.eye(self.n)
-        mats = [0.5 * (eye + np.roll(eye, (1 << k) % self.n, axis=1)) for k in range(tau)]
-        self.mats = np.array(mats)
-        self.mats.setflags(write=False)
-        self.symmetric = bool(all(np.allclose(w, w.T) for w in mats))
+        self._hops = [(1 << k) % self.n for k in range(tau)]
+        self._period = tau
+        # (I + P)/2 is symmetric iff the shift is its own inverse
+        self.symmetric = all((2 * h) % self.n == 0 for h in self._hops)
+
+    def _phase(self, k: int) -> SparseW:
+        i = np.arange(self.n)
+        return SparseW.from_edges(self.n, np.full((1, self.n), 0.5), i,
+                                  (i + self._hops[k]) % self.n, np.full(self.n, 0.5))
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "n": self.n, "graph": "one-peer-exponential",
@@ -467,23 +637,39 @@ def check_q(q: Any) -> float:
     return qf
 
 
-def _static(n: int, *, graph: str | nx.Graph | None = None, rule: str = "metropolis",
+STATIC_SPARSE_N = 2048
+"""From this many clients a static graph's weights are computed and kept sparse."""
+
+
+@seeded
+def _static(n: int, *, graph: str | nx.Graph | None = None, weights: str = "metropolis",
             W: Any = None, seed: int | None = None, **graph_params: Any) -> StaticSampler:
     if W is not None:
         s = StaticSampler(W, graph="matrix", rule=None)
         if s.n != n:
             raise AdfloraError(f"given W is {s.n} x {s.n} but n = {n}", f"pass n = {s.n}")
         return s
-    if rule not in RULES:
-        raise unknown_name("weight rule", rule, RULES)
-    if isinstance(graph, nx.Graph):
-        g, name = graph, "custom"
-    else:
-        name = graph or "complete"
-        g = build_graph(name, n, seed=seed, **graph_params)
-    return StaticSampler(mixing_matrix(g, rule), graph=name, rule=rule)
+    if weights not in RULES:
+        raise unknown_name("weight rule", weights, RULES)
+    name = "custom" if isinstance(graph, nx.Graph) else (graph or "complete")
+    if weights == "server":  # W = J whatever the graph (the centralized baseline)
+        check_dense_fits(n, 1, "W = J (server)")
+        return StaticSampler(np.full((n, n), 1.0 / n), graph=name, rule="server")
+    g = graph if isinstance(graph, nx.Graph) else build_graph(name, n, seed=seed,
+                                                             **graph_params)
+    big = n >= STATIC_SPARSE_N and weights != "fastest-mixing"
+    return StaticSampler(mixing_matrix(g, weights, sparse=big), graph=name, rule=weights)
 
 
+def _encounter(n: int, *, q: float | None = None, weights: str = "metropolis"
+               ) -> EncounterSampler:
+    if q is None:
+        raise AdfloraError("the encounter model needs an encounter probability q",
+                           "pass q in (0, 1], e.g. q = 0.1")
+    return EncounterSampler(n, q, weights)
+
+
+@seeded
 def _matching(n: int, *, graph: str | nx.Graph | None = None, seed: int | None = None,
               **graph_params: Any) -> MatchingSampler:
     if graph is None or graph == "complete":
@@ -493,41 +679,40 @@ def _matching(n: int, *, graph: str | nx.Graph | None = None, seed: int | None =
     return MatchingSampler(n, build_graph(graph, n, seed=seed, **graph_params), graph)
 
 
-SAMPLERS = {
-    "static": _static,
-    "encounter": lambda n, *, q=None, rule="metropolis": EncounterSampler(
-        n, q if q is not None else _missing_q(), rule),
-    "matching": _matching,
-    "one-peer-exponential": lambda n: OnePeerExponentialSampler(n),
-    "list": lambda n=None, *, matrices=(): _list(n, matrices),
-}
-"""Sampler kind -> factory ``f(n, **params)``."""
-
-
-def _missing_q() -> float:
-    raise AdfloraError("the encounter model needs an encounter probability q",
-                       "pass q in (0, 1], e.g. q = 0.1")
-
-
-def _list(n: int | None, matrices: Any) -> ListSampler:
+def _list(n: int | None, *, matrices: Any = ()) -> ListSampler:
     s = ListSampler(list(matrices))
     if n is not None and s.n != n:
         raise AdfloraError(f"list matrices are {s.n} x {s.n} but n = {n}", f"pass n = {s.n}")
     return s
 
 
-def make_sampler(kind: str, n: int, **params: Any) -> Sampler:
-    """Build a sampler of W^t.
+SAMPLERS = {
+    "static": _static,
+    "encounter": _encounter,
+    "matching": _matching,
+    "one-peer-exponential": lambda n: OnePeerExponentialSampler(n),
+    "list": _list,
+}
+"""Sampler kind -> factory ``f(n, **params)``; factories that draw a random graph are
+decorated with :func:`~.graphs.seeded` and get the ``seed`` of :func:`make_sampler`."""
+
+
+def make_sampler(kind: str, n: int | None, *, seed: Any = None, **params: Any) -> Sampler:
+    """Build a sampler of W^t — the one dispatch over sampler kinds.
 
     Parameters
     ----------
     kind : str
-        ``static`` (``graph=`` name or networkx graph, ``rule=`` weight rule, graph parameters,
-        ``seed=`` for random graphs; or ``W=`` a matrix), ``encounter`` (``q=``, ``rule=`` one of
+        ``static`` (``graph=`` name or networkx graph, ``weights=`` rule, graph parameters;
+        or ``W=`` a matrix), ``encounter`` (``q=``, ``weights=`` one of
         :data:`ENCOUNTER_RULES`), ``matching`` (optional ``graph=``), ``one-peer-exponential``,
         ``list`` (``matrices=``).
     n : int
-        Number of clients (>= 2).
+        Number of clients (>= 2); None for ``list`` (taken from the matrices).
+    seed : None, int or numpy Generator
+        Seed of random graphs (passed only to the kinds that draw one).
+    **params
+        The kind's parameters; unknown ones are refused.
 
     Returns
     -------
@@ -535,7 +720,7 @@ def make_sampler(kind: str, n: int, **params: Any) -> Sampler:
 
     Examples
     --------
-    >>> make_sampler("static", 4, graph="ring", rule="metropolis").sample(0, None)[0]
+    >>> make_sampler("static", 4, graph="ring", weights="metropolis").sample(0, None)[0]
     array([0.33333333, 0.33333333, 0.        , 0.33333333])
     >>> make_sampler("one-peer-exponential", 8).period
     3
@@ -544,13 +729,16 @@ def make_sampler(kind: str, n: int, **params: Any) -> Sampler:
 
     if kind not in SAMPLERS:
         raise unknown_name("sampler kind", kind, SAMPLERS)
-    n = check_n(n)
+    if n is not None or kind != "list":
+        n = check_n(n)
     fn = SAMPLERS[kind]
     sig = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
         extra = set(params) - set(sig)
         if extra:
             raise AdfloraError(f"sampler {kind!r} takes no parameter {sorted(extra)[0]!r}; "
-                               f"valid: {', '.join(sorted(set(sig) - {'n'})) or 'none'}",
+                               f"valid: {', '.join(sorted(set(sig) - {'n', 'seed'})) or 'none'}",
                                "drop it")
+    if getattr(fn, "takes_seed", False):
+        params["seed"] = seed
     return fn(n, **params)

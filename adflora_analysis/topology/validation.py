@@ -1,4 +1,6 @@
-"""Checks of a mixing matrix W: what the theory assumes and what a run can use (docs/architecture.md §3, §5.1).
+"""Checks of a mixing matrix W: what the theory assumes and what a run can use.
+
+docs/architecture.md §3, §5.1.
 
 The theory (Koloskova et al. 2020, Assumption 4) takes W nonnegative and doubly stochastic
 (rows and columns sum to 1; symmetry is not needed). A W that is not square, has NaN/inf or

@@ -1,8 +1,8 @@
 """Weight rules: from a graph to a mixing matrix W (docs/architecture.md §3).
 
-Rows of W are receivers: one gossip step is ``X <- W @ X`` (docs/architecture.md §1), so ``W[i, j] > 0`` means
-client i takes a share of client j's state. d_i is the degree of i (in-degree for a directed
-graph), d_max the largest degree.
+Rows of W are receivers: one gossip step is ``X <- W @ X`` (docs/architecture.md §1), so
+``W[i, j] > 0`` means client i takes a share of client j's state. d_i is the degree of i
+(in-degree for a directed graph), d_max the largest degree.
 
 ========================  =====================================================  ==============
 rule                      weights                                                 stochastic
@@ -33,9 +33,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from adflora_analysis.errors import AdfloraError, unknown_name
+from adflora_analysis.topology.sparse import SparseW
 
-__all__ = ["GRAPH_RULES", "ROW_STOCHASTIC_ONLY", "RULES", "adjacency", "mixing_matrix",
-           "weights_from_adjacency"]
+__all__ = ["GRAPH_RULES", "ROW_STOCHASTIC_ONLY", "RULES", "adjacency", "edge_weights",
+           "mixing_matrix", "weights_from_adjacency"]
 
 RULES = ("metropolis", "max-degree", "lazy-metropolis", "uniform", "server", "fastest-mixing")
 """Every weight rule :func:`mixing_matrix` knows."""
@@ -100,35 +101,72 @@ def weights_from_adjacency(a: np.ndarray, rule: str) -> np.ndarray:
         return np.broadcast_to(np.full((n, n), 1.0 / n), a.shape).copy()
     d = a.sum(-1)  # (..., n) in-degrees
     if rule == "uniform":
-        return (a + eye) / (d + 1.0)[..., :, None]
-    if rule == "max-degree":
-        w = a / (1.0 + d.max(-1))[..., None, None]
-    else:  # metropolis, lazy-metropolis
-        w = a / (1.0 + np.maximum(d[..., :, None], d[..., None, :]))
+        return (a + eye) * _pair_weight(rule, d[..., :, None], None, None)
+    w = a * _pair_weight(rule, d[..., :, None], d[..., None, :], d.max(-1)[..., None, None])
     w = w + eye * (1.0 - w.sum(-1))[..., :, None]
+    return _lazy(rule, w, eye)
+
+
+def _pair_weight(rule: str, d_i, d_j, d_max):
+    """The weight w_ij of an edge (i receives from j) under a local rule — the one place each
+    rule is written; the dense and the edge-list forms both call it (arrays broadcast).
+
+    The self-weight is 1/(d_i + 1) for ``uniform`` and the rest of the row otherwise; the lazy
+    rule then halves everything and adds 1/2 on the diagonal (:func:`_lazy`).
+    """
+    if rule == "uniform":
+        return 1.0 / (d_i + 1.0)
+    if rule == "max-degree":
+        return 1.0 / (1.0 + d_max)
+    return 1.0 / (1.0 + np.maximum(d_i, d_j))  # metropolis, lazy-metropolis
+
+
+def _lazy(rule: str, w, eye):
+    return 0.5 * (w + eye) if rule == "lazy-metropolis" else w
+
+
+def edge_weights(rule: str, n: int, dst: np.ndarray, src: np.ndarray,
+                 batch: np.ndarray | None = None, size: int = 1) -> SparseW:
+    """A local weight rule on a batch of edge lists, as a :class:`SparseW` (no n x n array).
+
+    Parameters
+    ----------
+    rule : str
+        One of :data:`GRAPH_RULES`.
+    n : int
+    dst, src : ndarray, shape (E,)
+        Receiver / sender of each directed edge (list both directions of an undirected edge),
+        no self-loops, no duplicates.
+    batch : ndarray, shape (E,), optional
+        Which of the ``size`` graphs each edge belongs to (default: all in graph 0).
+
+    Examples
+    --------
+    >>> W = edge_weights("metropolis", 3, np.array([0, 1]), np.array([1, 0]))
+    >>> W.dense()[0]
+    array([[0.5, 0.5, 0. ],
+           [0.5, 0.5, 0. ],
+           [0. , 0. , 1. ]])
+    """
+    _check_rule(rule, GRAPH_RULES)
+    dst = np.asarray(dst, dtype=np.int64)
+    src = np.asarray(src, dtype=np.int64)
+    batch = np.zeros_like(dst) if batch is None else np.asarray(batch, dtype=np.int64)
+    d = np.bincount(batch * n + dst, minlength=size * n).astype(np.float64).reshape(size, n)
+    vals = _pair_weight(rule, d[batch, dst], d[batch, src], d.max(1)[batch])
+    if rule == "uniform":
+        diag = _pair_weight(rule, d, None, None)
+    else:
+        rows = np.bincount(batch * n + dst, weights=vals, minlength=size * n)
+        diag = 1.0 - rows.reshape(size, n)
     if rule == "lazy-metropolis":
-        w = 0.5 * (w + eye)
-    return w
+        vals, diag = 0.5 * vals, 0.5 * (diag + 1.0)
+    return SparseW(n, diag, batch, dst, src, vals)
 
 
 def _sparse_weights(a: sp.csr_array, rule: str) -> sp.csr_array:
-    n = a.shape[0]
     coo = a.tocoo()
-    i, j = coo.row, coo.col
-    d = np.asarray(a.sum(axis=1)).ravel()
-    if rule == "uniform":
-        w = sp.csr_array((1.0 / (d[i] + 1.0), (i, j)), shape=(n, n))
-        return (w + sp.diags_array(1.0 / (d + 1.0))).tocsr()
-    if rule == "max-degree":
-        vals = np.full(i.shape, 1.0 / (1.0 + d.max(initial=0.0)))
-    else:
-        vals = 1.0 / (1.0 + np.maximum(d[i], d[j]))
-    w = sp.csr_array((vals, (i, j)), shape=(n, n))
-    diag = 1.0 - np.asarray(w.sum(axis=1)).ravel()
-    w = (w + sp.diags_array(diag)).tocsr()
-    if rule == "lazy-metropolis":
-        w = (0.5 * (w + sp.eye_array(n))).tocsr()
-    return w
+    return edge_weights(rule, a.shape[0], coo.row, coo.col).csr()
 
 
 def mixing_matrix(graph: nx.Graph, rule: str, *, sparse: bool = False
