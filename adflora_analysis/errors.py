@@ -11,7 +11,10 @@ from collections.abc import Iterable
 
 
 class AdfloraError(ValueError):
-    """Bad input or a state the user can fix. ``str(err)`` is the one-line message."""
+    """Bad input or a state the user can fix. ``str(err)`` is the one-line message;
+    ``exit_code`` what the CLI exits with (2)."""
+
+    exit_code = 2
 
     def __init__(self, problem: str, hint: str | None = None):
         self.problem = problem
@@ -21,6 +24,15 @@ class AdfloraError(ValueError):
 
 class DivergenceError(AdfloraError):
     """A run produced a non-finite value; what was written so far stays on disk."""
+
+
+class StoppedError(AdfloraError):
+    """A run was stopped by SIGINT or SIGTERM; it is resumable. Exits 128 + the signal
+    number (130 for Ctrl-C), as a shell expects of an interrupted program."""
+
+    def __init__(self, problem: str, hint: str | None = None, signum: int = 2):
+        super().__init__(problem, hint)
+        self.exit_code = 128 + signum
 
 
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> AdfloraError:

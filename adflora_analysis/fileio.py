@@ -29,6 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() honours the umask
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -39,6 +40,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    """The process umask (read from /proc on Linux; elsewhere set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -104,19 +119,54 @@ def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file, ignoring a torn last line left by a killed writer."""
-    rows = []
+    """Read a JSON-lines file, ignoring a torn last line left by a killed writer.
+
+    A damaged line anywhere else is an :class:`~adflora_analysis.errors.AdfloraError` naming
+    the file and line (rows after it would otherwise be lost without a word).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.jsonl"
+    >>> _ = p.write_text('{"a": 1}\\n{"a": 2}\\n{"a"')
+    >>> read_jsonl(p)
+    [{'a': 1}, {'a': 2}]
+    """
+    return scan_jsonl(path)[0]
+
+
+def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict], int | None]:
+    """``(rows, torn)``: the rows of a JSON-lines file and the number of the torn last line
+    (None if the file ends cleanly). A damaged line before the last is an
+    :class:`~adflora_analysis.errors.AdfloraError` naming it and the rows before it."""
+    from adflora_analysis.errors import AdfloraError
+
+    rows: list[dict] = []
     p = Path(path)
     if not p.exists():
-        return rows
-    for line in p.read_text(encoding="utf-8").splitlines():
+        return rows, None
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AdfloraError(f"{str(p)!r} is not valid UTF-8 (byte {e.start})",
+                           "restore the file, or start the run again with --overwrite") \
+            from None
+    lines = text.split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise json.JSONDecodeError("not an object", line, 0)
         except json.JSONDecodeError:
-            break
-    return rows
+            if i == last and not text.endswith("\n"):
+                return rows, i + 1
+            raise AdfloraError(f"{str(p)!r} line {i + 1} is damaged ({len(rows)} good rows "
+                               "before it, more after it)",
+                               "restore the file, or start the run again with --overwrite") \
+                from None
+        rows.append(row)
+    return rows, None
 
 
 def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:

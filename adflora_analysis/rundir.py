@@ -1,29 +1,72 @@
-"""Run directories: resolved config, ``meta.json`` and tidy metrics (docs/architecture.md §8).
+"""The run directory: one owner of its files, kind, status, lock and loading
+(docs/architecture.md §8).
 
-Layout of a run directory::
+Layout (every file the toolkit writes is listed in ``manifest.json``)::
 
-    config.toml       the resolved config (after overrides)
-    meta.json         seed(s), package versions, git revision, topology constants, timestamps
-    metrics.jsonl     tidy rows appended every round
-    metrics.parquet   the same rows, written at the end
+    config.toml          the resolved config (after overrides)
+    meta.json            kind, status, seeds, versions, git revision, topology constants, times
+    manifest.json        {"kind", "files": [...], "patterns": [...]}: what the toolkit wrote
+    .adflora.lock        {"pid", "host", "command", "started_utc"}; exists while a run holds it
+    progress.json        {"done": [job keys]}
+    metrics.jsonl        tidy rows appended every round (+ one ``<table>.jsonl`` per extra table)
+    metrics.parquet      the same rows, written at the end (+ ``<table>.parquet``)
+    checkpoints/         ``<job>.r<round>.rank<r>.pt``
+    checks.json, check_curves.parquet, mixing.parquet, constants.parquet, label_counts.csv,
+    summary.csv, fixture/   what a kind adds
+
+``meta["kind"]`` is one of :data:`KINDS`; ``meta["status"]`` one of :data:`STATUSES`. A run
+writes only into a new or empty folder, or into its own earlier run with ``resume`` (same
+config) or ``overwrite`` (removes only what ``manifest.json`` lists). An exclusive lock (an
+``flock`` held for the run's life, released by the kernel on any exit, SIGKILL included) makes
+a second run into the same folder fail with one line naming the holder.
+
+>>> import tempfile
+>>> d = Path(tempfile.mkdtemp()) / "run"
+>>> with claim(d, "synthetic") as run:
+...     _ = init_run_dir(run, {"rounds": 3}, make_meta([0], kind="synthetic", status="done"))
+...     _ = run.write_json("progress.json", {"done": []})
+>>> r = load_run(d)
+>>> r.kind, r.status, sorted(r.manifest()["files"])
+('synthetic', 'done', ['config.toml', 'manifest.json', 'meta.json', 'progress.json'])
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import json
+import os
 import platform
+import socket
 import subprocess
+import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from adflora_analysis import fileio
 from adflora_analysis.config import dump_toml
+from adflora_analysis.errors import AdfloraError
+
+CONFIG = "config.toml"
+META = "meta.json"
+MANIFEST = "manifest.json"
+LOCK = ".adflora.lock"
+PROGRESS = "progress.json"
+CHECKPOINTS = "checkpoints"
+CHECK_OUTPUTS = ("checks.json", "check_curves.parquet")
+KINDS = ("synthetic", "glue", "sweep", "report")
+STATUSES = ("running", "done", "stopped", "diverged", "failed")
+_LEGACY_KINDS = {"topology-sweep": "sweep"}
+Mode = Literal["new", "resume", "overwrite"]
 
 PACKAGES = ("adflora-analysis", "torch", "numpy", "scipy", "networkx", "pandas", "pyarrow",
             "transformers", "peft", "datasets", "tokenizers", "seaborn", "matplotlib")
 
 
+# ------------------------------------------------------------------------------ meta content
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
     """Installed versions of ``names`` (None where not installed)."""
     out: dict[str, str | None] = {}
@@ -51,32 +94,564 @@ def git_revision(start: str | Path | None = None) -> str | None:
         return None
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
 def make_meta(seeds: Any, **extra: Any) -> dict[str, Any]:
-    """The ``meta.json`` content: seeds, versions, git revision, UTC time, plus ``extra``."""
-    return {
-        "seeds": seeds,
-        "versions": package_versions(),
-        "git_revision": git_revision(),
-        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        **extra,
-    }
+    """The ``meta.json`` content: seeds, versions, git revision, UTC time, plus ``extra``
+    (``kind`` among them; the legacy ``topology-sweep`` is written as ``sweep``)."""
+    meta = {"seeds": seeds, "versions": package_versions(), "git_revision": git_revision(),
+            "created_utc": _now(), "platform": platform.platform(), **extra}
+    if "kind" in meta:
+        meta["kind"] = _LEGACY_KINDS.get(meta["kind"], meta["kind"])
+    return meta
 
 
-def init_run_dir(out: str | Path, config: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Create ``out`` and write ``config.toml`` and ``meta.json`` atomically."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fileio.write_text(out / "config.toml", dump_toml(config))
-    fileio.write_json(out / "meta.json", meta)
-    return out
+def kind_of(meta: dict[str, Any]) -> str | None:
+    """The run kind recorded in ``meta`` (older runs said ``study``/``layer``/``topology-sweep``).
+
+    >>> kind_of({"kind": "topology-sweep"}), kind_of({"layer": "glue"}), kind_of({})
+    ('sweep', 'glue', None)
+    """
+    k = meta.get("kind") or meta.get("study") or meta.get("layer")
+    return _LEGACY_KINDS.get(k, k) if k else None
+
+
+# ------------------------------------------------------------------------------ errors
+def os_error(path: str | Path, e: OSError) -> AdfloraError:
+    """One line for an OS failure while writing under ``path`` (read-only, full disk, ...)."""
+    hints = {errno.ENOSPC: ("the disk is full", "free some space or choose --out on another "
+                            "disk; the files written so far are intact"),
+             errno.EDQUOT: ("the disk quota is exceeded", "free some space"),
+             errno.EROFS: ("the file system is read-only", "choose a writable --out"),
+             errno.EACCES: ("permission denied", "choose a folder you can write to"),
+             errno.EPERM: ("permission denied", "choose a folder you can write to"),
+             errno.ENOTDIR: ("a part of the path is a file, not a folder",
+                             "choose a folder path"),
+             errno.EEXIST: ("a file is in the way", "choose a folder path")}
+    what, hint = hints.get(e.errno, (e.strerror or type(e).__name__, "check the path"))
+    where = e.filename if getattr(e, "filename", None) else path
+    return AdfloraError(f"cannot write {str(where)!r}: {what}", hint)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """JSON of ``path``; damage is one :class:`AdfloraError` line naming ``what``."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdfloraError(f"{what} {str(path)!r} is corrupt ({type(e).__name__})",
+                           "start the run again into a new --out, or with --overwrite") \
+            from None
+
+
+# ------------------------------------------------------------------------------ the directory
+class RunDir:
+    """A run directory: its files, kind, status and manifest.
+
+    Only the writing process (rank 0) writes through a :class:`RunDir`; ``record`` keeps the
+    manifest up to date for every file written through it.
+    """
+
+    def __init__(self, path: str | Path, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer
+        self._recorded: set[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # -- reading
+    @property
+    def meta(self) -> dict[str, Any]:
+        """``meta.json`` (empty if missing; corrupt is an :class:`AdfloraError`)."""
+        p = self.path / META
+        return read_json(p, "meta.json") if p.exists() else {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        from adflora_analysis.config import read_toml
+
+        p = self.path / CONFIG
+        if not p.exists():
+            return {}
+        try:
+            return read_toml(p)
+        except AdfloraError:
+            raise
+        except Exception as e:  # noqa: BLE001 - tomllib and decoding errors
+            raise AdfloraError(f"config.toml {str(p)!r} is corrupt ({type(e).__name__})",
+                               "start the run again into a new --out") from None
+
+    @property
+    def kind(self) -> str | None:
+        k = kind_of(self.meta)
+        return k or self.manifest().get("kind")
+
+    @property
+    def status(self) -> str:
+        """``running``, ``done``, ``stopped``, ``diverged``, ``failed`` or ``unknown``; a
+        ``running`` run whose lock is not held was killed (reported as ``stopped``)."""
+        s = self.meta.get("status", "unknown")
+        if s == "running" and lock_holder(self.path) is None:
+            return "stopped"
+        return s
+
+    def manifest(self) -> dict[str, Any]:
+        p = self.path / MANIFEST
+        return read_json(p, "manifest.json") if p.exists() else {}
+
+    def is_run(self) -> bool:
+        return any((self.path / f).exists() for f in (CONFIG, META, MANIFEST))
+
+    def table(self, stem: str):
+        """``<stem>.parquet``, else the rows of ``<stem>.jsonl`` (a run still going or
+        stopped), else None; a damaged Parquet file is an :class:`AdfloraError`."""
+        import pandas as pd
+
+        pq = self.path / f"{stem}.parquet"
+        if pq.exists():
+            try:
+                return pd.read_parquet(pq)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types
+                raise AdfloraError(f"{str(pq)!r} is damaged ({type(e).__name__})",
+                                   f"delete it to fall back to {stem}.jsonl, or re-run") \
+                    from None
+        rows = fileio.read_jsonl(self.path / f"{stem}.jsonl")
+        return pd.DataFrame(rows) if rows else None
+
+    # -- writing (rank 0)
+    def record(self, *names: str, patterns: tuple[str, ...] = ()) -> None:
+        """Add ``names`` (relative paths) and glob ``patterns`` to ``manifest.json``."""
+        if not self.writer:
+            return
+        if self._recorded is None:
+            m = self.manifest()
+            self._recorded = set(m.get("files", [])) | {f"pattern:{p}" for p in
+                                                         m.get("patterns", [])}
+        new = {*names, *(f"pattern:{p}" for p in patterns)} - self._recorded
+        if not new:
+            return
+        self._recorded |= new
+        files = sorted(n for n in self._recorded if not n.startswith("pattern:"))
+        pats = sorted(n[8:] for n in self._recorded if n.startswith("pattern:"))
+        fileio.write_json(self.path / MANIFEST, {"kind": self._kind_for_manifest(),
+                                                 "files": [MANIFEST, *[f for f in files
+                                                                       if f != MANIFEST]],
+                                                 "patterns": pats})
+
+    def _kind_for_manifest(self) -> str | None:
+        p = self.path / META
+        meta = read_json(p, "meta.json") if p.exists() else {}
+        return kind_of(meta) or self.manifest().get("kind")
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        self.record(name)
+        return fileio.write_json(self.path / name, obj)
+
+    def write_text(self, name: str, text: str) -> Path:
+        self.record(name)
+        return fileio.write_text(self.path / name, text)
+
+    def write_parquet(self, name: str, df) -> Path:
+        self.record(name)
+        return fileio.write_parquet(self.path / name, df)
+
+    def write_csv(self, name: str, df) -> Path:
+        self.record(name)
+        return fileio.write_csv(self.path / name, df)
+
+    def append_jsonl(self, name: str, rows: list[dict]) -> None:
+        if rows:
+            self.record(name)
+            fileio.append_jsonl(self.path / name, rows)
+
+    def update_meta(self, **fields: Any) -> None:
+        """Merge ``fields`` into ``meta.json`` (atomically)."""
+        meta = self.meta
+        meta.update(fields)
+        self.write_json(META, meta)
+
+    def set_status(self, status: str, **fields: Any) -> None:
+        """Record the run's status (one of :data:`STATUSES`) and when it was set."""
+        if self.writer and (self.path / META).exists():
+            self.update_meta(status=status, status_utc=_now(), **fields)
+
+    # -- cleaning
+    def own_files(self) -> list[Path]:
+        """Every existing file the manifest lists or its patterns match (never the lock)."""
+        m = self.manifest()
+        out = {self.path / f for f in m.get("files", [])}
+        for pat in m.get("patterns", []):
+            out.update(self.path.glob(pat))
+        return sorted(p for p in out if p.is_file() and p.name != LOCK)
+
+    def clean_temp_files(self) -> list[Path]:
+        """Remove leftover ``.<name>.*.tmp`` files of interrupted atomic writes of this run's
+        files (and of checkpoints)."""
+        own = {p.name for p in self.own_files()} | {MANIFEST, META, CONFIG, PROGRESS}
+        gone = []
+        for folder in (self.path, self.path / CHECKPOINTS):
+            for t in folder.glob(".*.tmp") if folder.is_dir() else ():
+                base = t.name[1:].rsplit(".", 2)[0]
+                if base in own or folder.name == CHECKPOINTS or base.endswith(
+                        (".parquet", ".json", ".jsonl", ".csv", ".toml")):
+                    t.unlink(missing_ok=True)
+                    gone.append(t)
+        return gone
+
+    def remove_own_files(self) -> list[Path]:
+        """Delete what the manifest lists (``--overwrite``); anything else stays."""
+        gone = self.own_files()
+        self.clean_temp_files()
+        for p in gone:
+            if p.name != MANIFEST:
+                p.unlink(missing_ok=True)
+        for p in sorted({q.parent for q in gone}, key=lambda q: -len(q.parts)):
+            if p != self.path and p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        (self.path / MANIFEST).unlink(missing_ok=True)
+        self._recorded = None
+        return gone
+
+    def invalidate_checks(self) -> None:
+        """Remove ``checks.json``/``check_curves.parquet`` (a resume changes the rows)."""
+        for f in CHECK_OUTPUTS:
+            (self.path / f).unlink(missing_ok=True)
+
+    # -- resume
+    def check_resume(self, config: dict[str, Any], world_size: int = 1) -> None:
+        """Refuse to resume with another config or number of processes than the run started
+        with, or when ``meta.json``/``config.toml``/``progress.json`` is missing or damaged."""
+        from adflora_analysis.config import config_diff
+
+        where = str(self.path)
+        if not (self.path / CONFIG).exists():
+            raise AdfloraError(f"{where!r} is not a run directory (no config.toml)",
+                               "pass the directory a run wrote with --out")
+        if not (self.path / META).exists():
+            raise AdfloraError(f"cannot resume {where!r}: meta.json is missing",
+                               "start again with --overwrite, or into a new --out")
+        meta = self.meta
+        if (self.path / PROGRESS).exists():
+            prog = read_json(self.path / PROGRESS, "progress.json")
+            if not isinstance(prog, dict) or not isinstance(prog.get("done"), list):
+                raise AdfloraError(f"progress.json in {where!r} is damaged",
+                                   "start again with --overwrite")
+        diff = config_diff(self.config, json.loads(json.dumps(config)))
+        if diff:
+            raise AdfloraError(f"cannot resume {where!r}: the config differs in "
+                               f"{', '.join(diff)}", "resume with the original config, or start "
+                               "a new run directory")
+        started = meta.get("world_size", 1)
+        if started != world_size:
+            raise AdfloraError(f"cannot resume {where!r}: it was run by {started} "
+                               f"process(es), this run has {world_size}",
+                               f"resume with --nproc-per-node={started}" if started > 1
+                               else "resume without torchrun")
+
+
+def init_run_dir(out: str | Path | RunDir, config: dict[str, Any],
+                 meta: dict[str, Any]) -> Path:
+    """Create ``out`` and write ``config.toml`` and ``meta.json`` atomically (recorded in
+    the manifest)."""
+    run = out if isinstance(out, RunDir) else RunDir(out)
+    run.path.mkdir(parents=True, exist_ok=True)
+    if "kind" in meta:
+        meta = {**meta, "kind": _LEGACY_KINDS.get(meta["kind"], meta["kind"])}
+    fileio.write_json(run.path / META, meta)   # first, so the manifest knows the kind
+    run.record(META)
+    run.write_text(CONFIG, dump_toml(config))
+    return run.path
 
 
 def update_meta(out: str | Path, **fields: Any) -> None:
     """Merge ``fields`` into an existing ``meta.json`` (atomically)."""
-    import json
+    RunDir(out).update_meta(**fields)
 
-    p = Path(out) / "meta.json"
-    meta = json.loads(p.read_text()) if p.exists() else {}
-    meta.update(fields)
-    fileio.write_json(p, meta)
+
+# ------------------------------------------------------------------------------ the lock
+def lock_holder(path: str | Path) -> dict[str, Any] | None:
+    """Who holds the lock of run directory ``path`` (its lock file's content), or None."""
+    import fcntl
+
+    p = Path(path) / LOCK
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _lock_info(p) or {"pid": "?"}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _lock_info(p: Path) -> dict[str, Any]:
+    try:
+        return json.loads(p.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _describe(info: dict[str, Any]) -> str:
+    return (f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
+            + (f" ({info['command']}, since {info.get('started_utc', '?')})"
+               if info.get("command") else ""))
+
+
+class Lock:
+    """An exclusive ``flock`` on ``<dir>/.adflora.lock`` whose file names the holder."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK
+        self.fd: int | None = None
+        self.stale: dict[str, Any] | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                info = _lock_info(self.path)
+                raise AdfloraError(f"{str(self.path.parent)!r} is in use by "
+                                   f"{_describe(info)}", "wait for that run to end, or choose "
+                                   "another --out") from None
+            # the holder we waited on may have removed the file: lock the file now there
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd = fd
+        old = _lock_info(self.path)
+        if old.get("pid") not in (None, os.getpid()):
+            self.stale = old  # its process ended without removing the file (killed)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _now(),
+                "command": " ".join(["adflora", *sys.argv[1:3]])}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        import fcntl
+
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
+# ------------------------------------------------------------------------------ claiming
+def _ensure_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise AdfloraError(f"--out {str(out)!r} is a file, not a folder",
+                           "choose a new folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise AdfloraError(f"--out {str(out)!r}: a part of the path is a file",
+                           "choose a folder path") from None
+    except OSError as e:
+        raise os_error(out, e) from None
+
+
+def _foreign(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK)
+
+
+@contextlib.contextmanager
+def claim(out: str | Path, kind: str | None, mode: Mode = "new", *,
+          writer: bool = True) -> Iterator[RunDir]:
+    """Take run directory ``out`` for a run of ``kind`` for the ``with`` block.
+
+    ``mode``: ``"new"`` needs a new or empty folder; ``"resume"`` an earlier run of the same
+    kind; ``"overwrite"`` removes the files an earlier run of the toolkit wrote (its manifest)
+    and nothing else. The lock is held until the block ends (any way it ends). Only the
+    writer (rank 0) locks and checks; other processes get the :class:`RunDir` as is.
+    """
+    out = Path(out)
+    if not writer:
+        yield RunDir(out, writer=False)
+        return
+    _ensure_folder(out)
+    lock = Lock(out)
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise os_error(out, e) from None
+    try:
+        if lock.stale:
+            print(f"note: {str(out)!r} had a stale lock of {_describe(lock.stale)}, which is "
+                  f"no longer running; taken over", file=sys.stderr)
+        run = RunDir(out)
+        _check_mode(run, kind, mode)
+        yield run
+    finally:
+        lock.release()
+
+
+def _check_mode(run: RunDir, kind: str | None, mode: Mode) -> None:
+    where = str(run.path)
+    if mode == "new":
+        left = _foreign(run.path)
+        if not left:
+            return
+        if run.is_run():
+            raise AdfloraError(f"{where!r} already holds a {run.kind or 'toolkit'} run "
+                               f"(status {run.status})",
+                               f"continue it with --resume {where}, replace it with "
+                               "--overwrite, or choose a new --out")
+        raise AdfloraError(f"{where!r} is not empty ({len(left)} entries not written by "
+                           f"adflora, e.g. {left[0]!r})", "choose a new or empty --out")
+    if mode == "overwrite":
+        if _foreign(run.path) and not (run.path / MANIFEST).exists():
+            raise AdfloraError(f"cannot overwrite {where!r}: it has no manifest.json, so "
+                               "what adflora wrote there is unknown",
+                               "choose a new --out, or empty the folder yourself")
+        _check_kind(run, kind)
+        run.remove_own_files()
+        return
+    if not run.is_run():
+        raise AdfloraError(f"{where!r} is not a run directory (no config.toml)",
+                           "pass the directory a run wrote with --out")
+    _check_kind(run, kind)
+    run.clean_temp_files()
+
+
+def _check_kind(run: RunDir, kind: str | None) -> None:
+    have = run.kind
+    if kind and have and have != kind:
+        raise AdfloraError(f"{str(run.path)!r} holds a {have} run, not a {kind} run",
+                           "choose a new --out")
+
+
+# ------------------------------------------------------------------------------ loading
+def load_run(path: str | Path, kind: str | None = None) -> RunDir:
+    """The run directory at ``path`` (optionally required to be of ``kind``); a missing
+    folder, a folder that is not a run, damaged ``meta.json``/``config.toml`` or another kind
+    is one :class:`AdfloraError` line."""
+    p = Path(path)
+    if not p.is_dir():
+        raise AdfloraError(f"run directory {str(p)!r} does not exist"
+                           + (" (it is a file)" if p.exists() else ""),
+                           "pass a directory written with --out")
+    run = RunDir(p, writer=False)
+    if not run.is_run():
+        raise AdfloraError(f"{str(p)!r} is not a run directory (no meta.json or config.toml)",
+                           "pass a directory written with --out")
+    _ = run.meta, run.config  # damaged files fail here, in one line
+    if kind is not None and run.kind not in (None, kind):
+        raise AdfloraError(f"{str(p)!r} holds a {run.kind} run, not a {kind} run",
+                           f"pass a directory written by `adflora {kind} run`")
+    return run
+
+
+def require_complete(run: str | Path | RunDir, *, strict: bool = False,
+                     what: str = "verdicts") -> str | None:
+    """None for a finished run; otherwise the one-line banner saying what the run is
+    (``stopped``, ``running``, ``diverged``, ...), or an :class:`AdfloraError` under ``strict``.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = init_run_dir(d, {}, make_meta([0], kind="synthetic", status="diverged"))
+    >>> require_complete(d).endswith("is diverged: verdicts cover only the rounds it completed")
+    True
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run, writer=False)
+    status = run.status
+    if status == "done":
+        return None
+    line = f"run {str(run.path)!r} is {status}: {what} cover only the rounds it completed"
+    if strict:
+        raise AdfloraError(line, "--strict needs a finished run: resume it with "
+                           f"`adflora {run.kind or 'synthetic'} run --resume {run.path}`")
+    return line
+
+
+@contextlib.contextmanager
+def claim_outputs(out: str | Path, kind: str = "report") -> Iterator[RunDir]:
+    """A folder for the outputs of a report (or another writer of many files): new, empty, or
+    holding this writer's previous outputs, which are removed first (so nothing of the previous
+    report survives); on success every file written inside the block is listed in the manifest.
+    """
+    out = Path(out)
+    with claim(out, kind, "overwrite" if (out / MANIFEST).exists() else "new") as run:
+        before = {p for p in run.path.rglob("*") if p.is_file()}
+        if not (run.path / META).exists():
+            fileio.write_json(run.path / META, make_meta(None, kind=kind, status="running"))
+        run.record(META)
+        yield run
+        after = {p for p in run.path.rglob("*") if p.is_file() and p.name != LOCK}
+        run.record(*sorted(str(p.relative_to(run.path)) for p in after - before))
+        run.set_status("done")
+
+
+def split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """The CONFIG (first argument that is not ``key=value``) and the overrides.
+
+    >>> split_args(["bounds", "seeds=3", "lr=0.1"]), split_args(["seeds=3"])
+    (('bounds', ['seeds=3', 'lr=0.1']), (None, ['seeds=3']))
+    """
+    config, overrides = None, []
+    for a in args:
+        if config is None and not overrides and ("=" not in a or Path(a).is_file()):
+            config = a
+        elif "=" in a:
+            overrides.append(a)
+        else:
+            raise AdfloraError(f"unexpected argument {a!r}",
+                               "give one CONFIG file followed by key=value overrides")
+    return config, overrides
+
+
+def run_target(args: list[str], out: str | Path | None, resume: str | Path | None,
+               overwrite: bool = False) -> tuple[str | None, list[str], Path, Mode]:
+    """``(CONFIG or None, overrides, run directory, mode)`` of ``adflora synthetic|glue run
+    [CONFIG] [KEY=VALUE]...``: one way to resume for every runner. ``--resume DIR`` reads the
+    config back from ``DIR/config.toml`` (CONFIG None; a CONFIG or overrides given as well must
+    match it, which the runner checks); otherwise CONFIG and ``--out`` are needed.
+
+    >>> run_target(["c.toml", "lr=0.1"], "runs/a", None)
+    ('c.toml', ['lr=0.1'], PosixPath('runs/a'), 'new')
+    >>> run_target(["lr=0.1"], "runs/a", None)
+    Traceback (most recent call last):
+    ...
+    adflora_analysis.errors.AdfloraError: no CONFIG given (hint: give a study TOML or a \
+shipped config name (adflora configs list), or --resume DIR)
+    """
+    config, overrides = split_args(list(args or []))
+    if resume is not None:
+        if overwrite:
+            raise AdfloraError("--resume and --overwrite exclude each other",
+                               "continue the run with --resume, or replace it with --overwrite")
+        if out is not None and Path(out) != Path(resume):
+            raise AdfloraError("--out and --resume name different directories",
+                               "pass only --resume DIR")
+        if not (Path(resume) / CONFIG).is_file():
+            raise AdfloraError(f"{str(resume)!r} is not a run directory (no config.toml)",
+                               "pass the directory a run wrote with --out")
+        return config, overrides, Path(resume), "resume"
+    if config is None:
+        raise AdfloraError("no CONFIG given", "give a study TOML or a shipped config name "
+                           "(adflora configs list), or --resume DIR")
+    if out is None:
+        raise AdfloraError("no --out directory given", "add --out runs/NAME")
+    return config, overrides, Path(out), "overwrite" if overwrite else "new"

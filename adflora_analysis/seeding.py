@@ -13,10 +13,25 @@ import hashlib
 import numpy as np
 import torch
 
+SEED_BITS = 64
+
 
 def _key(seed: int, stream: str, counters: tuple[int, ...]) -> list[int]:
-    digest = hashlib.blake2b(stream.encode(), digest_size=8).digest()
-    return [int(seed) & 0xFFFFFFFF, int.from_bytes(digest, "little") & 0xFFFFFFFF,
+    """The SeedSequence entropy of a stream: ``[seed low word, stream hash, *counters]``.
+
+    Seeds are 64-bit: the high word (zero for seeds below 2**32, whose keys are unchanged) is
+    hashed into the stream word, so ``seed`` and ``seed + 2**32`` draw different numbers.
+    """
+    seed = int(seed)
+    if not 0 <= seed < 2 ** SEED_BITS:
+        from adflora_analysis.errors import AdfloraError
+
+        raise AdfloraError(f"seed {seed} does not fit in {SEED_BITS} bits",
+                           f"use seeds in [0, 2**{SEED_BITS})")
+    hi = seed >> 32
+    name = stream.encode() + (b"\0seed-hi=%d" % hi if hi else b"")
+    digest = hashlib.blake2b(name, digest_size=8).digest()
+    return [seed & 0xFFFFFFFF, int.from_bytes(digest, "little") & 0xFFFFFFFF,
             *(int(c) & 0xFFFFFFFF for c in counters)]
 
 
@@ -51,6 +66,8 @@ def expand_seeds(seeds: int | list[int]) -> list[int]:
 
     >>> expand_seeds(3), expand_seeds([7, 9])
     ([0, 1, 2], [7, 9])
+    >>> numpy_rng(0, "x").random() == numpy_rng(2**32, "x").random()  # 64-bit seeds
+    False
     """
     if isinstance(seeds, bool):
         raise TypeError("seeds must be an int count or a list of ints")
@@ -60,8 +77,13 @@ def expand_seeds(seeds: int | list[int]) -> list[int]:
 
             raise AdfloraError(f"seeds = {seeds} is not a positive count", "use seeds = 1 or more")
         return list(range(seeds))
-    if not seeds:
-        from adflora_analysis.errors import AdfloraError
+    from adflora_analysis.errors import AdfloraError
 
+    if not seeds:
         raise AdfloraError("seeds = [] lists no seed", "use seeds = 1 or a non-empty list")
-    return [int(s) for s in seeds]
+    out = [int(s) for s in seeds]
+    bad = [s for s in out if not 0 <= s < 2 ** SEED_BITS]
+    if bad:
+        raise AdfloraError(f"seed {bad[0]} does not fit in {SEED_BITS} bits",
+                           f"use seeds in [0, 2**{SEED_BITS})")
+    return out

@@ -1,0 +1,142 @@
+"""What a run needs of the machine, refused before it is spent: device, memory and disk.
+
+The estimates are rough but honest upper-order figures (the dominant tensors and tables, not
+every temporary): a run whose estimate exceeds what psutil reports as available memory, or
+the free space of its output folder, is refused with one line saying how much it would need.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adflora_analysis.errors import AdfloraError
+
+ROW_MEMORY = 2500   # bytes per tidy row while tables are built (list of dicts + DataFrame)
+ROW_DISK = 900      # bytes per tidy row on disk (JSON line + its share of the Parquet file)
+MIX_ROW_MEMORY = 1000
+
+
+def check_device(device: str) -> str:
+    """Validate a torch device string: known type, CUDA present when asked, index in range.
+
+    >>> check_device("cpu")
+    'cpu'
+    >>> check_device("gpu0")
+    Traceback (most recent call last):
+    ...
+    adflora_analysis.errors.AdfloraError: device = 'gpu0' is not a torch device (hint: use \
+device = "cpu" or "cuda" / "cuda:0")
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AdfloraError(f"device = {device!r} is not a torch device",
+                           'use device = "cpu" or "cuda" / "cuda:0"') from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AdfloraError(f"device = {device!r} but no CUDA GPU is available",
+                               'use device = "cpu"')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AdfloraError(f"device = {device!r} but only {torch.cuda.device_count()} "
+                               "CUDA device(s) exist", 'use device = "cuda:0"')
+    elif dev.type != "cpu":
+        raise AdfloraError(f"device = {device!r} is not supported", 'use "cpu" or "cuda"')
+    return device
+
+
+def _fmt(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1024 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+@dataclass
+class Need:
+    """Estimated bytes of memory and disk, by part (for the message)."""
+
+    memory: dict[str, float] = field(default_factory=dict)
+    disk: dict[str, float] = field(default_factory=dict)
+
+    def add_variant(self, other: Need) -> None:
+        """Merge the need of another variant run one after the other: tables (rows,
+        checkpoints) add up, the rest is the larger of the two."""
+        for mine, theirs in ((self.memory, other.memory), (self.disk, other.disk)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v if "rows" in k or k == "checkpoints" \
+                    else max(mine.get(k, 0), v)
+
+    def refuse_if_over(self, out: str | Path, mem_avail: float | None = None,
+                       disk_free: float | None = None) -> None:
+        """Raise one :class:`AdfloraError` line if the memory or disk estimate exceeds what is
+        available (psutil's available memory; free space at ``out`` or its nearest parent)."""
+        import psutil
+
+        mem_avail = psutil.virtual_memory().available if mem_avail is None else mem_avail
+        disk_free = free_disk(out) if disk_free is None else disk_free
+        for what, parts, have in (("memory", self.memory, mem_avail),
+                                  ("disk", self.disk, disk_free)):
+            total = sum(parts.values())
+            if total > have:
+                top = ", ".join(f"{k} {_fmt(v)}" for k, v in
+                                sorted(parts.items(), key=lambda kv: -kv[1])[:3])
+                raise AdfloraError(f"this run would need about {_fmt(total)} of {what} "
+                                   f"({top}); {_fmt(have)} is available",
+                                   "lower rounds, seeds, n_clients or the model/batch sizes, "
+                                   "or split the study")
+
+
+def free_disk(out: str | Path) -> float:
+    """Free bytes of the file system that holds ``out`` (its nearest existing parent)."""
+    p = Path(out).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p if p.is_dir() else p.parent).free
+
+
+def synthetic_need(cfg, n_variants: int = 1) -> Need:
+    """Estimate of a synthetic study (one variant's job at a time; every variant's rows).
+
+    Dominant terms: the problem's data and Hessians per seed, client and layer, the stacked
+    factors (with the gathered and local copies of a round), the W^t of every seed, the tidy
+    metric rows of every (variant, method, seed, round, layer) and the mixing rows.
+    """
+    S, n, L = len(cfg.seed_list), cfg.n_clients, cfg.n_layers
+    di, do, r, m = cfg.d_in, cfg.d_out, cfg.rank, cfg.samples_per_client
+    b = 8 if cfg.dtype == "float64" else 4
+    per = S * n * L
+    data = per * (m * (di + do) * (8 + b) + 3 * di * (di + do) * 8)
+    state = 4 * per * r * (di + do) * b
+    W = 3 * S * n * n * 8
+    rows = n_variants * len(cfg.methods) * S * cfg.rounds * (L + 1)
+    mix_rows = n_variants * S * cfg.rounds
+    ck = 2 * per * r * (di + do) * b * len(cfg.methods) * n_variants if cfg.checkpoint_every \
+        else 0
+    return Need(memory={"problem data": data, "factors": state, "W^t": W,
+                        "metric rows": rows * ROW_MEMORY, "mixing rows": mix_rows * MIX_ROW_MEMORY},
+                disk={"metric rows": rows * ROW_DISK, "mixing rows": mix_rows * 100,
+                      "checkpoints": ck})
+
+
+def glue_need(cfg, hidden: int, layers: int, heads: int, adapter_bytes: int,
+              model_bytes: int) -> Need:
+    """Estimate of a GLUE study: the model, the batch activations of one local step (fp32,
+    kept for backward: about ``layers * B * s * (34 h + 5 a s) * 2`` bytes, Korthikanti et al.
+    2022 doubled for fp32), the clients' adapters with AdamW moments, evaluation activations
+    and the metric rows."""
+    B, s = cfg.batch_size, cfg.max_length
+    act = layers * B * s * (34 * hidden + 5 * heads * s) * 2
+    eval_act = layers * cfg.eval_batch_size * s * (4 * hidden + heads * s) * 4
+    adapters = 4 * cfg.n_clients * adapter_bytes
+    rows = len(cfg.methods) * len(cfg.seed_list) * cfg.rounds * (layers * 2 + 1)
+    ck = 3 * cfg.n_clients * adapter_bytes * len(cfg.methods) * len(cfg.seed_list) \
+        if cfg.checkpoint_every else 0
+    return Need(memory={"model": model_bytes, "batch activations": act,
+                        "eval activations": eval_act, "client adapters": adapters,
+                        "metric rows": rows * ROW_MEMORY},
+                disk={"metric rows": rows * ROW_DISK, "checkpoints": ck})
