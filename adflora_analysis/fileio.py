@@ -56,20 +56,6 @@ def _umask() -> int:
     return mask
 
 
-def _umask() -> int:
-    """The process umask (read from /proc on Linux; elsewhere set and restored)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(fileobj)`` on a binary temp file, then rename it to ``path``."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
