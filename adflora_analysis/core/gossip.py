@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adflora_analysis.core.sparse import SparseMix, sparse_gossip_
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.seeding import numpy_rng
 
@@ -27,19 +28,23 @@ MixFn = Callable[[Tensor, Tensor], Tensor]
 _CHUNK_ELEMS = 2**18
 
 
-def gossip_(W: Tensor, X: Tensor) -> Tensor:
+def gossip_(W: Tensor | SparseMix, X: Tensor) -> Tensor:
     """One gossip step for a stacked block, in place.
 
     Parameters
     ----------
-    W : (*batch, n, n) mixing matrix (one per batch entry, e.g. per seed), rows are receivers.
+    W : (*batch, n, n) mixing matrix (one per batch entry, e.g. per seed), rows are receivers;
+        or a :class:`~adflora_analysis.core.sparse.SparseMix` (then one sparse product,
+        :func:`~adflora_analysis.core.sparse.sparse_gossip_`).
     X : (*batch, n, a, b) stacked client values; overwritten with ``X_i <- sum_j W_ij X_j``.
 
     Returns
     -------
-    ``X`` itself. Every entry (a, b) mixes independently of the others, so the product is
-    taken over chunks of entries: the only temporary is one chunk of ``W @ X``.
+    ``X`` itself. Every entry (a, b) mixes independently of the others, so the dense product
+    is taken over chunks of entries: the only temporary is one chunk of ``W @ X``.
     """
+    if isinstance(W, SparseMix):
+        return sparse_gossip_(W, X)
     nb = W.ndim - 2
     n = W.shape[-1]
     if X.ndim != nb + 3 or X.shape[nb] != n:
@@ -57,7 +62,7 @@ def gossip_(W: Tensor, X: Tensor) -> Tensor:
     return X
 
 
-def gossip(W: Tensor, X: Tensor) -> Tensor:
+def gossip(W: Tensor | SparseMix, X: Tensor) -> Tensor:
     """One gossip step for a stacked block, returning a new tensor (see :func:`gossip_`).
 
     W : (*batch, n, n); X : (*batch, n, a, b). Returns (*batch, n, a, b).
@@ -71,17 +76,21 @@ def mix_state(state: LoraState, W: Tensor, blocks: Sequence[str],
     return state.map_blocks(lambda X: mix_fn(W, X), tuple(blocks))
 
 
-def messages(W: Tensor, server: bool = False) -> Tensor:
+def messages(W: Tensor | SparseMix, server: bool = False) -> Tensor:
     """Messages one gossip step sends, (*batch,): the nonzero off-diagonal entries of W
     (client-to-client), or, with ``server``, 2n (W = J realised by a server: every client
     uploads its block and downloads the average; a complete graph with uniform weights gives
-    the same W but n(n − 1) messages).
+    the same W but n(n − 1) messages). ``W`` dense (*batch, n, n) or a :class:`SparseMix`.
 
     >>> import torch
     >>> J = torch.full((4, 4), 0.25)
     >>> int(messages(J)), int(messages(J, server=True))
     (12, 8)
     """
+    if isinstance(W, SparseMix):
+        if server:
+            return torch.full(W.batch_shape, 2 * W.n, dtype=torch.long, device=W.col.device)
+        return W.messages()
     n = W.shape[-1]
     if server:
         return torch.full(W.shape[:-2], 2 * n, dtype=torch.long, device=W.device)
@@ -90,14 +99,44 @@ def messages(W: Tensor, server: bool = False) -> Tensor:
     return off.sum(dim=(-2, -1))
 
 
+SPARSE_MIN_N = 1024
+"""From this many clients :func:`mixing_schedule` gives a sparse-capable sampler's W^t as a
+:class:`SparseMix`. Below it the dense (S, n, n) W^t (at most 8 MiB per seed) is kept, so the
+shipped studies (n <= 1,000) give bit-identical rows to earlier releases; the sparse product
+equals the dense one to float round-off only (summation order)."""
+
+
 def mixing_schedule(sampler, seeds: Sequence[int], *, dtype=torch.float64,
-                    device: str | torch.device = "cpu") -> Callable[[int], Tensor]:
+                    device: str | torch.device = "cpu", sparse: bool | None = None
+                    ) -> Callable[[int], Tensor | SparseMix]:
     """W^t for every seed: ``t -> (S, n, n)`` drawn from stream ``(seed, "topology", t)``.
 
     The draw depends only on (seed, t), so resumed and multi-process runs see the same W^t.
     ``sampler`` is any object with ``sample(t, rng) -> (n, n)`` (see
     :func:`adflora_analysis.topology.make_sampler`).
+
+    ``sparse``: None (default) chooses the sparse form — a :class:`SparseMix` built from the
+    sampler's ``sample_sparse(t, rng)``, the same matrices from the same stream — when the
+    sampler has one (``sampler.sparse``) and n >= :data:`SPARSE_MIN_N`; True forces it (an
+    error if the sampler has none), False forces the dense (S, n, n) tensor.
     """
+    has = bool(getattr(sampler, "sparse", False))
+    if sparse is None:
+        sparse = has and sampler.n >= SPARSE_MIN_N
+    if sparse and not has:
+        from adflora_analysis.errors import AdfloraError
+
+        raise AdfloraError(f"the {getattr(sampler, 'kind', '?')!r} sampler has no sparse form",
+                           "use sparse=None or a sparse sampler")
+    if sparse:
+        from adflora_analysis.topology.sparse import SparseW
+
+        def at_sparse(t: int) -> SparseMix:
+            sw = SparseW.stack([sampler.sample_sparse(t, numpy_rng(s, "topology", t))
+                                for s in seeds])
+            return SparseMix.from_sparse_w(sw, (len(seeds),), dtype=dtype, device=device)
+
+        return at_sparse
 
     def at(t: int) -> Tensor:
         Ws = np.stack([sampler.sample(t, numpy_rng(s, "topology", t)) for s in seeds])
