@@ -207,6 +207,8 @@ def _value(v: Any) -> str:
         return "[" + ", ".join(_value(x) for x in v) + "]"
     if isinstance(v, Path):
         return json.dumps(str(v))
+    if isinstance(v, dict):  # an inline table, e.g. an entry of [[variants]]
+        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 

@@ -139,7 +139,7 @@ def bench_loop_vs_engine(n: int = 100, rounds: int = 5) -> float:
     def engine_rounds():
         st = state
         for t in range(rounds):
-            st = prob.local_update(st, ("B",), t)
+            st, _ = prob.local_update(st, ("B",), t)
             st = st.map_blocks(lambda X, W=Ws[t]: gossip(W, X), ("A", "B"))
 
     prob.local_update(state, ("B",), 0)

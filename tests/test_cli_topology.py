@@ -1,4 +1,5 @@
-"""``adflora topology inspect`` and ``sweep`` through the real entry point (docs/architecture.md §8)."""
+"""``adflora topology inspect`` and ``sweep`` through the real entry point (docs/architecture.md
+§8)."""
 
 from __future__ import annotations
 

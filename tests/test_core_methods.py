@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from adflora_analysis.core import (
     DisplacementStats,
     LoraState,
+    Problem,
     consensus_error,
     cross_term,
     get_method,
@@ -183,7 +184,7 @@ def test_displacement_stats_stay_on_the_state_device():
         assert out.device.type == "meta" and out.shape == (2, 1)
 
 
-class _SilentProblem:
+class _SilentProblem(Problem):
     """Updates its clients but never reports their displacement."""
 
     def local_update(self, state, blocks, t, disp=None):
@@ -200,7 +201,7 @@ def test_loop_refuses_a_problem_that_hides_its_displacement():
 
 
 # --------------------------------------------------------------------------- the loop
-class _ToyProblem:
+class _ToyProblem(Problem):
     """Deterministic per-client drift: every trained block moves by a client-specific amount."""
 
     def local_update(self, state, blocks, t, disp=None):

@@ -1,4 +1,5 @@
-"""Method core shared by the synthetic testbed and the GLUE runner (docs/architecture.md §1, §2, §4).
+"""Method core shared by the synthetic testbed and the GLUE runner (docs/architecture.md §1, §2,
+§4).
 
 Public surface: method specs (:func:`get_method`, :data:`METHODS`, :func:`phase`), stacked
 states (:class:`LoraState`), gossip (:func:`gossip`, in place :func:`gossip_`,
@@ -11,7 +12,7 @@ from adflora_analysis.core.backend import LOCAL, Backend, LocalBackend
 from adflora_analysis.core.displacement import DisplacementStats
 from adflora_analysis.core.gossip import gossip, gossip_, messages, mix_state, mixing_schedule
 from adflora_analysis.core.loop import Problem, RoundResult, check_finite, run_rounds
-from adflora_analysis.core.methods import METHODS, MethodSpec, get_method, phase, register_method
+from adflora_analysis.core.methods import METHODS, MethodSpec, get_method, register_method
 from adflora_analysis.core.metrics import (
     consensus_error,
     cross_term,
@@ -19,14 +20,16 @@ from adflora_analysis.core.metrics import (
     product_consensus,
     total_over_layers,
 )
+from adflora_analysis.core.mixers import Mixer, synchronous
 from adflora_analysis.core.rows import round_rows
+from adflora_analysis.core.schedules import SwitchSchedule, periodic, phase
 from adflora_analysis.core.state import LoraState
 
 __all__ = [
     "LOCAL", "Backend", "DisplacementStats", "LocalBackend", "METHODS", "LoraState",
-    "MethodSpec", "Problem", "RoundResult", "check_finite",
+    "MethodSpec", "Mixer", "Problem", "SwitchSchedule", "RoundResult", "check_finite",
     "consensus_error", "cross_term", "get_method", "gossip", "gossip_", "layer_metrics",
     "messages",
-    "mix_state", "mixing_schedule", "phase", "product_consensus", "register_method",
-    "round_rows", "run_rounds", "total_over_layers",
+    "mix_state", "mixing_schedule", "periodic", "phase", "product_consensus", "register_method",
+    "round_rows", "run_rounds", "synchronous", "total_over_layers",
 ]

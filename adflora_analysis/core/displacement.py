@@ -1,4 +1,5 @@
-"""Consensus error of a round's local displacement, accumulated client by client (docs/architecture.md §4).
+"""Consensus error of a round's local displacement, accumulated client by client
+(docs/architecture.md §4).
 
 Theory check 4 needs, per block and layer, Ξ(Δ_t) = (1/n) Σ_i ‖Δ_i − Δ̄‖²_F of the displacement
 Δ_i = X_i(after the local update) − X_i(before). Keeping the pre-update state to subtract it

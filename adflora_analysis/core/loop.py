@@ -1,4 +1,5 @@
-"""The one round loop shared by the synthetic testbed and the GLUE runner (docs/architecture.md §1, §2).
+"""The one round loop shared by the synthetic testbed and the GLUE runner (docs/architecture.md §1,
+§2).
 
 Round t: local update of the trained block(s) (K steps, done by the problem), gossip of the
 mixed block(s) with W^t, then metrics. The loop is a generator: the caller writes metrics and
@@ -17,32 +18,49 @@ state; a caller that keeps a round's values past the next round clones them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.displacement import DisplacementStats
-from adflora_analysis.core.gossip import messages
 from adflora_analysis.core.methods import MethodSpec
 from adflora_analysis.core.metrics import consensus_error, layer_metrics
+from adflora_analysis.core.mixers import Mixer, synchronous
+from adflora_analysis.core.schedules import SwitchSchedule, periodic
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.errors import DivergenceError
 
 
 class Problem(Protocol):
-    """What a testbed supplies to :func:`run_rounds`."""
+    """What a testbed supplies to :func:`run_rounds` (docs/architecture.md §9).
+
+    Subclass it explicitly to inherit the default checkpoint hooks (a problem with no state of
+    its own beyond the stacked factors)."""
 
     def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
-                     disp: DisplacementStats | None = None) -> LoraState:
+                     disp: DisplacementStats | None = None
+                     ) -> tuple[LoraState, dict[str, Tensor]]:
         """K local steps on ``blocks`` for every client at round ``t``; other blocks must come
         back bit-identical. The update may be written into ``state`` in place. Each client's
-        displacement of each trained block and layer is reported to ``disp`` (when given)."""
+        displacement of each trained block and layer is reported to ``disp`` (when given).
+
+        Returns the new state and what the local steps measured: per-batch scalars (*batch,)
+        (e.g. the consensus error at the inner steps), which become columns of the round's
+        metrics. A problem that measures nothing may return the state alone."""
 
     def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
-        """Extra per-round metrics, each of shape (*batch,) (e.g. loss, grad_norm_sq)."""
+        """Extra per-round metrics after gossip, each of shape (*batch,) (e.g. loss,
+        grad_norm_sq)."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must hold beyond the stacked state (default: nothing)."""
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore :meth:`state_dict` on resume (default: nothing to restore)."""
 
 
 @dataclass
@@ -52,7 +70,11 @@ class RoundResult:
     ``layer`` holds xi_A, xi_B, cross_term, product_consensus after gossip, and
     ``xi_A_local``/``xi_B_local`` (after the local update, before gossip) and
     ``disp_A``/``disp_B`` = ‖(I − J) Δ_t‖²_F / n, the consensus error of the round's local
-    displacement Δ_t (theory check 4). ``scalar`` holds the problem's metrics and ``bytes_sent``.
+    displacement Δ_t (theory check 4). ``scalar`` holds what the local update measured, the
+    problem's metrics and ``bytes_sent``. ``phase`` is the schedule's phase of the round ("A" or
+    "B"; alternating methods train that factor). ``carry`` is the schedule's and the mixer's
+    state after the round (``{"schedule": ..., "mixer": ...}``): a checkpoint saves it and a
+    resume passes it back to :func:`run_rounds`.
     """
 
     t: int
@@ -62,6 +84,8 @@ class RoundResult:
     W: Tensor
     layer: dict[str, Tensor]
     scalar: dict[str, Tensor]
+    phase: str = ""
+    carry: dict[str, Any] = field(default_factory=dict)
 
 
 def _per_layer(blocks: Iterable[Tensor]) -> Tensor:
@@ -104,31 +128,42 @@ def check_finite(state: LoraState, t: int, method: str, where: str) -> None:
 
 def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
                mixing: Callable[[int], Tensor], *, rounds: int, switch_interval: int | None = None,
-               start_round: int = 0, backend: Backend = LOCAL,
-               server: bool = False) -> Iterator[RoundResult]:
+               schedule: SwitchSchedule | None = None, mixer: Mixer | None = None,
+               carry: dict[str, Any] | None = None, start_round: int = 0,
+               backend: Backend = LOCAL, server: bool = False) -> Iterator[RoundResult]:
     """Run rounds ``start_round .. rounds-1`` of method ``spec``; yield a :class:`RoundResult`
     after each.
 
     Parameters
     ----------
     problem : local updates and evaluation (synthetic quadratic or GLUE model).
-    spec : the method (which blocks train / gossip at round t).
+    spec : the method (which blocks train / gossip in each phase).
     state : client factors at the start of ``start_round``.
     mixing : ``t -> W^t`` of shape (*batch, n, n) (see
         :func:`adflora_analysis.core.gossip.mixing_schedule`).
-    switch_interval : T; the spec's default when None.
+    switch_interval : T of the default schedule ``periodic(T)``; the spec's default when None.
+    schedule : the switching schedule (:mod:`.schedules`); overrides ``switch_interval``.
+    mixer : how mixed blocks are gossiped (:mod:`.mixers`); :func:`~.mixers.synchronous` when
+        None. Blocks of ``state.extra`` (e.g. a GLUE head) are gossiped every round with the
+        mixed factors.
+    carry : the schedule's and mixer's state to resume from (``RoundResult.carry`` of the
+        checkpointed round); fresh (``init``) when None.
     backend : where the clients live. In-process (default), ``state`` holds every client; under
         torch.distributed it holds this process's clients, gossip exchanges blocks between
         processes, and metrics are computed on the gathered state (identical on every rank).
     server : W^t = J is realised by a server (topology weights ``"server"``): ``bytes_sent``
         counts 2n messages per gossiped block instead of W's off-diagonal entries.
     """
-    T = switch_interval or spec.default_switch_interval
+    schedule = schedule or periodic(switch_interval or spec.default_switch_interval)
+    mixer = mixer or synchronous()
+    carry = carry or {"schedule": schedule.init(), "mixer": mixer.init(state)}
+    s_state, m_state = carry["schedule"], carry["mixer"]
     for t in range(start_round, rounds):
-        trained = spec.trained_blocks(t, T)
-        mixed = spec.mixed_blocks(t, T)
+        ph = schedule.phase(s_state, t)
+        trained, mixed = spec.trained_in(ph), spec.mixed_in(ph)
         disp = DisplacementStats()
-        state = problem.local_update(state, trained, t, disp)
+        out = problem.local_update(state, trained, t, disp)
+        state, measured = out if isinstance(out, tuple) else (out, {})
         _check_reported(disp, trained, state, problem)
         full_local = _gather(state, backend)
         check_finite(full_local, t, spec.name, "after the local update")
@@ -139,11 +174,13 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
                                               state.A[0].device)
                   for b in ("A", "B")}
         W = mixing(t)
-        state = state.map_blocks(lambda X, W=W: backend.mix(W, X), mixed)
+        state, m_state, sent = mixer.mix(m_state, state, (*mixed, *state.extra), W, t,
+                                         backend=backend, server=server)
         full = _gather(state, backend)
         check_finite(full, t, spec.name, "after gossip")
         layer = {**layer_metrics(full), **local, **disp_m}
-        scalar = dict(problem.evaluate(state, t))
-        msgs = messages(W, server).double()
-        scalar["bytes_sent"] = msgs * sum(full.bytes_per_client(b) for b in mixed)
-        yield RoundResult(t, state, trained, mixed, W, layer, scalar)
+        scalar = {**measured, **problem.evaluate(state, t), "bytes_sent": sent}
+        res = RoundResult(t, state, trained, mixed, W, layer, scalar, ph)
+        s_state = schedule.update(s_state, res)
+        res.carry = {"schedule": s_state, "mixer": m_state}
+        yield res

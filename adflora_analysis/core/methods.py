@@ -1,4 +1,5 @@
-"""Method specs: which LoRA blocks train and which are gossiped at round t (docs/architecture.md §2).
+"""Method specs: which LoRA blocks train and which are gossiped in each phase (docs/architecture.md
+§2).
 
 A method is data, not code: adding one is adding a :class:`MethodSpec` to :data:`METHODS`.
 The same specs drive the synthetic testbed and the GLUE runner through
@@ -16,28 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from adflora_analysis.core.schedules import phase
 from adflora_analysis.errors import AdfloraError, unknown_name
 
 BlockRule = Literal["phase", "A", "B", "AB"]
 
 
-def phase(t: int, switch_interval: int) -> str:
-    """Active factor at round ``t``: ``"B"`` for the first T rounds, then ``"A"``, alternating.
-
-    B comes first because B = 0 at init makes A's gradient zero (docs/architecture.md §2).
-
-    >>> "".join(phase(t, 2) for t in range(8))
-    'BBAABBAA'
-    """
-    if switch_interval < 1:
-        raise AdfloraError(f"switch_interval T = {switch_interval} must be at least 1",
-                           "use T = 1 (switch every round) or more")
-    return "B" if (t // switch_interval) % 2 == 0 else "A"
-
-
-def _blocks(rule: BlockRule, t: int, switch_interval: int) -> tuple[str, ...]:
+def _blocks(rule: BlockRule, ph: str) -> tuple[str, ...]:
     if rule == "phase":
-        return (phase(t, switch_interval),)
+        return (ph,)
     return tuple(rule)
 
 
@@ -61,13 +49,29 @@ class MethodSpec:
     default_switch_interval: int
     summary: str
 
+    def trained_in(self, ph: str) -> tuple[str, ...]:
+        """Blocks updated by local steps in a round of phase ``ph`` ("A" or "B").
+
+        >>> get_method("rolora").trained_in("A"), get_method("lora").trained_in("A")
+        (('A',), ('A', 'B'))
+        """
+        return _blocks(self.train, ph)
+
+    def mixed_in(self, ph: str) -> tuple[str, ...]:
+        """Blocks gossiped with W^t in a round of phase ``ph``.
+
+        >>> get_method("rolora").mixed_in("B"), get_method("adf-lora").mixed_in("B")
+        (('B',), ('A', 'B'))
+        """
+        return _blocks(self.mix, ph)
+
     def trained_blocks(self, t: int, switch_interval: int | None = None) -> tuple[str, ...]:
-        """Blocks updated by local steps at round ``t``."""
-        return _blocks(self.train, t, switch_interval or self.default_switch_interval)
+        """Blocks updated by local steps at round ``t`` of the periodic schedule."""
+        return self.trained_in(phase(t, switch_interval or self.default_switch_interval))
 
     def mixed_blocks(self, t: int, switch_interval: int | None = None) -> tuple[str, ...]:
-        """Blocks gossiped with W^t at round ``t``."""
-        return _blocks(self.mix, t, switch_interval or self.default_switch_interval)
+        """Blocks gossiped with W^t at round ``t`` of the periodic schedule."""
+        return self.mixed_in(phase(t, switch_interval or self.default_switch_interval))
 
     @property
     def alternates(self) -> bool:

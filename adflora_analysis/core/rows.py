@@ -1,4 +1,5 @@
-"""Tidy metric rows from a :class:`~adflora_analysis.core.loop.RoundResult` (docs/architecture.md §4, §8).
+"""Tidy metric rows from a :class:`~adflora_analysis.core.loop.RoundResult` (docs/architecture.md
+§4, §8).
 
 One row per (method, seed, round, layer); ``layer == "all"`` holds totals over layers and the
 problem's scalar metrics (loss, grad_norm_sq, bytes_sent, ...), which are NaN on per-layer rows.
@@ -20,8 +21,8 @@ def round_rows(res: RoundResult, method: str, seeds: Sequence[int],
     layer_vals = {k: v.detach().cpu().reshape(len(seeds), -1) for k, v in res.layer.items()}
     totals = {k: total_over_layers(k, v) for k, v in layer_vals.items()}
     scal = {k: v.detach().cpu().double().reshape(len(seeds)) for k, v in res.scalar.items()}
-    base = {"method": method, "round": res.t, "trained": "".join(res.trained),
-            "mixed": "".join(res.mixed), **(extra or {})}
+    base = {"method": method, "round": res.t, "phase": res.phase,
+            "trained": "".join(res.trained), "mixed": "".join(res.mixed), **(extra or {})}
     rows: list[dict] = []
     for si, seed in enumerate(seeds):
         for li, name in enumerate(res.state.layers):

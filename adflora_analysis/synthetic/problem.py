@@ -1,4 +1,5 @@
-"""The synthetic quadratic LoRA problem (docs/architecture.md §6), batched over seeds, clients and layers.
+"""The synthetic quadratic LoRA problem (docs/architecture.md §6), batched over seeds, clients and
+layers.
 
 Client i, layer l (every layer has its own data; the loss is the sum over layers)::
 
@@ -34,6 +35,7 @@ from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.displacement import DisplacementStats
+from adflora_analysis.core.loop import Problem
 from adflora_analysis.core.metrics import consensus_error
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.seeding import torch_generator
@@ -58,7 +60,7 @@ def _low_rank(g: torch.Generator, batch: tuple[int, ...], d_out: int, d_in: int,
     return (norm / math.sqrt(rank)) * U @ V.transpose(-1, -2)
 
 
-class QuadraticProblem:
+class QuadraticProblem(Problem):
     """Data, local updates and evaluation of the quadratic LoRA problem for a batch of seeds.
 
     Implements the :class:`adflora_analysis.core.loop.Problem` protocol. Besides ``loss`` and
@@ -84,7 +86,6 @@ class QuadraticProblem:
         S = len(self.seeds)
         self.max_fro_A = torch.zeros(S, self.L, dtype=torch.float64, device=self.device)
         self.max_fro_B = torch.zeros_like(self.max_fro_A)
-        self._round_stats: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ data
     def _make_data(self) -> None:
@@ -148,8 +149,9 @@ class QuadraticProblem:
 
     # ------------------------------------------------------------------ state
     def initial_state(self) -> LoraState:
-        """A^0 ~ U(-b, b), b = init_scale / sqrt(d_in), shared by all clients (per client with
-        ``per_client_init``), from stream (seed, "init-A", layer); B^0 = 0 (docs/architecture.md §2)."""
+        """A^0 ~ U(-b, b), b = init_scale / sqrt(d_in), shared by all clients (per client
+        with ``per_client_init``), from stream (seed, "init-A", layer); B^0 = 0
+        (docs/architecture.md §2)."""
         c = self.cfg
         b = c.init_scale / math.sqrt(c.d_in)
         A, B = [], []
@@ -207,16 +209,17 @@ class QuadraticProblem:
 
     # ------------------------------------------------------------------ Problem protocol
     def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
-                     disp: DisplacementStats | None = None) -> LoraState:
+                     disp: DisplacementStats | None = None
+                     ) -> tuple[LoraState, dict[str, Tensor]]:
         """K SGD steps with step size lr on ``blocks`` for every seed, client and layer at once.
 
-        Returns a new state (the trained blocks are new tensors); the displacement of every
-        trained block and layer is reported to ``disp``.
-
-        Also records, for :meth:`evaluate`, the mean over the K inner steps of the consensus error
-        of all factors (``xi_inner``) and of ||M_t grad f(x_bar)||^2 at the inner averaged models
-        (``grad_norm_sq_inner``; M_t masks the trained blocks), the loss at the round's start,
-        and the running maxima of ||A_i||_F, ||B_i||_F over all clients and inner steps."""
+        Returns a new state (the trained blocks are new tensors) and what the steps measured,
+        each (S,) float64: the mean over the K inner steps of the consensus error of all factors
+        (``xi_inner``) and of ||M_t grad f(x_bar)||^2 at the inner averaged models
+        (``grad_norm_sq_inner``; M_t masks the trained blocks), and the loss at the round's
+        start (``loss_start``). The displacement of every trained block and layer is reported
+        to ``disp``; the running maxima of ||A_i||_F, ||B_i||_F over all clients and inner steps
+        are kept for the smoothness bound (checkpointed state)."""
         c, K, lr = self.cfg, self.cfg.local_steps, self.cfg.lr
         A = torch.stack(state.A, 2)                          # (S, n, L, r, di)
         B = torch.stack(state.B, 2)                          # (S, n, L, do, r)
@@ -252,14 +255,14 @@ class QuadraticProblem:
             if "B" in g:
                 B = B - lr * g["B"]
         self._track_norms(full(A), full(B), blocks)
-        self._round_stats = {"xi_inner": xi_inner / K, "grad_norm_sq_inner": g_inner / K,
-                             "loss_start": loss_start}
+        measured = {"xi_inner": (xi_inner / K).double(),
+                    "grad_norm_sq_inner": (g_inner / K).double(), "loss_start": loss_start.double()}
         newA = list(A.unbind(2)) if "A" in blocks else state.A
         newB = list(B.unbind(2)) if "B" in blocks else state.B
         new = LoraState(newA, newB, list(state.layers))
         if disp is not None:
             disp.add_states(state, new, blocks)
-        return new
+        return new, measured
 
     def _draw_noise(self, t: int, blocks: tuple[str, ...]) -> dict[str, Tensor]:
         c, K = self.cfg, self.cfg.local_steps
@@ -313,7 +316,6 @@ class QuadraticProblem:
           averaged model);
         - ``sigma_sq_max``/``sigma_sq_mean``: the variance of one client's stochastic gradient
           at the clients' current points (max / mean over clients; exact, not sampled);
-        - ``xi_inner``, ``grad_norm_sq_inner``, ``loss_start``: see :meth:`local_update`;
         - ``L_hull``: the smoothness bound of :func:`.constants.smoothness_bound` over the convex
           hull of every client iterate so far.
         """
@@ -338,10 +340,6 @@ class QuadraticProblem:
             "zeta_sq": zeta.mean(1), "sigma_sq_max": sig.amax(1), "sigma_sq_mean": sig.mean(1),
             "L_hull": smoothness_bound(self),
         }
-        nan = torch.full_like(loss, float("nan"))
-        for k in ("xi_inner", "grad_norm_sq_inner", "loss_start"):
-            v = self._round_stats.get(k)
-            out[k] = v.double() if v is not None else nan
         return out
 
     # ------------------------------------------------------------------ checkpoints
