@@ -163,7 +163,7 @@ class RunLog:
             return
         stamp = dt.datetime.now().strftime("%H:%M:%S")
         self.lines.append(f"{stamp} {text}")
-        self.console.print(f"{stamp} {text}", markup=False)
+        self.console.print(f"{stamp} {text}", markup=False, highlight=False)
         if self.log_path is not None:
             iso = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as f:
