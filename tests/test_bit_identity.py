@@ -55,3 +55,26 @@ def test_a_planted_change_is_caught():
     new.loc[7, "xi_B"] = np.nextafter(new.loc[7, "xi_B"], np.inf)
     with pytest.raises(AssertionError, match="xi_B: 1 rows differ"):
         assert_same_rows(new, old, ["job", "seed", "round", "layer"])
+
+
+def test_short_glue_run_is_bit_identical(tiny, tmp_path):
+    """Metrics and every evaluation row equal the reference; ``bytes_sent`` now also counts the
+    gossiped classifier head (``train_head``), which the reference left out."""
+    from adflora_analysis.config import load_config
+    from adflora_analysis.glue.config import GlueConfig
+    from adflora_analysis.glue.runner import run_glue
+
+    cfg = load_config(GlueConfig, data={**ref.GLUE, "model": str(tiny)})
+    run_glue(cfg, tmp_path / "run")
+    m = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    e = pd.read_parquet(tmp_path / "run" / "eval.parquet")
+    old_m = pd.read_parquet(DATA / "reference_glue_metrics.parquet")
+    old_e = pd.read_parquet(DATA / "reference_glue_eval.parquet")
+    key = ["job", "round", "layer"]
+    assert_same_rows(m, old_m, key, skip=("bytes_sent",))
+    assert_same_rows(e, old_e, ["job", "round", "client", "split", "metric"])
+    a = m.sort_values(key).reset_index(drop=True)
+    b = old_m.sort_values(key).reset_index(drop=True)
+    tot = a.layer == "all"
+    new, old = a.bytes_sent[tot].to_numpy(), b.bytes_sent[tot].to_numpy()
+    assert ((new > old) | (old == 0) & (new == 0)).all() and (new > old).any()

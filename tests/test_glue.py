@@ -234,7 +234,8 @@ def test_inactive_factor_is_bit_identical_and_gets_no_gradient(gm, tiny):
     s0 = gm.initial_state(3, seed=0)
     start = s0.clone()                 # local_update writes into the state it is given
     disp = DisplacementStats()
-    s1 = prob.local_update(s0, ("B",), 0, disp)
+    s1, measured = prob.local_update(s0, ("B",), 0, disp)
+    assert float(measured["local_loss"]) == prob.last_loss
     assert s1.B[0] is s0.B[0]          # in place: no second copy of the adapters
     assert all(torch.equal(a, b) for a, b in zip(start.A, s1.A, strict=True))
     assert all(float((b1 - b0).abs().max()) > 0 for b0, b1 in zip(start.B, s1.B, strict=True))
@@ -248,33 +249,43 @@ def test_inactive_factor_is_bit_identical_and_gets_no_gradient(gm, tiny):
     assert all(torch.equal(p, a[2]) for p, a in zip(gm.lora_A, start.A, strict=True))
     assert all(p.grad is None and not p.requires_grad for p in gm.lora_A)
     after_b = s1.clone()
-    s2 = prob.local_update(s1, ("A",), 1)
+    s2, _ = prob.local_update(s1, ("A",), 1)
     assert all(torch.equal(a, b) for a, b in zip(after_b.B, s2.B, strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(after_b.A, s2.A, strict=True))
     assert np.isfinite(prob.last_loss) and prob.last_steps == 9
     # counter-based randomness: the same round repeats exactly
-    again = _problem(gm, tiny).local_update(start.clone(), ("B",), 0)
+    again, _ = _problem(gm, tiny).local_update(start.clone(), ("B",), 0)
     assert all(torch.equal(a, b) for a, b in zip(after_b.B, again.B, strict=True))
 
 
 def test_head_frozen_by_default_and_trained_and_gossiped_as_option(gm, tiny):
+    from adflora_analysis.core import synchronous
+
     prob = _problem(gm, tiny)
-    s = prob.local_update(gm.initial_state(3, seed=0), ("B",), 0)
+    s, _ = prob.local_update(gm.initial_state(3, seed=0), ("B",), 0)
+    assert "head" not in s.extra
     for n, v in prob.head0.items():
         assert torch.equal(gm.head[n], v)
     hp = _problem(gm, tiny, train_head=True)
+    s = hp.attach_heads(s)
     hp.local_update(s, ("B",), 0)
-    w = hp.heads["classifier.out_proj.weight"]
+    w = hp.all_heads(s)["classifier.out_proj.weight"]
+    assert w.shape == (3, *hp.head0["classifier.out_proj.weight"].shape)
     assert not torch.equal(w[0], w[1])
     assert float(hp.evaluate(s, 0)["xi_head"]) > 0
-    mix = hp.mixing(lambda t: torch.full((3, 3), 1 / 3, dtype=torch.float64))
-    mix(0)
+    # the head is a block of the state: the mixer gossips it and counts its bytes
+    J = torch.full((3, 3), 1 / 3, dtype=torch.float64)
+    m = synchronous()
+    s, _, sent = m.mix({}, s, ("B", "head"), J, 0)
     assert float(hp.evaluate(s, 0)["xi_head"]) < 1e-12
+    head_bytes = sum(v.numel() * v.element_size() for v in hp.head0.values())
+    _, _, sent_b = m.mix({}, s, ("B",), J, 0)
+    assert float(sent - sent_b) == 6 * head_bytes   # 6 messages of the 3-client complete graph
 
 
 def test_optimizer_state_kept_across_rounds_when_asked(gm, tiny):
     prob = _problem(gm, tiny, optimizer_reset="never")
-    s = prob.local_update(gm.initial_state(3, seed=0), ("B",), 0)
+    s, _ = prob.local_update(gm.initial_state(3, seed=0), ("B",), 0)
     st = prob.opt_state[1]
     assert set(st) == {f"{layer}.lora_B" for layer in gm.layers}
     assert int(st[next(iter(st))]["step"]) == 3

@@ -48,7 +48,7 @@ def eval_rows(problem: GlueProblem, state: LoraState, task: TaskSpec,
     if clients:
         for li, i in enumerate(problem.local_ids):
             gm.load_client(state, li)
-            gm.load_head(problem.client_head(li))
+            gm.load_head(problem.client_head(state, li))
             for (split, m), v in _scores(problem, task, val, batch_size).items():
                 rows.append({**base, "client": str(i), "split": split, "metric": m,
                              "value": float(v)})
@@ -65,7 +65,7 @@ def eval_rows(problem: GlueProblem, state: LoraState, task: TaskSpec,
             rows.append({**base, "client": "mean", "split": split, "metric": m,
                          "value": float(np.mean(vs))})
     full = state if backend.world_size == 1 else state.map_blocks(backend.gather)
-    head = problem.mean_head()   # a collective: every process takes part
+    head = problem.mean_head(state)   # a collective: every process takes part
     averaged: list[dict] = []
     if backend.rank == 0:        # one process evaluates the averaged adapter, the others wait
         gm.load_factors([a.mean(0) for a in full.A], [b.mean(0) for b in full.B])

@@ -21,14 +21,13 @@ uninterrupted one exactly without saved generator states:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.displacement import DisplacementStats
+from adflora_analysis.core.loop import Problem
 from adflora_analysis.core.metrics import consensus_error
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.errors import DivergenceError
@@ -61,7 +60,7 @@ class ClientBatches:
         return np.array([self.rows[self._perm(int(e))[o]] for e, o in zip(ep, off, strict=True)])
 
 
-class GlueProblem:
+class GlueProblem(Problem):
     """Local AdamW steps of every client on the shared :class:`GlueModel` (see module doc).
 
     Parameters
@@ -94,10 +93,7 @@ class GlueProblem:
         self.optimizer_reset = optimizer_reset
         self.clients = [ClientBatches(p, seed, i) for i, p in enumerate(parts)]
         self.head0 = {k: v.detach().clone() for k, v in (head0 or gm.initial_head(seed)).items()}
-        # per-client heads (n, *shape) when trained; None = the shared frozen head0
-        self.heads: dict[str, Tensor] | None = (
-            {k: v.unsqueeze(0).repeat(n_loc, *([1] * v.ndim)) for k, v in self.head0.items()}
-            if train_head else None)
+        self.n_local = n_loc
         self.opt_state: list[dict[str, dict]] = [{} for _ in range(n_loc)]
         self.last_loss = float("nan")
         self.last_steps = 0
@@ -111,36 +107,46 @@ class GlueProblem:
             self.gm.load_head(self.head0)
             self.gm.owner = self
 
-    def client_head(self, li: int) -> dict[str, Tensor]:
-        """The head of this process's ``li``-th client."""
-        return {k: v[li] for k, v in self.heads.items()} if self.heads is not None \
-            else self.head0
+    # --- the trained head is a gossiped block of the state ------------------------------
 
-    def _head_blocks(self, fn: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
-        """Apply a client-axis collective to every head tensor (n_local, *s), seen as the
-        (n_local, 1, P) block the backend expects."""
-        out = {}
-        for k, v in self.heads.items():
-            y = fn(v.reshape(v.shape[0], 1, -1))
-            out[k] = y.reshape(y.shape[0], *v.shape[1:])
-        return out
+    def attach_heads(self, state: LoraState) -> LoraState:
+        """With ``train_head``, add every local client's copy of ``head0`` to ``state`` as the
+        gossiped block ``"head"``: one (n_local, 1, P) tensor per head parameter (the round
+        loop's mixer gossips it with the factors and counts it in ``bytes_sent``)."""
+        if self.train_head:
+            state.extra["head"] = [v.reshape(1, 1, -1).repeat(self.n_local, 1, 1).clone()
+                                   for v in self.head0.values()]
+        return state
 
-    def all_heads(self) -> dict[str, Tensor] | None:
-        """Every client's head (gathered under torch.distributed), or None if not trained."""
-        if self.heads is None:
+    def client_head(self, state: LoraState, li: int) -> dict[str, Tensor]:
+        """The head of this process's ``li``-th client (``head0`` when heads are not trained)."""
+        if "head" not in state.extra:
+            return self.head0
+        return {k: x[li].reshape(v.shape)
+                for (k, v), x in zip(self.head0.items(), state.extra["head"], strict=True)}
+
+    def all_heads(self, state: LoraState) -> dict[str, Tensor] | None:
+        """Every client's head (n, *shape) (gathered under torch.distributed), or None if not
+        trained."""
+        if "head" not in state.extra:
             return None
-        return self._head_blocks(self.backend.gather)
+        return {k: self.backend.gather(x).reshape(-1, *v.shape)
+                for (k, v), x in zip(self.head0.items(), state.extra["head"], strict=True)}
 
-    def mean_head(self) -> dict[str, Tensor]:
-        heads = self.all_heads()
+    def mean_head(self, state: LoraState) -> dict[str, Tensor]:
+        """The client-mean head (a collective under torch.distributed)."""
+        heads = self.all_heads(state)
         return {k: v.mean(0) for k, v in heads.items()} if heads is not None else self.head0
 
     # --- Problem protocol -------------------------------------------------------------------
 
     def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
-                     disp: DisplacementStats | None = None) -> LoraState:
-        """K AdamW steps of every local client on ``blocks``, written into ``state`` in place
-        (A: (n_local, r, d_in), B: (n_local, d_out, r) per layer); returns ``state``."""
+                     disp: DisplacementStats | None = None
+                     ) -> tuple[LoraState, dict[str, Tensor]]:
+        """K AdamW steps of every local client on ``blocks`` (and its head with
+        ``train_head``), written into ``state`` in place (A: (n_local, r, d_in), B:
+        (n_local, d_out, r) per layer, head: (n_local, 1, P) per parameter); returns ``state``
+        and the mean local loss over every client's steps (``local_loss``)."""
         gm = self.gm
         self.activate()
         gm.model.train()
@@ -148,8 +154,8 @@ class GlueProblem:
         diverged = torch.zeros(self.n, dtype=torch.float64)   # 1 where a client's loss blew up
         for li, i in enumerate(self.local_ids):   # li: index in this process, i: client id
             gm.load_client(state, li)
-            if self.heads is not None:
-                gm.load_head(self.client_head(li))
+            if self.train_head:
+                gm.load_head(self.client_head(state, li))
             params = gm.set_trainable(blocks, self.train_head)
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.wd)
             if self.optimizer_reset == "never":
@@ -178,9 +184,9 @@ class GlueProblem:
                         if disp is not None:
                             disp.add(b, layer, (p.to(X.device) - X[li]).unsqueeze(0))
                         X[li].copy_(p)
-                if self.heads is not None:
-                    for k_, v in self.heads.items():
-                        v[li].copy_(gm.head[k_])
+                if self.train_head:
+                    for k_, x in zip(self.head0, state.extra["head"], strict=True):
+                        x[li].copy_(gm.head[k_].reshape(1, -1))
             if self.optimizer_reset == "never":
                 self._save_opt(opt, li)
             del opt
@@ -194,7 +200,7 @@ class GlueProblem:
         self.last_loss = float(tot[0] / tot[1])
         self.last_steps = int(tot[1])
         self.rounds_done = t
-        return state
+        return state, {"local_loss": torch.tensor(self.last_loss, dtype=torch.float64)}
 
     def _diverged(self, t: int, client: int, loss: float | None = None,
                   step: int | None = None) -> DivergenceError:
@@ -207,24 +213,13 @@ class GlueProblem:
             "in the run directory")
 
     def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
-        out = {"local_loss": torch.tensor(self.last_loss, dtype=torch.float64)}
-        heads = self.all_heads()
+        """``xi_head``: the consensus error of the trained heads after gossip (if trained)."""
+        out = {}
+        heads = self.all_heads(state)
         if heads is not None:
             xi = sum(consensus_error(v.reshape(self.n, 1, -1)) for v in heads.values())
             out["xi_head"] = torch.as_tensor(xi, dtype=torch.float64)
         return out
-
-    def mixing(self, schedule: Callable[[int], Tensor]) -> Callable[[int], Tensor]:
-        """Wrap ``t -> W^t``: with ``train_head``, each call (once per round, after the local
-        update, as :func:`run_rounds` does) also gossips the clients' heads with the same W^t."""
-
-        def at(t: int) -> Tensor:
-            W = schedule(t)
-            if self.heads is not None:
-                self.heads = self._head_blocks(lambda X: self.backend.mix(W, X))
-            return W
-
-        return at
 
     # --- optimizer state across rounds (optimizer_reset = "never") ------------------------
 
@@ -245,17 +240,15 @@ class GlueProblem:
     # --- checkpoints --------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """What a checkpoint needs beyond the stacked adapters: per-client heads and optimizer
-        states where kept. Data order and dropout are functions of (seed, client, round), so no
-        generator state is saved; the record says so."""
-        return {"heads": self.heads, "opt_state": self.opt_state if self.optimizer_reset ==
+        """What a checkpoint needs beyond the stacked state (which holds adapters and trained
+        heads): optimizer states where kept. Data order and dropout are functions of (seed,
+        client, round), so no generator state is saved; the record says so."""
+        return {"opt_state": self.opt_state if self.optimizer_reset ==
                 "never" else None, "round": self.rounds_done,
                 "rng": "counter-based: data (seed, 'data', client, epoch), dropout "
                        "(seed, 'dropout', client, round)"}
 
     def load_state_dict(self, d: dict) -> None:
-        if d.get("heads") is not None:
-            self.heads = d["heads"]
         if d.get("opt_state") is not None:
             self.opt_state = d["opt_state"]
         self.rounds_done = int(d.get("round", -1))

@@ -1,7 +1,13 @@
 """Run a GLUE study into a run directory (docs/architecture.md §7, §8).
 
-One job per (method, seed), driven by :func:`adflora_analysis.experiment.run_jobs` through the
-one round loop; the base model is loaded once and shared by every job. The run directory holds:
+A study's ``sweep``/``variants`` (:func:`adflora_analysis.runconfig.expand_study`) give its
+variants (e.g. one per task); each variant loads its data once (:class:`GlueStudy`) and runs one
+job per (method, seed), driven by :func:`adflora_analysis.experiment.run_jobs` through the one
+round loop. A base model is loaded once and shared by every job of every variant that needs the
+same model (name, number of labels, LoRA shape, device). With more than one variant, job keys
+start with the variant label and the rows of ``metrics``, ``eval``, ``label_counts`` and
+``summary`` carry a ``variant`` column (``eval`` also ``task``); ``meta.json`` holds the first
+variant's facts at the top and every variant's under ``variants``. The run directory holds:
 
     config.toml            the resolved config (after overrides)
     meta.json              versions, git revision, topology constants (p, ...), model and data facts
@@ -15,7 +21,6 @@ one round loop; the base model is loaded once and shared by every job. The run d
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +32,7 @@ from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.experiment import (
-    Job,
-    check_resume_config,
-    check_resume_world_size,
-    run_jobs,
-)
+from adflora_analysis.experiment import Job, run_jobs
 from adflora_analysis.glue.config import GlueConfig
 from adflora_analysis.glue.data import encode, load_data
 from adflora_analysis.glue.evaluate import eval_rows
@@ -40,11 +40,49 @@ from adflora_analysis.glue.model import GlueModel
 from adflora_analysis.glue.partition import label_count_table, partition_indices, partition_labels
 from adflora_analysis.glue.problem import GlueProblem
 from adflora_analysis.glue.tasks import get_task
-from adflora_analysis.rundir import init_run_dir, make_meta, update_meta
+from adflora_analysis.runconfig import expand_study
+from adflora_analysis.rundir import claim, init_run_dir, make_meta
 
 
-def job_key(method: str, seed: int) -> str:
-    return f"{method}/seed={seed}"
+def job_key(method: str, seed: int, variant: str | None = None) -> str:
+    """The job's key in rows and checkpoint names.
+
+    >>> job_key("adf-lora", 0), job_key("lora", 2, variant="task=mnli")
+    ('adf-lora/seed=0', 'task=mnli/lora/seed=2')
+    """
+    return f"{variant + '/' if variant else ''}{method}/seed={seed}"
+
+
+def _model_key(cfg: GlueConfig) -> tuple:
+    """Variants with equal keys share one loaded base model."""
+    return (cfg.model, get_task(cfg.task).num_labels, cfg.rank, cfg.lora_alpha, cfg.dropout,
+            tuple(cfg.target_modules), cfg.device)
+
+
+def plan_jobs(cfg: GlueConfig) -> pd.DataFrame:
+    """The jobs a study runs, without loading data or models: one row per (variant, method,
+    seed) with the job key and the keys that vary.
+
+    >>> cfg = GlueConfig(model="minilm", task="sst2", methods=["adf-lora", "lora"], seeds=2,
+    ...                  sweep={"task": ["sst2", "mnli"]})
+    >>> jobs = plan_jobs(cfg)
+    >>> len(jobs), jobs.job[0], jobs.job.iloc[-1]
+    (8, 'task=sst2/adf-lora/seed=0', 'task=mnli/lora/seed=1')
+    >>> jobs.groupby("method").switch_interval.first().to_dict()
+    {'adf-lora': 5, 'lora': 1}
+    """
+    variants = expand_study(cfg)
+    multi = len(variants) > 1
+    rows = []
+    for label, v in variants:
+        for m in v.methods:
+            for s in v.seed_list:
+                rows.append({"job": job_key(m, s, label if multi else None), "variant": label,
+                             "task": v.task, "method": m, "seed": s,
+                             "switch_interval": v.switch_for(m), "lr": v.lr,
+                             "graph": v.topology.graph, "weights": v.topology.weights,
+                             "q": v.topology.q, "model": v.model})
+    return pd.DataFrame(rows)
 
 
 def build_model(cfg: GlueConfig) -> GlueModel:
@@ -57,13 +95,17 @@ class GlueStudy:
     """Everything a GLUE run shares across its jobs: data, encodings, partitions, the model."""
 
     def __init__(self, cfg: GlueConfig, run_dir: str | Path | None = None,
-                 gm: GlueModel | None = None, backend: Backend = LOCAL):
+                 gm: GlueModel | None = None, backend: Backend = LOCAL,
+                 variant: str | None = None):
         self.cfg = cfg
         self.backend = backend
+        self.variant = variant  # label of this variant in a study of several (None: the only)
         self.task = get_task(cfg.task)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         fixture_dir = Path(run_dir) / "fixture" if run_dir is not None else None
+        if fixture_dir is not None and variant is not None:
+            fixture_dir = fixture_dir / _slug(variant)
         self.data = load_data(cfg, fixture_dir=fixture_dir)
         self.gm = gm if gm is not None else build_model(cfg)
         tok = self.gm.tokenizer
@@ -84,9 +126,12 @@ class GlueStudy:
 
     def label_counts(self) -> pd.DataFrame:
         names = list(self.task.label_names) if self.task.label_names else ["low", "high"]
-        return pd.concat([label_count_table(self.partition_y, p, self.partition_classes, names,
-                                            seed=s) for s, p in self.parts.items()],
-                         ignore_index=True)
+        df = pd.concat([label_count_table(self.partition_y, p, self.partition_classes, names,
+                                          seed=s) for s, p in self.parts.items()],
+                       ignore_index=True)
+        if self.variant is not None:
+            df.insert(0, "variant", self.variant)
+        return df
 
     def problem(self, method: str, seed: int) -> GlueProblem:
         cfg = self.cfg
@@ -110,13 +155,16 @@ class GlueStudy:
             sl = self.backend.client_slice(cfg.n_clients)   # this process's clients
             if self.backend.world_size > 1:
                 state = state.map_blocks(lambda X: X[sl].contiguous())
-            sched = mixing_schedule(self.sampler(seed), [seed], dtype=torch.float64)
-            return problem, state, problem.mixing(lambda t: sched(t)[0])
+            sched = mixing_schedule(self.sampler(seed), [seed], dtype=torch.float64,
+                                    sparse=False)   # the GLUE mixing indexes W^t[0]
+            return problem, problem.attach_heads(state), lambda t: sched(t)[0]
 
         T = cfg.switch_for(method)
-        return Job(job_key(method, seed), get_method(method), [seed], build,
-                   switch_interval=T, extra={"task": self.task.name, "switch_interval": T},
-                   server=cfg.topology.weights == "server")
+        extra = {"task": self.task.name, "switch_interval": T}
+        if self.variant is not None:
+            extra = {"variant": self.variant, **extra}
+        return Job(job_key(method, seed, self.variant), get_method(method), [seed], build,
+                   switch_interval=T, extra=extra, server=cfg.topology.weights == "server")
 
     def jobs(self) -> list[Job]:
         return [self.job(m, s) for m in self.cfg.methods for s in self.cfg.seed_list]
@@ -131,9 +179,12 @@ class GlueStudy:
                 return {}
             rows = eval_rows(problem, res.state, self.task, self.val, t=res.t,
                              batch_size=self.cfg.eval_batch_size)
+            if self.variant is not None:
+                rows = [{"variant": self.variant, "task": self.task.name, **r} for r in rows]
             if log and self.backend.rank == 0:
-                print(_eval_line(job.key, res, rows, self.task.main_metric), file=sys.stderr,
-                      flush=True)
+                from adflora_analysis.progress import echo
+
+                echo(_eval_line(job.key, res, rows, self.task.main_metric))  # through the bar
             return {"eval": rows}
 
         return cb
@@ -151,7 +202,7 @@ class GlueStudy:
         sizes = [len(p) for p in self.parts[cfg.seed_list[0]]]
         return make_meta(
             cfg.seed_list,
-            layer="glue",
+            kind="glue",
             task=self.task.name,
             data={"source": self.data.source, "description": self.data.description,
                   "train_rows": len(self.data.train),
@@ -172,12 +223,46 @@ class GlueStudy:
         )
 
 
+def _slug(label: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+
+
+def _studies(cfg: GlueConfig, out: Path, gm: GlueModel | None,
+             backend: Backend) -> list[GlueStudy]:
+    """One :class:`GlueStudy` per variant of ``cfg``; variants that need the same base model
+    share one (``gm``, when given, serves the variants of ``cfg``'s own model)."""
+    variants = expand_study(cfg)
+    multi = len(variants) > 1
+    models: dict[tuple, GlueModel] = {} if gm is None else {_model_key(cfg): gm}
+    studies = []
+    for label, vcfg in variants:
+        key = _model_key(vcfg)
+        st = GlueStudy(vcfg, out, gm=models.get(key), backend=backend,
+                       variant=label if multi else None)  # data first, then a missing model
+        models.setdefault(key, st.gm)
+        studies.append(st)
+    return studies
+
+
+def _study_meta(studies: list[GlueStudy]) -> dict[str, Any]:
+    """``meta.json`` of a run: the first variant's, plus every variant's facts when several."""
+    metas = [st.meta() for st in studies]
+    meta = metas[0]
+    if len(studies) > 1:
+        keys = ("task", "data", "model", "optimizer", "switch_interval", "topology", "p")
+        meta["variants"] = {st.variant: {k: m.get(k) for k in keys}
+                            for st, m in zip(studies, metas, strict=True)}
+    return meta
+
+
 def _eval_line(key: str, res, rows: list[dict], metric: str) -> str:
     vals = {(r["client"], r["split"]): r["value"] for r in rows if r["metric"] == metric}
     parts = [f"{c} {metric} {v:.3f}" + (f" ({s})" if s != "validation" else "")
              for (c, s), v in vals.items() if c in ("mean", "averaged")]
     xi = {k: float(v.sum()) for k, v in res.layer.items() if k in ("xi_A", "xi_B")}
-    return (f"{key} round {res.t + 1}: " + ", ".join(parts)
+    return (f"{key} round {res.t}: " + ", ".join(parts)
             + f"; xi_A {xi['xi_A']:.3g} xi_B {xi['xi_B']:.3g}")
 
 
@@ -188,56 +273,94 @@ def summarize(run_dir: str | Path) -> pd.DataFrame:
     m = pd.DataFrame(fileio.read_jsonl(run_dir / "metrics.jsonl"))
     if m.empty:
         return m
+    keys = ["variant", "method", "seed"] if "variant" in m else ["method", "seed"]
     tot = m[m["layer"] == "all"]
-    last = tot.loc[tot.groupby(["method", "seed"])["round"].idxmax()]
-    out = last[["method", "seed", "round", "xi_A", "xi_B", "cross_term", "product_consensus",
+    last = tot.loc[tot.groupby(keys, sort=False)["round"].idxmax()]
+    out = last[[*keys, "round", "xi_A", "xi_B", "cross_term", "product_consensus",
                 "local_loss"]].reset_index(drop=True)
     e = pd.DataFrame(fileio.read_jsonl(run_dir / "eval.jsonl"))
     if not e.empty:
         e = e[e["client"].isin(["mean", "averaged"])]
-        e = e[e["round"] == e.groupby(["method", "seed"])["round"].transform("max")]
+        e = e[e["round"] == e.groupby(keys)["round"].transform("max")]
         e = e.assign(col=e["client"] + "_" + e["metric"]
                      + e["split"].map(lambda s: "" if s == "validation"
                                       else "_" + s.replace("validation_", "")))
-        wide = e.pivot_table(index=["method", "seed"], columns="col", values="value")
-        out = out.merge(wide.reset_index(), on=["method", "seed"], how="left")
+        wide = e.pivot_table(index=keys, columns="col", values="value")
+        out = out.merge(wide.reset_index(), on=keys, how="left")
     return out
 
 
 def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
-             progress: bool | None = None, stop_after: int | None = None,
-             log: bool = False, gm: GlueModel | None = None,
+             overwrite: bool = False, progress: bool | None = None,
+             stop_after: int | None = None, log: bool = False, gm: GlueModel | None = None,
              backend: Backend = LOCAL) -> pd.DataFrame:
-    """Run (or resume) the study ``cfg`` into ``out``; return :func:`summarize`'s table.
+    """Run (or resume) the study ``cfg`` (every variant x method x seed) into ``out``; return
+    :func:`summarize`'s table.
 
+    ``out`` must be new or empty, or this run with ``resume``, or an earlier toolkit run with
+    ``overwrite`` (removes only what its manifest lists; :func:`adflora_analysis.rundir.claim`).
+    The device, and a memory/disk estimate (model, batch activations, adapters, rows; see
+    :mod:`adflora_analysis.resources`) are checked before training starts.
     ``stop_after`` (testing) stops after that many rounds in total, as a kill would. Under
     torch.distributed (``backend``) every process trains its clients and rank 0 alone writes
     the run directory (other processes return an empty table).
     """
+    from adflora_analysis.resources import check_device
+
+    if resume and overwrite:
+        raise AdfloraError("--resume and --overwrite exclude each other",
+                           "continue the run with --resume, or replace it with --overwrite")
     out = Path(out)
     config = cfg.as_dict()
     writer = backend.rank == 0
-    if resume:
-        check_resume_config(out, config)
-        check_resume_world_size(out, backend.world_size)
-    elif (out / "metrics.jsonl").exists() or (out / "checkpoints").exists():
-        raise AdfloraError(f"{str(out)!r} already holds a run",
-                           f"resume it with --resume {out}, or choose a new --out")
-    study = GlueStudy(cfg, out, gm=gm, backend=backend)
-    if writer:
+    check_device(cfg.device)
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    with claim(out, "glue", mode, writer=writer) as run:
         if resume:
-            import datetime as dt
+            run.check_resume(config, backend.world_size)
+        studies = _studies(cfg, out, gm, backend)
+        _refuse_what_does_not_fit(studies, out)
+        if writer:
+            if resume:
+                import datetime as dt
 
-            update_meta(out, resumed_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        else:
-            init_run_dir(out, config, study.meta())
-        fileio.write_csv(out / "label_counts.csv", study.label_counts())
-    run_jobs(out, study.jobs(), cfg.rounds, checkpoint_every=cfg.checkpoint_every,
-             resume=resume, on_round=study.on_round(log), progress=progress,
-             stop_after=stop_after, backend=backend)
-    if not writer:
-        return pd.DataFrame()
-    summary = summarize(out)
-    if not summary.empty:
-        fileio.write_csv(out / "summary.csv", summary)
-    return summary
+                run.update_meta(resumed_utc=dt.datetime.now(dt.UTC).isoformat(
+                    timespec="seconds"))
+            else:
+                init_run_dir(run, config, _study_meta(studies))
+            run.record(*(str(p.relative_to(out)) for p in (out / "fixture").rglob("*")
+                         if p.is_file()))
+            run.write_csv("label_counts.csv",
+                          pd.concat([st.label_counts() for st in studies], ignore_index=True))
+        jobs, callbacks = [], {}
+        for st in studies:
+            cb = st.on_round(log)
+            for job in st.jobs():
+                jobs.append(job)
+                callbacks[job.key] = cb
+        run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
+                 resume=resume, on_round=lambda job, problem, res: callbacks[job.key](
+                     job, problem, res), progress=progress,
+                 stop_after=stop_after, backend=backend)
+        if not writer:
+            return pd.DataFrame()
+        summary = summarize(out)
+        if not summary.empty:
+            run.write_csv("summary.csv", summary)
+        return summary
+
+
+def _refuse_what_does_not_fit(studies: list[GlueStudy], out: Path) -> None:
+    """Memory and disk estimate of the study (the largest variant's model and activations,
+    every variant's rows), before training allocates anything."""
+    from adflora_analysis.resources import Need, glue_need
+
+    need = Need()
+    for st in studies:
+        mc = st.gm.model.config
+        one = glue_need(st.cfg, hidden=mc.hidden_size, layers=mc.num_hidden_layers,
+                        heads=mc.num_attention_heads, adapter_bytes=st.gm.adapter_bytes(),
+                        model_bytes=sum(p.numel() * p.element_size()
+                                        for p in st.gm.model.parameters()))
+        need.add_variant(one)
+    need.refuse_if_over(out)
