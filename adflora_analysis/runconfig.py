@@ -5,17 +5,32 @@ layers (``n_clients``, ``rounds``, ``local_steps``, ``lr``, ``rank``, ``switch_i
 ``seeds``, ``methods``, ``[topology]``), plus checkpointing, device, threads and the
 torch.distributed keys. Each layer's config subclasses it (changing defaults, adding its own
 keys) and calls :meth:`FederationConfig.check_federation` from its ``__post_init__``.
+
+A config is a *study*: its ``sweep`` and ``variants`` keys expand it into labelled variants with
+:func:`expand_study`, the one expansion every runner (synthetic, GLUE) uses.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from adflora_analysis.core.methods import METHODS, get_method
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.seeding import expand_seeds
 from adflora_analysis.topology import TopologyConfig
+
+C = TypeVar("C", bound="FederationConfig")
+
+RESETTING_KEYS = ("topology.graph", "topology.matrix")
+"""A variant that sets one of these replaces the whole ``[topology]`` table: keys it does not
+set take their defaults (so an encounter base's ``q`` does not leak into a ring variant)."""
+
+NOT_VARIED = ("sweep", "variants", "seeds", "rounds", "checkpoint_every")
+"""Keys a study may not vary: every job of a run directory shares them."""
 
 
 def paper_topology() -> TopologyConfig:
@@ -33,7 +48,11 @@ class FederationConfig:
     q, params, matrix), checkpoint_every (rounds between checkpoints, 0 = none), device,
     threads (torch CPU threads; 0 = the layer's automatic choice), backend (``auto``:
     torch.distributed exactly when launched by torchrun; ``local``; ``torch``), exchange
-    (``allgather`` or ``neighbor``), dist_timeout_s (how long a process waits for a dead peer).
+    (``allgather`` or ``neighbor``), dist_timeout_s (how long a process waits for a dead peer),
+    sweep (dotted key -> list of values; the study runs every combination, e.g.
+    ``sweep = {switch_interval = [1, 2, 5]}`` or ``{"topology.q" = [0.05, 0.1]}``), variants
+    (tables of keys, dotted or nested, with an optional ``label``, each applied on top of every
+    sweep combination). :func:`expand_study` expands them.
     """
 
     n_clients: int = 10
@@ -52,6 +71,8 @@ class FederationConfig:
     backend: Literal["auto", "local", "torch"] = "auto"
     exchange: Literal["allgather", "neighbor"] = "allgather"
     dist_timeout_s: float = 60.0
+    sweep: dict[str, list] = field(default_factory=dict)
+    variants: list[dict] = field(default_factory=list)
 
     def check_federation(self) -> None:
         """Validate the shared keys; one clear :class:`AdfloraError` for the first problem."""
@@ -82,6 +103,17 @@ class FederationConfig:
         except TypeError as e:
             raise AdfloraError(f"seeds: {e}", "write seeds = 3 or seeds = [0, 1, 2]") from None
         need(len(set(seeds)) == len(seeds), "seeds lists a seed twice", "list each seed once")
+        for k, v in self.sweep.items():
+            need(isinstance(v, list) and len(v) >= 1, f"sweep.{k} must be a non-empty list",
+                 f'write e.g. sweep = {{"{k}" = [1, 2]}}')
+            need(k not in NOT_VARIED, f"sweep over {k!r} is not supported",
+                 "sweep a problem, method or topology key")
+        for v in self.variants:
+            need(isinstance(v, dict), "each [[variants]] entry must be a table",
+                 "write [[variants]] then key = value lines")
+            bad = [k for k in _flatten(v) if k in NOT_VARIED]
+            need(not bad, f"a variant sets {', '.join(bad)}, which every job must share",
+                 "set it once at the top of the file")
 
     @property
     def seed_list(self) -> list[int]:
@@ -95,3 +127,101 @@ class FederationConfig:
         from adflora_analysis.config import to_dict
 
         return to_dict(self)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"topology": {"q": 0.1}, "a.b": 1}`` -> ``{"topology.q": 0.1, "a.b": 1}`` (``label``
+    and values that are not tables are kept as they are)."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key != "topology.params":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *head, last = key.split(".")
+    for k in head:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise AdfloraError(f"{key!r}: {k!r} is not a table", "set a key inside a table")
+    node[last] = copy.deepcopy(value)
+
+
+def expand_study(cfg: C) -> list[tuple[str, C]]:
+    """The labelled variants of a study, each a fully validated config of the same class.
+
+    The cartesian product of ``cfg.sweep`` (dotted key -> list of values), then each table of
+    ``cfg.variants`` (keys dotted or nested, an optional ``label``) on top of every combination.
+    Values stay as typed in the file (no round trip through strings) and are validated by the
+    config class like the file itself. A variant that sets a key of :data:`RESETTING_KEYS`
+    replaces the whole ``[topology]`` table. A label is the sweep's ``key=value`` pairs followed
+    by the variant's ``label`` (or its ``key=value`` pairs); no sweep and no variants give one
+    variant, ``"base"``.
+
+    Parameters
+    ----------
+    cfg : a config whose class derives from :class:`FederationConfig`.
+
+    Returns
+    -------
+    list of (label, config), each with ``sweep = {}`` and ``variants = []``; sweep combinations
+    outer, variants inner.
+
+    Examples
+    --------
+    >>> study = FederationConfig(sweep={"switch_interval": [1, 5]},
+    ...                          variants=[{"label": "ring", "topology.graph": "ring"},
+    ...                                    {"topology": {"q": 0.2}}])
+    >>> for label, v in expand_study(study):
+    ...     print(f"{label:34} T={v.switch_interval} {v.topology.graph} q={v.topology.q}")
+    switch_interval=1, ring            T=1 ring q=None
+    switch_interval=1, topology.q=0.2  T=1 encounter q=0.2
+    switch_interval=5, ring            T=5 ring q=None
+    switch_interval=5, topology.q=0.2  T=5 encounter q=0.2
+
+    A bad value names its variant; two variants with one label are refused:
+
+    >>> bad = FederationConfig(variants=[{"topology.q": "high"}])
+    >>> expand_study(bad)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: variant 'topology.q=high': config key 'topology.q' ...
+    >>> twice = FederationConfig(variants=[{"label": "x", "lr": 0.1}, {"label": "x"}])
+    >>> expand_study(twice)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: two variants share the label 'x' ...
+    """
+    from adflora_analysis.config import from_dict, to_dict
+
+    base = to_dict(dataclasses.replace(cfg, sweep={}, variants=[]))
+    sweeps = [[(k, v) for v in vals] for k, vals in cfg.sweep.items()]
+    combos = list(itertools.product(*sweeps)) if sweeps else [()]
+    out: list[tuple[str, C]] = []
+    for combo in combos:
+        for table in cfg.variants or [{}]:
+            flat = _flatten(table)
+            given = flat.pop("label", None)
+            items = [*combo, *flat.items()]
+            parts = [f"{k}={v}" for k, v in combo]
+            parts += [str(given)] if given else [f"{k}={v}" for k, v in flat.items()]
+            label = ", ".join(parts) or "base"
+            data = copy.deepcopy(base)
+            if any(k in RESETTING_KEYS for k, _ in items):
+                data["topology"] = {}  # a new graph describes the whole topology
+            try:
+                for k, v in items:
+                    _set_dotted(data, k, v)
+                vcfg = from_dict(type(cfg), data)
+            except AdfloraError as e:
+                raise AdfloraError(f"variant {label!r}: {e.problem}", e.hint) from None
+            out.append((str(label), vcfg))
+    labels = [lbl for lbl, _ in out]
+    for lbl in labels:
+        if labels.count(lbl) > 1:
+            raise AdfloraError(f"two variants share the label {lbl!r}",
+                               "give each [[variants]] a unique label (or none)")
+    return out

@@ -3,7 +3,7 @@
 Examples::
 
     adflora glue run glue_runs/smoke.toml --out runs/smoke
-    adflora glue run glue_runs/paper_sst2.toml --out runs/sst2 rounds=50 topology.q=0.2
+    adflora glue run glue_runs/paper.toml --out runs/paper rounds=50 topology.q=0.2
     adflora glue run --resume runs/sst2
     adflora glue tasks
 """

@@ -160,7 +160,8 @@ def glue_table(evals: pd.DataFrame, runs: list[Run]) -> tuple[pd.DataFrame, str]
     ev = evals[(evals["client"].astype(str) == "mean")]
     ev = ev[ev["round"] == ev.groupby(["method", "run"])["round"].transform("max")]
     task_of = {r.name: r.config.get("task", "?") for r in runs}
-    ev = ev.assign(task=ev["run"].map(task_of))
+    by_run = ev["run"].map(task_of)  # a study over several tasks has a task column
+    ev = ev.assign(task=ev["task"].fillna(by_run) if "task" in ev else by_run)
     primary = ev[ev["metric"].isin(["accuracy", "matched_accuracy", "mcc", "pearson"])]
     if primary.empty:
         primary = ev
@@ -169,7 +170,7 @@ def glue_table(evals: pd.DataFrame, runs: list[Run]) -> tuple[pd.DataFrame, str]
     tab["paper DFL average (roberta-large)"] = [PAPER_DFL_AVERAGE.get(m, np.nan)
                                                for m in tab.index]
     models = {str(r.config.get("model")) for r in runs}
-    ours = sorted(set(task_of.values()))
+    ours = sorted(set(ev["task"]))
     matches = set(ours) == set(PAPER_TASKS) and any("roberta-large" in m for m in models)
     setting = "matches" if matches else (
         f"differs (ours: model {', '.join(sorted(models))}; tasks {', '.join(ours)})")

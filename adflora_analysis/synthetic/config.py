@@ -11,7 +11,7 @@ time, before anything is computed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from adflora_analysis.errors import AdfloraError
@@ -52,7 +52,8 @@ class SyntheticConfig(FederationConfig):
     batch_size : rows per minibatch (minibatch noise).
     init_scale : A^0 ~ U(-b, b) with b = init_scale / sqrt(d_in) (peft's kaiming_uniform(a=5**.5)
         is init_scale = 1).
-    per_client_init : draw A^0 independently per client instead of sharing it (docs/architecture.md §2 option).
+    per_client_init : draw A^0 independently per client instead of sharing it (an option of
+        docs/architecture.md §2).
     dtype : "float64" (default, for theory checks) or "float32".
     constants_every : measure L (Hessian power iteration), sigma^2 at the client iterates every
         this many rounds (0 = never; zeta^2 and the Frobenius-norm L bound are logged every round).
@@ -65,10 +66,8 @@ class SyntheticConfig(FederationConfig):
     backend : "auto" (torch.distributed exactly when launched by torchrun), "local" or "torch".
     exchange : gossip exchange under torch.distributed: "allgather" or "neighbor".
     dist_timeout_s : seconds a process waits for a dead peer before it stops with an error.
-    sweep : dotted key -> list of values; the study runs every combination (e.g.
-        ``sweep = {switch_interval = [1, 2, 5]}`` or ``{"topology.q" = [0.05, 0.1]}``).
-    variants : list of tables of dotted overrides (and an optional ``label``), applied on top of
-        each sweep combination (e.g. one per topology family). Rows carry the ``variant`` label.
+    sweep, variants : expand the study (:func:`adflora_analysis.runconfig.expand_study`); rows
+        carry the ``variant`` label.
     """
 
     seeds: int | list[int] = 20   # the shared keys live in FederationConfig
@@ -90,8 +89,6 @@ class SyntheticConfig(FederationConfig):
     constants_every: int = 10
     power_iters: int = 20
     topology_samples: int = 20000
-    sweep: dict[str, list] = field(default_factory=dict)
-    variants: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         def need(ok: bool, problem: str, hint: str) -> None:
@@ -124,14 +121,6 @@ class SyntheticConfig(FederationConfig):
              "use 0 to switch a measurement off")
         need(self.topology_samples >= 100, "topology_samples must be at least 100",
              "use e.g. 20000")
-        for k, v in self.sweep.items():
-            need(isinstance(v, list) and len(v) >= 1, f"sweep.{k} must be a non-empty list",
-                 f'write e.g. sweep = {{"{k}" = [1, 2]}}')
-            need(k not in ("sweep", "variants", "seeds", "rounds"),
-                 f"sweep over {k!r} is not supported", "sweep a problem or topology key")
-        for v in self.variants:
-            need(isinstance(v, dict), "each [[variants]] entry must be a table",
-                 "write [[variants]] then key = value lines")
 
     @property
     def scale(self) -> float:

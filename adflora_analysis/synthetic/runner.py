@@ -27,15 +27,13 @@ round loop. Files written (besides what :func:`~adflora_analysis.experiment.run_
 
 from __future__ import annotations
 
-import itertools
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from adflora_analysis.config import load_config, to_dict
+from adflora_analysis.config import to_dict
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
@@ -46,48 +44,16 @@ from adflora_analysis.experiment import (
     check_resume_world_size,
     run_jobs,
 )
+from adflora_analysis.runconfig import expand_study
 from adflora_analysis.rundir import init_run_dir, make_meta
 from adflora_analysis.synthetic.config import SyntheticConfig
 
 
 def expand_variants(cfg: SyntheticConfig) -> list[tuple[str, SyntheticConfig]]:
-    """The (label, config) variants of a study: the cartesian product of ``sweep`` (dotted key
-    -> list of values), then each entry of ``variants`` (a table of dotted overrides with an
-    optional ``label``) applied on top. A variant that sets ``topology.graph`` (or
-    ``topology.matrix``) replaces the whole ``[topology]`` table (keys it does not set take their
-    defaults), so e.g. ``q`` of an encounter base does not leak into a ring variant. No sweep and
-    no variants: one variant, label "base"."""
-    base = to_dict(replace(cfg, sweep={}, variants=[]))
-    sweeps: list[list[tuple[str, Any]]] = [[(k, v) for v in vals]
-                                           for k, vals in cfg.sweep.items()]
-    combos = list(itertools.product(*sweeps)) if sweeps else [()]
-    tables = cfg.variants or [{}]
-    out: list[tuple[str, SyntheticConfig]] = []
-    for combo in combos:
-        for table in tables:
-            table = dict(table)
-            label_given = table.pop("label", None)
-            items = [*combo, *table.items()]
-            overrides = [f"{k}={_toml_value(v)}" for k, v in items]
-            label = label_given or (", ".join(f"{k}={v}" for k, v in items) or "base")
-            data = base
-            if any(k in ("topology.graph", "topology.matrix") for k, _ in items):
-                data = {**base, "topology": {}}  # a new graph describes the whole topology
-            try:
-                vcfg = load_config(SyntheticConfig, data=data, overrides=overrides)
-            except AdfloraError as e:
-                raise AdfloraError(f"variant {label!r}: {e.problem}", e.hint) from None
-            out.append((label, vcfg))
-    labels = [lbl for lbl, _ in out]
-    if len(set(labels)) != len(labels):
-        raise AdfloraError("two variants share a label", "give each [[variants]] a unique label")
-    return out
-
-
-def _toml_value(v: Any) -> str:
-    from adflora_analysis.config import _value
-
-    return _value(v)
+    """The (label, config) variants of a study: :func:`adflora_analysis.runconfig.expand_study`
+    (``sweep`` and ``variants``, values kept typed; no sweep and no variants: one variant,
+    label "base")."""
+    return expand_study(cfg)
 
 
 def effective_T(cfg: SyntheticConfig, method: str) -> int:
@@ -251,6 +217,46 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool 
     return run_jobs(out, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
                     resume=resume, on_round=on_round, progress=progress,
                     stop_after=stop_after, backend=backend)
+
+
+def study_rows(cfg: SyntheticConfig):
+    """Run every variant x method of ``cfg`` in memory, writing nothing; return the metrics
+    table: the rows :func:`run_study` writes to ``metrics.parquet`` (one per variant, method,
+    seed, round and layer; layer ``all`` holds totals), without its other tables (no topology
+    constants, ``mixing``, ``constants`` or checkpoints).
+
+    >>> from adflora_analysis.config import load_config
+    >>> cfg = load_config(SyntheticConfig, data={"n_clients": 4, "rounds": 3, "seeds": 2,
+    ...                   "methods": ["adf-lora"], "d_in": 4, "d_out": 4,
+    ...                   "topology": {"graph": "ring"}})
+    >>> df = study_rows(cfg)
+    >>> len(df), sorted(df.layer.unique()), int(df["round"].max())
+    (12, ['all', 'layer0'], 2)
+    >>> bool((df.query("layer == 'all' and round == 0").xi_A < 1e-12).all())  # A frozen, shared
+    True
+    """
+    import pandas as pd
+
+    from adflora_analysis.core.loop import run_rounds
+    from adflora_analysis.core.rows import round_rows
+    from adflora_analysis.topology import build_sampler
+
+    variants = expand_variants(cfg)
+    samplers = {label: build_sampler(v.topology, v.n_clients, seed=v.seed_list[0])
+                for label, v in variants}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.n_threads())
+    rows: list[dict] = []
+    try:
+        for job, vcfg in build_jobs(variants, samplers):
+            problem, state, mixing = job.build()
+            for res in run_rounds(problem, job.method, state, mixing, rounds=vcfg.rounds,
+                                  switch_interval=job.switch_interval, server=job.server):
+                rows += round_rows(res, job.method.name, job.seeds,
+                                   {"job": job.key, **job.extra})
+    finally:
+        torch.set_num_threads(threads)
+    return pd.DataFrame(rows)
 
 
 def read_meta(run_dir: str | Path) -> dict[str, Any]:

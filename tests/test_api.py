@@ -1,0 +1,55 @@
+"""The notebook surface ``import adflora_analysis as af``: lazy, few names, and the in-memory
+synthetic study equal to what a run directory holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import adflora_analysis as af
+
+SMALL = dict(n_clients=4, rounds=5, seeds=2, d_in=4, d_out=4, samples_per_client=8,
+             batch_size=4, methods=["adf-lora", "rolora"], constants_every=0,
+             topology_samples=200, switch_interval=2,
+             sweep={"topology.q": [0.3, 0.6]})
+
+
+def test_import_is_lazy_and_names_are_few():
+    code = ("import sys, adflora_analysis as af; "
+            "assert not {'torch', 'pandas', 'adflora_analysis.api'} & set(sys.modules); "
+            "af.build_topology; assert 'adflora_analysis.api' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert set(af.__all__) == {"__version__", "build_topology", "topology_constants",
+                               "synthetic_config", "run_synthetic", "run_checks",
+                               "make_report"}
+    assert set(af.__all__) <= set(dir(af))
+    with pytest.raises(AttributeError, match="no attribute 'run_glue'"):
+        af.run_glue  # noqa: B018
+
+
+def test_in_memory_study_equals_the_run_directory(tmp_path):
+    """run_synthetic without ``out`` gives exactly the rows ``metrics.parquet`` holds."""
+    mem = af.run_synthetic(**SMALL)
+    af.run_synthetic(out=tmp_path / "run", **SMALL)
+    disk = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    assert not list(tmp_path.glob("*.parquet"))  # the in-memory run wrote nothing here
+    key = ["job", "seed", "round", "layer"]
+    assert set(mem.job) == {f"topology.q={q}/{m}" for q in (0.3, 0.6)
+                            for m in ("adf-lora", "rolora")}
+    cols = [c for c in disk.columns if c in mem.columns]
+    assert len(cols) >= len(disk.columns) - 1, set(disk.columns) - set(mem.columns)
+    pd.testing.assert_frame_equal(mem[cols].sort_values(key).reset_index(drop=True),
+                                  disk[cols].sort_values(key).reset_index(drop=True))
+    # the sweep reached the runs: the two q give different consensus errors
+    tot = mem[(mem.layer == "all") & (mem["round"] == 4)].groupby("q").xi_B.mean()
+    assert tot[0.3] != tot[0.6]
+
+
+def test_config_from_a_shipped_study_with_keys():
+    cfg = af.synthetic_config("bounds", rounds=3, **{"topology.q": 0.2})
+    assert cfg.rounds == 3 and cfg.topology.q == 0.2 and cfg.topology.graph == "encounter"
+    with pytest.raises(Exception, match="unknown config key 'roundz'"):
+        af.synthetic_config(roundz=3)
