@@ -21,7 +21,6 @@ variant's facts at the top and every variant's under ``variants``. The run direc
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,7 @@ from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.experiment import (
-    Job,
-    check_resume_config,
-    check_resume_world_size,
-    run_jobs,
-)
+from adflora_analysis.experiment import Job, run_jobs
 from adflora_analysis.glue.config import GlueConfig
 from adflora_analysis.glue.data import encode, load_data
 from adflora_analysis.glue.evaluate import eval_rows
@@ -47,7 +41,7 @@ from adflora_analysis.glue.partition import label_count_table, partition_indices
 from adflora_analysis.glue.problem import GlueProblem
 from adflora_analysis.glue.tasks import get_task
 from adflora_analysis.runconfig import expand_study
-from adflora_analysis.rundir import init_run_dir, make_meta, update_meta
+from adflora_analysis.rundir import claim, init_run_dir, make_meta
 
 
 def job_key(method: str, seed: int, variant: str | None = None) -> str:
@@ -161,8 +155,9 @@ class GlueStudy:
             sl = self.backend.client_slice(cfg.n_clients)   # this process's clients
             if self.backend.world_size > 1:
                 state = state.map_blocks(lambda X: X[sl].contiguous())
-            sched = mixing_schedule(self.sampler(seed), [seed], dtype=torch.float64)
-            return problem, state, problem.mixing(lambda t: sched(t)[0])
+            sched = mixing_schedule(self.sampler(seed), [seed], dtype=torch.float64,
+                                    sparse=False)   # the GLUE mixing indexes W^t[0]
+            return problem, problem.attach_heads(state), lambda t: sched(t)[0]
 
         T = cfg.switch_for(method)
         extra = {"task": self.task.name, "switch_interval": T}
@@ -187,8 +182,9 @@ class GlueStudy:
             if self.variant is not None:
                 rows = [{"variant": self.variant, "task": self.task.name, **r} for r in rows]
             if log and self.backend.rank == 0:
-                print(_eval_line(job.key, res, rows, self.task.main_metric), file=sys.stderr,
-                      flush=True)
+                from adflora_analysis.progress import echo
+
+                echo(_eval_line(job.key, res, rows, self.task.main_metric))  # through the bar
             return {"eval": rows}
 
         return cb
@@ -206,7 +202,7 @@ class GlueStudy:
         sizes = [len(p) for p in self.parts[cfg.seed_list[0]]]
         return make_meta(
             cfg.seed_list,
-            layer="glue",
+            kind="glue",
             task=self.task.name,
             data={"source": self.data.source, "description": self.data.description,
                   "train_rows": len(self.data.train),
@@ -266,7 +262,7 @@ def _eval_line(key: str, res, rows: list[dict], metric: str) -> str:
     parts = [f"{c} {metric} {v:.3f}" + (f" ({s})" if s != "validation" else "")
              for (c, s), v in vals.items() if c in ("mean", "averaged")]
     xi = {k: float(v.sum()) for k, v in res.layer.items() if k in ("xi_A", "xi_B")}
-    return (f"{key} round {res.t + 1}: " + ", ".join(parts)
+    return (f"{key} round {res.t}: " + ", ".join(parts)
             + f"; xi_A {xi['xi_A']:.3g} xi_B {xi['xi_B']:.3g}")
 
 
@@ -295,48 +291,76 @@ def summarize(run_dir: str | Path) -> pd.DataFrame:
 
 
 def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
-             progress: bool | None = None, stop_after: int | None = None,
-             log: bool = False, gm: GlueModel | None = None,
+             overwrite: bool = False, progress: bool | None = None,
+             stop_after: int | None = None, log: bool = False, gm: GlueModel | None = None,
              backend: Backend = LOCAL) -> pd.DataFrame:
     """Run (or resume) the study ``cfg`` (every variant x method x seed) into ``out``; return
     :func:`summarize`'s table.
 
+    ``out`` must be new or empty, or this run with ``resume``, or an earlier toolkit run with
+    ``overwrite`` (removes only what its manifest lists; :func:`adflora_analysis.rundir.claim`).
+    The device, and a memory/disk estimate (model, batch activations, adapters, rows; see
+    :mod:`adflora_analysis.resources`) are checked before training starts.
     ``stop_after`` (testing) stops after that many rounds in total, as a kill would. Under
     torch.distributed (``backend``) every process trains its clients and rank 0 alone writes
     the run directory (other processes return an empty table).
     """
+    from adflora_analysis.resources import check_device
+
+    if resume and overwrite:
+        raise AdfloraError("--resume and --overwrite exclude each other",
+                           "continue the run with --resume, or replace it with --overwrite")
     out = Path(out)
     config = cfg.as_dict()
     writer = backend.rank == 0
-    if resume:
-        check_resume_config(out, config)
-        check_resume_world_size(out, backend.world_size)
-    elif (out / "metrics.jsonl").exists() or (out / "checkpoints").exists():
-        raise AdfloraError(f"{str(out)!r} already holds a run",
-                           f"resume it with --resume {out}, or choose a new --out")
-    studies = _studies(cfg, out, gm, backend)
-    if writer:
+    check_device(cfg.device)
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    with claim(out, "glue", mode, writer=writer) as run:
         if resume:
-            import datetime as dt
+            run.check_resume(config, backend.world_size)
+        studies = _studies(cfg, out, gm, backend)
+        _refuse_what_does_not_fit(studies, out)
+        if writer:
+            if resume:
+                import datetime as dt
 
-            update_meta(out, resumed_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        else:
-            init_run_dir(out, config, _study_meta(studies))
-        fileio.write_csv(out / "label_counts.csv",
-                         pd.concat([st.label_counts() for st in studies], ignore_index=True))
-    jobs, callbacks = [], {}
+                run.update_meta(resumed_utc=dt.datetime.now(dt.UTC).isoformat(
+                    timespec="seconds"))
+            else:
+                init_run_dir(run, config, _study_meta(studies))
+            run.record(*(str(p.relative_to(out)) for p in (out / "fixture").rglob("*")
+                         if p.is_file()))
+            run.write_csv("label_counts.csv",
+                          pd.concat([st.label_counts() for st in studies], ignore_index=True))
+        jobs, callbacks = [], {}
+        for st in studies:
+            cb = st.on_round(log)
+            for job in st.jobs():
+                jobs.append(job)
+                callbacks[job.key] = cb
+        run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
+                 resume=resume, on_round=lambda job, problem, res: callbacks[job.key](
+                     job, problem, res), progress=progress,
+                 stop_after=stop_after, backend=backend)
+        if not writer:
+            return pd.DataFrame()
+        summary = summarize(out)
+        if not summary.empty:
+            run.write_csv("summary.csv", summary)
+        return summary
+
+
+def _refuse_what_does_not_fit(studies: list[GlueStudy], out: Path) -> None:
+    """Memory and disk estimate of the study (the largest variant's model and activations,
+    every variant's rows), before training allocates anything."""
+    from adflora_analysis.resources import Need, glue_need
+
+    need = Need()
     for st in studies:
-        cb = st.on_round(log)
-        for job in st.jobs():
-            jobs.append(job)
-            callbacks[job.key] = cb
-    run_jobs(out, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
-             resume=resume, on_round=lambda job, problem, res: callbacks[job.key](
-                 job, problem, res), progress=progress,
-             stop_after=stop_after, backend=backend)
-    if not writer:
-        return pd.DataFrame()
-    summary = summarize(out)
-    if not summary.empty:
-        fileio.write_csv(out / "summary.csv", summary)
-    return summary
+        mc = st.gm.model.config
+        one = glue_need(st.cfg, hidden=mc.hidden_size, layers=mc.num_hidden_layers,
+                        heads=mc.num_attention_heads, adapter_bytes=st.gm.adapter_bytes(),
+                        model_bytes=sum(p.numel() * p.element_size()
+                                        for p in st.gm.model.parameters()))
+        need.add_variant(one)
+    need.refuse_if_over(out)
