@@ -54,27 +54,32 @@ def _concat(runs: list[Run], attr: str) -> pd.DataFrame | None:
 
 
 def setup_section(runs: list[Run]) -> Section:
+    """Configuration and topology constants: one row per setting, one column per run (keys no
+    run has are left out)."""
     rows = []
     for r in runs:
         flat = _flat(r.config)
-        row = {"run": r.name, "kind": r.kind}
+        row = {"kind": r.kind}
         for k in SETUP_KEYS:
             if k in flat:
                 row[k] = _cfg_value(flat[k])
         for k, v in flat.items():
-            if k.startswith("topology."):
+            if k.startswith("topology.") and not isinstance(v, dict):
                 row[k] = _cfg_value(v)
         topo = r.meta.get("topology") or {}
         for k in TOPO_KEYS:
             if k in topo:
-                row[k] = topo[k]
+                row[k] = _cfg_value(topo[k])
+        row["status"] = r.meta.get("status", "")
         row["git"] = (r.meta.get("git_revision") or "")[:12]
-        versions = r.meta.get("versions") or {}
-        row["torch"] = versions.get("torch")
+        row["torch"] = (r.meta.get("versions") or {}).get("torch", "")
         rows.append(row)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    tab = pd.DataFrame({"setting": keys, **{r.name: [str(row.get(k, "")) for k in keys]
+                                            for r, row in zip(runs, rows, strict=True)}})
     return Section("Setup", ["Configuration and topology constants of each run (p: expected "
                              "consensus rate of Koloskova et al. 2020, Assumption 4)."],
-                   tables={"runs": pd.DataFrame(rows)})
+                   tables={"runs": tab})
 
 
 def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -93,7 +98,8 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | None,
-                     checks: pd.DataFrame | None) -> list[Section]:
+                     checks: pd.DataFrame | None,
+                     cross: pd.DataFrame | None = None) -> list[Section]:
     secs = []
     if checks is not None and not checks.empty:
         counts = checks["status"].value_counts()
@@ -105,9 +111,16 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
             "docs/theory.md). 'finding (fails as expected)' marks a bound the method is not "
             "claimed to meet, e.g. frozen-block consensus under rolora."],
             tables={"theory checks": checks.drop(columns=["held"])}))
+    frozen_src = metrics.assign(variant=metrics["cmp"]) if "cmp" in metrics else metrics
+    loss_col = "loss_gap" if "loss_gap" in metrics and metrics["loss_gap"].notna().any() \
+        else "loss"
     figs = {
         "consensus error": figures.consensus(metrics, bounds),
-        "frozen block": figures.frozen_block(metrics),
+        "frozen block": figures.frozen_block(frozen_src),
+        "loss difference to adf-lora": figures.difference(metrics, loss_col),
+        "consensus difference to adf-lora": figures.difference(
+            metrics.assign(xi=metrics.get("xi_A", 0) + metrics.get("xi_B", 0)), "xi",
+            relative=True) if "xi_A" in metrics else None,
         "cross term C": figures.per_round(metrics, "cross_term", "cross term C = ‖mean B_iA_i "
                                           "− B̄Ā‖_F"),
         "product consensus": figures.per_round(metrics, "product_consensus",
@@ -115,14 +128,24 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
         "gradient norm": figures.per_round(metrics, "grad_norm_sq",
                                            "‖∇f(Ā, B̄)‖² at the averaged model"),
         "loss": figures.per_round(metrics, "loss", "loss"),
+        "excess loss f − f*": figures.per_round(metrics, "loss_gap", "excess loss f − f*"),
         "local loss": figures.per_round(metrics, "local_loss",
                                         "mean local training loss of the round"),
     }
+    if cross is not None:
+        figs["cross terms ‖B_i A_j‖_F"] = figures.cross_heatmap(cross)
     figs = {k: v for k, v in figs.items() if v is not None}
     secs.append(Section(f"{title}: dynamics", [
-        "Totals over layers per round; lines are seed means, bands the 90% interval over "
-        "seeds. The frozen-block panel shows the consensus error of the factor that is not "
-        "trained in a round: ADF-LoRA gossips it (it contracts), RoLoRA does not (it stays)."],
+        "Totals over layers per round, rounds numbered from 0 as in the files; lines are "
+        "seed means, bands the 90% interval over seeds; a series that is identically zero "
+        "is listed in its panel as '≡ 0'. The frozen-block panels show, for every variant, "
+        "the consensus error of each factor with the stretches in which it is frozen shaded: "
+        "ADF-LoRA gossips the frozen factor (it contracts), RoLoRA does not (it stays). The "
+        "difference panels subtract adf-lora's value from each other method's on the same "
+        "seed (same data and initialisation), so an effect smaller than the spread over seeds "
+        "shows. The cross-term heatmaps (where the run kept checkpoints) show ‖B_i A_j‖_F at "
+        "the checkpoint rounds: the diagonal is what each client computed, the rest are "
+        "update directions no client computed."],
         figures=figs, tables={"final round": summary_table(metrics)}))
     extra: dict = {}
     for by, label in (("switch_interval", "T ablation"), ("heterogeneity",
@@ -131,7 +154,7 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
         # a study variable: some method ran with several values of it (not merely methods
         # with different defaults, e.g. T = 5 for adf-lora and 1 for rolora in one GLUE run)
         if by in metrics and metrics.groupby("method")[by].nunique().max() > 1:
-            for col in ("grad_norm_sq", "cross_term", "loss"):
+            for col in ("grad_norm_sq", "cross_term", loss_col):
                 f = figures.final_vs(metrics, by, col, f"final {col} against {by}")
                 if f is not None:
                     extra[f"{label}: {col}"] = f
@@ -167,79 +190,234 @@ def glue_table(evals: pd.DataFrame, runs: list[Run]) -> tuple[pd.DataFrame, str]
         primary = ev
     tab = primary.groupby(["method", "task"])["value"].mean().unstack("task") * 100
     tab["average"] = tab.mean(axis=1)
-    tab["paper DFL average (roberta-large)"] = [PAPER_DFL_AVERAGE.get(m, np.nan)
-                                               for m in tab.index]
     models = {str(r.config.get("model")) for r in runs}
     ours = sorted(set(ev["task"]))
-    matches = set(ours) == set(PAPER_TASKS) and any("roberta-large" in m for m in models)
-    setting = "matches" if matches else (
-        f"differs (ours: model {', '.join(sorted(models))}; tasks {', '.join(ours)})")
-    note = ("Paper numbers: ADF-LoRA (arXiv 2511.18291), decentralized, average over SST-2, "
-            f"QNLI, QQP, MNLI. Setting {setting}.")
+    if paper_setting_matches(runs, ours):
+        tab["paper DFL average (roberta-large)"] = [PAPER_DFL_AVERAGE.get(m, np.nan)
+                                                   for m in tab.index]
+        note = ("Paper numbers: ADF-LoRA (arXiv 2511.18291), decentralized, average over "
+                "SST-2, QNLI, QQP, MNLI; the setting matches.")
+    else:
+        note = (f"Setting differs from the paper's (ours: model {', '.join(sorted(models))}; "
+                f"tasks {', '.join(ours)}; the paper: roberta-large on "
+                f"{', '.join(PAPER_TASKS)}), so its numbers are not shown beside these.")
     return tab.reset_index(), note
 
 
-def report_sections(runs: list[Run], checks_fn: CheckFn | None = None) -> list[Section]:
-    """All sections for ``runs``: setup, then per study what its tables support."""
-    secs = [setup_section(runs)]
-    for group in group_runs(runs):
-        title = group[0].name if len(group) == 1 else f"{group[0].name} (+{len(group) - 1})"
+def paper_setting_matches(runs: list[Run], tasks: list[str]) -> bool:
+    """The paper's numbers go only beside runs of its setting: roberta-large on its four
+    tasks."""
+    models = {str(r.config.get("model")) for r in runs}
+    return set(tasks) == set(PAPER_TASKS) and all("roberta-large" in m for m in models)
+
+
+def compare_labels(runs: list[Run]) -> dict[str, str]:
+    """Per run, ``key=value`` of the config keys that differ between ``runs`` (seeds aside).
+
+    >>> from pathlib import Path
+    >>> a = Run(Path("a"), "synthetic", {"lr": 0.1, "t": {"q": 0.1}}, {})
+    >>> b = Run(Path("b"), "synthetic", {"lr": 0.1, "t": {"q": 0.2}}, {})
+    >>> compare_labels([a, b])
+    {'a': 't.q=0.1', 'b': 't.q=0.2'}
+    """
+    flats = {r.name: _flat(r.config) for r in runs}
+    keys = sorted({k for f in flats.values() for k in f} - {"seeds", "seed"})
+    differ = [k for k in keys if len({_cfg_value(f.get(k)) for f in flats.values()}) > 1]
+    return {name: ", ".join(f"{k}={_cfg_value(f.get(k))}" for k in differ) or name
+            for name, f in flats.items()}
+
+
+def _comparison_groups(runs: list[Run]) -> list[list[Run]]:
+    """For ``adflora report --compare``: runs of one kind drawn together (topology sweeps
+    apart)."""
+    by_kind: dict[str, list[Run]] = {}
+    for r in runs:
+        by_kind.setdefault(r.kind, []).append(r)
+    out = []
+    for kind, rs in by_kind.items():
+        out += [[r] for r in rs] if kind == "topology-sweep" else [rs]
+    return out
+
+
+def should_compare(runs: list[Run]) -> bool:
+    """The default of ``--compare``: every run is of one kind (synthetic or GLUE), none is a
+    sweep of its own, and their configs differ beyond seeds."""
+    kinds = {r.kind for r in runs}
+    if len(runs) < 2 or len(kinds) != 1 or kinds & {"topology-sweep"}:
+        return False
+    if any(r.config.get("sweep") or r.config.get("variants") for r in runs):
+        return False
+    return len(group_runs(runs)) > 1
+
+
+def report_sections(runs: list[Run], checks_fn: CheckFn | None = None,
+                    compare: bool | None = None) -> list[Section]:
+    """All sections for ``runs``: per study what its tables support, then the setup.
+
+    ``compare`` (default :func:`should_compare`): runs whose configs differ are drawn in the
+    same figures, a line style per run labelled by the keys that differ."""
+    if compare is None:
+        compare = should_compare(runs)
+    secs = []
+    groups = _comparison_groups(runs) if compare else group_runs(runs)
+    for group in groups:
+        labels = compare_labels(group) if compare and len(group) > 1 else None
+        title = group[0].name if len(group) == 1 else (
+            "comparison of " + ", ".join(r.name for r in group) if labels
+            else f"{group[0].name} (+{len(group) - 1})")
         kind = group[0].kind
         if kind == "topology-sweep":
-            sw = _concat(group, "sweep")
-            fig = figures.sweep(sw)
-            tables = {}
-            if "rule" in sw and "q" in sw:
-                enc = sw[sw["q"].notna()]
-                piv = enc.pivot_table(index="rule", columns="q", values="p")
-                piv.columns = [f"q={q:g}" for q in piv.columns]
-                tables["p by rule and q"] = piv.reset_index()
-                static = sw[sw["q"].isna()]
-                keep = [c for c in ("graph", "rule", "n", "p", "second_moment_rate",
-                                    "spectral_gap") if c in static]
-                tables["static and other references"] = static[keep]
-            tables["full sweep"] = sw
-            secs.append(Section(f"{title}: topology sweep", [
-                "Expected consensus rate p (Koloskova et al. 2020, Assumption 4) against the "
-                "encounter probability q per combination rule; dotted: static graphs."],
-                figures={"p against q": fig} if fig is not None else {},
-                tables=tables))
+            secs.append(_sweep_section(title, group))
             continue
         metrics = _concat(group, "metrics")
         if metrics is None:
             continue
+        if labels:
+            metrics = metrics.assign(cmp=metrics["run"].map(labels))
         metrics = _with_p(metrics, group)
         checks, bounds = None, None
         if checks_fn is not None:
-            parts = [checks_fn(r) for r in group]
-            parts = [p for p in parts if p is not None]
+            parts = [(checks_fn(r), r) for r in group]
+            parts = [(p, r) for p, r in parts if p is not None]
             if parts:
-                checks = pd.concat([p[0].assign(run=r.name) for p, r in
-                                    zip(parts, group, strict=False)], ignore_index=True)
-                bl = [p[1] for p in parts if p[1] is not None]
-                bounds = pd.concat(bl, ignore_index=True) if bl else None
-        secs += dynamics_section(title, metrics, bounds, checks)
+                checks = pd.concat([p[0].assign(run=r.name) for p, r in parts],
+                                   ignore_index=True)
+                bl = [p[1] for p, _ in parts if p[1] is not None]
+                bounds = pd.concat(bl, ignore_index=True) if bl and not labels else None
+        cross = None
+        if len(group) == 1:
+            from adflora_analysis.reports.cross import cross_matrices
+
+            cross = cross_matrices(group[0].path, group[0].metrics)
+        secs += dynamics_section(title, metrics, bounds, checks, cross)
         if kind == "glue":
-            evals = _concat(group, "eval")
-            if evals is not None:
-                fig = figures.evaluation(evals)
-                sec = Section(f"{title}: evaluation", [
-                    "Validation metric of each client's adapter averaged over clients (the "
-                    "paper's number) and of the averaged adapter."],
-                    figures={"evaluation": fig} if fig is not None else {})
-                tab, note = glue_table(evals, group)
-                sec.tables["GLUE table (%)"] = tab
-                sec.table_notes["GLUE table (%)"] = note
-                labels = [r.labels for r in group if r.labels is not None]
-                if labels:
-                    sec.tables["per-client label counts"] = labels[0]
-                secs.append(sec)
-    if any("switch_interval" in (r.metrics.columns if r.metrics is not None else [])
-           for r in runs):
-        secs.append(Section("Paper: T ablation", [
-            "ADF-LoRA average accuracy (%) against T as reported in the paper (arXiv "
-            "2511.18291), for comparison with the T sweeps above."],
-            tables={"paper T ablation": pd.DataFrame(
-                {"T": list(PAPER_T_ABLATION), "paper accuracy (%)":
-                 list(PAPER_T_ABLATION.values())})}))
+            secs += _glue_sections(title, group, labels)
+    secs.append(setup_section(runs))
     return secs
+
+
+def _sweep_section(title: str, group: list[Run]) -> Section:
+    sw = _concat(group, "sweep")
+    fig = figures.sweep(sw)
+    tables = {}
+    if "rule" in sw and "q" in sw:
+        enc = sw[sw["q"].notna()]
+        piv = enc.pivot_table(index="rule", columns="q", values="p")
+        piv.columns = [f"q={q:g}" for q in piv.columns]
+        tables["p by rule and q"] = piv.reset_index()
+        static = sw[sw["q"].isna()]
+        keep = [c for c in ("graph", "rule", "n", "p", "second_moment_rate",
+                            "spectral_gap") if c in static]
+        tables["static and other references"] = static[keep]
+    tables["full sweep"] = sw
+    return Section(f"{title}: topology sweep", [
+        "Expected consensus rate p (Koloskova et al. 2020, Assumption 4) against the "
+        "encounter probability q per combination rule; grey: static graphs of the same n."],
+        figures={"p against q": fig} if fig is not None else {}, tables=tables)
+
+
+def _glue_sections(title: str, group: list[Run], labels: dict | None) -> list[Section]:
+    evals = _concat(group, "eval")
+    secs = []
+    if evals is not None:
+        if labels:
+            evals = evals.assign(method=evals["method"] + " | " + evals["run"].map(labels))
+        fig = figures.evaluation(evals)
+        sec = Section(f"{title}: evaluation", [
+            "Validation metric of each client's adapter averaged over clients (the paper's "
+            "number, solid) and of the averaged adapter (dashed), at every evaluation round."],
+            figures={"evaluation": fig} if fig is not None else {})
+        tab, note = glue_table(evals, group)
+        sec.tables["GLUE table (%)"] = tab
+        sec.table_notes["GLUE table (%)"] = note
+        labs = [r.labels for r in group if r.labels is not None]
+        if labs:
+            f = figures.label_distribution(labs[0])
+            if f is not None:
+                sec.figures["label distribution per client"] = f
+            sec.tables["per-client label counts"] = labs[0]
+        secs.append(sec)
+        m = _concat(group, "metrics")
+        if (m is not None and "switch_interval" in m
+                and m[m["method"] == "adf-lora"]["switch_interval"].nunique() > 1
+                and paper_setting_matches(group, sorted(set(
+                    str(r.config.get("task")) for r in group)))):
+            secs.append(Section(f"{title}: the paper's T ablation", [
+                "ADF-LoRA average accuracy (%) against T as reported in the paper (arXiv "
+                "2511.18291), beside this run's T sweep of the same setting."],
+                tables={"paper T ablation": pd.DataFrame(
+                    {"T": list(PAPER_T_ABLATION), "paper accuracy (%)":
+                     list(PAPER_T_ABLATION.values())})}))
+    return secs
+
+
+def summary_lines(runs: list[Run], sections: list[Section], note: str | None = None
+                  ) -> list[str]:
+    """The report's opening: five lines on what the runs show (runs, verdicts, headline
+    numbers, and what is a demo or partial setting)."""
+    kinds = ", ".join(f"{r.name} ({r.kind}, {_size(r)})" for r in runs)
+    lines = [f"Runs: {kinds}."]
+    checks = [t for s in sections for n, t in s.tables.items() if n == "theory checks"]
+    if checks:
+        c = pd.concat(checks)["status"].value_counts()
+        lines.append("Theory checks: " + ", ".join(f"{v} {k}" for k, v in c.items()) + ".")
+    else:
+        lines.append("Theory checks: none evaluated (no synthetic or GLUE metrics).")
+    lines.append(_headline_synthetic(runs) or "Synthetic testbed: not in these runs.")
+    lines.append(_headline_glue(runs) or "GLUE: no evaluation in these runs.")
+    bad = [f"{r.name} is {r.meta.get('status')}" for r in runs
+           if r.meta.get("status") not in (None, "done")]
+    tail = (note + " ") if note else ""
+    lines.append(tail + ("Partial: " + "; ".join(bad) + " (figures show the rounds written)."
+                         if bad else "Every run completed."))
+    return [ln for ln in lines if ln]
+
+
+def _size(r: Run) -> str:
+    c = r.config
+    if r.kind == "topology-sweep":
+        return "p against q"
+    m = r.metrics if r.metrics is not None else pd.DataFrame()
+    seeds = c.get("seeds", m["seed"].nunique() if "seed" in m else None)
+    n_seeds = seeds if isinstance(seeds, int) else len(seeds or [0])
+    methods = c.get("methods") or (sorted(set(m["method"])) if "method" in m else [])
+    rounds = c.get("rounds") or (int(m["round"].max()) + 1 if "round" in m else "?")
+    return (f"{len(methods)} methods, n = {c.get('n_clients', '?')}, {rounds} rounds, "
+            f"{n_seeds} seed(s)")
+
+
+def _final(df: pd.DataFrame, col: str) -> pd.Series:
+    df = df[df["layer"] == "all"] if "layer" in df else df
+    last = df[df["round"] == df.groupby("method")["round"].transform("max")]
+    return last.groupby("method")[col].mean()
+
+
+def _headline_synthetic(runs: list[Run]) -> str:
+    r = next((r for r in runs if r.kind == "synthetic" and r.metrics is not None), None)
+    if r is None or "xi_A" not in r.metrics:
+        return ""
+    m = r.metrics
+    if "variant" in m and m["variant"].nunique() > 1:
+        m = m[m["variant"] == m["variant"].iloc[0]]
+    xi = _final(m, "xi_A") + _final(m, "xi_B")
+    order = figures._order(xi.index)
+    gap = _final(m, "loss_gap") if "loss_gap" in m else None
+    return (f"{r.name}, final round: consensus error Ξ_A + Ξ_B "
+            + ", ".join(f"{k} {xi[k]:.3g}" for k in order)
+            + ("; excess loss f − f* " + ", ".join(f"{k} {gap[k]:.3g}" for k in order)
+               if gap is not None else "") + " (seed means).")
+
+
+def _headline_glue(runs: list[Run]) -> str:
+    r = next((r for r in runs if r.kind == "glue" and r.eval is not None
+              and not r.eval.empty), None)
+    if r is None:
+        return ""
+    ev = r.eval[r.eval["client"].astype(str) == "mean"]
+    metric = next((m for m in ("accuracy", "matched_accuracy", "mcc", "pearson")
+                   if m in set(ev["metric"])), ev["metric"].iloc[0])
+    ev = ev[ev["metric"] == metric]
+    last = ev[ev["round"] == ev["round"].max()].groupby("method")["value"].mean()
+    return (f"{r.name} ({r.config.get('task')}, {r.config.get('model')}): mean-client "
+            f"{metric} at round {int(ev['round'].max())}: "
+            + ", ".join(f"{k} {last[k]:.3f}" for k in figures._order(last.index)) + ".")

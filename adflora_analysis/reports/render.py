@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from adflora_analysis import fileio
+
+_NUM = re.compile(r"<td>(-?(?:\d[\d.,]*(?:e[-+]?\d+)?|nan|inf))</td>")
 
 
 @dataclass
@@ -53,13 +56,23 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 CSS = """
-body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
-h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}
+body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222;
+line-height:1.45}
+h1{border-bottom:2px solid #444}
+h2{margin:3.2em 0 0.6em;padding-top:0.4em;border-bottom:1px solid #ccc}
+h3{margin:1.6em 0 0.4em}
+table{border-collapse:collapse;margin:0.6em 0;font-size:0.9em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.held,span.held{color:#176b2c;font-weight:600}td.violated,span.violated{color:#b00020;
-font-weight:600}img{max-width:100%;display:block;margin:1em 0}
-.note{color:#555;font-size:0.9em}div.table{overflow-x:auto;max-height:32em;overflow-y:auto}
+font-weight:600}img{max-width:100%;display:block;margin:0.6em 0}
+figure{margin:1em 0 2.4em}
+.note{color:#555;font-size:0.9em}div.table{overflow-x:auto}
+div.summary{background:#f6f8fa;border-left:4px solid #0072B2;padding:0.6em 1em;margin:1em 0}
+div.summary p{margin:0.25em 0}
+div.banner{background:#fff4e5;border-left:4px solid #E69F00;padding:0.6em 1em;margin:1em 0;
+font-weight:600}
+details.toc{margin:1em 0}
 """
 
 ONLOAD = """
@@ -74,15 +87,29 @@ window.addEventListener('load', function () {
 
 
 def write_report(out: str | Path, title: str, sections: list[Section],
-                 preamble: list[str] | None = None) -> Path:
-    """Write the report files under ``out``; returns the path of ``index.html``."""
+                 preamble: list[str] | None = None, summary: list[str] | None = None,
+                 banner: str | None = None) -> Path:
+    """Write the report files under ``out``; returns the path of ``index.html``.
+
+    ``summary``: the opening lines (a box above everything else); ``banner``: a warning shown
+    above the summary (a partial or diverged run). Every figure is written as PNG (embedded
+    in the page) and PDF (for papers)."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    md = [f"# {title}", ""] + [*(preamble or []), ""]
-    body = [f"<h1>{html.escape(title)}</h1>"] + [f"<p>{html.escape(p)}</p>"
-                                                  for p in preamble or []]
+    md = [f"# {title}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if banner:
+        md += [f"> **{banner}**", ""]
+        body.append(f'<div class="banner">{html.escape(banner)}</div>')
+    if summary:
+        md += ["**Summary**", ""] + [f"- {line}" for line in summary] + [""]
+        body.append('<div class="summary">' + "".join(f"<p>{html.escape(line)}</p>"
+                                                      for line in summary) + "</div>")
+    md += [*(preamble or []), ""]
+    body += [f'<p class="note">{html.escape(p)}</p>' for p in preamble or []]
     toc = []
+    head = len(body)
     for sec in sections:
         sid = _slug(sec.title)
         toc.append(f'<li><a href="#{sid}">{html.escape(sec.title)}</a></li>')
@@ -99,6 +126,7 @@ def write_report(out: str | Path, title: str, sections: list[Section],
             if note:
                 md += [f"*{note}*", ""]
             table_html = _fmt(df).to_html(index=False, escape=True, border=0)
+            table_html = _NUM.sub(r'<td class="num">\1</td>', table_html)
             for verdict, cls in (("held", "held"), ("VIOLATED", "violated"),
                                  ("violated", "violated")):
                 table_html = table_html.replace(f"<td>{verdict}", f'<td class="{cls}">{verdict}')
@@ -109,18 +137,21 @@ def write_report(out: str | Path, title: str, sections: list[Section],
         for name, fig in sec.figures.items():
             fname = f"{sid}-{_slug(name)}.png"
             data = _png(fig)
-            plt.close(fig)
             fileio.atomic_write(out / "figures" / fname, lambda f, d=data: f.write(d))
-            md += [f"![{name}](figures/{fname})", ""]
+            pdf = fname[:-4] + ".pdf"
+            fileio.save_figure(out / "figures" / pdf, fig, dpi=110)
+            md += [f"![{name}](figures/{fname}) ([PDF](figures/{pdf}))", ""]
             b64 = base64.b64encode(data).decode()
             body.append(f'<figure><img class="figure" alt="{html.escape(name)}" '
                         f'src="data:image/png;base64,{b64}"><figcaption class="note">'
-                        f'{html.escape(name)} (<a href="figures/{fname}">PNG</a>)'
-                        f"</figcaption></figure>")
+                        f'{html.escape(name)} (<a href="figures/{fname}">PNG</a>, '
+                        f'<a href="figures/{pdf}">PDF</a>)</figcaption></figure>')
+            plt.close(fig)
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{CSS}</style>"
             f"<script>{ONLOAD}</script></head><body>"
-            + body[0] + "<ul>" + "".join(toc) + "</ul>" + "".join(body[1:])
+            + "".join(body[:head]) + '<details class="toc"><summary>Contents</summary><ul>'
+            + "".join(toc) + "</ul></details>" + "".join(body[head:])
             + "</body></html>")
     fileio.write_text(out / "report.md", "\n".join(md) + "\n")
     return fileio.write_text(out / "index.html", page)
