@@ -22,7 +22,18 @@ T = TypeVar("T")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; a missing or corrupt file is an :class:`AdfloraError`."""
+    """Parse a TOML file; a missing or corrupt file is an :class:`AdfloraError`.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = Path(d) / "study.toml"
+    ...     _ = p.write_text('rounds = 5\\n[topology]\\ngraph = "ring"\\n')
+    ...     read_toml(p)
+    {'rounds': 5, 'topology': {'graph': 'ring'}}
+    >>> read_toml("missing.toml")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: config file 'missing.toml' does not exist ...
+    """
     p = Path(path)
     if not p.is_file():
         raise AdfloraError(f"config file {str(p)!r} does not exist", "check the path")
@@ -55,7 +66,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Return a copy of ``data`` with each ``key=value`` override set (dotted keys nest)."""
+    """Return a copy of ``data`` with each ``key=value`` override set (dotted keys nest).
+
+    >>> apply_overrides({"rounds": 5, "topology": {"q": 0.1}}, ["topology.q=0.2", "seeds=[1, 2]"])
+    {'rounds': 5, 'topology': {'q': 0.2}, 'seeds': [1, 2]}
+    """
     import copy
 
     out = copy.deepcopy(data)
@@ -71,7 +86,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, checking keys and types recursively."""
+    """Build dataclass ``cls`` from ``data``, checking keys and types recursively.
+
+    >>> from adflora_analysis.topology import TopologyConfig
+    >>> from_dict(TopologyConfig, {"graph": "ring", "weights": "max-degree"}).weights
+    'max-degree'
+    >>> from_dict(TopologyConfig, {"graph": "ring", "wieghts": "max-degree"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: unknown config key 'wieghts'; valid: ...
+    """
     if not isinstance(data, dict):
         raise AdfloraError(f"{where or 'config'} must be a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -151,13 +174,24 @@ def _type_name(tp: Any) -> str:
 
 def load_config(cls: type[T], path: str | Path | None = None,
                 overrides: list[str] | None = None, data: dict[str, Any] | None = None) -> T:
-    """Load ``cls`` from a TOML file (or ``data``), then apply ``key=value`` overrides."""
+    """Load ``cls`` from a TOML file (or ``data``), then apply ``key=value`` overrides.
+
+    >>> from adflora_analysis.topology import TopologyConfig
+    >>> cfg = load_config(TopologyConfig, data={"graph": "encounter"}, overrides=["q=0.3"])
+    >>> cfg.graph, cfg.q
+    ('encounter', 0.3)
+    """
     base = read_toml(path) if path is not None else dict(data or {})
     return from_dict(cls, apply_overrides(base, overrides))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as a plain (nested) dict, for ``config.toml`` and comparisons."""
+    """A config dataclass as a plain (nested) dict, for ``config.toml`` and comparisons.
+
+    >>> from adflora_analysis.topology import TopologyConfig
+    >>> to_dict(TopologyConfig(graph="ring"))
+    {'graph': 'ring', 'weights': 'metropolis', 'q': None, 'params': {}, 'matrix': None}
+    """
     return dataclasses.asdict(cfg)
 
 

@@ -57,7 +57,18 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(fileobj)`` on a binary temp file, then rename it to ``path``."""
+    """Call ``write(fileobj)`` on a binary temp file, then rename it to ``path``.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "out.bin"
+    >>> atomic_write(p, lambda f: f.write(b"abc")).read_bytes()
+    b'abc'
+    >>> atomic_write(p, lambda f: 1 / 0)  # a failed write leaves the old file
+    Traceback (most recent call last):
+    ZeroDivisionError: division by zero
+    >>> p.read_bytes(), [q.name for q in p.parent.iterdir()]
+    (b'abc', ['out.bin'])
+    """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
     return Path(path)
@@ -69,7 +80,13 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (numpy scalars become floats)."""
+    """Write ``obj`` as indented JSON atomically (numpy scalars become floats).
+
+    >>> import tempfile
+    >>> p = write_json(Path(tempfile.mkdtemp()) / "meta.json", {"p": 0.366, "seeds": [0, 1]})
+    >>> json.loads(p.read_text())
+    {'p': 0.366, 'seeds': [0, 1]}
+    """
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
@@ -107,7 +124,14 @@ def save_figure(path: str | os.PathLike, fig, **kwargs) -> Path:
 
 
 def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append rows to a JSON-lines file and fsync (whole lines only; see :func:`read_jsonl`)."""
+    """Append rows to a JSON-lines file and fsync (whole lines only; see :func:`read_jsonl`).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+    >>> append_jsonl(p, [{"round": 0}]); append_jsonl(p, [{"round": 1}, {"round": 2}])
+    >>> [r["round"] for r in read_jsonl(p)]
+    [0, 1, 2]
+    """
     if not rows:
         return
     data = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
@@ -136,7 +160,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict], int | None]:
     """``(rows, torn)``: the rows of a JSON-lines file and the number of the torn last line
     (None if the file ends cleanly). A damaged line before the last is an
-    :class:`~adflora_analysis.errors.AdfloraError` naming it and the rows before it."""
+    :class:`~adflora_analysis.errors.AdfloraError` naming it and the rows before it.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "m.jsonl"
+    >>> _ = p.write_text('{"a": 1}\\n{"a": 2}\\n{"a"')
+    >>> scan_jsonl(p)
+    ([{'a': 1}, {'a': 2}], 3)
+    """
     from adflora_analysis.errors import AdfloraError
 
     rows: list[dict] = []
@@ -170,7 +201,15 @@ def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict], int | None]:
 
 
 def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:
-    """Rewrite a JSON-lines file atomically keeping only rows where ``keep(row)`` (resume)."""
+    """Rewrite a JSON-lines file atomically keeping only rows where ``keep(row)`` (resume).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+    >>> append_jsonl(p, [{"round": t} for t in range(5)])
+    >>> truncate_jsonl(p, lambda r: r["round"] < 3)  # drop rows after a checkpoint
+    >>> read_jsonl(p)
+    [{'round': 0}, {'round': 1}, {'round': 2}]
+    """
     rows = [r for r in read_jsonl(path) if keep(r)]
     write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
 

@@ -53,3 +53,14 @@ def test_config_from_a_shipped_study_with_keys():
     assert cfg.rounds == 3 and cfg.topology.q == 0.2 and cfg.topology.graph == "encounter"
     with pytest.raises(Exception, match="unknown config key 'roundz'"):
         af.synthetic_config(roundz=3)
+
+
+@pytest.mark.parametrize("package", ["adflora_analysis.core", "adflora_analysis.synthetic",
+                                     "adflora_analysis.topology"])
+def test_layer_packages_export_their_public_names(package):
+    import importlib
+
+    mod = importlib.import_module(package)
+    assert mod.__all__ and len(set(mod.__all__)) == len(mod.__all__)
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None, name

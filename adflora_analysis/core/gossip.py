@@ -42,6 +42,11 @@ def gossip_(W: Tensor | SparseMix, X: Tensor) -> Tensor:
     -------
     ``X`` itself. Every entry (a, b) mixes independently of the others, so the dense product
     is taken over chunks of entries: the only temporary is one chunk of ``W @ X``.
+
+    >>> W = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    >>> X = torch.tensor([1.0, 3.0, 7.0]).view(3, 1, 1)
+    >>> gossip_(W, X) is X, X.flatten().tolist()   # client 2 met nobody
+    (True, [2.0, 2.0, 7.0])
     """
     if isinstance(W, SparseMix):
         return sparse_gossip_(W, X)
@@ -119,6 +124,14 @@ def mixing_schedule(sampler, seeds: Sequence[int], *, dtype=torch.float64,
     sampler's ``sample_sparse(t, rng)``, the same matrices from the same stream — when the
     sampler has one (``sampler.sparse``) and n >= :data:`SPARSE_MIN_N`; True forces it (an
     error if the sampler has none), False forces the dense (S, n, n) tensor.
+
+    >>> from adflora_analysis.topology import make_sampler
+    >>> sched = mixing_schedule(make_sampler("encounter", 6, q=0.5), seeds=[0, 1])
+    >>> W0 = sched(0)
+    >>> tuple(W0.shape), torch.equal(W0, sched(0)), torch.equal(W0[0], W0[1])
+    ((2, 6, 6), True, False)
+    >>> torch.allclose(W0.sum(-1), torch.ones(2, 6, dtype=torch.float64))
+    True
     """
     has = bool(getattr(sampler, "sparse", False))
     if sparse is None:

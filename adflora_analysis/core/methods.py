@@ -93,7 +93,15 @@ METHODS: dict[str, MethodSpec] = {
 
 
 def get_method(name: str) -> MethodSpec:
-    """The spec registered as ``name``; an unknown name lists the valid ones."""
+    """The spec registered as ``name``; an unknown name lists the valid ones.
+
+    >>> spec = get_method("adf-lora")
+    >>> spec.default_switch_interval, [spec.trained_blocks(t) for t in (0, 4, 5, 10)]  # B first
+    (5, [('B',), ('B',), ('A',), ('B',)])
+    >>> get_method("adflora")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: unknown method 'adflora'; valid: adf-lora, ...
+    """
     try:
         return METHODS[name]
     except KeyError:
@@ -101,7 +109,16 @@ def get_method(name: str) -> MethodSpec:
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
-    """Add a method spec to :data:`METHODS` (refuses to overwrite a name)."""
+    """Add a method spec to :data:`METHODS` (refuses to overwrite a name).
+
+    >>> spec = register_method(MethodSpec("b-only-gossip-ab", "B", "AB", 1, "doc example"))
+    >>> get_method("b-only-gossip-ab").mixed_blocks(0)
+    ('A', 'B')
+    >>> register_method(spec)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: method 'b-only-gossip-ab' is already registered ...
+    >>> del METHODS["b-only-gossip-ab"]  # the registry is global: leave it as it was
+    """
     if spec.name in METHODS:
         raise AdfloraError(f"method {spec.name!r} is already registered", "pick another name")
     METHODS[spec.name] = spec

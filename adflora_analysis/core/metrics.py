@@ -66,7 +66,15 @@ def consensus_error(X: Tensor, client_axis: int = -3) -> Tensor:
 
 
 def cross_term(A: Tensor, B: Tensor) -> Tensor:
-    """C = ‖(1/n) Σ_i (B_i − B̄)(A_i − Ā)‖_F for A (*b, n, r, d_in), B (*b, n, d_out, r)."""
+    """C = ‖(1/n) Σ_i (B_i − B̄)(A_i − Ā)‖_F for A (*b, n, r, d_in), B (*b, n, d_out, r).
+
+    >>> A = torch.tensor([[[1.0, 0.0]], [[-1.0, 0.0]]])     # (n=2, r=1, d_in=2)
+    >>> B = torch.tensor([[[2.0]], [[-2.0]]])               # (n=2, d_out=1, r=1)
+    >>> cross_term(A, B)  # (1/2) * ((2)(1) + (-2)(-1)) = 2, Frobenius norm of [[2, 0]]
+    tensor(2., dtype=torch.float64)
+    >>> cross_term(A, B.flip(0) * 0 + 1)  # B in consensus: no cross term
+    tensor(0., dtype=torch.float64)
+    """
     n = A.shape[-3]
     Am, Bm = _client_mean(A), _client_mean(B)
     per = A[..., :1, :, :].numel() + B[..., :1, :, :].numel()
@@ -76,7 +84,13 @@ def cross_term(A: Tensor, B: Tensor) -> Tensor:
 
 
 def product_consensus(A: Tensor, B: Tensor) -> Tensor:
-    """(1/n) Σ_i ‖B_i A_i − P̄‖_F² for A (*b, n, r, d_in), B (*b, n, d_out, r)."""
+    """(1/n) Σ_i ‖B_i A_i − P̄‖_F² for A (*b, n, r, d_in), B (*b, n, d_out, r).
+
+    >>> A = torch.tensor([[[1.0, 0.0]], [[-1.0, 0.0]]])     # (n=2, r=1, d_in=2)
+    >>> B = torch.tensor([[[2.0]], [[-2.0]]])               # B_i A_i = [[2, 0]] for both clients
+    >>> product_consensus(A, B)
+    tensor(0., dtype=torch.float64)
+    """
     n, d_out, d_in = A.shape[-3], B.shape[-2], A.shape[-1]
     per = max(1, A[..., 0, 0, 0].numel()) * d_out * d_in      # one client's product
     chunks = list(_chunks(n, per))
@@ -92,7 +106,14 @@ def product_consensus(A: Tensor, B: Tensor) -> Tensor:
 
 
 def layer_metrics(state: LoraState) -> dict[str, Tensor]:
-    """Per-layer metrics, each of shape (*batch, L): xi_A, xi_B, cross_term, product_consensus."""
+    """Per-layer metrics, each of shape (*batch, L): xi_A, xi_B, cross_term, product_consensus.
+
+    >>> from adflora_analysis.core.state import LoraState
+    >>> s = LoraState([torch.ones(3, 2, 4)], [torch.arange(3.0).view(3, 1, 1).expand(3, 4, 2)],
+    ...               ["q"])
+    >>> {k: [round(float(x), 4) for x in v] for k, v in layer_metrics(s).items()}
+    {'xi_A': [0.0], 'xi_B': [5.3333], 'cross_term': [0.0], 'product_consensus': [42.6667]}
+    """
     return {
         "xi_A": torch.stack([consensus_error(a) for a in state.A], -1),
         "xi_B": torch.stack([consensus_error(b) for b in state.B], -1),
@@ -108,6 +129,10 @@ def total_over_layers(name: str, per_layer: Tensor) -> Tensor:
 
     Squared norms add over layers; the cross term of the block-diagonal stack of layers is the
     root of the sum of squares.
+
+    >>> total_over_layers("xi_A", torch.tensor([1.0, 2.0])), total_over_layers(
+    ...     "cross_term", torch.tensor([3.0, 4.0]))
+    (tensor(3.), tensor(5.))
     """
     if name == "cross_term":
         return per_layer.pow(2).sum(-1).sqrt()

@@ -72,7 +72,14 @@ class MixingReport:
 
 
 def as_matrix(W: Any, what: str = "mixing matrix") -> np.ndarray | sp.csr_array:
-    """``W`` as a float64 dense array or CSR array; refuses non-2-D / non-square / non-finite."""
+    """``W`` as a float64 dense array or CSR array; refuses non-2-D / non-square / non-finite.
+
+    >>> as_matrix([[0.5, 0.5], [0.5, 0.5]]).dtype
+    dtype('float64')
+    >>> as_matrix([[1.0, 0.0]])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: mixing matrix ...
+    """
     if sp.issparse(W):
         W = sp.csr_array(W, dtype=np.float64)
         data = W.data
@@ -189,6 +196,13 @@ def load_matrix(path: str, *, for_theory: bool = False) -> np.ndarray:
 
     Raises :class:`AdfloraError` if the file is missing or does not parse, and as
     :func:`validate` does.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> p = Path(tempfile.mkdtemp()) / "W.csv"
+    >>> _ = p.write_text("0.5,0.5,0\\n0.5,0.25,0.25\\n0,0.25,0.75\\n")
+    >>> load_matrix(str(p)).sum(axis=0).tolist()
+    [1.0, 1.0, 1.0]
     """
     from pathlib import Path
 

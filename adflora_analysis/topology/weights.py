@@ -52,6 +52,11 @@ def adjacency(graph: nx.Graph, *, sparse: bool = False) -> np.ndarray | sp.csr_a
     """0/1 receiver adjacency ``A[i, j] = 1`` iff i receives from j, shape (n, n), no diagonal.
 
     For an undirected graph A is symmetric; for a directed graph an edge ``j -> i`` sets A[i, j].
+
+    >>> adjacency(nx.path_graph(3)).tolist()
+    [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    >>> adjacency(nx.DiGraph([(0, 1)])).tolist()  # 1 receives from 0
+    [[0.0, 0.0], [1.0, 0.0]]
     """
     n = graph.number_of_nodes()
     a = nx.to_scipy_sparse_array(graph, nodelist=range(n), weight=None, format="csr",
