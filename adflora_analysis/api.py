@@ -1,4 +1,4 @@
-"""The notebook surface: ``import adflora_analysis as af`` (docs/architecture.md §9).
+"""The notebook surface: ``import adflora_analysis as af`` (docs/architecture.md §11).
 
 A handful of functions over the layers, each returning plain data (a sampler, a dict, a
 DataFrame, a path); everything else stays in the layer modules. The package root loads this
