@@ -33,6 +33,24 @@ NOT_VARIED = ("sweep", "variants", "seeds", "rounds", "checkpoint_every")
 """Keys a study may not vary: every job of a run directory shares them."""
 
 
+@dataclass
+class GossipConfig:
+    """The ``[gossip]`` table: asynchronous, stale and partial gossip (docs/theory.md §7; the
+    defaults are synchronous gossip).
+
+    staleness (τ >= 0: a client mixes its own current block with its neighbours' blocks of τ
+    rounds ago), participation (π in (0, 1]: each round each client is active with probability
+    π; an inactive client neither trains nor gossips).
+    """
+
+    staleness: int = 0
+    participation: float = 1.0
+
+    @property
+    def is_default(self) -> bool:
+        return self.staleness == 0 and self.participation == 1
+
+
 def paper_topology() -> TopologyConfig:
     """The paper's default topology: encounter model, q = 0.1, Metropolis weights."""
     return TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
@@ -43,7 +61,11 @@ class FederationConfig:
     """Shared keys.
 
     n_clients, rounds, local_steps (K), lr, rank (r), switch_interval (T; None = each method's
-    default: adf-lora 5, others 1), seeds (a count n -> seeds 0..n-1, or a list), methods (names
+    default: adf-lora 5, others 1), switch_schedule (``periodic``: every T rounds;
+    ``topology``: T from the topology's p so that (1 - p)^T <= switch_eps; ``feedback``: when the
+    frozen block's Xi fell by switch_eps or the trained block stalls, within switch_min ..
+    switch_max rounds; core/schedules.py), gossip (``[gossip]``: staleness, participation; see
+    :class:`GossipConfig`), seeds (a count n -> seeds 0..n-1, or a list), methods (names
     in :data:`adflora_analysis.core.methods.METHODS`), topology (``[topology]``: graph, weights,
     q, params, matrix), checkpoint_every (rounds between checkpoints, 0 = none), device,
     threads (torch CPU threads; 0 = the layer's automatic choice), backend (``auto``:
@@ -61,6 +83,11 @@ class FederationConfig:
     lr: float = 0.05
     rank: int = 2
     switch_interval: int | None = None
+    switch_schedule: Literal["periodic", "topology", "feedback"] = "periodic"
+    switch_eps: float = 0.1
+    switch_min: int = 1
+    switch_max: int = 20
+    gossip: GossipConfig = field(default_factory=GossipConfig)
     seeds: int | list[int] = 1
     methods: list[str] = field(default_factory=lambda: ["adf-lora", "rolora", "ffa-lora",
                                                         "lora"])
@@ -90,6 +117,7 @@ class FederationConfig:
         need(self.switch_interval is None or self.switch_interval >= 1,
              f"switch_interval T = {self.switch_interval} must be at least 1",
              "use T = 1 (switch every round) or more")
+        self.check_schedule_and_gossip()
         need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0", "use 0 for none")
         need(self.threads >= 0, "threads must be >= 0", "use 0 for automatic")
         need(self.dist_timeout_s > 0, "dist_timeout_s must be positive", "use e.g. 60")
@@ -114,6 +142,38 @@ class FederationConfig:
             bad = [k for k in _flatten(v) if k in NOT_VARIED]
             need(not bad, f"a variant sets {', '.join(bad)}, which every job must share",
                  "set it once at the top of the file")
+
+    def check_schedule_and_gossip(self) -> None:
+        """Validate ``switch_*`` and ``[gossip]`` (one :class:`AdfloraError` for the first
+        problem)."""
+        def need(ok: bool, problem: str, hint: str) -> None:
+            if not ok:
+                raise AdfloraError(problem, hint)
+
+        g = self.gossip
+        need(self.switch_schedule == "periodic" or self.switch_interval is None,
+             f"switch_interval = {self.switch_interval} is set but switch_schedule = "
+             f"{self.switch_schedule!r} chooses the interval itself",
+             "remove switch_interval, or use switch_schedule = 'periodic'")
+        need(0 < self.switch_eps < 1, f"switch_eps = {self.switch_eps} must lie in (0, 1)",
+             "use e.g. switch_eps = 0.1 (the frozen block's error shrinks tenfold a phase)")
+        need(self.switch_min >= 1, f"switch_min = {self.switch_min} must be at least 1",
+             "use switch_min = 1")
+        need(self.switch_min <= self.switch_max,
+             f"switch_min = {self.switch_min} is larger than switch_max = {self.switch_max}",
+             "use switch_min <= switch_max")
+        need(self.switch_schedule != "feedback" or self.switch_min < self.rounds,
+             f"the feedback schedule would never switch: switch_min = {self.switch_min} >= "
+             f"rounds = {self.rounds}", "lower switch_min or run more rounds")
+        need(isinstance(g.staleness, int) and g.staleness >= 0,
+             f"gossip.staleness = {g.staleness} must be an integer >= 0",
+             "use 0 (fresh messages) or a number of rounds")
+        need(g.staleness < self.rounds,
+             f"gossip.staleness = {g.staleness} is not smaller than rounds = {self.rounds}: "
+             "no message would ever arrive", "use a staleness below the number of rounds")
+        need(0 < g.participation <= 1,
+             f"gossip.participation = {g.participation} must lie in (0, 1]",
+             "use 1 (every client every round) or e.g. 0.8")
 
     @property
     def seed_list(self) -> list[int]:

@@ -28,11 +28,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import messages
+from adflora_analysis.core.sparse import SparseMix
 from adflora_analysis.core.state import LoraState
+from adflora_analysis.errors import AdfloraError
 
 MixerState = dict[str, Any]
 MixFn = Callable[..., tuple[LoraState, MixerState, Tensor]]
@@ -81,3 +84,128 @@ def synchronous() -> Mixer:
         return state, carry, sent
 
     return Mixer("synchronous", init=lambda _state: {}, mix=mix)
+
+
+def participating(W: Tensor, active: Tensor) -> Tensor:
+    """W^t restricted to the active clients: an inactive client's row and column become the
+    identity's, and an active client keeps the weight of its inactive neighbours on its
+    diagonal (rows still sum to 1; a symmetric W stays symmetric, hence doubly stochastic).
+
+    Parameters
+    ----------
+    W : (*batch, n, n) dense mixing matrix.
+    active : (*batch, n) bool.
+
+    >>> import torch
+    >>> W = torch.full((3, 3), 1 / 3)
+    >>> participating(W, torch.tensor([True, True, False])).mul(6).round().tolist()
+    [[4.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 6.0]]
+    """
+    a = active.to(W.dtype)
+    off = W * a.unsqueeze(-1) * a.unsqueeze(-2)
+    off = off - torch.diag_embed(off.diagonal(dim1=-2, dim2=-1))
+    return off + torch.diag_embed(1 - off.sum(-1))
+
+
+def active_clients(seeds: Sequence[int], n: int, t: int, participation: float) -> Tensor:
+    """Which clients take part in round ``t``: Bernoulli(``participation``) per client from the
+    counter-based stream (seed, "participation", t), shape (len(seeds), n) bool.
+
+    >>> active_clients([0, 1], 4, 3, 1.0).all().item()
+    True
+    >>> bool((active_clients([0], 4, 3, 0.5) == active_clients([0, 9], 4, 3, 0.5)[:1]).all())
+    True
+    """
+    from adflora_analysis.seeding import torch_generator
+
+    return torch.stack([torch.rand(n, generator=torch_generator(s, "participation", t),
+                                   dtype=torch.float64) < participation for s in seeds])
+
+
+def asynchronous(staleness: int = 0, participation: float = 1.0,
+                 seeds: Sequence[int] = (0,)) -> Mixer:
+    """Stale and partial gossip (docs/theory.md §7): client i replaces a mixed block by
+
+        X_i <- W'_ii X_i^t + sum_{j != i} W'_ij X_j^{t - τ},
+
+    its own current block and its neighbours' blocks as they were ``staleness`` = τ rounds ago
+    (before that round's gossip, whether or not the block was gossiped then; the initial blocks
+    before round 0), with W' = :func:`participating` (W^t, active) for the round's active
+    clients (:func:`active_clients`). An inactive client neither trains nor gossips: its blocks
+    are put back to what they were after the previous round's gossip (so the problem's local
+    update of it is discarded). τ = 0 and ``participation`` = 1 is :func:`synchronous`.
+
+    The carry holds the τ last pre-gossip copies of every block (this process's clients; the
+    backend exchanges them like current blocks, so it runs under torch.distributed) and, when
+    ``participation`` < 1, the post-gossip blocks of the last round; it is checkpointed, so a
+    resumed run is exact. ``seeds``: the batch's seeds (one mask stream per seed); a state with
+    no batch axis uses ``seeds[0]``.
+
+    >>> import torch
+    >>> from adflora_analysis.core.state import LoraState
+    >>> st = LoraState([torch.tensor([[[1.0]], [[3.0]]])], [torch.zeros(2, 1, 1)], ["l0"])
+    >>> m = asynchronous(staleness=1)
+    >>> carry = m.init(st)
+    >>> _ = st.A[0].add_(1.0)  # a local update: A = (2, 4); the neighbours still see (1, 3)
+    >>> st, carry, sent = m.mix(carry, st, ("A",), torch.full((2, 2), 0.5), 0)
+    >>> st.A[0].flatten().tolist()
+    [2.5, 2.5]
+    """
+    tau, pi = int(staleness), float(participation)
+    if tau < 0:
+        raise AdfloraError(f"gossip.staleness = {tau} must be >= 0",
+                           "use 0 (fresh messages) or a positive number of rounds")
+    if not 0 < pi <= 1:
+        raise AdfloraError(f"gossip.participation = {pi} must lie in (0, 1]",
+                           "use 1 (every client every round) or e.g. 0.8")
+    if tau == 0 and pi == 1:
+        return synchronous()
+    seeds = [int(s) for s in seeds]
+
+    def names(state: LoraState) -> tuple[str, ...]:
+        return ("A", "B", *state.extra)
+
+    def copy(state: LoraState) -> dict[str, list[Tensor]]:
+        return {b: [x.detach().clone() for x in state.block(b)] for b in names(state)}
+
+    def init(state: LoraState) -> MixerState:
+        carry: MixerState = {"history": [copy(state) for _ in range(tau)]}
+        if pi < 1:
+            carry["prev"] = copy(state)
+        return carry
+
+    def mix(carry: MixerState, state: LoraState, blocks: Sequence[str], W: Tensor, t: int, *,
+            backend: Backend = LOCAL, server: bool = False
+            ) -> tuple[LoraState, MixerState, Tensor]:
+        if isinstance(W, SparseMix):
+            raise AdfloraError("stale or partial gossip needs the dense W^t",
+                               "use fewer than 1024 clients with gossip.staleness/participation")
+        n = W.shape[-1]
+        sl = backend.client_slice(n)
+        if pi < 1:
+            batch = tuple(state.batch_shape)
+            act = active_clients(seeds[:batch[0]] if batch else seeds[:1], n, t, pi)
+            act = act.reshape(*batch, n).to(W.device)
+            W = participating(W, act)
+            idle = ~act[..., sl]
+            for b in names(state):
+                for x, old in zip(state.block(b), carry["prev"][b], strict=True):
+                    x[idle] = old.to(x.dtype)[idle]
+        history = carry.get("history", [])
+        pre = copy(state) if tau else None
+        if tau:
+            diag = W.diagonal(dim1=-2, dim2=-1)[..., sl]
+            off = W - torch.diag_embed(W.diagonal(dim1=-2, dim2=-1))
+            for b in blocks:
+                for x, old in zip(state.block(b), history[0][b], strict=True):
+                    d = diag.to(x.dtype).reshape(*diag.shape, *([1] * (x.dim() - diag.dim())))
+                    x.copy_(d * x + backend.mix(off, old.clone()))
+        else:
+            state = state.map_blocks(lambda X: backend.mix(W, X), tuple(blocks))
+        out: MixerState = {"history": [*history[1:], pre] if tau else []}
+        if pi < 1:
+            out["prev"] = copy(state)
+        sent = messages(W, server).double() * bytes_per_message(state, blocks)
+        return state, out, sent
+
+    return Mixer(f"asynchronous(staleness={tau},participation={pi:g})", init=init, mix=mix)

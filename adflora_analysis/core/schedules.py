@@ -22,6 +22,7 @@ over clients). :func:`periodic` is the paper's fixed interval T and the default 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only (loop imports this module)
     from adflora_analysis.core.loop import RoundResult
 
 ScheduleState = dict[str, Any]
+
+XI_FLOOR = 1e-24
+"""Consensus errors below this count as zero for :func:`feedback` (a block gossiped from a
+shared value keeps a round-off Xi ~ 1e-33, which must not block the switch)."""
 
 
 def phase(t: int, switch_interval: int) -> str:
@@ -82,3 +87,125 @@ def periodic(switch_interval: int) -> SwitchSchedule:
 
     return SwitchSchedule(f"periodic(T={T})", init=dict, phase=lambda _s, t: phase(t, T),
                           update=lambda s, _r: s, interval=T)
+
+
+def interval_for_rate(p: float, eps: float) -> int:
+    """Smallest T with (1 − p)^T <= eps: T = max(1, ceil(log eps / log(1 − p))).
+
+    The frozen block's consensus error contracts by 1 − p per gossip round (docs/theory.md
+    §1), so a phase of T rounds shrinks it by the factor ``eps``.
+
+    >>> interval_for_rate(0.5, 0.1), interval_for_rate(1.0, 0.1), interval_for_rate(0.05, 0.1)
+    (4, 1, 45)
+    """
+    if not 0 < eps < 1:
+        raise AdfloraError(f"switch_eps = {eps} must lie in (0, 1)",
+                           "use e.g. switch_eps = 0.1 (the frozen block's error shrinks 10x)")
+    if not p > 0:
+        raise AdfloraError(f"the topology's consensus rate p = {p} is not positive: the frozen "
+                           "block never contracts, so the topology schedule would never switch",
+                           "use a connected topology, or switch_schedule = 'periodic'")
+    if p >= 1:
+        return 1
+    return max(1, math.ceil(math.log(eps) / math.log1p(-p) - 1e-12))
+
+
+def topology_aware(p: float, eps: float = 0.1) -> SwitchSchedule:
+    """Periodic schedule with T from the topology before the run: the frozen block's consensus
+    error contracts by ``eps`` within a phase (:func:`interval_for_rate`).
+
+    >>> s = topology_aware(0.3, 0.1)
+    >>> s.name, s.interval
+    ('topology(T=7)', 7)
+    """
+    T = interval_for_rate(float(p), float(eps))
+    base = periodic(T)
+    return SwitchSchedule(f"topology(T={T})", init=base.init, phase=base.phase,
+                          update=base.update, interval=T)
+
+
+def agreement_bytes(n_clients: int, bytes_A: int, bytes_B: int, n_layers: int) -> int:
+    """Bytes per round that a decentralised federation spends to agree on the numbers
+    :func:`feedback` reads: an all-reduce (ring: every client sends 2(n − 1)/n of the payload)
+    of each client's A and B blocks (for the averages) and of 2L + 1 float64 scalars (‖X_i‖² per
+    block and layer, and the local loss), so Ξ_A, Ξ_B and f are known to every client.
+
+    >>> agreement_bytes(10, 40, 40, 1)
+    1872
+    """
+    n = int(n_clients)
+    payload = int(bytes_A) + int(bytes_B) + 8 * (2 * int(n_layers) + 1)
+    return 2 * (n - 1) * payload
+
+
+def feedback(eps: float = 0.1, t_min: int = 1, t_max: int = 20, stall: float = 0.1
+             ) -> SwitchSchedule:
+    """Switch after the round in which the frozen block's consensus error has fallen to ``eps``
+    times its value at the start of the phase, or the trained block's progress stalls; never
+    before ``t_min`` and always after ``t_max`` rounds in a phase. B trains first.
+
+    The decision reads only the round's reduced metrics (identical on every process): Ξ of the
+    frozen block summed over layers (``layer["xi_A"]``/``["xi_B"]``, after gossip; at the
+    phase's start ``xi_*_local``, before gossip) and ``scalar["loss"]`` when the problem reports
+    it. *Stall*: the last round's loss decrease is below ``stall`` times the phase's mean
+    decrease per round (never with fewer than 2 rounds of the phase; ``stall = 0`` disables it).
+    With a batch of seeds (*batch,) the numbers are averaged over the batch, so the seeds of a
+    job switch together. What agreeing on them costs is :func:`agreement_bytes`.
+
+    Parameters
+    ----------
+    eps : target contraction of the frozen block's Ξ within a phase, in (0, 1).
+    t_min, t_max : shortest and longest phase, in rounds (1 <= t_min <= t_max).
+    stall : relative progress below which the trained block counts as stalled (>= 0).
+
+    >>> s = feedback(0.5, 1, 3)
+    >>> st = s.init()
+    >>> s.phase(st, 0), st["start"]
+    ('B', 0)
+    """
+    eps, stall = float(eps), float(stall)
+    t_min, t_max = int(t_min), int(t_max)
+    if not 0 < eps < 1:
+        raise AdfloraError(f"switch_eps = {eps} must lie in (0, 1)", "use e.g. 0.1")
+    if t_min < 1:
+        raise AdfloraError(f"switch_min = {t_min} must be at least 1", "use switch_min = 1")
+    if t_min > t_max:
+        raise AdfloraError(f"switch_min = {t_min} is larger than switch_max = {t_max}",
+                           "use switch_min <= switch_max")
+    if stall < 0:
+        raise AdfloraError(f"switch_stall = {stall} must be >= 0", "use 0 to disable it")
+
+    def init() -> ScheduleState:
+        return {"phase": "B", "start": 0, "xi0": None, "loss0": None, "loss_prev": None,
+                "k0": 0}
+
+    def phase_of(s: ScheduleState, _t: int) -> str:
+        return s["phase"]
+
+    def update(s: ScheduleState, res: RoundResult) -> ScheduleState:
+        s = dict(s)
+        frozen = "A" if s["phase"] == "B" else "B"
+        xi = float(res.layer[f"xi_{frozen}"].double().sum(-1).mean())
+        loss = res.scalar.get("loss")
+        loss = float(loss.double().mean()) if loss is not None else None
+        if s["xi0"] is None:             # first round of the phase: its starting values
+            s["xi0"] = float(res.layer[f"xi_{frozen}_local"].double().sum(-1).mean())
+            s["loss0"] = float(res.scalar["loss_start"].double().mean()) \
+                if "loss_start" in res.scalar else s["loss_prev"]
+            s["k0"] = 0
+            if s["loss0"] is None:       # no loss before the phase: count from its 1st round
+                s["loss0"], s["k0"] = loss, 1
+        k = res.t + 1 - s["start"]
+        stalled = False
+        if stall > 0 and loss is not None and k >= 2 and s["loss0"] is not None \
+                and s["loss_prev"] is not None and k > s["k0"]:
+            mean_gain = (s["loss0"] - loss) / (k - s["k0"])
+            stalled = (s["loss_prev"] - loss) < stall * mean_gain
+        contracted = xi <= eps * s["xi0"] + XI_FLOOR
+        s["loss_prev"] = loss
+        if k >= t_max or (k >= t_min and (contracted or stalled)):
+            s.update(phase=frozen, start=res.t + 1, xi0=None, loss0=None)
+        return s
+
+    return SwitchSchedule(f"feedback(eps={eps:g},{t_min}..{t_max})", init=init,
+                          phase=phase_of, update=update)

@@ -27,7 +27,6 @@ round loop. Files written (besides what :func:`~adflora_analysis.experiment.run_
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,9 @@ from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.experiment import (
-    Job,
-    check_resume_config,
-    check_resume_world_size,
-    run_jobs,
-)
+from adflora_analysis.experiment import Job, run_jobs
 from adflora_analysis.runconfig import expand_study
-from adflora_analysis.rundir import init_run_dir, make_meta
+from adflora_analysis.rundir import claim, init_run_dir, make_meta
 from adflora_analysis.synthetic.config import SyntheticConfig
 
 
@@ -78,17 +72,12 @@ def mixing_validity(sampler, seeds: list[int], rounds: int) -> dict[str, Any]:
                 "mean_degree": float(df.mean_degree.mean()), "matrices": len(df)}
 
 
-def _mixing_rows(W: torch.Tensor, seeds: list[int]) -> list[dict]:
-    W = W.double()
-    n = W.shape[-1]
-    row = (W.sum(-1) - 1).abs().amax(-1)
-    col = (W.sum(-2) - 1).abs().amax(-1)
-    mn = W.flatten(-2).amin(-1)
-    asym = (W - W.transpose(-1, -2)).abs().flatten(-2).amax(-1)
-    off = (W.abs() > 0) & ~torch.eye(n, dtype=torch.bool)
-    deg = off.sum(-1).double().mean(-1)
-    return [{"seed": int(s), "row_err": float(row[i]), "col_err": float(col[i]),
-             "min_entry": float(mn[i]), "asym": float(asym[i]), "mean_degree": float(deg[i])}
+def _mixing_rows(W, seeds: list[int]) -> list[dict]:
+    """Rows of theory check 1 for a dense (S, n, n) W^t or a sparse one (O(edges))."""
+    from adflora_analysis.core.sparse import mixing_stats
+
+    st = {k: v.tolist() for k, v in mixing_stats(W).items()}
+    return [{"seed": int(s), **{k: float(v[i]) for k, v in st.items()}}
             for i, s in enumerate(seeds)]
 
 
@@ -117,7 +106,9 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
             def build(vcfg=vcfg, label=label, seeds=seeds):
                 problem = QuadraticProblem(vcfg, seeds, backend)
                 mixing = mixing_schedule(samplers[label], seeds, dtype=problem.dtype,
-                                         device=vcfg.device)
+                                         device=vcfg.device,
+                                         sparse=None if backend.world_size == 1
+                                         and vcfg.gossip.is_default else False)
                 return problem, problem.initial_state(), mixing
 
             topo = vcfg.topology
@@ -126,31 +117,128 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
                      "lr": vcfg.lr, "n_clients": vcfg.n_clients,
                      "local_steps": vcfg.local_steps}
             key = f"{label}/{m}" if multi else m
+            schedule, mixer, more = schedule_and_mixer(vcfg, m, samplers[label], seeds)
+            extra.update(more)
+            if schedule is not None:
+                extra["switch_interval"] = schedule.interval
             jobs.append((Job(key, get_method(m), seeds, build, switch_interval=T, extra=extra,
-                             server=topo.weights == "server"), vcfg))
+                             server=topo.weights == "server", schedule=schedule, mixer=mixer),
+                         vcfg))
     return jobs
 
 
+def schedule_and_mixer(vcfg, method: str, sampler, seeds: list[int]):
+    """The job's switching schedule and mixer from ``switch_schedule`` and ``[gossip]`` (None
+    for the defaults, which the round loop fills in), and the row columns that record them
+    (``switch_schedule``; ``staleness``, ``participation``; for the feedback schedule
+    ``agree_bytes``: what agreeing on its numbers costs per round, see
+    :func:`~adflora_analysis.core.schedules.agreement_bytes`).
+
+    >>> from adflora_analysis.synthetic.config import SyntheticConfig
+    >>> s, m, cols = schedule_and_mixer(SyntheticConfig(), "adf-lora", None, [0])
+    >>> s is None and m is None, cols
+    (True, {})
+    """
+    from adflora_analysis.core import mixers, schedules
+
+    schedule, mixer, cols = None, None, {}
+    if vcfg.switch_schedule != "periodic":
+        cols["switch_schedule"] = vcfg.switch_schedule
+        if vcfg.switch_schedule == "topology":
+            schedule = topology_schedule(vcfg, sampler)
+        else:
+            schedule = schedules.feedback(vcfg.switch_eps, vcfg.switch_min, vcfg.switch_max)
+            d_in = getattr(vcfg, "d_in", 0)
+            d_out = getattr(vcfg, "d_out", 0)
+            L = getattr(vcfg, "n_layers", 1)
+            cols["agree_bytes"] = schedules.agreement_bytes(
+                vcfg.n_clients, 8 * L * vcfg.rank * d_in, 8 * L * vcfg.rank * d_out, L)
+    g = vcfg.gossip
+    if not g.is_default:
+        mixer = mixers.asynchronous(g.staleness, g.participation, seeds)
+        cols.update(staleness=g.staleness, participation=g.participation)
+    return schedule, mixer, cols
+
+
+def topology_schedule(vcfg, sampler):
+    """:func:`~adflora_analysis.core.schedules.topology_aware` with the variant's p (the same
+    estimate as ``meta.json``'s, from ``topology_samples`` draws under the first seed)."""
+    from adflora_analysis.core.schedules import topology_aware
+    from adflora_analysis.topology import consensus_rate
+
+    p = consensus_rate(sampler, samples=getattr(vcfg, "topology_samples", 20000),
+                       seed=vcfg.seed_list[0]).p
+    sched = topology_aware(p, vcfg.switch_eps)
+    if sched.interval >= vcfg.rounds:
+        raise AdfloraError(f"the topology schedule would never switch: p = {p:.4g} gives "
+                           f"T = {sched.interval} >= rounds = {vcfg.rounds}",
+                           "raise switch_eps, run more rounds, or use a better-mixing topology")
+    return sched
+
+
 def run_study(cfg: SyntheticConfig, out: str | Path, *, resume: bool = False,
-              progress: bool | None = None, stop_after: int | None = None,
-              backend: Backend = LOCAL):
+              overwrite: bool = False, progress: bool | None = None,
+              stop_after: int | None = None, backend: Backend = LOCAL):
     """Run every variant x method of ``cfg`` into ``out``; return the metrics table.
+
+    ``out`` must be new or empty, or an earlier run of the same config with ``resume``, or an
+    earlier toolkit run with ``overwrite`` (which removes only what its manifest lists); see
+    :func:`adflora_analysis.rundir.claim`. The device and a memory/disk estimate
+    (:mod:`adflora_analysis.resources`) are checked before anything is allocated.
 
     A non-finite value stops the run with :class:`DivergenceError` naming the round and method;
     the rows written so far stay (and ``meta.json`` records ``status = "diverged"``). Under
     torch.distributed (``backend``), every process runs this with its clients and rank 0 alone
     writes files.
     """
+    if resume and overwrite:
+        raise AdfloraError("--resume and --overwrite exclude each other",
+                           "continue the run with --resume, or replace it with --overwrite")
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.n_threads())
     try:
-        return _run_study(cfg, Path(out), resume=resume, progress=progress,
+        return _run_study(cfg, Path(out), mode=mode, progress=progress,
                           stop_after=stop_after, backend=backend)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool | None,
+def _variant_meta(variants: list[tuple[str, SyntheticConfig]]):
+    """Per variant: its sampler, its ``meta.json`` entry and its mixing-validity rows."""
+    from adflora_analysis.synthetic.problem import QuadraticProblem
+
+    samplers, vmeta, mix_tables = {}, {}, []
+    for label, vcfg in variants:
+        samplers[label], tc = topology_meta(vcfg)
+        mdf, mix_summary = mixing_validity(samplers[label], vcfg.seed_list, vcfg.rounds)
+        mdf.insert(0, "variant", label)
+        mix_tables.append(mdf)
+        fstar = QuadraticProblem(vcfg, vcfg.seed_list).f_star.tolist() if vcfg.n_clients * \
+            vcfg.d_in * vcfg.d_in * len(vcfg.seed_list) <= 5e7 else None
+        vmeta[label] = {"topology": tc, "p": tc["p"], "p_stderr": tc["p_stderr"],
+                        "second_moment_rate": tc["second_moment_rate"], "f_star": fstar,
+                        "switch_interval": {m: effective_T(vcfg, m) for m in vcfg.methods},
+                        "lr": vcfg.lr, "local_steps": vcfg.local_steps,
+                        "n_clients": vcfg.n_clients, "noise_kind": vcfg.noise_kind,
+                        "heterogeneity": vcfg.heterogeneity, "methods": list(vcfg.methods),
+                        "mixing_validity": mix_summary}
+    return samplers, vmeta, mix_tables
+
+
+def _refuse_what_does_not_fit(variants: list[tuple[str, SyntheticConfig]], out: Path) -> None:
+    """Device and memory/disk estimate of the study, before anything is allocated."""
+    from adflora_analysis.resources import Need, check_device, synthetic_need
+
+    need = Need()
+    for _, vcfg in variants:
+        check_device(vcfg.device)
+        one = synthetic_need(vcfg)
+        need.add_variant(one)
+    need.refuse_if_over(out)
+
+
+def _run_study(cfg: SyntheticConfig, out: Path, *, mode: str, progress: bool | None,
                stop_after: int | None, backend: Backend = LOCAL):
     writer = backend.rank == 0
     config = to_dict(cfg)
@@ -161,62 +249,52 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, resume: bool, progress: bool 
     if backend.world_size > 1 and {v.n_clients for _, v in variants} != {cfg.n_clients}:
         raise AdfloraError("a torch.distributed run needs one n_clients for every variant",
                            "run variants with other client counts separately")
-    samplers, vmeta, mix_tables = {}, {}, []
-    for label, vcfg in variants:
-        samplers[label], tc = topology_meta(vcfg)
-        mdf, mix_summary = mixing_validity(samplers[label], vcfg.seed_list, vcfg.rounds)
-        mdf.insert(0, "variant", label)
-        mix_tables.append(mdf)
-        from adflora_analysis.synthetic.problem import QuadraticProblem
+    _refuse_what_does_not_fit(variants, out)
+    for _, vcfg in variants:  # an adaptive schedule that would never switch: before any file
+        if vcfg.switch_schedule == "topology":
+            from adflora_analysis.topology import build_sampler
 
-        fstar = QuadraticProblem(vcfg, vcfg.seed_list).f_star.tolist() if vcfg.n_clients * \
-            vcfg.d_in * vcfg.d_in * len(vcfg.seed_list) <= 5e7 else None
-        vmeta[label] = {"topology": tc, "p": tc["p"], "p_stderr": tc["p_stderr"],
-                        "second_moment_rate": tc["second_moment_rate"], "f_star": fstar,
-                        "switch_interval": {m: effective_T(vcfg, m) for m in vcfg.methods},
-                        "lr": vcfg.lr, "local_steps": vcfg.local_steps,
-                        "n_clients": vcfg.n_clients, "noise_kind": vcfg.noise_kind,
-                        "heterogeneity": vcfg.heterogeneity, "methods": list(vcfg.methods),
-                        "mixing_validity": mix_summary}
-    first = vmeta[variants[0][0]]
-    if resume:
-        check_resume_config(out, config)
-        check_resume_world_size(out, backend.world_size)
-    elif writer:
-        meta = make_meta(cfg.seed_list, study="synthetic", p=first["p"],
-                         p_stderr=first["p_stderr"],
-                         second_moment_rate=first["second_moment_rate"],
-                         topology=first["topology"], variants=vmeta, status="running",
-                         optimizer="sgd, fresh every round (no state to gossip)",
-                         world_size=backend.world_size)
-        init_run_dir(out, config, meta)
-        for stale in ("checks.json", "check_curves.parquet"):  # of an earlier run here
-            (out / stale).unlink(missing_ok=True)
-        import pandas as pd
+            topology_schedule(vcfg, build_sampler(vcfg.topology, vcfg.n_clients,
+                                                  seed=vcfg.seed_list[0]))
+    with claim(out, "synthetic", mode, writer=writer) as run:
+        if mode == "resume":
+            run.check_resume(config, backend.world_size)
+        samplers, vmeta, mix_tables = _variant_meta(variants)
+        if writer:
+            if mode != "resume":
+                first = vmeta[variants[0][0]]
+                meta = make_meta(cfg.seed_list, kind="synthetic", p=first["p"],
+                                 p_stderr=first["p_stderr"],
+                                 second_moment_rate=first["second_moment_rate"],
+                                 topology=first["topology"], variants=vmeta, status="running",
+                                 optimizer="sgd, fresh every round (no state to gossip)",
+                                 world_size=backend.world_size)
+                init_run_dir(run, config, meta)
+            import pandas as pd
 
-        from adflora_analysis import fileio
+            # also on resume: a kill before its rename must not leave the run without it
+            run.write_parquet("mixing.parquet", pd.concat(mix_tables, ignore_index=True))
+        pairs = build_jobs(variants, samplers, backend)
+        jobs = [j for j, _ in pairs]
+        by_key = {j.key: v for j, v in pairs}
 
-        fileio.write_parquet(out / "mixing.parquet", pd.concat(mix_tables, ignore_index=True))
-    pairs = build_jobs(variants, samplers, backend)
-    jobs = [j for j, _ in pairs]
-    by_key = {j.key: v for j, v in pairs}
+        def on_round(job: Job, problem, res) -> dict[str, list[dict]]:
+            from adflora_analysis.synthetic.constants import measure
 
-    def on_round(job: Job, problem, res) -> dict[str, list[dict]]:
-        from adflora_analysis.synthetic.constants import measure
+            tables = {}
+            vcfg = by_key[job.key]
+            ce = vcfg.constants_every
+            if ce and ((res.t + 1) % ce == 0 or res.t == 0 or res.t == vcfg.rounds - 1):
+                vals = measure(problem, res.state, res.t)
+                tables["constants"] = [{"method": job.method.name,
+                                        "variant": job.extra["variant"], "seed": int(s),
+                                        **{k: float(v[i]) for k, v in vals.items()}}
+                                       for i, s in enumerate(job.seeds)]
+            return tables
 
-        tables = {}
-        vcfg = by_key[job.key]
-        ce = vcfg.constants_every
-        if ce and ((res.t + 1) % ce == 0 or res.t == 0 or res.t == vcfg.rounds - 1):
-            vals = measure(problem, res.state, res.t)
-            tables["constants"] = [{"method": job.method.name, "variant": job.extra["variant"],
-                                    "seed": int(s), **{k: float(v[i]) for k, v in vals.items()}}
-                                   for i, s in enumerate(job.seeds)]
-        return tables
-
-    return run_jobs(out, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
-                    resume=resume, on_round=on_round, progress=progress,
-                    stop_after=stop_after, backend=backend)
+        return run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
+                        resume=mode == "resume", on_round=on_round, progress=progress,
+                        stop_after=stop_after, backend=backend)
 
 
 def study_rows(cfg: SyntheticConfig):
@@ -251,16 +329,10 @@ def study_rows(cfg: SyntheticConfig):
         for job, vcfg in build_jobs(variants, samplers):
             problem, state, mixing = job.build()
             for res in run_rounds(problem, job.method, state, mixing, rounds=vcfg.rounds,
-                                  switch_interval=job.switch_interval, server=job.server):
+                                  switch_interval=job.switch_interval, server=job.server,
+                                  schedule=job.schedule, mixer=job.mixer):
                 rows += round_rows(res, job.method.name, job.seeds,
                                    {"job": job.key, **job.extra})
     finally:
         torch.set_num_threads(threads)
     return pd.DataFrame(rows)
-
-
-def read_meta(run_dir: str | Path) -> dict[str, Any]:
-    p = Path(run_dir) / "meta.json"
-    if not p.exists():
-        raise AdfloraError(f"{str(run_dir)!r} has no meta.json", "pass a synthetic run directory")
-    return json.loads(p.read_text())
