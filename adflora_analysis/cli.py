@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
              "logging consensus and cross-term errors."),
     "report": ("adflora_analysis.reports.cli:report",
                "Write OUT/report.md and OUT/index.html (opens from disk) from finished runs."),
+    "export": ("adflora_analysis.export:app", "Export a run to other tools (TensorBoard)."),
     "demo": ("adflora_analysis.demo:demo",
              "Run the tour: topology sweep, synthetic bounds + checks, T ablation, a small "
              "offline GLUE run (MiniLM on Rotten Tomatoes), and an HTML report at "
