@@ -86,10 +86,11 @@ def run_demo(out: str | Path = "reports/demo", quick: bool = False, seed: int = 
     run_study(cfg(SyntheticConfig, BOUNDS, BOUNDS_QUICK), runs / "bounds")
     results = run_checks(runs / "bounds")
     save_results(runs / "bounds", results)
-    held = sum(r.held is True for r in results)
+    held = sum(r.status == "held" for r in results)
     print(f"[demo]   theory checks: {held} held of {len(results)} "
           f"({sum(r.unexpected_violation for r in results)} unexpected violation(s), "
-          f"{sum(r.expected == 'fail' for r in results)} expected finding(s))")
+          f"{sum(r.status == 'finding' for r in results)} expected finding(s), "
+          f"{sum(r.status == 'underpowered' for r in results)} underpowered)")
     _done(t0, runs / "bounds")
 
     t0 = _step("3/5 synthetic T ablation (adf-lora vs rolora)")

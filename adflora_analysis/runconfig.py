@@ -60,7 +60,9 @@ def paper_topology() -> TopologyConfig:
 class FederationConfig:
     """Shared keys.
 
-    n_clients, rounds, local_steps (K), lr, rank (r), switch_interval (T; None = each method's
+    n_clients, rounds, local_steps (K), lr (eta_0), lr_schedule (``constant``, ``inverse``:
+    eta_0 / (1 + t / lr_t0), ``cosine``: down to lr_min at the last round;
+    core/lr_schedules.py), rank (r), switch_interval (T; None = each method's
     default: adf-lora 5, others 1), switch_schedule (``periodic``: every T rounds;
     ``topology``: T from the topology's p so that (1 - p)^T <= switch_eps; ``feedback``: when the
     frozen block's Xi fell by switch_eps or the trained block stalls, within switch_min ..
@@ -81,6 +83,9 @@ class FederationConfig:
     rounds: int = 100
     local_steps: int = 5
     lr: float = 0.05
+    lr_schedule: Literal["constant", "inverse", "cosine"] = "constant"
+    lr_t0: float = 10.0
+    lr_min: float = 0.0
     rank: int = 2
     switch_interval: int | None = None
     switch_schedule: Literal["periodic", "topology", "feedback"] = "periodic"
@@ -113,6 +118,9 @@ class FederationConfig:
         need(self.local_steps >= 1, f"local_steps = {self.local_steps} must be at least 1",
              "use local_steps = 1 or more")
         need(self.lr > 0, f"lr = {self.lr} must be positive", "use a positive step size")
+        from adflora_analysis.core.lr_schedules import check_schedule
+
+        check_schedule(self.lr_schedule, self.lr, self.lr_t0, self.lr_min)
         need(self.rank >= 1, f"rank = {self.rank} must be at least 1", "use e.g. rank = 8")
         need(self.switch_interval is None or self.switch_interval >= 1,
              f"switch_interval T = {self.switch_interval} must be at least 1",

@@ -56,20 +56,27 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results."),
     strict: bool = typer.Option(False, "--strict",
                                 help="Exit 1 if a check that should hold is violated."),
-    z: float = typer.Option(3.0, help="Monte Carlo tolerance in standard errors."),
-    decay_tol: float = typer.Option(0.1, help="Check 6: C -> 0 means final C <= this x peak."),
+    z: float = typer.Option(3.0, help="One-sided normal level of every test, in standard "
+                            "errors (the t threshold for the run's seeds is printed)."),
+    effect: float = typer.Option(0.2, help="Relative violation a test must be able to detect "
+                                 "with 80% power; otherwise it says underpowered."),
+    checks: list[str] = typer.Option(None, "--checks", help="Python file registering user "
+                                     "checks (repeatable); entry points of group "
+                                     "adflora_analysis.checks are loaded too."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write checks.json and "
                               "check_curves.parquet into the run directory."),
 ) -> None:
-    """Evaluate the six theory checks of docs/architecture.md §5 on a finished run.
+    """Evaluate the theory checks (docs/theory.md) on a finished synthetic or GLUE run.
 
-    Example: adflora synthetic check runs/bounds --json
+    Example: adflora synthetic check runs/bounds --json --checks my_checks.py
     """
     from adflora_analysis.synthetic.checks import format_results, run_checks
 
     if z <= 0:
         raise AdfloraError(f"--z {z} must be positive", "use e.g. --z 3")
-    results = run_checks(run_dir, z=z, decay_tol=decay_tol)
+    if effect <= 0:
+        raise AdfloraError(f"--effect {effect} must be positive", "use e.g. --effect 0.1")
+    results = run_checks(run_dir, z=z, effect=effect, check_files=checks or [])
     if save:
         from adflora_analysis.synthetic.checks import save_results
 
@@ -78,8 +85,16 @@ def check(
         typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
     else:
         typer.echo(format_results(results))
-        bad = [r for r in results if r.unexpected_violation]
-        typer.echo(f"\n{len(results)} results, {len(bad)} unexpected violation(s), "
-                   f"{sum(r.expected == 'fail' for r in results)} expected finding(s)")
+        counts = {s: sum(r.status == s for r in results) for s in
+                  ("held", "violated", "finding", "underpowered", "n/a", "error")}
+        typer.echo(f"\n{len(results)} results: " + ", ".join(f"{v} {k}" for k, v in
+                                                              counts.items() if v)
+                   + f"; {sum(r.unexpected_violation for r in results)} unexpected")
+    errors = [r for r in results if r.status == "error"]
+    for r in errors:
+        typer.echo(f"error: {r.note} (hint: fix the check; the other checks ran and were "
+                   "written)", err=True)
+    if errors:
+        raise typer.Exit(2)
     if strict and any(r.unexpected_violation for r in results):
         raise typer.Exit(1)

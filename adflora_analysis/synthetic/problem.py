@@ -113,6 +113,8 @@ class QuadraticProblem(Problem):
         self.lam_sigma = torch.linalg.eigvalsh(Sig).amax(-1)       # (S, n, L)
         self.norm_C = torch.linalg.matrix_norm(C, ord=2)            # (S, n, L)
         self.Sig_bar64, self.C_bar64, self.c_bar64 = Sig.mean(1), C.mean(1), c0.mean(1)
+        self.lam_sigma_bar = torch.linalg.eigvalsh(self.Sig_bar64).amax(-1)   # (S, L)
+        self.norm_C_bar = torch.linalg.matrix_norm(self.C_bar64, ord=2)      # (S, L)
         self.f_star = self._f_star()                                # (S,)
         dt = self.dtype
         self.X, self.R = X.to(dt), R.to(dt)
@@ -166,9 +168,19 @@ class QuadraticProblem(Problem):
             B.append(torch.zeros(len(self.seeds), self.n, c.d_out, self.r, dtype=self.dtype,
                                  device=self.device))
         full = LoraState(A, B, [f"layer{i}" for i in range(self.L)])
+        self.f_inf_B = self._min_over_B(torch.stack(A, 2).mean(1).double())
         if self.backend.world_size == 1:
             return full
         return full.map_blocks(lambda X: X[:, self.sl].contiguous())
+
+    def _min_over_B(self, A: Tensor) -> Tensor:
+        """min over B of f(A, B) per seed (S,) for averaged A (S, L, r, d_in): with
+        M = A Sig_bar A^T and N = C_bar A^T, f = 1/2 s^2 tr(B M B^T) - s <B, N> + c, minimal at
+        B = N M^+ / s with value c - 1/2 tr(N M^+ N^T) (the infimum ffa-lora can reach)."""
+        M = A @ self.Sig_bar64 @ A.transpose(-1, -2)
+        N = self.C_bar64 @ A.transpose(-1, -2)
+        val = (N @ torch.linalg.pinv(M, hermitian=True) * N).sum((-2, -1))
+        return (self.c_bar64 - 0.5 * val).sum(-1)
 
     # ------------------------------------------------------------------ gradients
     def full_grads(self, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor,
@@ -211,38 +223,55 @@ class QuadraticProblem(Problem):
     def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
                      disp: DisplacementStats | None = None
                      ) -> tuple[LoraState, dict[str, Tensor]]:
-        """K SGD steps with step size lr on ``blocks`` for every seed, client and layer at once.
+        """K SGD steps with the round's step size eta_t (``lr_schedule``) on ``blocks`` for every
+        seed, client and layer at once.
 
         Returns a new state (the trained blocks are new tensors) and what the steps measured,
-        each (S,) float64: the mean over the K inner steps of the consensus error of all factors
-        (``xi_inner``) and of ||M_t grad f(x_bar)||^2 at the inner averaged models
-        (``grad_norm_sq_inner``; M_t masks the trained blocks), and the loss at the round's
-        start (``loss_start``). The displacement of every trained block and layer is reported
-        to ``disp``; the running maxima of ||A_i||_F, ||B_i||_F over all clients and inner steps
-        are kept for the smoothness bound (checkpointed state)."""
-        c, K, lr = self.cfg, self.cfg.local_steps, self.cfg.lr
+        each (S,) float64 and a mean over the K inner steps unless said otherwise:
+
+        - ``eta``: the step eta_t of the round (``lr`` is the configured eta_0);
+          ``xi_inner``: the consensus error of all factors;
+        - ``grad_norm_sq_inner``: ||a||^2, a = M_t grad f(x_bar) at the inner averaged model
+          (M_t masks the trained blocks); ``loss_start``: f(x_bar) at the round's start;
+        - ``gamma_A``/``gamma_B``: Gamma = (1/n)||(I - J) G||^2 of the clients' stochastic
+          gradients of the block (0 when frozen; docs/theory.md (2.4));
+        - ``sn_gbar_sq``: ||g_bar||^2, g_bar = (1/n) sum_i M_t grad f_i(x_i); ``sn_drift``:
+          ||a - g_bar||^2 (exact client-drift bias); ``L_block``: the max over steps of the
+          curvature L along the step; ``sn_curv_left``/``sn_curv_right``: the curvature terms of
+          docs/theory.md (3.2), summed over layers with each layer's L.
+
+        The displacement of every trained block and layer is reported to ``disp``; the running
+        maxima of ||A_i||_F, ||B_i||_F are kept for the smoothness bound (checkpointed)."""
+        from adflora_analysis.core.lr_schedules import lr_at
+
+        c, K = self.cfg, self.cfg.local_steps
+        lr = lr_at(t, c.lr, c.lr_schedule, t0=c.lr_t0, rounds=c.rounds, lr_min=c.lr_min)
         A = torch.stack(state.A, 2)                          # (S, n, L, r, di)
         B = torch.stack(state.B, 2)                          # (S, n, L, do, r)
         noise = self._draw_noise(t, blocks)
         full = self._full
         xi_frozen = sum(_xi(full(X)) for name, X in (("A", A), ("B", B)) if name not in blocks)
-        xi_inner = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
-        g_inner = torch.zeros_like(xi_inner)
+        z = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
+        acc = {k: z.clone() for k in ("xi_inner", "grad_norm_sq_inner", "gamma_A", "gamma_B",
+                                      "sn_gbar_sq", "sn_drift", "sn_curv_left",
+                                      "sn_curv_right")}
+        L_block = z.clone()
         loss_start = None
         for k in range(K):
             # bookkeeping at x^{t,k} (before the step): consensus and the averaged model
             Af, Bf = full(A), full(B)
-            xi_inner += xi_frozen + sum(_xi(X) for name, X in (("A", Af), ("B", Bf))
-                                        if name in blocks)
+            acc["xi_inner"] += xi_frozen + sum(_xi(X) for name, X in (("A", Af), ("B", Bf))
+                                               if name in blocks)
             Ab, Bb = Af.mean(1), Bf.mean(1)
             gbar = self.full_grads(Ab, Bb, self.Sig_bar, self.C_bar, blocks)
-            g_inner += sum(v.pow(2).flatten(1).sum(-1, dtype=torch.float64)
-                           for v in gbar.values())
+            acc["grad_norm_sq_inner"] += sum(v.pow(2).flatten(1).sum(-1, dtype=torch.float64)
+                                             for v in gbar.values())
             if k == 0:
                 loss_start = self._global_loss(Ab, Bb)
                 self._track_norms(Af, Bf, ("A", "B"))
             else:
                 self._track_norms(Af, Bf, blocks)
+            desc = self._descent_terms(Af, Bf, Ab, Bb, gbar, blocks)
             # the step
             if c.noise_kind == "minibatch":
                 g = self._minibatch_grads(A, B, noise["idx"][:, k], blocks)
@@ -250,19 +279,106 @@ class QuadraticProblem(Problem):
                 g = self.full_grads(A, B, self.Sig_loc, self.C_loc, blocks)
                 if c.noise_kind == "additive":
                     g = {name: v + noise[name][:, k] for name, v in g.items()}
+            gfull = {name: full(v) for name, v in g.items()}
+            for name, v in gfull.items():
+                acc[f"gamma_{name}"] += _xi(v)
+            if len(blocks) > 1:     # joint step: local L along the realized averaged step
+                desc["sn_curv_right"], desc["L"] = self._path_curvature(Ab, Bb, gfull, lr)
+            for key in ("sn_gbar_sq", "sn_drift", "sn_curv_left", "sn_curv_right"):
+                acc[key] += desc[key]
+            L_block = torch.maximum(L_block, desc["L"])
             if "A" in g:
                 A = A - lr * g["A"]
             if "B" in g:
                 B = B - lr * g["B"]
         self._track_norms(full(A), full(B), blocks)
-        measured = {"xi_inner": (xi_inner / K).double(),
-                    "grad_norm_sq_inner": (g_inner / K).double(), "loss_start": loss_start.double()}
+        measured = {k: (v / K).double() for k, v in acc.items()}
+        measured.update(eta=torch.full_like(z, lr), L_block=L_block,
+                        loss_start=loss_start.double())
         newA = list(A.unbind(2)) if "A" in blocks else state.A
         newB = list(B.unbind(2)) if "B" in blocks else state.B
         new = LoraState(newA, newB, list(state.layers))
         if disp is not None:
             disp.add_states(state, new, blocks)
         return new, measured
+
+    def _descent_terms(self, Af: Tensor, Bf: Tensor, Ab: Tensor, Bb: Tensor,
+                       a: dict[str, Tensor], blocks: tuple[str, ...]) -> dict[str, Tensor]:
+        """Terms of the descent step (docs/theory.md §3) at one inner step, each (S,) float64.
+
+        ``Af``, ``Bf``: every client's factors (S, n, L, ...); ``Ab``, ``Bb``: their means;
+        ``a``: M_t grad f(x_bar) per block (S, L, ...). One trained block: L per layer is the
+        exact curvature along that block (B: s^2 lam_max(A_bar Sig_bar A_bar^T); A: s^2
+        lam_max(B_bar^T B_bar) lam_max(Sig_bar)), cl = sum_l L_l ||g_bar_l||^2 and
+        cr = sum_l L_l V_l / n with V_l the clients' mean gradient variance of the block."""
+        s, n = self.s, self.n
+        gi = self.full_grads(Af, Bf, self.Sig, self.C, blocks)          # (S, n, L, ...)
+        gb = {k: v.mean(1) for k, v in gi.items()}
+
+        def sq(v: Tensor) -> Tensor:                                     # (S, L)
+            return v.double().pow(2).sum((-2, -1))
+
+        gb_l = sum(sq(v) for v in gb.values())
+        out = {"sn_gbar_sq": gb_l.sum(-1),
+               "sn_drift": sum(sq(a[k] - gb[k]).sum(-1) for k in blocks)}
+        if len(blocks) > 1:
+            out["sn_curv_left"] = torch.zeros_like(out["sn_gbar_sq"])
+            return out
+        Abd, Bbd = Ab.double(), Bb.double()
+        if blocks == ("B",):
+            M = s * s * Abd @ self.Sig_bar64 @ Abd.transpose(-1, -2)
+            L = torch.linalg.eigvalsh(M).amax(-1)                          # (S, L)
+        else:
+            L = s * s * torch.linalg.eigvalsh(Bbd.transpose(-1, -2) @ Bbd).amax(-1) \
+                * self.lam_sigma_bar
+        V = self._block_variance(Af, Bf, blocks[0]).mean(1)                # (S, L)
+        out["sn_curv_left"] = (L * gb_l).sum(-1)
+        out["sn_curv_right"] = (L * V / n).sum(-1)
+        out["L"] = L.amax(-1)
+        return out
+
+    def _path_curvature(self, Ab: Tensor, Bb: Tensor, g: dict[str, Tensor], lr: float
+                        ) -> tuple[Tensor, Tensor]:
+        """Joint (A, B) step: per layer L = s^2 lam (a^2 + b^2) + s (s lam a b + ||C_bar||_2)
+        with a, b the larger spectral norms of the averaged factors at the two ends of the
+        realized step (a bound of the Hessian on the segment); returns (sum_l L_l
+        ||g_hat_l||^2, max_l L_l), g_hat the clients' mean stochastic gradient."""
+        s = self.s
+        gA, gB = g["A"].double().mean(1), g["B"].double().mean(1)
+        A0, B0 = Ab.double(), Bb.double()
+        a = torch.maximum(torch.linalg.matrix_norm(A0, ord=2),
+                          torch.linalg.matrix_norm(A0 - lr * gA, ord=2))
+        b = torch.maximum(torch.linalg.matrix_norm(B0, ord=2),
+                          torch.linalg.matrix_norm(B0 - lr * gB, ord=2))
+        lam = self.lam_sigma_bar
+        L = s * s * lam * (a * a + b * b) + s * (s * lam * a * b + self.norm_C_bar)
+        gh = gA.pow(2).sum((-2, -1)) + gB.pow(2).sum((-2, -1))
+        return (L * gh).sum(-1), L.amax(-1)
+
+    def _block_variance(self, A: Tensor, B: Tensor, block: str) -> Tensor:
+        """E||g_i - grad f_i||^2 of one local step's stochastic gradient of ``block`` at every
+        client's point, per layer (S, n, L) (see :func:`.constants.sigma_sq`)."""
+        c = self.cfg
+        S, n, L = A.shape[0], A.shape[1], A.shape[2]
+        if c.noise_kind == "none":
+            return torch.zeros(S, n, L, dtype=torch.float64, device=A.device)
+        if c.noise_kind == "additive":
+            size = c.rank * (c.d_in if block == "A" else c.d_out)
+            return torch.full((S, n, L), c.noise * size / self.n_params(),
+                              dtype=torch.float64, device=A.device)
+        s, m, b = self.s, c.samples_per_client, c.batch_size
+        X, R = self.X.double(), self.R.double()
+        A, B = A.double(), B.double()
+        Z = X @ A.transpose(-1, -2)                          # (S, n, L, m, r)
+        E = s * Z @ B.transpose(-1, -2) - R                  # (S, n, L, m, do)
+        if block == "B":
+            per = s * s * E.pow(2).sum(-1) * Z.pow(2).sum(-1)
+            g = (s / m) * E.transpose(-1, -2) @ Z
+        else:
+            EB = E @ B
+            per = s * s * EB.pow(2).sum(-1) * X.pow(2).sum(-1)
+            g = (s / m) * EB.transpose(-1, -2) @ X
+        return (per.mean(-1) - g.pow(2).sum((-2, -1))).clamp_min(0) / b
 
     def _draw_noise(self, t: int, blocks: tuple[str, ...]) -> dict[str, Tensor]:
         c, K = self.cfg, self.cfg.local_steps
@@ -318,6 +434,10 @@ class QuadraticProblem(Problem):
           at the clients' current points (max / mean over clients; exact, not sampled);
         - ``L_hull``: the smoothness bound of :func:`.constants.smoothness_bound` over the convex
           hull of every client iterate so far.
+        - ``f_inf_B``: min over B of f(A^0, B) at the initial averaged A (what ffa-lora can
+          reach; theory check 5);
+        - ``cross_term_direct``: C from the products B_i A_i (theory check 6i compares it with
+          the loop's ``cross_term``).
         """
         from adflora_analysis.synthetic.constants import sigma_sq, smoothness_bound
 
@@ -339,6 +459,7 @@ class QuadraticProblem(Problem):
             "grad_norm_sq_A": gA, "grad_norm_sq_B": gB, "local_loss": local,
             "zeta_sq": zeta.mean(1), "sigma_sq_max": sig.amax(1), "sigma_sq_mean": sig.mean(1),
             "L_hull": smoothness_bound(self),
+            "f_inf_B": self.f_inf_B, "cross_term_direct": _cross_term_direct(A, B),
         }
         return out
 
@@ -349,6 +470,14 @@ class QuadraticProblem(Problem):
     def load_state_dict(self, d: dict) -> None:
         self.max_fro_A = d["max_fro_A"].to(self.device)
         self.max_fro_B = d["max_fro_B"].to(self.device)
+
+
+def _cross_term_direct(A: Tensor, B: Tensor) -> Tensor:
+    """C from its first form ||(1/n) sum_i B_i A_i - B_bar A_bar||_F (root of the sum over
+    layers), computed independently of :func:`core.metrics.cross_term` (which uses the centred
+    form): theory check 6i compares the two. A (S, n, L, r, di), B (S, n, L, do, r) -> (S,)."""
+    P = (B @ A).mean(1) - B.mean(1) @ A.mean(1)
+    return P.pow(2).sum((-3, -2, -1)).sqrt()
 
 
 def _xi(X: Tensor) -> Tensor:

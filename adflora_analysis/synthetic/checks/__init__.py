@@ -1,0 +1,120 @@
+"""The theory checks (docs/architecture.md §5, derivations in docs/theory.md), one module per
+check over a shared statistics module (:mod:`.stats`), with a registry (:mod:`.registry`) that
+runs built-in and user checks alike.
+
+=====  ==========================  ===========================================================
+no.    module                      what
+=====  ==========================  ===========================================================
+1      :mod:`.mixing`              W^t doubly stochastic and nonnegative, p > 0
+2      :mod:`.gossip`              E[Xi(WX) | X] <= (1 - p) Xi(X) (two-sided if exchangeable)
+3      :mod:`.frozen`              frozen block: E Xi(t0 + k) <= (1 - p)^k Xi(t0)
+4/4b/4c :mod:`.consensus`          consensus recursion: one step, unrolled, a priori (Gamma)
+5/5b   :mod:`.stationarity`        stationarity bound (exact curvature and drift; L_hull form)
+6i-6d  :mod:`.cross_term`          cross term: invariant, unrolled, floor, decay, ADF < others
+=====  ==========================  ===========================================================
+
+Statuses: held / violated / finding (fails as the method is expected to) / underpowered (the
+seeds could not have shown a violation of the size the check guards against) / n/a / error.
+``--strict`` fails on violated or errored checks that should hold.
+
+>>> sorted(n for n, c in REGISTRY.items() if c.builtin)[:3]
+['consensus', 'cross-term', 'frozen-block']
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from adflora_analysis.synthetic.checks.consensus import check_consensus, kappa
+from adflora_analysis.synthetic.checks.cross_term import check_cross_term
+from adflora_analysis.synthetic.checks.data import Context, RunData, Series, contexts, load_run
+from adflora_analysis.synthetic.checks.frozen import check_frozen, fit_geometric_rate
+from adflora_analysis.synthetic.checks.gossip import check_gossip
+from adflora_analysis.synthetic.checks.mixing import check_mixing
+from adflora_analysis.synthetic.checks.registry import (
+    REGISTRY,
+    bound_check,
+    load_check_file,
+    load_entry_points,
+    register_check,
+    run_check,
+)
+from adflora_analysis.synthetic.checks.result import CheckResult
+from adflora_analysis.synthetic.checks.stationarity import check_stationarity
+from adflora_analysis.synthetic.checks.stats import EFFECT_DEFAULT, Z_DEFAULT
+
+__all__ = ["REGISTRY", "CheckResult", "Context", "RunData", "Series", "bound_check",
+           "contexts", "fit_geometric_rate", "format_results", "kappa", "load_check_file",
+           "load_run", "register_check", "run_checks", "save_results"]
+
+for _name, _fn, _kinds in (
+    ("mixing-validity", check_mixing, ("synthetic", "glue")),
+    ("gossip-contraction", check_gossip, ("synthetic", "glue")),
+    ("frozen-block", check_frozen, ("synthetic", "glue")),
+    ("consensus", check_consensus, ("synthetic",)),
+    ("stationarity", check_stationarity, ("synthetic",)),
+    ("cross-term", check_cross_term, ("synthetic", "glue")),
+):
+    register_check(_name, kinds=_kinds, builtin=True)(_fn)
+
+
+def run_checks(run_dir: str | Path, *, z: float = Z_DEFAULT, effect: float = EFFECT_DEFAULT,
+               check_files: list[str] | None = None, entry_points: bool = True,
+               data: RunData | None = None) -> list[CheckResult]:
+    """Every registered check (built-in, from ``check_files``, from entry points) for every
+    (variant, method) of a run directory (synthetic or GLUE)."""
+    for f in check_files or []:
+        load_check_file(f)
+    if entry_points:
+        load_entry_points()
+    data = data if data is not None else load_run(run_dir)
+    out: list[CheckResult] = []
+    for ctx in contexts(data, z=z, effect=effect):
+        for check in list(REGISTRY.values()):
+            if ctx.kind in check.kinds or not check.builtin:
+                out.extend(run_check(check, ctx))
+    return out
+
+
+def save_results(run_dir: str | Path, results: list[CheckResult]) -> None:
+    """Write ``checks.json`` (the summaries) and ``check_curves.parquet`` (every check's
+    measured curve and bound, columns number, check, method, variant, ...) atomically."""
+    from adflora_analysis import fileio
+
+    parts = []
+    for r in results:
+        if len(r.curve):
+            c = r.curve.copy()
+            c.insert(0, "number", r.number)
+            c.insert(1, "check", r.check)
+            c.insert(2, "method", r.method)
+            c.insert(3, "variant", r.variant)
+            parts.append(c)
+    if parts:
+        fileio.write_parquet(Path(run_dir) / "check_curves.parquet",
+                             pd.concat(parts, ignore_index=True))
+    fileio.write_json(Path(run_dir) / "checks.json", [r.to_dict() for r in results])
+
+
+def _f(x: float, fmt: str = ".3g") -> str:
+    return format(x, fmt) if isinstance(x, int | float) and math.isfinite(x) else "-"
+
+
+def format_results(results: list[CheckResult]) -> str:
+    """Plain-text table: number, check, method, variant, status, measured, bound, ratio with
+    interval, z with its threshold, detectable effect, note."""
+    head = (f"{'no':<4} {'check':<26} {'method':<9} {'variant':<14} {'status':<13} "
+            f"{'measured':>9} {'bound':>9} {'bound/meas [interval]':>24} {'z (thr)':>13} "
+            f"{'mde':>6}  note")
+    lines = [head]
+    for r in results:
+        ci = f"{_f(r.ratio_ci[0])}, {_f(r.ratio_ci[1])}"
+        rat = f"{_f(r.ratio, '.4g')} [{ci}]"
+        zt = f"{_f(r.z, '.2f')} ({_f(r.threshold, '.2f')})"
+        lines.append(f"{r.number:<4} {r.check[:26]:<26} {r.method[:9]:<9} "
+                     f"{r.variant[:14]:<14} {r.status:<13} {_f(r.measured):>9} "
+                     f"{_f(r.bound):>9} {rat:>24} {zt:>13} {_f(r.mde, '.2g'):>6}  {r.note}")
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""Check 3 — frozen-block consensus (ADF-LoRA's claim; docs/theory.md §1, eq. 1.2).
+
+Over a stretch of k rounds in which block X is not trained but gossiped every round, X only
+mixes, so (check 2 applied k times, tower rule)
+
+    E Xi_X(t0 + k) <= (1 - p)^k Xi_X(t0),
+
+with equality for an exchangeable sampler (tested two-sided there). Whether the frozen block is
+*supposed* to be gossiped comes from the method's spec (``core.methods``), not from the rows:
+under ``rolora`` it is not (a ``finding``: Xi stays flat), under ``adf-lora`` it is, so an
+adf-lora run that left it out of gossip is ``violated``. Stretches entering with Xi ~ 0 (a
+shared init) are skipped. The geometric rate of the frozen block's Xi is fitted on the
+bias-corrected log of the seed mean (stats.log_mean_unbiased) with a seed-bootstrap error.
+Source: Koloskova et al. 2020, Assumption 4 iterated; ADF-LoRA (arXiv 2511.18291).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from adflora_analysis.synthetic.checks.data import Context
+from adflora_analysis.synthetic.checks.gossip import tiny
+from adflora_analysis.synthetic.checks.result import CheckResult
+from adflora_analysis.synthetic.checks.stats import log_mean_unbiased, pooled_test
+
+SOURCE = "Koloskova et al. 2020, Assumption 4 iterated; ADF-LoRA (arXiv 2511.18291)"
+
+
+def stretches(flags: list[bool]) -> list[tuple[int, int]]:
+    """Maximal runs [start, end) where flags is True.
+
+    >>> stretches([True, True, False, True])
+    [(0, 2), (3, 4)]
+    """
+    out, start = [], None
+    for i, f in enumerate([*flags, False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            out.append((start, i))
+            start = None
+    return out
+
+
+def fit_geometric_rate(series: list[np.ndarray], n_boot: int = 200, seed: int = 0
+                       ) -> tuple[float, float]:
+    """Pooled geometric rate of decaying stretches, each (S, k+1): least squares of the
+    bias-corrected log seed mean on k with a free intercept per stretch. Returns (rate,
+    bootstrap stderr over seeds).
+
+    >>> s = [np.array([[1.0, 0.5, 0.25]] * 3)]
+    >>> r, _ = fit_geometric_rate(s)
+    >>> round(r, 6)
+    0.5
+    """
+    def fit(idx) -> float:
+        num = den = 0.0
+        for M in series:
+            y = log_mean_unbiased(M[idx])
+            k = np.arange(len(y), dtype=float)
+            kc = k - k.mean()
+            num += float((kc * (y - y.mean())).sum())
+            den += float((kc * kc).sum())
+        return math.exp(num / den) if den > 0 else math.nan
+
+    if not series:
+        return math.nan, math.nan
+    S = series[0].shape[0]
+    rate = fit(np.arange(S))
+    rng = np.random.default_rng(seed)
+    boots = [fit(rng.integers(0, S, S)) for _ in range(n_boot)] if S > 1 else []
+    return rate, float(np.std(boots, ddof=1)) if len(boots) > 1 else math.nan
+
+
+def _declared_mixed(method: str, block: str) -> bool | None:
+    """Whether the method's spec gossips ``block`` in the rounds it is frozen (None: unknown)."""
+    from adflora_analysis.core.methods import METHODS
+
+    spec = METHODS.get(method)
+    if spec is None:
+        return None
+    return spec.mix == "AB" or spec.mix == block
+
+
+def check_frozen(ctx: Context) -> list[CheckResult]:
+    """Check 3 for one (variant, method): one result per block with frozen stretches."""
+    run, p, p_se = ctx.run, ctx.p, ctx.p_se
+    if not math.isfinite(p) or p <= 0:
+        return []
+    out = []
+    for blk in ("A", "B"):
+        frozen = [blk not in tr for tr in run.trained]
+        xi, start_vals = run.mat(f"xi_{blk}"), run.mat(f"xi_{blk}_local")
+        tol = tiny(np.concatenate([xi, start_vals], 1))
+        declared = _declared_mixed(ctx.method, blk)
+        meas, bnds, idx, series, flat = [], [], [], [], []
+        for si, (a, b) in enumerate(stretches(frozen)):
+            x0 = start_vals[:, a]
+            if x0.mean() <= tol:
+                continue
+            rows_mixed = all(blk in run.mixed[j] for j in range(a, b))
+            if declared is None and not rows_mixed and any(blk in run.mixed[j]
+                                                           for j in range(a, b)):
+                continue                       # partly gossiped, unknown method: no claim
+            k = np.arange(1, b - a + 1)
+            meas.append(xi[:, a:b])
+            bnds.append((x0, k))
+            idx.append(pd.DataFrame({"block": blk, "stretch": si, "round": run.rounds[a:b],
+                                     "k": k}))
+            M = np.concatenate([x0[:, None], xi[:, a:b]], 1)
+            (series if rows_mixed else flat).append(M)
+        if not meas:
+            continue
+        expected = "hold" if (declared if declared is not None else bool(series)) else "fail"
+        m = np.concatenate(meas, 1)
+
+        def bound(pp, bnds=bnds):
+            return np.concatenate([x0[:, None] * (1 - pp) ** k for x0, k in bnds], 1)
+
+        kind = "equal" if ctx.exchangeable else "upper"
+        t = pooled_test(m, bound, p, p_se, kind=kind, z=ctx.z, effect=ctx.effect)
+        curve = pd.concat(idx, ignore_index=True)
+        curve["measured"], curve["bound"] = m.mean(0), bound(p).mean(0)
+        det = {"block": blk, "one_minus_p": 1 - p, "rho": ctx.rho, "rho_stderr": ctx.rho_se,
+               "stretches": len(meas), "stretch_length": int(curve.k.max()),
+               "declared_gossiped": declared}
+        if series:
+            r, r_se = fit_geometric_rate(series)
+            det.update(fitted_rate=r, fitted_rate_stderr=r_se)
+            note = (f"frozen {blk} gossiped: fitted rate {r:.4f} ± {r_se:.4f} vs 1 - p = "
+                    f"{1 - p:.4f} ± {p_se:.4f}")
+        else:
+            ratios = [float(M[:, -1].mean() / M[:, 0].mean()) for M in flat]
+            det.update(mean_ratio_end_over_start=float(np.mean(ratios)))
+            note = (f"frozen {blk} not gossiped: Xi(end)/Xi(start) = {np.mean(ratios):.6f}"
+                    f" over {int(curve.k.max())}-round stretches; the mixed bound allows "
+                    f"{(1 - p) ** int(curve.k.max()):.4f}")
+        res = CheckResult.from_test("frozen-block-consensus", "3", ctx.method, ctx.variant, t,
+                                    expected=expected, source=SOURCE, note=note, details=det,
+                                    curve=curve)
+        if expected == "fail":
+            res.status = "finding" if t.status == "violated" else t.status
+        out.append(res)
+    return out

@@ -1,0 +1,159 @@
+"""The registry of theory checks: built-in ones and user checks, run the same way.
+
+A check is a function ``fn(ctx: Context) -> CheckResult | list[CheckResult] | None`` (None or
+[]: does not apply). Register one with :func:`register_check` in a Python file passed to
+``adflora synthetic check --checks FILE.py``, or expose it as an entry point of group
+``adflora_analysis.checks`` (the entry point's name is the check's name). :func:`bound_check`
+turns a measured curve and its bound into a result with the built-ins' statistics::
+
+    from adflora_analysis.synthetic.checks import bound_check, register_check
+
+    @register_check("loss-below-start")
+    def loss_below_start(ctx):
+        return bound_check(ctx, "loss-below-start", "u1", ctx.run.mat("loss"),
+                           ctx.run.mat("loss_start")[:, :1] + 0 * ctx.run.mat("loss"))
+
+A user check that raises, returns something that is not a result, or names a missing column
+gives one ``error`` result naming the check and the problem; the other checks still run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from adflora_analysis.errors import AdfloraError
+from adflora_analysis.synthetic.checks.data import Context
+from adflora_analysis.synthetic.checks.result import CheckResult
+from adflora_analysis.synthetic.checks.stats import pooled_test
+
+ENTRY_POINT_GROUP = "adflora_analysis.checks"
+CheckFn = Callable[[Context], "CheckResult | list[CheckResult] | None"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A registered check: ``kinds`` are the run kinds it applies to."""
+
+    name: str
+    fn: CheckFn
+    kinds: tuple[str, ...] = ("synthetic",)
+    builtin: bool = False
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def register_check(name: str, *, kinds: tuple[str, ...] = ("synthetic", "glue"),
+                   builtin: bool = False) -> Callable[[CheckFn], CheckFn]:
+    """Decorator adding ``fn`` to :data:`REGISTRY` under ``name`` (a user check replaces a user
+    check of the same name; built-in names are refused)."""
+    def deco(fn: CheckFn) -> CheckFn:
+        old = REGISTRY.get(name)
+        if old is not None and old.builtin and not builtin:
+            raise AdfloraError(f"check {name!r} is built in", "give your check another name")
+        REGISTRY[name] = Check(name, fn, tuple(kinds), builtin)
+        return fn
+    return deco
+
+
+def load_check_file(path: str | Path) -> list[str]:
+    """Import a Python file that registers checks; returns the names it added."""
+    p = Path(path)
+    if not p.is_file():
+        raise AdfloraError(f"check file {str(p)!r} does not exist",
+                           "pass a Python file that calls register_check")
+    before = set(REGISTRY)
+    spec = importlib.util.spec_from_file_location(f"adflora_user_checks_{p.stem}", p)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - any failure of user code is bad input
+        raise AdfloraError(f"check file {str(p)!r} failed to import: {type(e).__name__}: {e}",
+                           "fix the file; it must run with `python FILE.py`") from None
+    added = [n for n in REGISTRY if n not in before]
+    if not added:
+        raise AdfloraError(f"check file {str(p)!r} registers no check",
+                           "decorate a function with @register_check(\"name\")")
+    return added
+
+
+def load_entry_points() -> list[str]:
+    """Register the checks of installed packages (entry point group ``adflora_analysis.checks``)."""
+    from importlib.metadata import entry_points
+
+    names = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in REGISTRY:
+            continue
+        try:
+            fn = ep.load()
+        except Exception as e:  # noqa: BLE001
+            fn = _failing(f"entry point failed to load: {type(e).__name__}: {e}")
+        REGISTRY[ep.name] = Check(ep.name, fn, ("synthetic", "glue"))
+        names.append(ep.name)
+    return names
+
+
+def _failing(msg: str) -> CheckFn:
+    def fn(ctx: Context) -> CheckResult:
+        raise RuntimeError(msg)
+    return fn
+
+
+def bound_check(ctx: Context, name: str, number: str, measured: np.ndarray,
+                bound: np.ndarray, *, kind: str = "upper", note: str = "",
+                source: str = "") -> CheckResult:
+    """A result from a measured (S, R) curve and its (S, R) bound (or (S,) / (S, P) arrays):
+    the pooled ratio-of-sums test of the built-ins, with the curve for the report."""
+    m = np.asarray(measured, float)
+    b = np.asarray(bound, float)
+    if m.ndim == 1:
+        m, b = m[:, None], b.reshape(-1, 1)
+    if m.shape != b.shape or m.shape[0] != ctx.run.S:
+        raise ValueError(f"measured {m.shape} and bound {b.shape} must both be "
+                         f"(seeds = {ctx.run.S}, points)")
+    if not (np.isfinite(m).all() and np.isfinite(b).all()):
+        raise ValueError("measured or bound has non-finite values")
+    t = pooled_test(m, lambda _p: b, 0.5, 0.0, kind=kind, z=ctx.z, effect=ctx.effect)
+    idx = ctx.run.rounds if m.shape[1] == ctx.run.R else np.arange(m.shape[1])
+    curve = pd.DataFrame({"round": idx, "measured": m.mean(0), "bound": b.mean(0)})
+    return CheckResult.from_test(name, number, ctx.method, ctx.variant, t, note=note,
+                                 source=source, curve=curve)
+
+
+def _validate(name: str, out: object) -> list[CheckResult]:
+    items = [] if out is None else (list(out) if isinstance(out, list | tuple) else [out])
+    for r in items:
+        if not isinstance(r, CheckResult):
+            raise TypeError(f"returned {type(r).__name__}, not a CheckResult")
+        if r.status not in ("held", "violated", "finding", "underpowered", "n/a", "error"):
+            raise ValueError(f"returned the status {r.status!r}")
+        if r.status in ("held", "violated") and not (math.isfinite(r.ratio)
+                                                     or math.isinf(r.ratio)):
+            raise ValueError("returned a verdict without a ratio (NaN)")
+    return items
+
+
+def run_check(check: Check, ctx: Context) -> list[CheckResult]:
+    """Run one check on one context. A built-in that lacks a column says n/a; a user check
+    that fails in any way becomes one ``error`` result naming it and the problem."""
+    try:
+        return _validate(check.name, check.fn(ctx))
+    except AdfloraError as e:
+        if check.builtin:
+            return [CheckResult(check.name, "-", ctx.method, ctx.variant, "n/a",
+                                note=e.problem)]
+        msg = e.problem
+    except Exception as e:  # noqa: BLE001 - user code: any failure is reported, not raised
+        if check.builtin:
+            raise
+        msg = f"{type(e).__name__}: {e}"
+    return [CheckResult(check.name, "user", ctx.method, ctx.variant, "error",
+                        note=f"check {check.name!r} failed: {msg}")]

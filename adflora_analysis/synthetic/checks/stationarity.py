@@ -1,0 +1,152 @@
+"""Check 5 — stationarity at the averaged model (derivation: docs/theory.md §3).
+
+**5 (tight)**. Every step k of round t moves the averaged model by x_bar+ = x_bar - eta_t g_hat
+with g_hat = (1/n) sum_i M_t g_i. With a = M_t grad f(x_bar), g_bar = E g_hat = (1/n) sum_i
+M_t grad f_i(x_i) and L_k the exact curvature of f along the trained block at x_bar
+(B-phase: s^2 lam_max(A_bar Sigma A_bar^T); A-phase: s^2 lam_max(B_bar^T B_bar) lam_max(Sigma):
+f is quadratic in one block, so this is exact on the whole step), Lian et al. 2017's step gives
+
+    (eta/2)(||a||^2 + (1 - eta L_k)||g_bar||^2)
+        <= f(x_bar) - E f(x_bar+) + (eta/2)||a - g_bar||^2 + (eta^2 L_k / 2) V_k / n,
+
+with V_k the clients' mean (masked) gradient variance and ||a - g_bar||^2 the exact
+client-drift bias (no Jensen step: it keeps sum_i (x_i - x_bar) = 0). When both blocks train
+(``lora``), L_k is a local constant along the realized step and the curvature term is measured
+pathwise (L_k ||g_hat||^2 on the right, ||g_bar||^2 kept whole on the left). Summed with weights
+eta_t and f(x_bar^R) >= f_inf (f* of rank r; ``ffa-lora``: min over B of f(A^0, B)):
+
+    sum eta_t [||a||^2 + ||g_bar||^2 - eta_t cl_t] / sum eta_t
+        <= 2 (f(x_bar^0) - f_inf) / (K sum eta_t) + sum eta_t [drift_t + eta_t cr_t] / sum eta_t.
+
+Tested at the final R (pooled across seeds, one-sided); the curve is every R. It requires
+eta_t L_k <= 1 at every block step (else the left side is no stationarity measure): a step
+above the curvature limit is ``violated``. The measured running average is fitted as a + b/R.
+
+**5b (L_hull form)**: the earlier form with the trajectory-wide L_hull and the Jensen bound
+L^2 Xi of the drift; needs eta L_hull <= 1 (L_hull at the final round, so not adapted to the
+filtration: indicative). Koloskova et al. 2020's theorem further needs eta = O(p/(K L)); the
+row says by how much the run breaks it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from adflora_analysis.synthetic.checks.data import Context
+from adflora_analysis.synthetic.checks.result import CheckResult
+from adflora_analysis.synthetic.checks.stats import fit_a_plus_b_over_R, pooled_test
+
+SOURCE = ("Lian et al. 2017, Thm 1 (descent step); Koloskova et al. 2020, Thm 2; "
+          "constants derived in docs/theory.md §3")
+COLUMNS = ("grad_norm_sq_inner", "sn_gbar_sq", "sn_drift", "sn_curv_left", "sn_curv_right",
+           "L_block", "loss_start")
+
+
+def _f_inf(ctx: Context) -> tuple[np.ndarray, str]:
+    """Per-seed infimum the method can reach: min_B f(A^0, B) if A never trains, else f*."""
+    run = ctx.run
+    if not any("A" in tr for tr in run.trained) and run.has("f_inf_B"):
+        return run.mat("f_inf_B")[:, 0], "min over B of f(A^0, B)"
+    fstar = ctx.vmeta.get("f_star")
+    if fstar is None:
+        return np.nanmin(run.mat("loss"), 1), "f* unknown: min loss seen (optimistic)"
+    seeds = ctx.vmeta.get("seeds") or run.seeds
+    pos = {int(s): i for i, s in enumerate(seeds)}
+    arr = np.asarray(fstar, float)
+    return np.array([arr[pos[int(s)]] for s in run.seeds]), "f* (rank-r minimum)"
+
+
+def check_stationarity(ctx: Context) -> list[CheckResult]:
+    """Checks 5 and 5b for one (variant, method)."""
+    out = []
+    run = ctx.run
+    missing = [c for c in COLUMNS if not run.has(c)]
+    if missing:
+        out.append(CheckResult("stationarity", "5", ctx.method, ctx.variant, "n/a",
+                               note=f"the run lacks {', '.join(missing)}", source=SOURCE))
+    else:
+        out.append(_tight(ctx))
+    out.append(_lhull(ctx))
+    return out
+
+
+def _tight(ctx: Context) -> CheckResult:
+    run, K = ctx.run, ctx.K
+    eta = ctx.lr[None, :]
+    f0 = run.mat("loss_start")[:, 0]
+    finf, fnote = _f_inf(ctx)
+    a2, gb = run.mat("grad_norm_sq_inner"), run.mat("sn_gbar_sq")
+    cl, cr, dr = run.mat("sn_curv_left"), run.mat("sn_curv_right"), run.mat("sn_drift")
+    W = np.cumsum(np.broadcast_to(eta, a2.shape), 1)
+    meas = np.cumsum(eta * (a2 + gb - eta * cl), 1) / W
+    t_init = 2 * (f0 - finf)[:, None] / (K * W)
+    t_drift = np.cumsum(eta * dr, 1) / W
+    t_curv = np.cumsum(eta * eta * cr, 1) / W
+    bound = t_init + t_drift + t_curv
+    t = pooled_test(meas[:, -1:], lambda _p: bound[:, -1:], 0.5, 0.0, z=ctx.z,
+                    effect=ctx.effect)
+    block = np.array([len(tr) == 1 for tr in run.trained])
+    etaL = (ctx.lr * run.mat("L_block").max(0))[block]
+    max_etaL = float(etaL.max()) if etaL.size else math.nan
+    curve = pd.DataFrame({"round": run.rounds, "measured": meas.mean(0),
+                          "bound": bound.mean(0)})
+    Rs = np.arange(1, run.R + 1, dtype=float)
+    run_avg = np.cumsum(a2.mean(0)) / Rs
+    half = slice(run.R // 2, run.R)
+    fa, fb = fit_a_plus_b_over_R(Rs[half], run_avg[half]) if run.R >= 4 else (math.nan,) * 2
+    det = {"f_inf": fnote, "term_init": float(t_init[:, -1].mean()),
+           "term_drift": float(t_drift[:, -1].mean()), "term_curvature":
+           float(t_curv[:, -1].mean()), "max_eta_L_block": max_etaL,
+           "running_avg_fit_a": fa, "running_avg_fit_b": fb,
+           "final_grad_norm_sq": float(run.mat("grad_norm_sq")[:, -1].mean())
+           if run.has("grad_norm_sq") else None}
+    note = (f"bound/measured {t.ratio:.3g} at R = {run.R} (init {det['term_init']:.3g}, "
+            f"drift {det['term_drift']:.3g}, curvature {det['term_curvature']:.3g}); "
+            f"max eta L = {max_etaL:.3g}; f_inf = {fnote}; running average of "
+            f"||M grad f||^2 ~ {fa:.3g} + {fb:.3g}/R")
+    res = CheckResult.from_test("stationarity", "5", ctx.method, ctx.variant, t,
+                                source=SOURCE, note=note, details=det, curve=curve)
+    if math.isfinite(max_etaL) and max_etaL > 1:
+        res.status = "violated"
+        res.note = (f"step above the curvature limit: eta L = {max_etaL:.3g} > 1 (Lian et al. "
+                    "2017 need eta L <= 1); " + res.note)
+    return res
+
+
+def _lhull(ctx: Context) -> CheckResult:
+    run, K, n = ctx.run, ctx.K, ctx.n
+    name = "stationarity-Lhull"
+    need = ("grad_norm_sq_inner", "xi_inner", "loss_start", "sigma_sq_max", "L_hull")
+    if not all(run.has(c) for c in need):
+        return CheckResult(name, "5b", ctx.method, ctx.variant, "n/a",
+                           note="the run lacks the L_hull columns", source=SOURCE)
+    eta = ctx.lr[None, :]
+    f0 = run.mat("loss_start")[:, 0]
+    finf, _ = _f_inf(ctx)
+    L = run.mat("L_hull")[:, -1:]
+    sig = np.nanmax(run.mat("sigma_sq_max"), 1)[:, None]
+    W = np.cumsum(np.broadcast_to(eta, (run.S, run.R)), 1)
+    meas = np.cumsum(eta * run.mat("grad_norm_sq_inner"), 1) / W
+    bound = (2 * (f0 - finf)[:, None] / (K * W)
+             + L ** 2 * np.cumsum(eta * run.mat("xi_inner"), 1) / W
+             + L * np.cumsum(eta * eta, 1) / W * sig / n)
+    etaL = float((ctx.lr.max() * L).max())
+    cond = float(ctx.lr.max() * K * L.max() / ctx.p) if ctx.p > 0 else math.inf
+    curve = pd.DataFrame({"round": run.rounds, "measured": meas.mean(0),
+                          "bound": bound.mean(0)})
+    det = {"eta_L_hull": etaL, "eta_K_L_over_p": cond}
+    cnote = (f"the run breaks Koloskova et al.'s step condition eta = O(p/(K L)) "
+             f"(eta K L_hull / p = {cond:.3g})" if cond > 1 else
+             f"eta K L_hull / p = {cond:.3g}")
+    if etaL > 1:
+        return CheckResult(name, "5b", ctx.method, ctx.variant, "n/a", source=SOURCE,
+                           note=f"eta L_hull = {etaL:.3g} > 1: this form does not apply; "
+                                + cnote, details=det, curve=curve)
+    t = pooled_test(meas[:, -1:], lambda _p: bound[:, -1:], 0.5, 0.0, z=ctx.z,
+                    effect=ctx.effect)
+    return CheckResult.from_test(name, "5b", ctx.method, ctx.variant, t, source=SOURCE,
+                                 note=f"L_hull^2 Xi form (Jensen drift bound): bound/measured "
+                                      f"{t.ratio:.3g}; " + cnote, details=det, curve=curve)

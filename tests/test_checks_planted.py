@@ -1,0 +1,142 @@
+"""Proof of power: plant a defect in a tiny run (or its saved rows) and the check that guards
+against it must say ``violated`` — while the same check on the clean run does not
+(docs/theory.md §6 has the table)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from adflora_analysis.config import load_config
+from adflora_analysis.synthetic.checks import run_checks
+from adflora_analysis.synthetic.config import SyntheticConfig
+from adflora_analysis.synthetic.runner import run_study
+
+SMALL = dict(n_clients=8, rounds=16, local_steps=2, lr=0.05, rank=2, seeds=20, d_in=5,
+             d_out=4, target_rank=2, samples_per_client=12, batch_size=4, constants_every=0,
+             topology_samples=4000, switch_interval=3, methods=["adf-lora", "lora"])
+
+
+def small(**kw) -> SyntheticConfig:
+    return load_config(SyntheticConfig, data={**SMALL, "topology": {
+        "graph": "encounter", "weights": "metropolis", "q": 0.3}, **kw})
+
+
+def status(results, number, method):
+    got = [r.status for r in results if r.number == number and r.method == method]
+    assert got, f"no check {number} for {method}"
+    return got
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    run_study(small(), out, progress=False)
+    return out, run_checks(out)
+
+
+@pytest.fixture(scope="module")
+def copy_rows(clean, tmp_path_factory):
+    """A copy of the clean run directory whose rows/meta a test may edit."""
+    import shutil
+
+    def make(name: str):
+        d = tmp_path_factory.mktemp(name) / "run"
+        shutil.copytree(clean[0], d)
+        return d
+    return make
+
+
+def test_clean_run_has_no_violation(clean):
+    _, res = clean
+    bad = [(r.number, r.method, r.note) for r in res if r.status == "violated"]
+    assert not bad, bad
+
+
+def test_gossip_applied_twice_fails_check_2(tmp_path, monkeypatch, clean):
+    """Two gossip steps per round (independent draws: E ratio (1 - p)^2) while meta's p is
+    one step's."""
+    import adflora_analysis.synthetic.runner as runner
+
+    orig = runner.mixing_schedule
+
+    def twice(*a, **k):
+        f = orig(*a, **k)
+        return lambda t: f(t + 100_000) @ f(t)
+    monkeypatch.setattr(runner, "mixing_schedule", twice)
+    run_study(small(), tmp_path, progress=False)
+    res = run_checks(tmp_path)
+    assert status(res, "2", "adf-lora") == ["violated"]
+    assert status(clean[1], "2", "adf-lora") == ["held"]
+
+
+def test_frozen_block_left_out_of_adf_gossip_fails_check_3(tmp_path, monkeypatch, clean):
+    import adflora_analysis.synthetic.runner as runner
+
+    orig = runner.get_method
+
+    def leaky(name):
+        spec = orig(name)
+        return dataclasses.replace(spec, mix="phase") if name == "adf-lora" else spec
+    monkeypatch.setattr(runner, "get_method", leaky)
+    run_study(small(methods=["adf-lora"]), tmp_path, progress=False)
+    res = run_checks(tmp_path)
+    assert "violated" in status(res, "3", "adf-lora")
+    assert "violated" not in status(clean[1], "3", "adf-lora")
+
+
+def test_p_reported_20_percent_too_high_fails_check_2(copy_rows):
+    d = copy_rows("p_high")
+    meta = json.loads((d / "meta.json").read_text())
+    meta["p"] *= 1.2
+    for v in meta.get("variants", {}).values():
+        v["p"] *= 1.2
+        v["topology"]["p"] *= 1.2
+    (d / "meta.json").write_text(json.dumps(meta))
+    res = run_checks(d)
+    assert status(res, "2", "adf-lora") == ["violated"]
+    assert status(res, "2", "lora") == ["violated"]
+
+
+def test_unreported_displacement_fails_check_4(copy_rows, clean):
+    d = copy_rows("no_disp")
+    m = pd.read_parquet(d / "metrics.parquet")
+    m["disp_A"] = 0.0
+    m["disp_B"] = 0.0
+    m.to_parquet(d / "metrics.parquet")
+    res = run_checks(d)
+    assert status(res, "4", "lora") == ["violated"]
+    assert status(clean[1], "4", "lora") == ["held"]
+
+
+def test_step_3x_above_the_curvature_limit_fails_check_5(tmp_path, clean):
+    """ffa-lora trains B with A fixed at A^0: its curvature s^2 lam_max(A0 Sig A0^T) is constant,
+    so lr = 3 / L puts every step 3x above the limit 1/L."""
+    import torch
+
+    from adflora_analysis.synthetic.problem import QuadraticProblem
+
+    cfg = small(methods=["ffa-lora"], rounds=4)
+    prob = QuadraticProblem(cfg)
+    A0 = torch.stack(prob.initial_state().A, 2).double().mean(1)
+    L = torch.linalg.eigvalsh(A0 @ prob.Sig_bar64 @ A0.transpose(-1, -2)).amax(-1).max()
+    run_study(small(methods=["ffa-lora"], rounds=4, lr=3 / float(L)), tmp_path,
+              progress=False)
+    res = run_checks(tmp_path)
+    five = [r for r in res if r.number == "5" and r.method == "ffa-lora"][0]
+    assert five.status == "violated" and five.details["max_eta_L_block"] == pytest.approx(3)
+    assert status(clean[1], "5", "adf-lora") != ["violated"]
+
+
+def test_cross_term_from_mismatched_client_pairs_fails_check_6i(tmp_path, monkeypatch, clean):
+    import adflora_analysis.core.metrics as metrics
+
+    orig = metrics.cross_term
+    monkeypatch.setattr(metrics, "cross_term", lambda A, B: orig(A.roll(1, dims=-3), B))
+    run_study(small(methods=["lora"]), tmp_path, progress=False)
+    res = run_checks(tmp_path)
+    assert status(res, "6i", "lora") == ["violated"]
+    assert status(clean[1], "6i", "lora") == ["held"]
