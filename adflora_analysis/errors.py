@@ -12,7 +12,12 @@ from collections.abc import Iterable
 
 class AdfloraError(ValueError):
     """Bad input or a state the user can fix. ``str(err)`` is the one-line message;
-    ``exit_code`` what the CLI exits with (2)."""
+    ``exit_code`` what the CLI exits with (2).
+
+    >>> err = AdfloraError("n_clients = 0 must be at least 1", "use n_clients = 2 or more")
+    >>> str(err), err.exit_code
+    ('n_clients = 0 must be at least 1 (hint: use n_clients = 2 or more)', 2)
+    """
 
     exit_code = 2
 

@@ -71,13 +71,25 @@ def gossip(W: Tensor | SparseMix, X: Tensor) -> Tensor:
     """One gossip step for a stacked block, returning a new tensor (see :func:`gossip_`).
 
     W : (*batch, n, n); X : (*batch, n, a, b). Returns (*batch, n, a, b).
+
+    >>> X = torch.tensor([1.0, 3.0]).view(2, 1, 1)
+    >>> Y = gossip(torch.full((2, 2), 0.5), X)
+    >>> Y.flatten().tolist(), X.flatten().tolist()   # X is left as it was
+    ([2.0, 2.0], [1.0, 3.0])
     """
     return gossip_(W, X.clone())
 
 
 def mix_state(state: LoraState, W: Tensor, blocks: Sequence[str],
               mix_fn: MixFn = gossip) -> LoraState:
-    """Gossip ``blocks`` of ``state`` with ``W``; other blocks are passed through unchanged."""
+    """Gossip ``blocks`` of ``state`` with ``W``; other blocks are passed through unchanged.
+
+    >>> st = LoraState([torch.tensor([1.0, 3.0]).view(2, 1, 1)],
+    ...                [torch.tensor([5.0, 7.0]).view(2, 1, 1)])
+    >>> out = mix_state(st, torch.full((2, 2), 0.5), ["B"])
+    >>> out.A[0].flatten().tolist(), out.B[0].flatten().tolist()
+    ([1.0, 3.0], [6.0, 6.0])
+    """
     return state.map_blocks(lambda X: mix_fn(W, X), tuple(blocks))
 
 

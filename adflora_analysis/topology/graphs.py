@@ -200,6 +200,13 @@ def read_graph_file(path: str | Path, n: int | None = None, kind: str = "auto") 
     entry (i, j) is nonzero). Integer node labels are kept (nodes ``0..n-1``, isolated ones
     included); other labels are relabelled ``0..`` in sorted order. ``kind`` is ``"edgelist"``,
     ``"adjacency"`` or ``"auto"`` (``.npy`` or a square table of numbers is an adjacency).
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "edges.txt"
+    >>> _ = p.write_text("# a path\\n0 1\\n1 2\\n")
+    >>> g = read_graph_file(p)
+    >>> sorted(g.edges()), g.number_of_nodes()
+    ([(0, 1), (1, 2)], 3)
     """
     p = Path(path)
     if not p.is_file():

@@ -204,6 +204,10 @@ class StaticSampler(Sampler):
         kept sparse (the dense view :attr:`W` is built on first use, refused when too large).
     graph, rule : str, optional
         Labels only.
+
+    >>> s = StaticSampler(np.full((3, 3), 1 / 3), graph="complete", rule="metropolis")
+    >>> s.kind, s.is_static, bool((s.sample(5, None) == s.W).all())
+    ('static', True, True)
     """
 
     kind = "static"
@@ -284,6 +288,11 @@ class EncounterSampler(Sampler):
     E[W] has a closed form for ``metropolis``, ``lazy-metropolis`` and ``uniform``: the degrees
     of i and j other than their common edge are independent Binomial(n − 2, q), so
     E[W_ij] = q · E[1 / (2 + max(a, b))] (metropolis) or q · E[1 / (2 + a)] (uniform).
+
+    >>> s = EncounterSampler(10, q=0.1)
+    >>> W = s.sample(0, np.random.default_rng(0))
+    >>> W.shape, np.allclose(W, W.T), np.allclose(W.sum(1), 1), bool((W >= 0).all())
+    ((10, 10), True, True, True)
     """
 
     kind = "encounter"
@@ -427,6 +436,10 @@ class MatchingSampler(Sampler):
     graph : networkx.Graph, optional
         Restrict pairs to this graph's edges (random maximal matching); default: any pair
         (uniformly random perfect matching, one client idle if n is odd).
+
+    >>> W = MatchingSampler(4).sample(0, np.random.default_rng(0))
+    >>> sorted(np.round(W.diagonal(), 2).tolist()), int((W > 0).sum())  # two pairs average
+    ([0.5, 0.5, 0.5, 0.5], 8)
     """
 
     kind = "matching"
@@ -574,7 +587,13 @@ class _SparsePeriodicSampler(_PeriodicSampler):
 
 
 class OnePeerExponentialSampler(_SparsePeriodicSampler):
-    """One-peer exponential graph (Ying et al. 2021): i averages with (i + 2^(t mod τ)) mod n."""
+    """One-peer exponential graph (Ying et al. 2021): i averages with (i + 2^(t mod τ)) mod n.
+
+    >>> s = OnePeerExponentialSampler(8)
+    >>> P = s.sample(2, None) @ s.sample(1, None) @ s.sample(0, None)  # one period, n = 2^3
+    >>> np.allclose(P, np.full((8, 8), 1 / 8))
+    True
+    """
 
     kind = "one-peer-exponential"
 
@@ -597,7 +616,13 @@ class OnePeerExponentialSampler(_SparsePeriodicSampler):
 
 
 class ListSampler(_PeriodicSampler):
-    """A user's list of matrices, W^t = W_(t mod L). Each is validated (square, finite, ≥ 0)."""
+    """A user's list of matrices, W^t = W_(t mod L). Each is validated (square, finite, ≥ 0).
+
+    >>> I, J = np.eye(2), np.full((2, 2), 0.5)
+    >>> s = ListSampler([I, J])
+    >>> [float(s.sample(t, None)[0, 1]) for t in range(4)]  # cycles through the list
+    [0.0, 0.5, 0.0, 0.5]
+    """
 
     kind = "list"
 
