@@ -27,6 +27,13 @@ from typing import Any
 from adflora_analysis.errors import AdfloraError, unknown_name
 from adflora_analysis.seeding import int_seed
 from adflora_analysis.topology.graphs import GRAPHS
+from adflora_analysis.topology.measures import (
+    LARGE_N,
+    Estimate,
+    connected_fraction,
+    effective_neighbours,
+    large_constants,
+)
 from adflora_analysis.topology.rates import (
     SECOND_MOMENT_MAX_N,
     as_sampler,
@@ -134,6 +141,10 @@ def build_sampler(cfg: TopologyConfig, n: int, seed: int = 0) -> Sampler:
     return make_sampler(kind, n, seed=gseed, **params)
 
 
+GAMMA = 0.95
+"""γ of the effective number of neighbours reported by :func:`topology_constants`."""
+
+
 def _num(x: float | None) -> float | None:
     if x is None:
         return None
@@ -146,12 +157,17 @@ def topology_constants(obj: Sampler | Any, samples: int = 20000, seed: int = 0, 
     """The topology constants of a run (for ``meta.json`` and ``adflora topology inspect``).
 
     Returns a JSON-ready dict: ``n``, ``kind``, ``graph``, ``weights``, ``q``,
-    ``doubly_stochastic`` and ``symmetric`` (of every W^t), ``connected``, ``lambda2``,
-    ``lambda_n``, ``spectral_gap`` (of E[W]; W itself when static), ``p``, ``p_stderr``
-    (0 when exact), ``p_method``, ``p_samples``, ``second_moment_rate`` (None above
-    ``max_n`` clients for a time-varying sampler). For a periodic sampler (one-peer
-    exponential, a list) p and the second-moment rate are those of a random phase each round;
-    ``periodic`` then adds the rates of the sequence run in order (see
+    ``doubly_stochastic`` and ``symmetric`` (of every W^t), ``connected`` (the graph of E[W],
+    i.e. whether the clients mix over time), ``connected_draws`` (the fraction of draws W^t
+    whose own graph is connected; 1 or 0 when static), ``lambda2``, ``lambda_n``,
+    ``spectral_gap`` (of E[W]; W itself when static), ``p``, ``p_stderr`` (0 when exact),
+    ``p_method``, ``p_samples``, ``second_moment_rate`` (None above ``max_n`` clients for a
+    time-varying sampler), ``effective_neighbours`` (with ``_stderr`` and ``_gamma``: n_W(γ)
+    of Vogels et al. 2022 at γ = :data:`GAMMA`, :mod:`~.measures`). A sparse sampler with
+    n >= :data:`~.measures.LARGE_N` takes :func:`~.measures.large_constants` (no n x n
+    array; at most :data:`~.measures.LARGE_SAMPLES` draws, no periodic rates). For a periodic
+    sampler (one-peer exponential, a list) p and the second-moment rate are those of a random
+    phase each round; ``periodic`` then adds the rates of the sequence run in order (see
     :func:`~adflora_analysis.topology.rates.periodic_rates`).
 
     >>> import numpy as np
@@ -161,6 +177,12 @@ def topology_constants(obj: Sampler | Any, samples: int = 20000, seed: int = 0, 
     """
     s = as_sampler(obj)
     desc = s.describe()
+    labels = {"n": s.n, "kind": s.kind, "graph": desc.get("graph"), "weights": desc.get("rule"),
+              "q": desc.get("q"), "doubly_stochastic": bool(s.doubly_stochastic),
+              "symmetric": bool(s.symmetric)}
+    if s.sparse and s.n >= LARGE_N:
+        out = {**labels, **large_constants(s, samples=samples, seed=seed)}
+        return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}
     EW = s.expected(samples=samples, seed=seed)
     spec = spectral_summary(EW)
     rate = consensus_rate(s, samples=samples, seed=seed)
@@ -168,14 +190,10 @@ def topology_constants(obj: Sampler | Any, samples: int = 20000, seed: int = 0, 
         rho = second_moment_rate(s, samples=samples, seed=seed, max_n=max_n)
     else:
         rho = None
+    ne = effective_neighbours(s, GAMMA, seed=seed, p=Estimate(rate.p, rate.stderr, rate.method,
+                                                               rate.samples))
     out = {
-        "n": s.n,
-        "kind": s.kind,
-        "graph": desc.get("graph"),
-        "weights": desc.get("rule"),
-        "q": desc.get("q"),
-        "doubly_stochastic": bool(s.doubly_stochastic),
-        "symmetric": bool(s.symmetric),
+        **labels,
         "connected": is_connected(EW),
         "lambda2": _num(spec.lambda2),
         "lambda_n": _num(spec.lambda_n),
@@ -185,6 +203,10 @@ def topology_constants(obj: Sampler | Any, samples: int = 20000, seed: int = 0, 
         "p_method": rate.method,
         "p_samples": rate.samples,
         "second_moment_rate": _num(rho),
+        "effective_neighbours": _num(ne.value),
+        "effective_neighbours_stderr": _num(ne.stderr),
+        "effective_neighbours_gamma": GAMMA,
+        "connected_draws": connected_fraction(s, min(samples, 256), seed),
     }
     periodic = periodic_rates(s)
     if periodic is not None:

@@ -1,0 +1,109 @@
+"""Constants without n x n work (trace identity, Lanczos on the sparse expected operator) and
+the effective number of neighbours of Vogels, Hendrikx & Jaggi (2022)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adflora_analysis.topology import measures as M
+from adflora_analysis.topology.config import TopologyConfig, build_sampler, topology_constants
+from adflora_analysis.topology.rates import consensus_rate
+from adflora_analysis.topology.samplers import make_sampler
+
+
+def test_trace_identity_equals_dense_monte_carlo():
+    """Same stream, same draws: the O(edges) p is the dense estimator's p."""
+    for weights in ("metropolis", "max-degree"):
+        s = make_sampler("encounter", 40, q=0.1, weights=weights)
+        e = M.exchangeable_p(s, samples=300)
+        r = consensus_rate(s, samples=300, method="monte-carlo")
+        assert e.value == pytest.approx(r.p, abs=1e-12)
+        assert e.stderr == pytest.approx(r.stderr, rel=1e-9)
+    m = make_sampler("matching", 9)                       # exchangeable, odd n
+    exact = consensus_rate(m, method="enumeration").p if m.support() else None
+    e = M.exchangeable_p(m, samples=4000)
+    if exact is not None:
+        assert abs(e.value - exact) < 4 * e.stderr + 1e-12
+
+
+@pytest.mark.parametrize("sampler", [
+    make_sampler("one-peer-exponential", 12),                          # periodic: exact
+    make_sampler("static", 9, graph="exponential", sided="one", weights="uniform"),
+    make_sampler("static", 10, graph="ring", weights="metropolis"),
+])
+def test_lanczos_p_is_exact(sampler):
+    e = M.operator_p(sampler)
+    assert e.method == "lanczos-exact" and e.stderr == 0.0
+    assert e.value == pytest.approx(consensus_rate(sampler).p, abs=1e-8)
+
+
+def test_lanczos_p_monte_carlo_matches_dense():
+    s = make_sampler("matching", 10, graph="ring")
+    e = M.operator_p(s, samples=400)
+    r = consensus_rate(s, samples=400, method="monte-carlo")
+    assert e.value == pytest.approx(r.p, abs=1e-8) and e.stderr > 0
+
+
+@pytest.mark.parametrize("rule", ["metropolis", "lazy-metropolis", "uniform"])
+def test_encounter_offdiag_in_linear_time(rule):
+    s = make_sampler("encounter", 30, q=0.15, weights=rule)
+    assert M._encounter_offdiag(s) == pytest.approx(s.expected()[0, 1], rel=1e-12)
+
+
+@pytest.mark.parametrize("cfg", [
+    TopologyConfig(graph="encounter", q=0.05),
+    TopologyConfig(graph="random-regular", params={"degree": 4}),
+    TopologyConfig(graph="one-peer-exponential", weights="pairwise"),
+])
+def test_large_path_agrees_with_dense_path(cfg, monkeypatch):
+    n = 120
+    s = build_sampler(cfg, n, seed=0)
+    dense = topology_constants(s, samples=2000)
+    monkeypatch.setattr("adflora_analysis.topology.config.LARGE_N", 100)
+    large = topology_constants(s, samples=2000)
+    assert large["p_method"] != dense["p_method"] or s.is_static
+    tol = 4 * ((large["p_stderr"] or 0) + (dense["p_stderr"] or 0)) + 1e-7
+    assert large["p"] == pytest.approx(dense["p"], abs=tol)
+    assert large["spectral_gap"] == pytest.approx(dense["spectral_gap"], abs=5e-3)
+    assert large["connected"] == dense["connected"]
+    ne_tol = 4 * (large["effective_neighbours_stderr"] + dense["effective_neighbours_stderr"])
+    assert large["effective_neighbours"] == pytest.approx(dense["effective_neighbours"],
+                                                          abs=ne_tol + 1e-6)
+
+
+def test_effective_neighbours_limits():
+    n = 12
+    J = make_sampler("static", n, graph="complete", weights="server")
+    identity = make_sampler("static", n, W=np.eye(n))
+    for gamma in (0.5, 0.9, 0.99):
+        assert M.effective_neighbours(J, gamma).value == pytest.approx(n)
+        assert M.effective_neighbours(identity, gamma).value == pytest.approx(1.0)
+        assert M._hutchinson(identity, gamma, 8, 0, 1e-12).value == pytest.approx(1.0)
+    # more gossip, more neighbours: complete > torus > ring
+    ne = [M.effective_neighbours(make_sampler("static", 16, graph=g), 0.9).value
+          for g in ("complete", "torus", "ring")]
+    assert ne[0] > ne[1] > ne[2] > 1
+
+
+@pytest.mark.parametrize("sampler", [
+    make_sampler("static", 14, graph="ring"),
+    make_sampler("encounter", 14, q=0.2),
+])
+def test_hutchinson_agrees_with_closed_forms(sampler):
+    closed = M.effective_neighbours(sampler, 0.9)
+    assert closed.method in ("eigenvalues", "closed-form-from-p")
+    est = M._hutchinson(sampler, 0.9, 400, 1, 1e-10)
+    assert abs(est.value - closed.value) < 4 * (est.stderr + closed.stderr)
+    # the estimate can fail: a planted wrong γ is rejected
+    wrong = M._hutchinson(sampler, 0.5, 400, 1, 1e-10)
+    assert abs(wrong.value - closed.value) > 4 * (wrong.stderr + closed.stderr)
+
+
+def test_connected_fraction():
+    assert M.connected_fraction(make_sampler("static", 8, graph="ring")) == 1.0
+    assert M.connected_fraction(make_sampler("matching", 8)) == 0.0
+    f = M.connected_fraction(make_sampler("encounter", 8, q=0.5), samples=400)
+    assert 0.3 < f < 1.0
+    c = topology_constants(make_sampler("encounter", 10, q=0.1), samples=500)
+    assert c["connected"] and c["connected_draws"] < 0.2       # E[W] connected, draws not
