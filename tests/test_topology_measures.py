@@ -107,3 +107,21 @@ def test_connected_fraction():
     assert 0.3 < f < 1.0
     c = topology_constants(make_sampler("encounter", 10, q=0.1), samples=500)
     assert c["connected"] and c["connected_draws"] < 0.2       # E[W] connected, draws not
+
+
+def test_inspect_prints_the_measures():
+    import json
+
+    from typer.testing import CliRunner
+
+    from adflora_analysis.topology.cli import app
+
+    r = CliRunner().invoke(app, ["inspect", "--graph", "encounter", "--q", "0.1", "--n", "10",
+                                 "--samples", "500", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["effective_neighbours"] > 1 and 0 <= out["connected_draws"] < 0.2
+    r = CliRunner().invoke(app, ["inspect", "--graph", "ring", "--n", "8"],
+                           env={"COLUMNS": "200"})
+    assert "effective neighbours n_W(γ)" in r.output
+    assert "connected (graph of E[W]" in r.output and "connected draws" in r.output

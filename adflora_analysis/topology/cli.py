@@ -23,6 +23,15 @@ app = typer.Typer(help="The topology layer: graphs, mixing matrices, consensus r
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 
+LABELS = {
+    "connected": "connected (graph of E[W]: clients mix over time)",
+    "connected_draws": "connected draws (fraction of W^t whose own graph is connected)",
+    "effective_neighbours": "effective neighbours n_W(γ) (Vogels et al. 2022)",
+    "effective_neighbours_gamma": "γ of n_W(γ)",
+}
+"""Row labels of ``inspect``'s table that say what a key measures."""
+
+
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
     from adflora_analysis.config import parse_override
 
@@ -83,11 +92,16 @@ def inspect(
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for k, v in out.items():
+        if k in ("p_stderr", "effective_neighbours_stderr"):
+            continue
         if k == "p" and out["p_stderr"]:
             v = f"{v:.6f} ± {out['p_stderr']:.6f}"
+        elif k == "effective_neighbours" and v is not None:
+            se = out.get("effective_neighbours_stderr") or 0.0
+            v = f"{v:.4f}" + (f" ± {se:.4f}" if se else "")
         elif isinstance(v, float):
             v = f"{v:.6g}"
-        table.add_row(k, "-" if v is None else str(v))
+        table.add_row(LABELS.get(k, k), "-" if v is None else str(v))
     Console().print(table)
 
 
