@@ -6,7 +6,8 @@ counts say "of": ``round 9 done (10 of 100)``.
 - On a terminal (or ``progress=True``): a rich bar ``job k/N <key> ━━━ rounds 10/100 ...
   study ETA 1m 40s``; job start/end and evaluation lines print above it.
 - Otherwise (a file, a pipe, a cluster log): one line per job start and end and one every
-  ``every`` rounds (default a tenth of the rounds), so ``2> err.txt`` shows the run moving.
+  ``every`` rounds (default a tenth of the rounds), so ``2> err.txt`` shows the run moving;
+  with ``progress=False`` (``--no-progress``, the notebook API) only the job lines.
 - Always: the same lines with a timestamp appended to ``<run dir>/log.txt``.
 
 Other modules print through the active log with :func:`echo` (the GLUE evaluation lines), so
@@ -55,14 +56,15 @@ class RunLog:
     ----------
     keys : the job keys, in the order they run (finished ones included: k counts them).
     rounds : rounds per job.
-    bar : live bar (True), lines (False), or a bar only on a terminal (None).
+    bar : live bar (True), job lines only (False), or a bar on a terminal and job and
+        every-``every``-rounds lines elsewhere (None).
     every : a line every this many rounds when there is no bar (default ``ceil(rounds/10)``).
     log_path : ``log.txt`` to append to (None: none).
     enabled : False on processes that do not write (torch.distributed rank > 0).
 
     >>> import io, tempfile, pathlib
     >>> from rich.console import Console
-    >>> log = RunLog(["a", "b"], 4, bar=False, every=2, console=Console(file=io.StringIO()))
+    >>> log = RunLog(["a", "b"], 4, every=2, console=Console(file=io.StringIO()))
     >>> with log:
     ...     log.job_start("a", 0)
     ...     for t in range(4):
@@ -82,6 +84,7 @@ class RunLog:
         self.keys, self.rounds, self.enabled = list(keys), rounds, enabled
         self.console = console if console is not None else _console()
         self.bar = self.console.is_terminal if bar is None else bar
+        self.round_lines = bar is None and not self.bar
         self.every = every or max(1, math.ceil(rounds / 10))
         self.log_path = Path(log_path) if log_path is not None else None
         self.lines: list[str] = []
@@ -136,7 +139,7 @@ class RunLog:
         self.remaining -= 1
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=t + 1, eta=self._eta())
-        elif (t + 1) % self.every == 0 or t == self.rounds - 1:
+        elif self.round_lines and ((t + 1) % self.every == 0 or t == self.rounds - 1):
             self._line(f"{self._job()}: round {t} done ({t + 1} of {self.rounds}), "
                        f"study ETA {self._eta()}")
 
