@@ -179,9 +179,11 @@ def main(argv: list[str] | None = None) -> None:
 def _usage_line(e) -> str:
     """A click error as one line with a hint naming the command's ``--help``."""
     msg = " ".join(e.format_message().split())
-    ctx = getattr(e, "ctx", None)
-    where = ctx.command_path if ctx is not None else "adflora"
-    return f"{msg} (hint: see `{where} --help`)"
+    names, ctx = [], getattr(e, "ctx", None)
+    while ctx is not None and ctx.parent is not None:  # the root's name is the program's
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return f"{msg} (hint: see `{' '.join(['adflora', *names])} --help`)"
 
 
 def _exit_distributed(code: int) -> None:

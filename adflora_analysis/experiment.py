@@ -1,21 +1,31 @@
 """Drive a study's jobs through the round loop into a run directory, with checkpoints and resume.
 
-Shared by ``adflora synthetic run`` and ``adflora glue run`` (docs/architecture.md §8). A *job* is one method
-on one batch of seeds (the synthetic testbed runs all seeds of a method as one batch; the GLUE
-runner one seed per job). After every round its rows are appended to ``metrics.jsonl`` (and any
-extra tables, e.g. ``eval.jsonl``); every ``checkpoint_every`` rounds the job's state is saved
-atomically under ``checkpoints/``. On resume, finished jobs are skipped, the running job restarts
-from its last checkpoint, and rows written after that checkpoint are dropped first, so a killed
-and resumed run ends with exactly the rows of an uninterrupted one. ``metrics.parquet`` (and one
-Parquet file per extra table) is written at the end, and also when a run stops on a divergence.
+Shared by ``adflora synthetic run`` and ``adflora glue run`` (docs/architecture.md §8).
+A *job* is one method on one batch of seeds (the synthetic testbed runs all seeds of a method
+as one batch; the GLUE runner one seed per job). After every round its rows are appended to
+``metrics.jsonl`` (and any extra tables, e.g. ``eval.jsonl``); every ``checkpoint_every``
+rounds the job's state is saved
+atomically under ``checkpoints/``. On resume, the rows on disk are first verified against the
+checkpoints (every seed and round of every finished job, and of the running job up to its
+checkpoint, present exactly once; a torn line only at the end), finished jobs are skipped, the
+running job restarts from its last checkpoint, and rows written after that checkpoint are
+dropped, so a killed and resumed run ends with exactly the rows of an uninterrupted one.
+
+The run's status in ``meta.json`` (:mod:`adflora_analysis.rundir`) is ``running`` while it runs,
+then ``done``; ``diverged`` at the first non-finite factor or metric (no non-finite row is
+written); ``stopped`` on SIGINT/SIGTERM (one line, resumable) or ``stop_after``; ``failed`` on
+any other error. ``metrics.parquet`` (and one Parquet file per extra table) is written whenever
+the run ends.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
-import sys
-from collections.abc import Callable
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +33,16 @@ from typing import Any
 import pandas as pd
 
 from adflora_analysis import fileio
-from adflora_analysis.config import config_diff, read_toml
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.loop import Problem, RoundResult, run_rounds
 from adflora_analysis.core.methods import MethodSpec
+from adflora_analysis.core.mixers import Mixer
 from adflora_analysis.core.rows import round_rows
+from adflora_analysis.core.schedules import SwitchSchedule
 from adflora_analysis.core.state import LoraState
-from adflora_analysis.errors import AdfloraError, DivergenceError
+from adflora_analysis.errors import AdfloraError, DivergenceError, StoppedError
+from adflora_analysis.progress import RunLog
+from adflora_analysis.rundir import CHECKPOINTS, PROGRESS, RunDir, claim, os_error, read_json
 
 
 @dataclass
@@ -40,6 +53,8 @@ class Job:
     :func:`adflora_analysis.core.loop.run_rounds`); it is called once per job, also on resume.
     ``extra`` is added to every row (e.g. ``{"switch_interval": 5}``). ``server``: the mixing
     is a server's exact average (message count, see :func:`~adflora_analysis.core.messages`).
+    ``schedule`` and ``mixer``: the round's extension points (docs/architecture.md §9); None
+    takes ``periodic(switch_interval)`` and synchronous gossip. Their state is checkpointed.
     """
 
     key: str
@@ -49,6 +64,8 @@ class Job:
     switch_interval: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     server: bool = False
+    schedule: SwitchSchedule | None = None
+    mixer: Mixer | None = None
 
 
 OnRound = Callable[[Job, Problem, RoundResult], dict[str, list[dict]]]
@@ -56,32 +73,6 @@ OnRound = Callable[[Job, Problem, RoundResult], dict[str, list[dict]]]
 
 def _slug(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)
-
-
-def check_resume_config(run_dir: str | Path, config: dict[str, Any]) -> None:
-    """Refuse to resume ``run_dir`` with a config that differs from the one it was started with,
-    naming the differing keys."""
-    p = Path(run_dir) / "config.toml"
-    if not p.exists():
-        raise AdfloraError(f"{str(run_dir)!r} is not a run directory (no config.toml)",
-                           "pass the directory a run wrote with --out")
-    diff = config_diff(read_toml(p), json.loads(json.dumps(config)))
-    if diff:
-        raise AdfloraError(f"cannot resume {str(run_dir)!r}: the config differs in "
-                           f"{', '.join(diff)}", "resume with the original config, or start a "
-                           "new run directory")
-
-
-def check_resume_world_size(run_dir: str | Path, world_size: int) -> None:
-    """Refuse to resume a run with another number of processes than it was started with
-    (``world_size`` in its ``meta.json``; 1 for an in-process run)."""
-    p = Path(run_dir) / "meta.json"
-    started = json.loads(p.read_text()).get("world_size", 1) if p.exists() else 1
-    if started != world_size:
-        raise AdfloraError(f"cannot resume {str(run_dir)!r}: it was run by {started} "
-                           f"process(es), this run has {world_size}",
-                           f"resume with --nproc-per-node={started}" if started > 1
-                           else "resume without torchrun")
 
 
 def _ckpt_path(ckpt_dir: Path, key: str, t: int, rank: int) -> Path:
@@ -128,7 +119,7 @@ def _save_checkpoint(ckpt_dir: Path, job: Job, res: RoundResult, problem: Proble
                      backend: Backend) -> None:
     payload = {"round": res.t, "job": job.key, "state": res.state.to_dict(),
                "world_size": backend.world_size, "rank": backend.rank,
-               "problem": problem.state_dict() if hasattr(problem, "state_dict") else None}
+               "problem": problem.state_dict(), "carry": res.carry}
     fileio.save_torch(_ckpt_path(ckpt_dir, job.key, res.t, backend.rank), payload)
     # keep this and the previous complete checkpoint; older parts of this rank go
     for t in sorted(_ckpt_rounds(ckpt_dir, job.key))[:-2]:
@@ -147,11 +138,14 @@ def _load_checkpoint(path: Path) -> dict | None:
                            "delete it to restart that job from round 0") from None
 
 
-def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_every: int = 0,
-             resume: bool = False, on_round: OnRound | None = None,
+def run_jobs(run_dir: str | Path | RunDir, jobs: list[Job], rounds: int, *,
+             checkpoint_every: int = 0, resume: bool = False, on_round: OnRound | None = None,
              progress: bool | None = None, stop_after: int | None = None,
              backend: Backend = LOCAL) -> pd.DataFrame:
     """Run every job for ``rounds`` rounds; return the metrics table.
+
+    ``run_dir``: a :class:`~adflora_analysis.rundir.RunDir` its runner has claimed, or a path,
+    which is then claimed here (new or empty, or an earlier run when ``resume``).
 
     Under torch.distributed (``backend`` from :mod:`adflora_analysis.distributed`) every process
     runs this with its own clients; rank 0 alone writes rows and tables, and every rank saves
@@ -161,111 +155,244 @@ def run_jobs(run_dir: str | Path, jobs: list[Job], rounds: int, *, checkpoint_ev
     ``on_round(job, problem, result)`` may return extra rows by table name (e.g. ``"eval"``).
     ``stop_after`` (testing) ends the run after that many rounds in total, as a kill would.
     """
-    run_dir = Path(run_dir)
-    _set_status(run_dir, backend.rank == 0, status="running")
-    ckpt_dir = run_dir / "checkpoints"
-    progress_path = run_dir / "progress.json"
-    done: list[str] = json.loads(progress_path.read_text())["done"] if (
-        resume and progress_path.exists()) else []
-    writer = backend.rank == 0
-    if writer:
-        # tables are rebuilt from the jsonl rows at the end: a Parquet file left from before
-        # would be stale (a fresh run, or a resumed run killed again before it finished)
-        for f in run_dir.glob("*.jsonl"):
-            run_dir.joinpath(f.stem + ".parquet").unlink(missing_ok=True)
-            if not resume:
-                f.unlink()
-        if not resume:  # a fresh run in a used directory forgets the old run entirely
-            run_dir.joinpath("metrics.parquet").unlink(missing_ok=True)
-            progress_path.unlink(missing_ok=True)
-            for f in ckpt_dir.glob("*.pt"):
-                f.unlink()
-    show = (sys.stderr.isatty() if progress is None else progress) and writer
-    tables: set[str] = {"metrics"} | {p.stem for p in run_dir.glob("*.jsonl")}
-    rounds_run = 0
+    if isinstance(run_dir, RunDir):
+        return _Driver(run_dir, rounds, checkpoint_every, resume, on_round, progress,
+                       stop_after, backend).run(jobs)
+    with claim(run_dir, None, "resume" if resume else "new",
+               writer=backend.rank == 0) as run:
+        return _Driver(run, rounds, checkpoint_every, resume, on_round, progress, stop_after,
+                       backend).run(jobs)
+
+
+class _Stop(BaseException):
+    """Raised by the SIGINT/SIGTERM handler (a BaseException: no ``except Exception`` eats it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Stop` for the ``with`` block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Stop(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for job in jobs:
-            if job.key in done:
-                continue
-            problem, state, mixing = job.build()
-            start = 0
-            ck = latest_checkpoint(ckpt_dir, job.key, backend) if resume else None
-            if ck is not None:
-                start = ck[0] + 1
-                saved = LoraState.from_dict(ck[1]["state"])
-                # checkpoints hold CPU tensors: put them where the job's state lives
-                state = LoraState([a.to(state.A[0]) for a in saved.A],
-                                  [b.to(state.B[0]) for b in saved.B], saved.layers)
-                if hasattr(problem, "load_state_dict") and ck[1].get("problem") is not None:
-                    problem.load_state_dict(ck[1]["problem"])
-            if resume and writer:  # drop rows of this job written after its checkpoint
-                for name in tables:
-                    fileio.truncate_jsonl(run_dir / f"{name}.jsonl",
-                                      lambda r, k=job.key, s=start: r.get("job") != k
-                                      or r["round"] < s)
-            bar = _progress(show, job.key, rounds, start)
-            for res in run_rounds(problem, job.method, state, mixing, rounds=rounds,
-                                  switch_interval=job.switch_interval, start_round=start,
-                                  backend=backend, server=job.server):
-                extra_tables = on_round(job, problem, res) if on_round else {}
-                if writer:
-                    rows = round_rows(res, job.method.name, job.seeds,
-                                      {"job": job.key, **job.extra})
-                    fileio.append_jsonl(run_dir / "metrics.jsonl", rows)
-                    for name, extra_rows in extra_tables.items():
-                        tables.add(name)
-                        for r in extra_rows:
-                            r.setdefault("job", job.key)
-                            r.setdefault("round", res.t)
-                        fileio.append_jsonl(run_dir / f"{name}.jsonl", extra_rows)
-                if checkpoint_every and ((res.t + 1) % checkpoint_every == 0
-                                         or res.t == rounds - 1):
-                    _save_checkpoint(ckpt_dir, job, res, problem, backend)
-                if bar:
-                    bar.update(1)
-                rounds_run += 1
-                if stop_after is not None and rounds_run >= stop_after:
-                    _set_status(run_dir, writer, status="stopped")
-                    return _finish(run_dir, tables, writer)
-                del res  # hold no reference to the live state while the next round runs
-            if bar:
-                bar.close()
-            done.append(job.key)
-            if writer:
-                fileio.write_json(progress_path, {"done": done})
-    except DivergenceError as e:
-        _set_status(run_dir, writer, status="diverged", error=str(e))
-        _finish(run_dir, tables, writer)
-        raise
-    _set_status(run_dir, writer, status="done")
-    return _finish(run_dir, tables, writer)
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
-def _set_status(run_dir: Path, writer: bool, **fields: Any) -> None:
-    """Record how the run ended in ``meta.json`` (``done``, ``stopped`` or ``diverged``)."""
-    if writer and (run_dir / "meta.json").exists():
-        from adflora_analysis.rundir import update_meta
+class _Driver:
+    """One call of :func:`run_jobs`: the shared settings and where the run is."""
 
-        update_meta(run_dir, **fields)
+    def __init__(self, run: RunDir, rounds: int, checkpoint_every: int, resume: bool,
+                 on_round: OnRound | None, progress: bool | None, stop_after: int | None,
+                 backend: Backend):
+        self.run_dir, self.rounds, self.every = run, rounds, checkpoint_every
+        self.resume, self.on_round, self.stop_after = resume, on_round, stop_after
+        self.backend = backend
+        self.writer = backend.rank == 0
+        run.writer = run.writer and self.writer
+        self.progress = progress   # a bar (True), lines (False), a bar on a terminal (None)
+        self.ckpt_dir = run.path / CHECKPOINTS
+        self.tables: set[str] = {"metrics"}
+        self.done: list[str] = []
+        self.rounds_run = 0
+        self.where = "before the first round"
 
+    # -- the run
+    def run(self, jobs: list[Job]) -> pd.DataFrame:
+        run = self.run_dir
+        self._prepare(jobs)
+        try:
+            with _stop_on_signals(), self._log(jobs):
+                for job in jobs:
+                    if job.key not in self.done and self._run_job(job):
+                        return self._end("stopped")
+                return self._end("done")
+        except DivergenceError as e:
+            run.set_status("diverged", error=str(e))
+            self._finish()
+            raise
+        except _Stop as e:
+            name = signal.Signals(e.signum).name
+            self._finish()
+            run.set_status("stopped", error=f"{name} {self.where}")
+            raise StoppedError(f"stopped by {name} {self.where}; rows up to the last "
+                               "completed round are kept",
+                               f"continue it with --resume {run.path}", e.signum) from None
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                run.set_status("failed", error=f"{type(e).__name__}: {e}")
+            raise os_error(run.path, e) from None
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                run.set_status("failed", error=f"{type(e).__name__}: {e}")
+            raise
 
-def _progress(show: bool, desc: str, total: int, start: int):
-    if not show:
-        return None
-    from tqdm import tqdm
+    def _end(self, status: str) -> pd.DataFrame:
+        """Write the tables, then the status: ``done`` only once they are all on disk."""
+        df = self._finish()
+        self.run_dir.set_status(status, error=None)
+        return df
 
-    return tqdm(total=total, initial=start, desc=desc, leave=False, file=sys.stderr)
+    def _prepare(self, jobs: list[Job]) -> None:
+        """Status ``running``; on resume verify the rows against the checkpoints, drop rows
+        after each checkpoint and forget tables and checks of the interrupted run."""
+        run = self.run_dir
+        run.set_status("running")
+        if run.writer:
+            run.record("log.txt", *(f"{t}.jsonl" for t in self.tables),
+                       patterns=tuple(f"{CHECKPOINTS}/{_slug(j.key)}.r*.rank*.pt"
+                                      for j in jobs))
+        if not self.resume:
+            return
+        p = run.path / PROGRESS
+        self.done = list(read_json(p, "progress.json").get("done", [])) if p.exists() else []
+        self.tables |= {f.stem for f in run.path.glob("*.jsonl")}
+        if not self.writer:
+            return
+        starts = {j.key: self._checkpoint_round(j) for j in jobs}
+        verify_rows(run.path / "metrics.jsonl", jobs, self.done, starts, self.rounds)
+        for name in self.tables:
+            fileio.truncate_jsonl(run.path / f"{name}.jsonl",
+                                  lambda r: r.get("job") in self.done
+                                  or r["round"] < starts.get(r.get("job"), 0))
+            # rebuilt from the rows at the end; one left from before would be stale
+            run.path.joinpath(f"{name}.parquet").unlink(missing_ok=True)
+        run.invalidate_checks()
 
+    def _checkpoint_round(self, job: Job) -> int:
+        ck = latest_checkpoint(self.ckpt_dir, job.key, self.backend)
+        return 0 if ck is None else ck[0] + 1
 
-def _finish(run_dir: Path, tables: set[str], writer: bool = True) -> pd.DataFrame:
-    out = pd.DataFrame()
-    if not writer:
+    def _log(self, jobs: list[Job]) -> RunLog:
+        """Progress on stderr and in ``log.txt`` (rank 0 only; :mod:`adflora_analysis.progress`)."""
+        self.run_dir.record("log.txt")
+        self.log = RunLog([j.key for j in jobs], self.rounds, bar=self.progress,
+                          log_path=self.run_dir.path / "log.txt", enabled=self.writer,
+                          done=self.done)
+        return self.log
+
+    def _run_job(self, job: Job) -> bool:
+        """Run one job from its checkpoint (if resuming); True if ``stop_after`` ended it."""
+        problem, state, mixing = job.build()
+        start, state, carry = self._restore(job, problem, state)
+        self.log.job_start(job.key, start)
+        for res in run_rounds(problem, job.method, state, mixing, rounds=self.rounds,
+                              switch_interval=job.switch_interval, schedule=job.schedule,
+                              mixer=job.mixer, carry=carry, start_round=start,
+                              backend=self.backend, server=job.server):
+            self.where = f"in round {res.t + 1} of job {job.key!r}"
+            check_finite_metrics(res, job)
+            extra = self.on_round(job, problem, res) if self.on_round else {}
+            self._write_rows(job, res, extra)
+            if self.every and ((res.t + 1) % self.every == 0 or res.t == self.rounds - 1):
+                _save_checkpoint(self.ckpt_dir, job, res, problem, self.backend)
+            self.where = f"after round {res.t} of job {job.key!r}"
+            self.log.round_done(res.t)
+            self.rounds_run += 1
+            if self.stop_after is not None and self.rounds_run >= self.stop_after:
+                return True
+            del res  # hold no reference to the live state while the next round runs
+        self.log.job_end()
+        self.done.append(job.key)
+        if self.writer:
+            self.run_dir.write_json(PROGRESS, {"done": self.done})
+        return False
+
+    def _restore(self, job: Job, problem: Problem, state: LoraState
+                 ) -> tuple[int, LoraState, dict | None]:
+        """(first round to run, state, the schedule's and mixer's carried state) of ``job``."""
+        ck = latest_checkpoint(self.ckpt_dir, job.key, self.backend) if self.resume else None
+        if ck is None:
+            return 0, state, None
+        # checkpoints hold CPU tensors: put them where the job's state lives
+        state = LoraState.from_dict(ck[1]["state"]).to(state.A[0])
+        if ck[1].get("problem") is not None:
+            problem.load_state_dict(ck[1]["problem"])
+        return ck[0] + 1, state, ck[1].get("carry")
+
+    def _write_rows(self, job: Job, res: RoundResult, extra: dict[str, list[dict]]) -> None:
+        if not self.writer:
+            return
+        rows = round_rows(res, job.method.name, job.seeds, {"job": job.key, **job.extra})
+        self.run_dir.append_jsonl("metrics.jsonl", rows)
+        for name, extra_rows in extra.items():
+            self.tables.add(name)
+            for r in extra_rows:
+                r.setdefault("job", job.key)
+                r.setdefault("round", res.t)
+            self.run_dir.append_jsonl(f"{name}.jsonl", extra_rows)
+
+    def _finish(self) -> pd.DataFrame:
+        out = pd.DataFrame()
+        if not self.writer:
+            return out
+        for name in sorted(self.tables):
+            rows = fileio.read_jsonl(self.run_dir.path / f"{name}.jsonl")
+            df = pd.DataFrame(rows)
+            if rows:
+                self.run_dir.write_parquet(f"{name}.parquet", df)
+            if name == "metrics":
+                out = df
         return out
-    for name in sorted(tables):
-        rows = fileio.read_jsonl(run_dir / f"{name}.jsonl")
-        df = pd.DataFrame(rows)
-        if rows:
-            fileio.write_parquet(run_dir / f"{name}.parquet", df)
-        if name == "metrics":
-            out = df
-    return out
+
+
+def check_finite_metrics(res: RoundResult, job: Job) -> None:
+    """Raise :class:`DivergenceError` at the first non-finite round metric (per layer or
+    scalar: losses, gradient norms, consensus errors, ...), naming it, the round, method and
+    seed, before any row of the round is written."""
+    import torch
+
+    for group in (res.scalar, res.layer):
+        for name, v in group.items():
+            v = v.detach().reshape(len(job.seeds), -1)
+            bad = ~torch.isfinite(v)
+            if bad.any():
+                i = int(bad.any(-1).nonzero()[0, 0])
+                val = float(v[i][bad[i]][0])
+                raise DivergenceError(
+                    f"non-finite {name} = {val} at round {res.t} (method {job.method.name}, "
+                    f"seed {job.seeds[i]}, a metric over all clients)",
+                    "lower the step size (lr); metrics up to the previous round are kept")
+
+
+def verify_rows(path: Path, jobs: list[Job], done: list[str], starts: dict[str, int],
+                rounds: int) -> None:
+    """Check the ``layer == "all"`` rows of ``metrics.jsonl`` before a resume trusts them:
+    every seed of a finished job has rounds ``0 .. rounds-1`` and every seed of the other jobs
+    rounds ``0 .. start-1`` (``starts``: the round its checkpoint resumes at), each exactly
+    once, and no row belongs to another run's job. A damaged line before the last is refused
+    by :func:`~adflora_analysis.fileio.scan_jsonl`. Anything else is one
+    :class:`AdfloraError` naming the damage and the last intact round."""
+    rows, _ = fileio.scan_jsonl(path)
+    keys = {j.key for j in jobs}
+    seen = Counter((r.get("job"), r.get("seed"), r.get("round")) for r in rows
+                   if r.get("layer", "all") == "all")
+    stray = sorted({str(r.get("job")) for r in rows} - keys)
+    if stray:
+        raise AdfloraError(f"{str(path)!r} holds rows of job(s) {', '.join(stray)} that this "
+                           "run does not have", "start again with --overwrite, or into a new "
+                           "--out")
+    for job in jobs:
+        need = rounds if job.key in done else starts.get(job.key, 0)
+        for t in range(need):
+            bad = [(s, seen[(job.key, s, t)]) for s in job.seeds if seen[(job.key, s, t)] != 1]
+            if bad:
+                s, c = bad[0]
+                what = "missing" if c == 0 else f"present {c} times"
+                raise AdfloraError(
+                    f"cannot resume: {path.name} has round {t} of job {job.key!r}, seed {s} "
+                    f"{what}; rows are intact up to round {t - 1}" if t else
+                    f"cannot resume: {path.name} has round 0 of job {job.key!r}, seed {s} "
+                    f"{what}", "restore the file, or start again with --overwrite")
+

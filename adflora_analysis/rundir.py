@@ -473,8 +473,14 @@ def _ensure_folder(out: Path) -> None:
         raise os_error(out, e) from None
 
 
+def _is_temp(name: str) -> bool:
+    """A temp file of :func:`adflora_analysis.fileio.atomic_path` (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3
+
+
 def _foreign(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name != LOCK)
+    """Entries other than the lock and leftover temp files of interrupted atomic writes."""
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK and not _is_temp(p.name))
 
 
 @contextlib.contextmanager
@@ -513,6 +519,9 @@ def _check_mode(run: RunDir, kind: str | None, mode: Mode) -> None:
     if mode == "new":
         left = _foreign(run.path)
         if not left:
+            for t in run.path.iterdir():  # of a run killed before it wrote its manifest
+                if _is_temp(t.name):
+                    t.unlink()
             return
         if run.is_run():
             raise AdfloraError(f"{where!r} already holds a {run.kind or 'toolkit'} run "

@@ -104,9 +104,9 @@ def test_killed_rank_stops_run_and_resume_matches(tmp_path):
     ours = "error: rank 0: lost contact with rank 1" in err
     agent = re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s*\n\s*exitcode\s*:\s*-9", err)
     assert ours or agent, err[-2000:]
-    refused = torchrun(3, "synthetic", "run", *args, "--out", str(out), "--resume")
+    refused = torchrun(3, "synthetic", "run", *args, "--resume", str(out))
     assert refused.returncode != 0 and "run by 2 process(es), this run has 3" in refused.stderr
-    resumed = torchrun(2, "synthetic", "run", *args, "--out", str(out), "--resume")
+    resumed = torchrun(2, "synthetic", "run", *args, "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same(metrics(tmp_path / "full"), metrics(out))
 

@@ -6,14 +6,14 @@ import pandas as pd
 import pytest
 import torch
 
-from adflora_analysis.core import LoraState, get_method
+from adflora_analysis.core import LoraState, Problem, get_method
 from adflora_analysis.errors import AdfloraError, DivergenceError
-from adflora_analysis.experiment import Job, check_resume_config, run_jobs
-from adflora_analysis.rundir import init_run_dir
+from adflora_analysis.experiment import Job, run_jobs
+from adflora_analysis.rundir import RunDir, init_run_dir
 from adflora_analysis.seeding import torch_generator
 
 
-class NoisyProblem:
+class NoisyProblem(Problem):
     """Each trained block takes a random step keyed by (seed, t); evaluate reports its norm."""
 
     def __init__(self, seeds, blow_up_at=None):
@@ -88,9 +88,9 @@ def test_divergence_keeps_rows_and_names_round(tmp_path):
 
 def test_resume_refuses_changed_config(tmp_path):
     init_run_dir(tmp_path, {"lr": 0.1, "topology": {"q": 0.1}}, {})
-    check_resume_config(tmp_path, {"lr": 0.1, "topology": {"q": 0.1}})
+    RunDir(tmp_path).check_resume({"lr": 0.1, "topology": {"q": 0.1}})
     with pytest.raises(AdfloraError, match="differs in lr, topology.q"):
-        check_resume_config(tmp_path, {"lr": 0.2, "topology": {"q": 0.2}})
+        RunDir(tmp_path).check_resume({"lr": 0.2, "topology": {"q": 0.2}})
 
 
 def test_corrupt_checkpoint_is_named(tmp_path):

@@ -87,7 +87,7 @@ def test_resume_after_stop_equals_uninterrupted_and_refuses_other_config(tiny, t
     with pytest.raises(AdfloraError, match=r"config differs in lr, rounds"):
         run_glue(small(tiny, rounds=6, lr=1e-3, optimizer_reset="never", train_head=True), part,
                  resume=True)
-    with pytest.raises(AdfloraError, match="already holds a run"):
+    with pytest.raises(AdfloraError, match="already holds a glue run"):
         run_glue(cfg, part)
     run_glue(cfg, part, resume=True)
     (mf, ef), (mp, ep) = _tables(full), _tables(part)

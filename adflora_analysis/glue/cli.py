@@ -15,24 +15,8 @@ from pathlib import Path
 
 import typer
 
-from adflora_analysis.errors import AdfloraError
-
 app = typer.Typer(help="GLUE runner: ADF-LoRA and baselines on RoBERTa/MiniLM over simulated "
                   "clients, logging consensus and cross-term errors.", no_args_is_help=True)
-
-
-def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """The CONFIG path (first argument that is not ``key=value``) and the overrides."""
-    config, overrides = None, []
-    for a in args:
-        if config is None and not overrides and ("=" not in a or Path(a).is_file()):
-            config = a
-        elif "=" in a:
-            overrides.append(a)
-        else:
-            raise AdfloraError(f"unexpected argument {a!r}",
-                               "give one CONFIG file followed by key=value overrides")
-    return config, overrides
 
 
 @app.command("run")
@@ -45,11 +29,19 @@ def run(
     resume: Path = typer.Option(None, "--resume", help="Resume the run in this directory "
                                 "(its config.toml is used; a CONFIG or overrides that differ "
                                 "are refused, naming the keys)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier run in "
+                                   "--out (removes only the files adflora wrote there)."),
     data_dir: str = typer.Option(None, "--data-dir", help="Local GLUE files (TSV/CSV/JSONL in "
                                  "GLUE's column layout, or a datasets save_to_disk folder)."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-evaluation lines on stderr."),
+    progress: bool = typer.Option(None, "--progress/--no-progress",
+                                  help="A live bar (default: only on a terminal; otherwise a "
+                                  "line per job start/end and every tenth of the rounds; "
+                                  "--no-progress: the job lines only)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config (after "
+                                 "overrides) and the jobs it would run; write nothing."),
 ) -> None:
-    """Run a GLUE study (every method x seed) into --out, or resume one with --resume.
+    """Run a GLUE study (every variant x method x seed) into --out, or resume one with --resume.
 
     Example: adflora glue run glue_runs/smoke.toml --out runs/smoke rounds=10
     """
@@ -58,32 +50,24 @@ def run(
     from adflora_analysis.distributed import make_backend, shutdown
     from adflora_analysis.glue.config import GlueConfig
     from adflora_analysis.glue.runner import run_glue
+    from adflora_analysis.rundir import CONFIG, run_target
 
-    config, overrides = _split_args(list(args or []))
+    no_out = dry_run and out is None and resume is None   # a dry run needs no --out
+    if no_out:
+        out = Path("unused")
+    config, overrides, where, mode = run_target(args, out, resume, overwrite)
     if data_dir:
         overrides.append(f"data_dir={_toml_str(data_dir)}")
-    if resume is not None:
-        if out is not None and Path(out) != Path(resume):
-            raise AdfloraError("--out and --resume name different directories",
-                               "pass only --resume DIR")
-        stored = Path(resume) / "config.toml"
-        if not stored.is_file():
-            raise AdfloraError(f"{str(resume)!r} is not a run directory (no config.toml)",
-                               "pass the directory a run wrote with --out")
-        cfg = load_config(GlueConfig, resolve_config(config) if config else stored, overrides)
-        backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
-        summary = run_glue(cfg, resume, resume=True, log=not quiet, backend=backend)
-        where = resume
-    else:
-        if config is None:
-            raise AdfloraError("no CONFIG given", "adflora glue run glue_runs/smoke.toml "
-                               "--out runs/smoke")
-        if out is None:
-            raise AdfloraError("no --out directory given", "add --out runs/NAME")
-        cfg = load_config(GlueConfig, resolve_config(config), overrides)
-        backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
-        summary = run_glue(cfg, out, log=not quiet, backend=backend)
-        where = out
+    cfg = load_config(GlueConfig, resolve_config(config) if config else where / CONFIG,
+                      overrides)
+    if dry_run:
+        from adflora_analysis.dryrun import describe
+
+        typer.echo(describe("glue", cfg, None if no_out else where, mode), nl=False)
+        return
+    backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
+    summary = run_glue(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
+                       log=not quiet, backend=backend, progress=progress)
     shutdown(backend)
     if backend.rank != 0:
         return

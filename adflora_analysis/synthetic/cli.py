@@ -1,6 +1,7 @@
 """``adflora synthetic``: run a synthetic study, then check the theory on it.
 
     adflora synthetic run synthetic/bounds.toml --out runs/bounds [key=value ...]
+    adflora synthetic run --resume runs/bounds
     adflora synthetic check runs/bounds [--json] [--strict]
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 
@@ -19,16 +21,25 @@ app = typer.Typer(help="Synthetic quadratic LoRA testbed: run studies and check 
 
 @app.command("run")
 def run(
-    config: str = typer.Argument(..., help="Study TOML, or a shipped config by name "
-                                "(e.g. bounds; see adflora configs list)."),
-    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. seeds=5 "
-                                          "topology.q=0.2"),
-    out: str = typer.Option(..., "--out", help="Run directory to write."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in --out."),
+    args: list[str] = typer.Argument(None, metavar="[CONFIG] [KEY=VALUE]...",
+                                     help="Study TOML, or a shipped config by name (e.g. "
+                                     "bounds; see adflora configs list), then key=value "
+                                     "overrides (e.g. seeds=5 topology.q=0.2)."),
+    out: Path = typer.Option(None, "--out", help="Run directory to create (new or empty)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory "
+                                "(its config.toml is used; a CONFIG or overrides that differ "
+                                "are refused, naming the keys)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier run in "
+                                   "--out (removes only the files adflora wrote there)."),
     progress: bool = typer.Option(None, "--progress/--no-progress",
-                                  help="Progress bar (default: only on a terminal)."),
+                                  help="A live bar (default: only on a terminal; otherwise a "
+                                  "line per job start/end and every tenth of the rounds; "
+                                  "--no-progress: the job lines only)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config (after "
+                                 "overrides) and the jobs it would run; write nothing."),
 ) -> None:
-    """Run every method (and variant) of CONFIG on all its seeds, batched, into --out.
+    """Run every method (and variant) of CONFIG on all its seeds, batched, into --out, or
+    continue one with --resume DIR.
 
     Example: adflora synthetic run synthetic/bounds.toml --out runs/bounds seeds=5
 
@@ -38,16 +49,28 @@ def run(
     from adflora_analysis.config import load_config
     from adflora_analysis.configs import resolve_config
     from adflora_analysis.distributed import make_backend, shutdown
+    from adflora_analysis.rundir import CONFIG, run_target
     from adflora_analysis.synthetic.config import SyntheticConfig
     from adflora_analysis.synthetic.runner import run_study
 
-    cfg = load_config(SyntheticConfig, resolve_config(config), overrides or [])
+    no_out = dry_run and out is None and resume is None   # a dry run needs no --out
+    if no_out:
+        out = Path("unused")
+    config, overrides, where, mode = run_target(args, out, resume, overwrite)
+    source = resolve_config(config) if config else where / CONFIG
+    cfg = load_config(SyntheticConfig, source, overrides)
+    if dry_run:
+        from adflora_analysis.dryrun import describe
+
+        typer.echo(describe("synthetic", cfg, None if no_out else where, mode), nl=False)
+        return
     backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
-    df = run_study(cfg, out, resume=resume, progress=progress, backend=backend)
+    df = run_study(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
+                   progress=progress, backend=backend)
     shutdown(backend)
     if backend.rank == 0 and sys.stdout.isatty():
         n = df[["method", "seed", "round"]].drop_duplicates().shape[0] if len(df) else 0
-        typer.echo(f"wrote {out} ({n} method-seed-rounds)")
+        typer.echo(f"wrote {where} ({n} method-seed-rounds)")
 
 
 @app.command("check")
@@ -70,10 +93,19 @@ def check(
 
     Example: adflora synthetic check runs/bounds --json --checks my_checks.py
     """
+    from adflora_analysis.rundir import CHECK_OUTPUTS, RunDir, load_run, require_complete
     from adflora_analysis.synthetic.checks import format_results, run_checks
 
     if z <= 0:
         raise AdfloraError(f"--z {z} must be positive", "use e.g. --z 3")
+    rd = load_run(run_dir)
+    if rd.kind not in (None, "synthetic", "glue"):
+        raise AdfloraError(f"{run_dir!r} holds a {rd.kind} run; the checks read synthetic "
+                           "and GLUE runs", "pass a directory written by `adflora synthetic "
+                           "run` or `adflora glue run`")
+    banner = require_complete(rd, strict=strict, what="the checks")
+    if banner:
+        typer.echo(f"warning: {banner}", err=True)
     if effect <= 0:
         raise AdfloraError(f"--effect {effect} must be positive", "use e.g. --effect 0.1")
     results = run_checks(run_dir, z=z, effect=effect, check_files=checks or [])
@@ -81,6 +113,7 @@ def check(
         from adflora_analysis.synthetic.checks import save_results
 
         save_results(run_dir, results)
+        RunDir(run_dir).record(*CHECK_OUTPUTS)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
     else:
