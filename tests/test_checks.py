@@ -184,3 +184,44 @@ def test_cli_check_json_fields_and_strict(tmp_path):
     assert r.returncode == (1 if bad else 0), r.stdout[-2000:]
     r = _cli("synthetic", "check", str(out), "--effect", "0")
     assert r.returncode == 2 and r.stderr.startswith("error: --effect 0")
+
+
+# --------------------------------------------------------------------------- GLUE + schedules
+def test_glue_run_directory_is_checked_by_the_same_command(tiny, tmp_path):
+    """Checks 2, 3, 6a, 6d and the invariant run on a GLUE run directory; the AdamW step
+    follows lr_schedule and is the ``eta`` column."""
+    from adflora_analysis.glue.config import GlueConfig
+    from adflora_analysis.glue.runner import run_glue
+
+    cfg = load_config(GlueConfig, data=dict(
+        task="rotten_tomatoes", n_clients=4, rounds=4, local_steps=2, batch_size=8,
+        max_length=32, max_train_examples=200, max_eval_examples=20, eval_every=4,
+        checkpoint_every=0, lr=5e-3, lr_schedule="inverse", lr_t0=2.0, threads=1,
+        methods=["adf-lora", "rolora", "lora"], switch_interval=2, model=str(tiny)))
+    run_glue(cfg, tmp_path / "run")
+    import pandas as pd
+
+    m = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    eta = m[m.layer == "all"].groupby("round").eta.first()
+    assert eta.tolist() == pytest.approx([5e-3 / (1 + t / 2.0) for t in range(4)])
+    r = _cli("synthetic", "check", str(tmp_path / "run"), "--json")
+    assert r.returncode == 0, r.stderr
+    items = json.loads(r.stdout)
+    got = {(i["number"], i["method"]) for i in items}
+    for need in [("2", "adf-lora"), ("3", "adf-lora"), ("6i", "lora"), ("6a", "lora"),
+                 ("6d", "adf-lora")]:
+        assert need in got, need
+    assert not any(i["status"] == "error" for i in items)
+    assert not any(i["number"] in ("4", "5") for i in items)     # synthetic-only checks
+
+
+def test_lr_schedules_in_the_synthetic_problem(tmp_path):
+    df = run_study(small(methods=["lora"], seeds=2, rounds=5, lr_schedule="cosine",
+                         lr_min=0.01), tmp_path, progress=False)
+    eta = df[df.layer == "all"].groupby("round").eta.first().to_numpy()
+    assert eta[0] == pytest.approx(0.05) and eta[-1] == pytest.approx(0.01)
+    assert (np.diff(eta) < 0).all()
+    from adflora_analysis.errors import AdfloraError
+
+    with pytest.raises(AdfloraError, match="unknown value for 'lr_schedule' 'step'"):
+        small(lr_schedule="step")

@@ -21,6 +21,8 @@ uninterrupted one exactly without saved generator states:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -73,6 +75,7 @@ class GlueProblem(Problem):
     head0 : the head every client starts from (:meth:`GlueModel.initial_head`).
     train_head : train each client's head and gossip it with W^t every round.
     optimizer_reset : ``"round"`` (fresh AdamW per client per round) or ``"never"``.
+    lr_at : ``t -> eta_t``, the step-size schedule (core/lr_schedules.py); None: ``lr``.
     backend : where the clients live; under torch.distributed this process trains only its
         clients (``backend.client_slice``), whose state, heads and optimizer states it holds.
     """
@@ -81,8 +84,9 @@ class GlueProblem(Problem):
                  seed: int, local_steps: int, batch_size: int, lr: float,
                  weight_decay: float = 0.0, head0: dict[str, Tensor] | None = None,
                  train_head: bool = False, optimizer_reset: str = "round",
-                 backend: Backend = LOCAL):
+                 backend: Backend = LOCAL, lr_at: Callable[[int], float] | None = None):
         self.gm, self.train, self.method, self.seed = gm, train, method, seed
+        self.lr_at = lr_at
         self.n = len(parts)
         self.backend = backend
         sl = backend.client_slice(self.n)
@@ -146,8 +150,10 @@ class GlueProblem(Problem):
         """K AdamW steps of every local client on ``blocks`` (and its head with
         ``train_head``), written into ``state`` in place (A: (n_local, r, d_in), B:
         (n_local, d_out, r) per layer, head: (n_local, 1, P) per parameter); returns ``state``
-        and the mean local loss over every client's steps (``local_loss``)."""
+        and the mean local loss over every client's steps (``local_loss``) and the round's
+        AdamW step size (``eta``, from ``lr_at``; ``lr`` when it is None)."""
         gm = self.gm
+        lr = self.lr_at(t) if self.lr_at is not None else self.lr
         self.activate()
         gm.model.train()
         losses = []
@@ -157,9 +163,11 @@ class GlueProblem(Problem):
             if self.train_head:
                 gm.load_head(self.client_head(state, li))
             params = gm.set_trainable(blocks, self.train_head)
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.wd)
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.wd)
             if self.optimizer_reset == "never":
                 self._restore_opt(opt, li)
+                for group in opt.param_groups:   # the round's step, not a restored one
+                    group["lr"] = lr
             torch.manual_seed(int_seed(self.seed, "dropout", i, t))
             for k in range(self.K):
                 rows = self.clients[i].batch(t * self.K + k, self.bs)
@@ -200,7 +208,8 @@ class GlueProblem(Problem):
         self.last_loss = float(tot[0] / tot[1])
         self.last_steps = int(tot[1])
         self.rounds_done = t
-        return state, {"local_loss": torch.tensor(self.last_loss, dtype=torch.float64)}
+        return state, {"local_loss": torch.tensor(self.last_loss, dtype=torch.float64),
+                       "eta": torch.tensor(lr, dtype=torch.float64)}
 
     def _diverged(self, t: int, client: int, loss: float | None = None,
                   step: int | None = None) -> DivergenceError:

@@ -21,6 +21,7 @@ variant's facts at the top and every variant's under ``variants``. The run direc
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from adflora_analysis import fileio
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
+from adflora_analysis.core.lr_schedules import lr_at
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.experiment import Job, run_jobs
@@ -139,7 +141,9 @@ class GlueStudy:
                            local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                            weight_decay=cfg.weight_decay, head0=self.gm.initial_head(seed),
                            train_head=cfg.train_head, optimizer_reset=cfg.optimizer_reset,
-                           backend=self.backend)
+                           backend=self.backend, lr_at=partial(
+                               lr_at, lr=cfg.lr, schedule=cfg.lr_schedule, t0=cfg.lr_t0,
+                               rounds=cfg.rounds, lr_min=cfg.lr_min))
 
     def sampler(self, seed: int):
         from adflora_analysis.topology import build_sampler
