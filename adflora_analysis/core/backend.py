@@ -34,7 +34,13 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """Every client in this process; gossip is a batched matmul, in place in chunks."""
+    """Every client in this process; gossip is a batched matmul, in place in chunks.
+
+    >>> import torch
+    >>> X = torch.tensor([1.0, 3.0]).view(2, 1, 1)
+    >>> LOCAL.client_slice(2), LOCAL.mix(torch.full((2, 2), 0.5), X).flatten().tolist()
+    (slice(0, 2, None), [2.0, 2.0])
+    """
 
     rank = 0
     world_size = 1

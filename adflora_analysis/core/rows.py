@@ -17,7 +17,17 @@ from adflora_analysis.core.metrics import total_over_layers
 def round_rows(res: RoundResult, method: str, seeds: Sequence[int],
                extra: dict | None = None) -> list[dict]:
     """Rows for every batch entry (seed) of one round. ``seeds`` indexes the batch axis; a
-    state without a batch axis takes ``seeds`` of length 1."""
+    state without a batch axis takes ``seeds`` of length 1.
+
+    >>> import torch
+    >>> from adflora_analysis.core.state import LoraState
+    >>> st = LoraState([torch.zeros(2, 1, 1)], [torch.zeros(2, 1, 1)], ["q"])
+    >>> res = RoundResult(t=3, state=st, trained=("B",), mixed=("A", "B"), W=torch.eye(2),
+    ...                   layer={"xi_A": torch.tensor([[0.5]])},
+    ...                   scalar={"loss": torch.tensor([2.0])}, phase="B")
+    >>> [(r["layer"], r["round"], r["xi_A"], r["loss"]) for r in round_rows(res, "adf-lora", [7])]
+    [('q', 3, 0.5, nan), ('all', 3, 0.5, 2.0)]
+    """
     layer_vals = {k: v.detach().cpu().reshape(len(seeds), -1) for k, v in res.layer.items()}
     totals = {k: total_over_layers(k, v) for k, v in layer_vals.items()}
     scal = {k: v.detach().cpu().double().reshape(len(seeds)) for k, v in res.scalar.items()}

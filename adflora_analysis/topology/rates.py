@@ -97,7 +97,12 @@ def consensus_basis(n: int) -> np.ndarray:
 
 
 def as_sampler(obj: Any) -> Sampler:
-    """A :class:`Sampler` from a sampler or an (n, n) matrix (static)."""
+    """A :class:`Sampler` from a sampler or an (n, n) matrix (static).
+
+    >>> s = as_sampler(np.eye(3))
+    >>> s.kind, as_sampler(s) is s
+    ('static', True)
+    """
     if isinstance(obj, Sampler):
         return obj
     return StaticSampler(obj)
