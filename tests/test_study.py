@@ -140,3 +140,17 @@ def test_glue_run_with_variants_on_tiny_roberta(tiny, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["variants"]["qnli"]["task"] == "qnli"
     assert meta["variants"]["rt"]["data"]["train_rows"] == 90
+
+
+def test_distributed_glue_study_needs_one_client_count(tmp_path):
+    """Processes split the clients once: variants with another n_clients are refused before
+    any data or model is loaded."""
+    from adflora_analysis.glue.runner import _studies
+
+    class TwoRanks:
+        rank, world_size = 0, 2
+
+    cfg = load_config(GlueConfig, data={"model": "minilm", "n_clients": 4,
+                                        "sweep": {"n_clients": [4, 6]}})
+    with pytest.raises(AdfloraError, match="one n_clients for every variant"):
+        _studies(cfg, tmp_path, None, TwoRanks())

@@ -238,6 +238,9 @@ def _studies(cfg: GlueConfig, out: Path, gm: GlueModel | None,
     """One :class:`GlueStudy` per variant of ``cfg``; variants that need the same base model
     share one (``gm``, when given, serves the variants of ``cfg``'s own model)."""
     variants = expand_study(cfg)
+    if backend.world_size > 1 and {v.n_clients for _, v in variants} != {cfg.n_clients}:
+        raise AdfloraError("a torch.distributed run needs one n_clients for every variant",
+                           "run variants with other client counts separately")
     multi = len(variants) > 1
     models: dict[tuple, GlueModel] = {} if gm is None else {_model_key(cfg): gm}
     studies = []
