@@ -75,7 +75,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically.
+
+    >>> import tempfile
+    >>> write_text(Path(tempfile.mkdtemp()) / "a" / "note.txt", "ok\\n").read_text()  # makes dirs
+    'ok\\n'
+    """
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
@@ -91,21 +96,42 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def write_parquet(path: str | os.PathLike, df) -> Path:
-    """Write a pandas DataFrame to Parquet atomically."""
+    """Write a pandas DataFrame to Parquet atomically.
+
+    >>> import tempfile
+    >>> import pandas as pd
+    >>> p = write_parquet(Path(tempfile.mkdtemp()) / "m.parquet", pd.DataFrame({"round": [0, 1]}))
+    >>> pd.read_parquet(p)["round"].tolist()
+    [0, 1]
+    """
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
     return Path(path)
 
 
 def write_csv(path: str | os.PathLike, df) -> Path:
-    """Write a pandas DataFrame to CSV atomically."""
+    """Write a pandas DataFrame to CSV atomically.
+
+    >>> import tempfile
+    >>> import pandas as pd
+    >>> p = write_csv(Path(tempfile.mkdtemp()) / "s.csv", pd.DataFrame({"method": ["lora"]}))
+    >>> p.read_text()
+    'method\\nlora\\n'
+    """
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return Path(path)
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
-    """``torch.save`` to ``path`` atomically."""
+    """``torch.save`` to ``path`` atomically.
+
+    >>> import tempfile
+    >>> import torch
+    >>> p = save_torch(Path(tempfile.mkdtemp()) / "ck.pt", {"round": 4, "A": torch.ones(2)})
+    >>> torch.load(p)["round"]
+    4
+    """
     import torch
 
     with atomic_path(path) as tmp:

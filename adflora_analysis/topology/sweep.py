@@ -173,6 +173,12 @@ def run_topology_study(out: str | Path, quick: bool = False, seed: int = 0) -> d
 
 def p_table(df: pd.DataFrame, qs: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
             ) -> pd.DataFrame:
-    """Pivot of p (rule x q) for the encounter rows at the given q values."""
+    """Pivot of p (rule x q) for the encounter rows at the given q values.
+
+    >>> df = pd.DataFrame({"graph": ["encounter"] * 2 + ["ring"], "rule": ["metropolis"] * 3,
+    ...                    "q": [0.1, 0.2, np.nan], "p": [0.37, 0.6, 0.1]})
+    >>> p_table(df).loc["metropolis"].tolist()
+    [0.37, 0.6]
+    """
     enc = df[(df["graph"] == "encounter") & np.isin(df["q"], qs)]
     return enc.pivot(index="rule", columns="q", values="p")
