@@ -154,3 +154,21 @@ def test_distributed_glue_study_needs_one_client_count(tmp_path):
                                         "sweep": {"n_clients": [4, 6]}})
     with pytest.raises(AdfloraError, match="one n_clients for every variant"):
         _studies(cfg, tmp_path, None, TwoRanks())
+
+
+def test_report_table_takes_tasks_from_a_study_over_tasks():
+    """One run directory holding two tasks: the paper-shaped table has a column per task (its
+    config names only the base task)."""
+    from adflora_analysis.reports.build import glue_table
+    from adflora_analysis.reports.collect import Run
+
+    rows = [{"run": "paper", "method": m, "round": 9, "client": "mean", "split": "validation",
+             "metric": "accuracy", "value": v, "task": task, "variant": task}
+            for m, task, v in [("adf-lora", "sst2", 0.9), ("adf-lora", "qnli", 0.8),
+                               ("lora", "sst2", 0.7), ("lora", "qnli", 0.6)]]
+    run = Run(Path("paper"), "glue", {"task": "sst2", "model": "minilm"}, {})
+    tab, _ = glue_table(pd.DataFrame(rows), [run])
+    tab = tab.set_index("method")
+    assert tab.loc["adf-lora", "qnli"] == pytest.approx(80.0)
+    assert tab.loc["lora", "sst2"] == pytest.approx(70.0)
+    assert tab.loc["adf-lora", "average"] == pytest.approx(85.0)
