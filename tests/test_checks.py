@@ -225,3 +225,15 @@ def test_lr_schedules_in_the_synthetic_problem(tmp_path):
 
     with pytest.raises(AdfloraError, match="unknown value for 'lr_schedule' 'step'"):
         small(lr_schedule="step")
+
+
+def test_every_check_with_a_curve_gets_an_overlay_panel(run4):
+    from adflora_analysis.reports.checks import check_curves, check_overlays
+
+    res = run_checks(run4)
+    curves = check_curves(res)
+    with_curve = {r.number for r in res if not r.curve.empty}
+    assert set(curves["number"]) == with_curve and {"2", "4b", "5", "6a"} <= with_curve
+    fig = check_overlays(curves)
+    titles = {ax.get_title() for ax in fig.axes if ax.get_visible()}
+    assert len(titles) == len(set(zip(curves["number"], curves["check"], strict=True)))

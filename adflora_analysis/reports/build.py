@@ -105,11 +105,13 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
         counts = checks["status"].value_counts()
         summary = ", ".join(f"{v} {k}" for k, v in counts.items())
         secs.append(Section(f"{title}: theory checks", [
-            f"{len(checks)} checks: {summary}. Slack is (bound − measured) / bound of the seed "
-            "means at the worst point (negative: the mean exceeded the bound); a check holds "
-            "when no point exceeds its bound beyond Monte Carlo error across seeds (see "
-            "docs/theory.md). 'finding (fails as expected)' marks a bound the method is not "
-            "claimed to meet, e.g. frozen-block consensus under rolora."],
+            f"{len(checks)} checks: {summary}. ratio = bound ÷ measured of the pooled seed "
+            "sums (≥ 1 when an upper bound holds, ≈ 1 for an identity) with its interval "
+            "ratio ± threshold × stderr; z = (1 − ratio) / stderr beside its threshold; mde = "
+            "the smallest relative violation the seeds could detect with 80 % power. 'held' "
+            "means no violation beyond Monte Carlo error and mde ≤ 20 %; otherwise "
+            "'underpowered'. 'finding' marks a bound the method is not claimed to meet (rolora's "
+            "frozen block); see docs/theory.md."],
             tables={"theory checks": checks.drop(columns=["held"])}))
     frozen_src = metrics.assign(variant=metrics["cmp"]) if "cmp" in metrics else metrics
     loss_col = "loss_gap" if "loss_gap" in metrics and metrics["loss_gap"].notna().any() \
@@ -290,6 +292,10 @@ def report_sections(runs: list[Run], checks_fn: CheckFn | None = None,
 
             cross = cross_matrices(group[0].path, group[0].metrics)
         secs += dynamics_section(title, metrics, bounds, checks, cross)
+        if checks is not None:
+            from adflora_analysis.reports.checks import overlay_sections
+
+            secs += overlay_sections(title, group)
         if kind == "glue":
             secs += _glue_sections(title, group, labels)
     secs.append(setup_section(runs))

@@ -28,7 +28,28 @@ def report_checks(run: Run) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
     except (AdfloraError, KeyError) as e:  # a run without what the checks read
         return pd.DataFrame([{"no": "", "check": "not evaluated", "method": "", "variant": "",
                               "status": "n/a", "held": None, "note": str(e)}]), None
+    _CURVES[str(run.path)] = check_curves(results)
     return checks_table(results), consensus_bounds(results)
+
+
+_CURVES: dict[str, pd.DataFrame | None] = {}
+
+
+def overlay_sections(title: str, runs: list[Run]) -> list:
+    """A report section with :func:`check_overlays` of the runs whose checks
+    :func:`report_checks` evaluated (empty if none has a curve)."""
+    from adflora_analysis.reports.render import Section
+
+    parts = [_CURVES.pop(str(r.path), None) for r in runs]
+    parts = [p.assign(variant=p["variant"] if len(runs) == 1 else r.name + ":" + p["variant"])
+             for p, r in zip(parts, runs, strict=True) if p is not None]
+    fig = check_overlays(pd.concat(parts, ignore_index=True)) if parts else None
+    if fig is None:
+        return []
+    return [Section(f"{title}: theory-check curves", [
+        "Every check with a curve: the measured seed mean (solid) and its bound (dashed) per "
+        "method, summed over blocks where a check has two (docs/theory.md)."],
+        figures={"theory checks": fig})]
 
 
 def _num(x: float) -> float:
