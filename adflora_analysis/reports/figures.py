@@ -76,7 +76,8 @@ def _variants(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
 def _grid(n: int, ncols: int | None = None, sharey: bool = False, h: float = PANEL_H):
     ncols = min(MAX_COLS, n) if ncols is None else ncols
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL_W * ncols + 0.4, h * nrows + 0.6),
+    width = PANEL_W * ncols + 0.4 if n > 1 else 6.4   # a single panel at a readable width
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, h * nrows + 0.6),
                              squeeze=False, sharex=True, sharey=sharey)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
@@ -107,13 +108,13 @@ def _band_lines(ax, df: pd.DataFrame, y: str, log: bool = False, x: str = "round
     dashes = _cmp_dashes(df)
     keys = ["method"] + (["cmp"] if dashes else [])
     data = df.dropna(subset=[y])
+    if log:  # round-off (a block identical on every client: ~1e-32) would squash the axis
+        data = data[data[y] > ZERO * data[y].abs().max()]
     n_x = max(1, data[x].nunique())
     for key, g in data.groupby(keys, sort=False):
         m = key[0] if isinstance(key, tuple) else key
         if m in zero:
             continue
-        if log:
-            g = g[g[y] > 0]
         st = g.groupby(x)[y].agg(["mean", lambda v: v.quantile(QUANTILES[0]),
                                   lambda v: v.quantile(QUANTILES[1])])
         st.columns = ["mean", "lo", "hi"]
@@ -126,8 +127,9 @@ def _band_lines(ax, df: pd.DataFrame, y: str, log: bool = False, x: str = "round
     if log:
         ax.set_yscale("log")
     if zero:
-        ax.text(0.02, 0.03, "≡ 0: " + ", ".join(zero), transform=ax.transAxes, fontsize=9,
-                color="#444", va="bottom")
+        ax.text(0.98, 0.04, "≡ 0: " + ", ".join(zero), transform=ax.transAxes, fontsize=9,
+                color="#333", va="bottom", ha="right",
+                bbox={"facecolor": "white", "edgecolor": "#bbb", "alpha": 0.9, "pad": 2})
     return zero
 
 
@@ -142,10 +144,12 @@ def _legend(fig, methods: list[str], df: pd.DataFrame | None = None, extra=None)
         handles.append(Line2D([], [], color="#333", ls=ls, lw=1.6, label=c))
     handles += list(extra or [])
     if handles:
-        fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4),
-                   frameon=False, bbox_to_anchor=(0.5, 1.0))
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.42 / fig.get_figheight()
-                               * (1 + (len(handles) - 1) // 4)))
+        ncol = len(handles) if len(handles) <= 5 else 4
+        y = 1.0 - (0.3 / fig.get_figheight() if fig._suptitle else 0.0)
+        fig.legend(handles=handles, loc="upper center", ncol=ncol, frameon=False,
+                   bbox_to_anchor=(0.5, y))
+        top = 0.05 + 0.28 * (1 + (len(handles) - 1) // ncol) + (0.25 if fig._suptitle else 0)
+        fig.tight_layout(rect=(0, 0, 1, 1 - top / fig.get_figheight()))
     else:
         fig.tight_layout()
 
@@ -327,6 +331,8 @@ def evaluation(evals: pd.DataFrame) -> plt.Figure | None:
         ax.set_title(metric)
         ax.set_ylabel(metric)
         ax.set_xlabel("round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     extra = [Line2D([], [], color="#333", ls="-", label="mean of clients"),
              Line2D([], [], color="#333", ls="--", label="averaged adapter")]
     _legend(fig, _order(df["method"]), None, extra)
@@ -460,7 +466,7 @@ def sweep(sweep_df: pd.DataFrame) -> plt.Figure | None:
     n_txt = f" (n = {enc['n'].mode().iloc[0]:g})" if "n" in enc and not enc.empty else ""
     ax.set_title("p against q per combination rule; grey: static graphs" + n_txt)
     if dropped:
-        ax.text(0.01, -0.2, "not drawn (other n): " + ", ".join(dropped), fontsize=8.5,
+        ax.text(0.0, -0.3, "not drawn (other n): " + ", ".join(dropped), fontsize=8.5,
                 transform=ax.transAxes, color="#555")
     ax.legend(loc="upper left", frameon=False)
     fig.tight_layout()
