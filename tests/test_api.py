@@ -64,3 +64,12 @@ def test_layer_packages_export_their_public_names(package):
     assert mod.__all__ and len(set(mod.__all__)) == len(mod.__all__)
     for name in mod.__all__:
         assert getattr(mod, name) is not None, name
+
+
+def test_run_synthetic_takes_a_config_and_keys_on_top():
+    cfg = af.synthetic_config(n_clients=4, rounds=3, seeds=1, d_in=4, d_out=4,
+                              methods=["lora"], topology={"graph": "ring"})
+    df = af.run_synthetic(cfg, rounds=2, **{"topology.weights": "max-degree"})
+    assert sorted(df["round"].unique()) == [0, 1]
+    assert set(df.weights) == {"max-degree"} and set(df.graph) == {"ring"}
+    assert cfg.rounds == 3  # the given config is not changed
