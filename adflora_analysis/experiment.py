@@ -233,6 +233,16 @@ class _Driver:
             with contextlib.suppress(OSError):
                 run.set_status("failed", error=f"{type(e).__name__}: {e}")
             raise os_error(run.path, e) from None
+        except RuntimeError as e:
+            if "overflow" not in str(e):  # e.g. AdamW: "cannot be converted ... overflow"
+                run.set_status("failed", error=f"{type(e).__name__}: {e}")
+                raise
+            div = DivergenceError(f"numerical overflow {self.where} ({e})",
+                                  "lower the step size (lr); metrics up to the previous "
+                                  "round are kept")
+            run.set_status("diverged", error=str(div))
+            self._finish()
+            raise div from None
         except BaseException as e:
             with contextlib.suppress(Exception):
                 run.set_status("failed", error=f"{type(e).__name__}: {e}")
@@ -287,17 +297,18 @@ class _Driver:
         problem, state, mixing = job.build()
         start, state, carry = self._restore(job, problem, state)
         self.log.job_start(job.key, start)
+        self.where = f"in round {start} of job {job.key!r}"
         for res in run_rounds(problem, job.method, state, mixing, rounds=self.rounds,
                               switch_interval=job.switch_interval, schedule=job.schedule,
                               mixer=job.mixer, carry=carry, start_round=start,
                               backend=self.backend, server=job.server):
-            self.where = f"in round {res.t + 1} of job {job.key!r}"
+            self.where = f"in round {res.t} of job {job.key!r}"
             check_finite_metrics(res, job)
             extra = self.on_round(job, problem, res) if self.on_round else {}
             self._write_rows(job, res, extra)
             if self.every and ((res.t + 1) % self.every == 0 or res.t == self.rounds - 1):
                 _save_checkpoint(self.ckpt_dir, job, res, problem, self.backend)
-            self.where = f"after round {res.t} of job {job.key!r}"
+            self.where = f"in round {res.t + 1} of job {job.key!r}"
             self.log.round_done(res.t)
             self.rounds_run += 1
             if self.stop_after is not None and self.rounds_run >= self.stop_after:

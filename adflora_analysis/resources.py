@@ -124,12 +124,12 @@ def synthetic_need(cfg, n_variants: int = 1) -> Need:
 
 
 def glue_need(cfg, hidden: int, layers: int, heads: int, adapter_bytes: int,
-              model_bytes: int) -> Need:
+              model_bytes: int, client_rows: int | None = None) -> Need:
     """Estimate of a GLUE study: the model, the batch activations of one local step (fp32,
     kept for backward: about ``layers * B * s * (34 h + 5 a s) * 2`` bytes, Korthikanti et al.
-    2022 doubled for fp32), the clients' adapters with AdamW moments, evaluation activations
-    and the metric rows."""
-    B, s = cfg.batch_size, cfg.max_length
+    2022 doubled for fp32; B = ``batch_size``, at most a client's rows ``client_rows``), the
+    clients' adapters with AdamW moments, evaluation activations and the metric rows."""
+    B, s = min(cfg.batch_size, client_rows or cfg.batch_size), cfg.max_length
     act = layers * B * s * (34 * hidden + 5 * heads * s) * 2
     eval_act = layers * cfg.eval_batch_size * s * (4 * hidden + heads * s) * 4
     adapters = 4 * cfg.n_clients * adapter_bytes

@@ -487,3 +487,44 @@ def test_outputs_folder_replaces_its_own_previous_outputs(tmp_path):
     with pytest.raises(AdfloraError, match="is not empty"), claim_outputs(user):
         pass
     assert (user / "thesis.tex").exists()
+
+
+# ---------------------------------------------------------------------------- GLUE (tiny)
+def glue_cfg(tiny, **kw):
+    from adflora_analysis.glue.config import GlueConfig
+
+    return load_config(GlueConfig, data={
+        "task": "rotten_tomatoes", "model": str(tiny), "n_clients": 3, "rounds": 2,
+        "local_steps": 1, "batch_size": 8, "max_length": 16, "max_train_examples": 60,
+        "max_eval_examples": 16, "eval_every": 0, "methods": ["lora"], "threads": 1, **kw})
+
+
+def test_glue_optimizer_overflow_is_diverged_in_one_line(tiny, tmp_path):
+    from adflora_analysis.glue.runner import run_glue
+
+    with pytest.raises(DivergenceError, match=r"numerical overflow in round 0 of job "
+                       r"'lora/seed=0' .*overflow"):
+        run_glue(glue_cfg(tiny, lr=1e38), tmp_path / "g")
+    assert RunDir(tmp_path / "g").status == "diverged"
+
+
+def test_glue_memory_estimate_refuses_before_training(tiny, tmp_path, monkeypatch):
+    import psutil
+
+    from adflora_analysis.glue.runner import run_glue
+    from adflora_analysis.resources import glue_need
+
+    class Mem:
+        available = 2 ** 20
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Mem())
+    out = tmp_path / "g"
+    with pytest.raises(AdfloraError, match=r"would need about .* of memory .*; 1.0 MB is "
+                       "available"):
+        run_glue(glue_cfg(tiny, batch_size=100000), out)
+    assert not any(out.iterdir())  # nothing half-made (the fixture data it loaded is gone)
+    # a batch larger than a client's rows is the client's rows
+    cfg = glue_cfg(tiny, batch_size=100000)
+    big = glue_need(cfg, 768, 12, 12, 10, 10, client_rows=20).memory["batch activations"]
+    assert big == glue_need(glue_cfg(tiny, batch_size=20), 768, 12, 12, 10, 10).memory[
+        "batch activations"]

@@ -326,7 +326,15 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
         if resume:
             run.check_resume(config, backend.world_size)
         studies = _studies(cfg, out, gm, backend)
-        _refuse_what_does_not_fit(studies, out)
+        if writer:
+            run.record(*(str(p.relative_to(out)) for p in (out / "fixture").rglob("*")
+                         if p.is_file()))
+        try:
+            _refuse_what_does_not_fit(studies, out)
+        except AdfloraError:
+            if writer and not resume:  # leave the folder as it was: no half-made run
+                run.remove_own_files()
+            raise
         if writer:
             if resume:
                 import datetime as dt
@@ -335,8 +343,6 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
                     timespec="seconds"))
             else:
                 init_run_dir(run, config, _study_meta(studies))
-            run.record(*(str(p.relative_to(out)) for p in (out / "fixture").rglob("*")
-                         if p.is_file()))
             run.write_csv("label_counts.csv",
                           pd.concat([st.label_counts() for st in studies], ignore_index=True))
         jobs, callbacks = [], {}
@@ -368,6 +374,7 @@ def _refuse_what_does_not_fit(studies: list[GlueStudy], out: Path) -> None:
         one = glue_need(st.cfg, hidden=mc.hidden_size, layers=mc.num_hidden_layers,
                         heads=mc.num_attention_heads, adapter_bytes=st.gm.adapter_bytes(),
                         model_bytes=sum(p.numel() * p.element_size()
-                                        for p in st.gm.model.parameters()))
+                                        for p in st.gm.model.parameters()),
+                        client_rows=max(len(p) for parts in st.parts.values() for p in parts))
         need.add_variant(one)
     need.refuse_if_over(out)
