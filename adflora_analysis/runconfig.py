@@ -52,7 +52,12 @@ class GossipConfig:
 
 
 def paper_topology() -> TopologyConfig:
-    """The paper's default topology: encounter model, q = 0.1, Metropolis weights."""
+    """The paper's default topology: encounter model, q = 0.1, Metropolis weights.
+
+    >>> t = paper_topology()
+    >>> t.graph, t.weights, t.q
+    ('encounter', 'metropolis', 0.1)
+    """
     return TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
 
 
@@ -77,6 +82,10 @@ class FederationConfig:
     ``sweep = {switch_interval = [1, 2, 5]}`` or ``{"topology.q" = [0.05, 0.1]}``), variants
     (tables of keys, dotted or nested, with an optional ``label``, each applied on top of every
     sweep combination). :func:`expand_study` expands them.
+
+    >>> cfg = FederationConfig(seeds=3, switch_interval=None)
+    >>> cfg.seed_list, cfg.switch_for("adf-lora"), cfg.switch_for("rolora")
+    ([0, 1, 2], 5, 1)
     """
 
     n_clients: int = 10

@@ -74,6 +74,15 @@ def synchronous() -> Mixer:
     """Every client replaces each mixed block by ``sum_j W_ij X_j`` of the current blocks
     (in place, through the backend); stateless. ``sent`` counts one message per nonzero
     off-diagonal entry of W^t (2n with a ``server``, see :func:`~.gossip.messages`).
+
+    >>> import torch
+    >>> from adflora_analysis.core.state import LoraState
+    >>> st = LoraState([torch.tensor([1.0, 3.0, 5.0]).view(3, 1, 1)], [torch.zeros(3, 1, 1)])
+    >>> W = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    >>> m = synchronous()
+    >>> st, carry, sent = m.mix(m.init(st), st, ("A",), W, 0)
+    >>> st.A[0].flatten().tolist(), int(sent), carry   # 2 messages of 4 bytes, no state
+    ([2.0, 2.0, 5.0], 8, {})
     """
 
     def mix(carry: MixerState, state: LoraState, blocks: Sequence[str], W: Tensor, t: int, *,

@@ -78,6 +78,12 @@ class TopologyConfig:
         ``bridges``, ``path``); for ``matching``, ``graph`` names the base graph.
     matrix : str, optional
         Path of a user W (``.npy`` or CSV); overrides ``graph`` and ``weights``.
+
+    >>> TopologyConfig(graph="random-regular", params={"degree": 4}).weights
+    'metropolis'
+    >>> TopologyConfig(graph="ring", q=0.1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: q = 0.1 is only used by graph 'encounter', not 'ring' ...
     """
 
     graph: str = "complete"
