@@ -108,7 +108,10 @@ def check(
         typer.echo(f"warning: {banner}", err=True)
     if effect <= 0:
         raise AdfloraError(f"--effect {effect} must be positive", "use e.g. --effect 0.1")
-    results = run_checks(run_dir, z=z, effect=effect, check_files=checks or [])
+    from adflora_analysis.progress import status
+
+    with status(f"checks: evaluating the theory checks on {run_dir}"):
+        results = run_checks(run_dir, z=z, effect=effect, check_files=checks or [])
     if save:
         from adflora_analysis.synthetic.checks import save_results
 

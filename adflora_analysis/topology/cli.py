@@ -119,9 +119,11 @@ def sweep(
     import pandas as pd
     from rich.console import Console
 
+    from adflora_analysis.progress import status
     from adflora_analysis.topology.sweep import p_table, run_sweep
 
-    paths = run_sweep(out, n=n, samples=samples, seed=seed)
+    with status(f"topology sweep: p against q at n = {n} ({samples} draws per point)"):
+        paths = run_sweep(out, n=n, samples=samples, seed=seed)
     df = pd.read_parquet(paths["parquet"])
     console = Console()
     with pd.option_context("display.width", 120, "display.precision", 4):
