@@ -125,3 +125,43 @@ def test_inspect_prints_the_measures():
                            env={"COLUMNS": "200"})
     assert "effective neighbours n_W(γ)" in r.output
     assert "connected (graph of E[W]" in r.output and "connected draws" in r.output
+
+
+def test_measure_fit_finds_the_planted_measure():
+    import pandas as pd
+
+    from adflora_analysis.topology.fit import measure_fit
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"spectral_gap": rng.uniform(0.01, 1, 12), "p": rng.uniform(0.01, 1, 12),
+                       "effective_neighbours": rng.uniform(1, 50, 12)})
+    df["consensus_floor"] = 3.0 / df["effective_neighbours"]        # planted: 1/n_eff
+    df["grad_norm_sq"] = 0.5 * df["p"] ** -2
+    fit = measure_fit(df).set_index(["outcome", "measure"])
+    assert fit.loc[("consensus_floor", "effective_neighbours"), "r2"] == pytest.approx(1.0)
+    assert fit.loc[("consensus_floor", "effective_neighbours"), "slope"] == pytest.approx(-1.0)
+    assert fit.loc[("grad_norm_sq", "p"), "slope"] == pytest.approx(-2.0)
+    assert fit.loc[("consensus_floor", "p"), "r2"] < 0.5              # unrelated measures lose
+
+
+def test_measures_table_from_a_run(tmp_path):
+    from adflora_analysis.config import load_config
+    from adflora_analysis.synthetic.config import SyntheticConfig
+    from adflora_analysis.synthetic.runner import run_study
+    from adflora_analysis.topology.fit import measure_fit, measures_table
+
+    cfg = load_config(SyntheticConfig, data={
+        "n_clients": 8, "rounds": 6, "local_steps": 2, "lr": 0.05, "rank": 2, "seeds": 2,
+        "methods": ["adf-lora"], "d_in": 4, "d_out": 4, "target_rank": 2, "constants_every": 0,
+        "noise_kind": "minibatch", "batch_size": 4, "samples_per_client": 8,
+        "topology_samples": 200,
+        "variants": [{"label": "ring", "topology.graph": "ring"},
+                     {"label": "hypercube", "topology.graph": "hypercube"},
+                     {"label": "enc", "topology.graph": "encounter", "topology.q": 0.3}]})
+    run_study(cfg, tmp_path / "run", progress=False)
+    df = measures_table(tmp_path / "run", tail=3)
+    assert sorted(df["variant"]) == ["enc", "hypercube", "ring"]
+    assert (df["consensus_floor"] > 0).all() and (df["effective_neighbours"] > 1).all()
+    fit = measure_fit(df)
+    assert set(fit["measure"]) == {"spectral_gap", "p", "effective_neighbours"}
+    assert (fit["points"] == 3).all()
