@@ -155,8 +155,8 @@ def test_user_checks_run_like_builtins_and_bad_ones_are_one_line_each(tmp_path):
     f.write_text(USER)
     r = _cli("synthetic", "check", str(out), "--checks", str(f), "--json")
     assert r.returncode == 2
-    errs = r.stderr.strip().splitlines()
-    assert len(errs) == 3 and all(e.startswith("error: check '") for e in errs), errs
+    errs = [e for e in r.stderr.strip().splitlines() if e.startswith("error:")]
+    assert len(errs) == 3 and all(e.startswith("error: check '") for e in errs), r.stderr
     assert any("'raises'" in e and "boom" in e for e in errs)
     assert any("'missing-column'" in e and "no_such_column" in e for e in errs)
     assert any("'nonsense'" in e and "int" in e for e in errs)
@@ -237,3 +237,26 @@ def test_every_check_with_a_curve_gets_an_overlay_panel(run4):
     fig = check_overlays(curves)
     titles = {ax.get_title() for ax in fig.axes if ax.get_visible()}
     assert len(titles) == len(set(zip(curves["number"], curves["check"], strict=True)))
+
+
+def test_entry_point_checks_are_registered_and_run(run4, tmp_path, monkeypatch):
+    import importlib.metadata as md
+
+    from adflora_analysis.synthetic.checks import registry
+
+    (tmp_path / "ep_checks_mod.py").write_text(
+        "from adflora_analysis.synthetic.checks import bound_check\n"
+        "def gap(ctx):\n"
+        "    m = ctx.run.mat('loss_gap')\n"
+        "    return bound_check(ctx, 'ep-gap', 'e1', m, m + 1.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = md.EntryPoint(name="ep-gap", value="ep_checks_mod:gap", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [ep] if
+                        group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
+    import adflora_analysis.synthetic.checks as checks
+
+    monkeypatch.setattr(checks, "REGISTRY", registry.REGISTRY)
+    res = run_checks(run4)
+    mine = [r for r in res if r.check == "ep-gap"]
+    assert len(mine) == 4 and all(r.ratio > 1 for r in mine)
