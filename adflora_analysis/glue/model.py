@@ -8,7 +8,8 @@ state.LoraState`: ``A[l]`` is ``(n, r, d_in)``, ``B[l]`` is ``(n, d_out, r)`` fo
 The classifier head (every top-level sub-module other than the backbone) is shared and frozen by
 default; with ``train_head`` each client has its own copy, trained and gossiped.
 
-peft's conventions (docs/architecture.md §1): ``lora_A.weight`` is (r, in), Kaiming-uniform initialised
+peft's conventions (docs/architecture.md §1): ``lora_A.weight`` is (r, in), Kaiming-uniform
+initialised
 (U(-1/sqrt(in), 1/sqrt(in))); ``lora_B.weight`` is (out, r), zero; ΔW = (alpha / r) B A.
 """
 

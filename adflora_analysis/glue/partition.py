@@ -1,4 +1,5 @@
-"""Split a task's training rows over clients (docs/architecture.md §7): the paper's label skew, Dirichlet(α),
+"""Split a task's training rows over clients (docs/architecture.md §7): the paper's label skew,
+Dirichlet(α),
 IID, and disjoint labels. Every split is seeded (stream ``(seed, "partition")``) and disjoint:
 no row goes to two clients.
 
