@@ -386,8 +386,8 @@ def cross_heatmap(mats: pd.DataFrame) -> plt.Figure | None:
     if pos.empty:
         return None
     norm = LogNorm(vmin=float(pos.min()), vmax=float(pos.max()))
-    fig, axes = plt.subplots(len(methods), len(rounds), squeeze=False,
-                             figsize=(min(10.5, 2.7 * len(rounds) + 1.4), 2.5 * len(methods)))
+    fig, axes = plt.subplots(len(methods), len(rounds), squeeze=False, layout="constrained",
+                             figsize=(min(10.5, 2.6 * len(rounds) + 1.6), 2.9 * len(methods)))
     im = None
     for r, m in enumerate(methods):
         for c, t in enumerate(rounds):
@@ -413,7 +413,7 @@ def cross_heatmap(mats: pd.DataFrame) -> plt.Figure | None:
             if r == len(methods) - 1:
                 ax.set_xlabel("j (A_j)")
     if im is not None:
-        fig.colorbar(im, ax=axes, shrink=0.8, label="‖B_i A_j‖_F")
+        fig.colorbar(im, ax=axes, shrink=0.5, label="‖B_i A_j‖_F")
     fig.suptitle("‖B_i A_j‖_F: diagonal (outlined) = what client i computed; off-diagonal = "
                  "cross terms", fontsize=10.5)
     return fig
