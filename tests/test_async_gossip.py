@@ -203,3 +203,49 @@ def test_staleness_slows_consensus_and_participation_cuts_messages():
     assert sent["stale"] == sent["sync"]             # τ delays messages, it does not drop them
     assert sent["partial"] < 0.7 * sent["sync"]
     assert math.isfinite(rows["stale"].grad_norm_sq.iloc[-1])
+
+
+# ---------------------------------------------------------------- predicted rate and check 7
+def test_predicted_rate_reduces_to_the_second_moment_rate_and_grows_with_staleness():
+    import numpy as np
+
+    from adflora_analysis.topology import make_sampler, second_moment_rate
+    from adflora_analysis.topology.async_rates import async_consensus_rate, masked
+
+    ring = make_sampler("static", 6, graph="ring")
+    r0 = async_consensus_rate(ring)
+    assert r0.method == "exact" and abs(r0.rate - second_moment_rate(ring)) < 1e-10
+    rates = [async_consensus_rate(ring, staleness=t).rate for t in (0, 1, 2, 4)]
+    assert all(a < b < 1 for a, b in zip(rates, rates[1:], strict=False))
+    enc = make_sampler("encounter", 6, q=0.3)          # support enumerated: exact
+    ex = async_consensus_rate(enc)
+    assert ex.method == "exact" and abs(ex.rate - second_moment_rate(enc)) < 1e-9
+    enc = make_sampler("encounter", 10, q=0.2)         # Monte Carlo
+    mc = async_consensus_rate(enc, samples=3000)
+    assert mc.method == "monte-carlo" and abs(mc.rate - second_moment_rate(enc)) < 0.01
+    assert async_consensus_rate(enc, participation=0.5, samples=2000).rate > mc.rate + 0.05
+    W = masked(np.full((3, 4, 4), 0.25), np.array([[1, 1, 0, 1]] * 3, bool))
+    assert np.allclose(W.sum(-1), 1) and np.allclose(W.sum(-2), 1)
+
+
+def test_check_7_holds_with_the_predicted_rate_and_catches_one_that_ignores_staleness(tmp_path):
+    from adflora_analysis.synthetic.checks import load_run
+    from adflora_analysis.synthetic.checks.async_rate import check_async_rate
+    from adflora_analysis.synthetic.checks.data import contexts
+    from adflora_analysis.synthetic.runner import run_study
+
+    cfg = load_config(SyntheticConfig, data={
+        "n_clients": 6, "rounds": 50, "seeds": 8, "d_in": 4, "d_out": 4, "methods": ["adf-lora"],
+        "switch_interval": 25, "topology": {"graph": "ring"}, "gossip": {"staleness": 3}})
+    run_study(cfg, tmp_path / "run", progress=False)
+    data = load_run(tmp_path / "run")
+    ctx = next(iter(contexts(data)))
+    res = check_async_rate(ctx)
+    assert res and all(r.status == "held" for r in res), [r.note for r in res]
+    # planted defect: a prediction that ignores the staleness (the synchronous rate)
+    from adflora_analysis.topology import make_sampler, second_moment_rate
+
+    sync = second_moment_rate(make_sampler("static", 6, graph="ring"))
+    ctx.vmeta["async_rate"] = {**ctx.vmeta["async_rate"], "rate": sync, "stderr": 0.0}
+    bad = check_async_rate(ctx)
+    assert any(r.status == "violated" for r in bad), [r.note for r in bad]

@@ -223,7 +223,28 @@ def _variant_meta(variants: list[tuple[str, SyntheticConfig]]):
                         "n_clients": vcfg.n_clients, "noise_kind": vcfg.noise_kind,
                         "heterogeneity": vcfg.heterogeneity, "methods": list(vcfg.methods),
                         "mixing_validity": mix_summary}
+        vmeta[label].update(gossip_meta(vcfg, samplers[label]))
     return samplers, vmeta, mix_tables
+
+
+def gossip_meta(vcfg: SyntheticConfig, sampler) -> dict[str, Any]:
+    """``meta.json`` entries of stale/partial gossip and adaptive schedules: ``gossip`` (the
+    table), ``async_rate`` (the predicted decay factor of E Xi before the run,
+    :func:`adflora_analysis.topology.async_rates.async_consensus_rate`), ``switch_schedule``;
+    nothing for the defaults."""
+    out: dict[str, Any] = {}
+    if vcfg.switch_schedule != "periodic":
+        out["switch_schedule"] = {"kind": vcfg.switch_schedule, "eps": vcfg.switch_eps,
+                                  "min": vcfg.switch_min, "max": vcfg.switch_max}
+    g = vcfg.gossip
+    if not g.is_default:
+        from adflora_analysis.topology.async_rates import async_consensus_rate
+
+        out["gossip"] = {"staleness": g.staleness, "participation": g.participation}
+        out["async_rate"] = async_consensus_rate(
+            sampler, staleness=g.staleness, participation=g.participation,
+            samples=min(vcfg.topology_samples, 4000), seed=vcfg.seed_list[0]).as_dict()
+    return out
 
 
 def _refuse_what_does_not_fit(variants: list[tuple[str, SyntheticConfig]], out: Path) -> None:

@@ -28,6 +28,7 @@ LABELS = {
     "connected_draws": "connected draws (fraction of W^t whose own graph is connected)",
     "effective_neighbours": "effective neighbours n_W(γ) (Vogels et al. 2022)",
     "effective_neighbours_gamma": "γ of n_W(γ)",
+    "async_rate": "predicted rate of E Ξ with staleness τ, participation π (theory §7)",
 }
 """Row labels of ``inspect``'s table that say what a key measures."""
 
@@ -64,8 +65,14 @@ def inspect(
     param: list[str] | None = typer.Option(None, "--param", help="Graph parameter key=value "
                                            "(repeatable), e.g. --param degree=4."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    staleness: int = typer.Option(0, help="Gossip staleness τ (rounds): also report the "
+                                  "predicted consensus rate of stale gossip."),
+    participation: float = typer.Option(1.0, help="Gossip participation π in (0, 1]: also "
+                                        "report the predicted rate of partial gossip."),
 ) -> None:
-    """Constants of one topology: validity, λ2, λn, spectral gap, p, second-moment rate.
+    """Constants of one topology: validity, λ2, λn, spectral gap, p, second-moment rate
+    (and, with --staleness or --participation, the predicted rate of stale/partial gossip,
+    docs/theory.md §7).
 
     Example: adflora topology inspect --graph encounter --n 10 --weights metropolis --q 0.1 --json
     """
@@ -81,6 +88,13 @@ def inspect(
     out = topology_constants(sampler, samples=samples, seed=seed)
     out.update(graph="matrix" if matrix else graph, q=q, params=cfg.params, matrix=matrix,
                samples=samples, seed=seed)
+    if staleness != 0 or participation != 1:
+        from adflora_analysis.topology.async_rates import async_consensus_rate
+
+        r = async_consensus_rate(sampler, staleness=staleness, participation=participation,
+                                 samples=min(samples, 4000), seed=seed)
+        out.update(staleness=staleness, participation=participation, async_rate=r.rate,
+                   async_rate_stderr=r.stderr, async_rate_method=r.method)
     out = _jsonable(out)
     if json_out:
         print(json.dumps(out, allow_nan=False))
@@ -92,8 +106,10 @@ def inspect(
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for k, v in out.items():
-        if k in ("p_stderr", "effective_neighbours_stderr"):
+        if k in ("p_stderr", "effective_neighbours_stderr", "async_rate_stderr"):
             continue
+        if k == "async_rate" and out["async_rate_stderr"]:
+            v = f"{v:.6f} ± {out['async_rate_stderr']:.6f}"
         if k == "p" and out["p_stderr"]:
             v = f"{v:.6f} ± {out['p_stderr']:.6f}"
         elif k == "effective_neighbours" and v is not None:
