@@ -113,15 +113,16 @@ def test_shipped_glue_studies_expand_to_the_paper_experiments():
 
 def test_glue_run_with_variants_on_tiny_roberta(tiny, tmp_path):
     """Two variants (two tasks) in one run directory: keyed jobs, variant/task columns, per
-    variant partitions and fixtures, one shared model."""
+    variant partitions and fixtures, one shared model; stopped in the second variant and
+    resumed, it ends with the rows of the uninterrupted run."""
     import json
 
     from adflora_analysis.glue.runner import run_glue
 
     cfg = load_config(GlueConfig, data=dict(
-        task="rotten_tomatoes", model=str(tiny), n_clients=3, rounds=2, local_steps=1,
+        task="rotten_tomatoes", model=str(tiny), n_clients=3, rounds=3, local_steps=1,
         batch_size=4, max_length=16, max_train_examples=90, max_eval_examples=20,
-        eval_every=0, checkpoint_every=0, methods=["adf-lora"], threads=1,
+        eval_every=2, checkpoint_every=1, methods=["adf-lora"], threads=1,
         variants=[{"label": "rt"}, {"label": "qnli", "task": "qnli", "data": "fixture",
                                      "max_train_examples": 60}]))
     out = tmp_path / "run"
@@ -140,6 +141,18 @@ def test_glue_run_with_variants_on_tiny_roberta(tiny, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["variants"]["qnli"]["task"] == "qnli"
     assert meta["variants"]["rt"]["data"]["train_rows"] == 90
+    part = tmp_path / "part"
+    run_glue(cfg, part, stop_after=4)  # rt's 3 rounds, then round 0 of qnli
+    assert set(pd.read_json(part / "metrics.jsonl", lines=True).job) == set(m.job)
+    run_glue(cfg, part, resume=True)
+    key = ["job", "round", "layer"]
+    pd.testing.assert_frame_equal(
+        m.sort_values(key).reset_index(drop=True),
+        pd.read_parquet(part / "metrics.parquet").sort_values(key).reset_index(drop=True))
+    ekey = ["job", "round", "client", "split", "metric"]
+    pd.testing.assert_frame_equal(
+        e.sort_values(ekey).reset_index(drop=True),
+        pd.read_parquet(part / "eval.parquet").sort_values(ekey).reset_index(drop=True))
 
 
 def test_distributed_glue_study_needs_one_client_count(tmp_path):
