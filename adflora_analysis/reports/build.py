@@ -121,8 +121,8 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
         "frozen block": figures.frozen_block(frozen_src),
         "loss difference to adf-lora": figures.difference(metrics, loss_col),
         "consensus difference to adf-lora": figures.difference(
-            metrics.assign(xi=metrics.get("xi_A", 0) + metrics.get("xi_B", 0)), "xi",
-            relative=True) if "xi_A" in metrics else None,
+            metrics.assign(**{"Ξ_A+Ξ_B": metrics.get("xi_A", 0) + metrics.get("xi_B", 0)}),
+            "Ξ_A+Ξ_B", relative=True) if "xi_A" in metrics else None,
         "cross term C": figures.per_round(metrics, "cross_term", "cross term C = ‖mean B_iA_i "
                                           "− B̄Ā‖_F"),
         "product consensus": figures.per_round(metrics, "product_consensus",

@@ -158,6 +158,7 @@ def _rounds_range(ax, df: pd.DataFrame) -> None:
     lo, hi = df["round"].min(), df["round"].max()
     pad = 0.5 if hi == lo else 0.02 * (hi - lo)
     ax.set_xlim(lo - pad, hi + pad)
+    ax.xaxis.get_major_locator().set_params(integer=True)   # rounds are whole numbers
 
 
 def consensus(metrics: pd.DataFrame, bounds: pd.DataFrame | None = None) -> plt.Figure | None:
