@@ -110,7 +110,7 @@ class TopologyConfig:
         elif self.q is not None:
             raise AdfloraError(f"q = {self.q} is only used by graph 'encounter', not "
                                f"{self.graph!r}", "drop q or set graph = 'encounter'")
-        if self.graph in ("matching", "one-peer-exponential") and self.weights not in (
+        if self.graph in TIME_VARYING and self.graph != "encounter" and self.weights not in (
                 "metropolis", "pairwise", "server"):
             raise AdfloraError(f"graph {self.graph!r} averages matched pairs; weights "
                                f"{self.weights!r} do not apply", "use weights = 'pairwise'")

@@ -61,7 +61,8 @@ from adflora_analysis.topology.weights import (
     weights_from_adjacency,
 )
 
-__all__ = ["ENCOUNTER_RULES", "SAMPLERS", "EncounterSampler", "ListSampler", "MatchingSampler",
+__all__ = ["ENCOUNTER_RULES", "SAMPLERS", "EncounterSampler", "EquiDynSampler",
+           "KPeerExponentialSampler", "ListSampler", "MatchingSampler",
            "OnePeerExponentialSampler", "Sampler", "StaticSampler", "make_sampler"]
 
 ENCOUNTER_RULES = (*GRAPH_RULES, "pairwise")
@@ -615,6 +616,85 @@ class OnePeerExponentialSampler(_SparsePeriodicSampler):
                 "rule": "pairwise", "period": self.period}
 
 
+class KPeerExponentialSampler(_SparsePeriodicSampler):
+    """k-peer exponential graph (Takezawa et al.; k = 1 is the one-peer exponential graph): at
+    round t client i averages, with weights 1/(k + 1), itself and clients
+    i + j (k + 1)^(t mod τ) mod n for j = 1..k, τ = ceil(log_(k+1) n). For n a power of k + 1
+    the product over one period is exactly J (each round fixes one base-(k + 1) digit)."""
+
+    kind = "k-peer-exponential"
+
+    def __init__(self, n: int, k: int = 2):
+        self.n = check_n(n)
+        k = int(k)
+        if not 1 <= k < self.n:
+            raise AdfloraError(f"k-peer exponential needs 1 <= k < n, got k = {k}, n = {n}",
+                               "pass k = 1, 2, ... below n")
+        self.k = k
+        tau, size = 0, 1
+        while size < self.n:
+            size *= k + 1
+            tau += 1
+        self._period = max(1, tau)
+        self._steps = [(k + 1) ** e for e in range(self._period)]
+        self.symmetric = self.n == 2
+
+    def _phase(self, t: int) -> SparseW:
+        i = np.arange(self.n)
+        shifts = sorted({(j * self._steps[t]) % self.n for j in range(1, self.k + 1)} - {0})
+        dst = np.tile(i, len(shifts))
+        src = np.concatenate([(i + h) % self.n for h in shifts])
+        w = 1.0 / (len(shifts) + 1)
+        return SparseW.from_edges(self.n, np.full((1, self.n), w), dst, src,
+                                  np.full(len(dst), w))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n": self.n, "graph": "k-peer-exponential",
+                "rule": "uniform", "k": self.k, "period": self.period}
+
+
+class EquiDynSampler(Sampler):
+    """One random peer a round on a circulant (the degree-1 dynamic topology of Song et al.,
+    "Communication-efficient topologies for decentralized learning with O(1) consensus rate",
+    NeurIPS 2022, EquiDyn, here with weight η = 1/2): each round draws one shift u uniformly
+    from {1, ..., n − 1} for all clients and W = (I + P_u)/2, i averaging with i + u.
+
+    E[P_u] = (nJ − I)/(n − 1), so E[WᵀW] = I/2 + (nJ − I)/(2(n − 1)) and
+    p = 1/2 + 1/(2(n − 1)): a consensus rate that does not decay with n at one message a
+    client a round."""
+
+    kind = "equidyn"
+    sparse = True
+    exchangeable = True   # E[WᵀW] and E[W] are of the form aI + bJ (the rates use only that)
+    symmetric = False
+
+    def __init__(self, n: int):
+        self.n = check_n(n)
+        self.symmetric = self.n == 2
+
+    def sample_sparse_batch(self, rng: np.random.Generator, size: int) -> SparseW:
+        u = rng.integers(1, self.n, size)
+        i = np.arange(self.n)
+        return SparseW.from_edges(self.n, np.full((size, self.n), 0.5), np.tile(i, size),
+                                  ((i[None, :] + u[:, None]) % self.n).ravel(),
+                                  np.full(size * self.n, 0.5), np.repeat(np.arange(size), self.n))
+
+    def sample_batch(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        check_dense_fits(self.n, size)
+        return self.sample_sparse_batch(rng, size).dense()
+
+    def support(self, limit: int = SUPPORT_LIMIT) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.n - 1 > limit:
+            return None
+        i = np.arange(self.n)
+        mats = [SparseW.from_edges(self.n, np.full((1, self.n), 0.5), i, (i + u) % self.n,
+                                   np.full(self.n, 0.5)).dense()[0] for u in range(1, self.n)]
+        return np.array(mats), np.full(self.n - 1, 1.0 / (self.n - 1))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n": self.n, "graph": "equidyn", "rule": "pairwise"}
+
+
 class ListSampler(_PeriodicSampler):
     """A user's list of matrices, W^t = W_(t mod L). Each is validated (square, finite, ≥ 0).
 
@@ -716,6 +796,8 @@ SAMPLERS = {
     "encounter": _encounter,
     "matching": _matching,
     "one-peer-exponential": lambda n: OnePeerExponentialSampler(n),
+    "k-peer-exponential": lambda n, *, k=2: KPeerExponentialSampler(n, k),
+    "equidyn": lambda n: EquiDynSampler(n),
     "list": _list,
 }
 """Sampler kind -> factory ``f(n, **params)``; factories that draw a random graph are
