@@ -21,7 +21,6 @@ the run ends.
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import threading
 from collections import Counter
@@ -42,7 +41,17 @@ from adflora_analysis.core.schedules import SwitchSchedule
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.errors import AdfloraError, DivergenceError, StoppedError
 from adflora_analysis.progress import RunLog
-from adflora_analysis.rundir import CHECKPOINTS, PROGRESS, RunDir, claim, os_error, read_json
+from adflora_analysis.rundir import (
+    CHECKPOINTS,
+    PROGRESS,
+    RunDir,
+    checkpoint_path,
+    checkpoint_rounds,
+    claim,
+    job_slug,
+    os_error,
+    read_json,
+)
 
 
 @dataclass
@@ -71,30 +80,12 @@ class Job:
 OnRound = Callable[[Job, Problem, RoundResult], dict[str, list[dict]]]
 
 
-def _slug(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)
-
-
-def _ckpt_path(ckpt_dir: Path, key: str, t: int, rank: int) -> Path:
-    return ckpt_dir / f"{_slug(key)}.r{t:06d}.rank{rank}.pt"
-
-
-def _ckpt_rounds(ckpt_dir: Path, key: str) -> dict[int, set[int]]:
-    """round -> ranks that saved their part, for job ``key``."""
-    out: dict[int, set[int]] = {}
-    for f in ckpt_dir.glob(f"{_slug(key)}.r*.rank*.pt"):
-        m = re.fullmatch(re.escape(_slug(key)) + r"\.r(\d+)\.rank(\d+)\.pt", f.name)
-        if m:
-            out.setdefault(int(m[1]), set()).add(int(m[2]))
-    return out
-
-
 def latest_checkpoint(ckpt_dir: Path, key: str, backend: Backend) -> tuple[int, dict] | None:
     """This process's part of the newest checkpoint of ``key`` that every process completed.
 
     A checkpoint written by a different number of processes is refused with a clear message.
     """
-    rounds = _ckpt_rounds(ckpt_dir, key)
+    rounds = checkpoint_rounds(ckpt_dir, key)
     if not rounds:
         return None
     ranks_seen = set().union(*rounds.values())
@@ -107,7 +98,7 @@ def latest_checkpoint(ckpt_dir: Path, key: str, backend: Backend) -> tuple[int, 
     if not full:
         return None
     t = max(full)
-    ck = _load_checkpoint(_ckpt_path(ckpt_dir, key, t, backend.rank))
+    ck = _load_checkpoint(checkpoint_path(ckpt_dir, key, t, backend.rank))
     if ck.get("world_size", 1) != backend.world_size:
         raise AdfloraError(f"checkpoint of {key!r} was written by {ck.get('world_size')} "
                            f"processes, this run has {backend.world_size}",
@@ -120,10 +111,10 @@ def _save_checkpoint(ckpt_dir: Path, job: Job, res: RoundResult, problem: Proble
     payload = {"round": res.t, "job": job.key, "state": res.state.to_dict(),
                "world_size": backend.world_size, "rank": backend.rank,
                "problem": problem.state_dict(), "carry": res.carry}
-    fileio.save_torch(_ckpt_path(ckpt_dir, job.key, res.t, backend.rank), payload)
+    fileio.save_torch(checkpoint_path(ckpt_dir, job.key, res.t, backend.rank), payload)
     # keep this and the previous complete checkpoint; older parts of this rank go
-    for t in sorted(_ckpt_rounds(ckpt_dir, job.key))[:-2]:
-        _ckpt_path(ckpt_dir, job.key, t, backend.rank).unlink(missing_ok=True)
+    for t in sorted(checkpoint_rounds(ckpt_dir, job.key))[:-2]:
+        checkpoint_path(ckpt_dir, job.key, t, backend.rank).unlink(missing_ok=True)
 
 
 def _load_checkpoint(path: Path) -> dict | None:
@@ -261,7 +252,7 @@ class _Driver:
         run.set_status("running")
         if run.writer:
             run.record("log.txt", *(f"{t}.jsonl" for t in self.tables),
-                       patterns=tuple(f"{CHECKPOINTS}/{_slug(j.key)}.r*.rank*.pt"
+                       patterns=tuple(f"{CHECKPOINTS}/{job_slug(j.key)}.r*.rank*.pt"
                                       for j in jobs))
         if not self.resume:
             return

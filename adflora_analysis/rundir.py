@@ -38,6 +38,7 @@ import errno
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -116,6 +117,40 @@ def kind_of(meta: dict[str, Any]) -> str | None:
     """
     k = meta.get("kind") or meta.get("study") or meta.get("layer")
     return _LEGACY_KINDS.get(k, k) if k else None
+
+
+# ------------------------------------------------------------------------------ checkpoints
+CHECKPOINT_NAME = re.compile(r"(?P<job>.+)\.r(?P<round>\d+)\.rank(?P<rank>\d+)\.pt")
+
+
+def job_slug(key: str) -> str:
+    """A job key as a file-name part.
+
+    >>> job_slug("T=5/adf-lora seed:1")
+    'T=5_adf-lora_seed_1'
+    """
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)
+
+
+def checkpoint_path(ckpt_dir: str | Path, key: str, t: int, rank: int) -> Path:
+    """``<ckpt_dir>/<job slug>.r<round, 6 digits>.rank<rank>.pt``: process ``rank``'s part of
+    job ``key``'s checkpoint after round ``t``.
+
+    >>> checkpoint_path("run/checkpoints", "adf-lora/seed=0", 9, 0).name
+    'adf-lora_seed=0.r000009.rank0.pt'
+    """
+    return Path(ckpt_dir) / f"{job_slug(key)}.r{t:06d}.rank{rank}.pt"
+
+
+def checkpoint_rounds(ckpt_dir: str | Path, key: str) -> dict[int, set[int]]:
+    """round -> the ranks that saved their part, for job ``key``."""
+    out: dict[int, set[int]] = {}
+    slug = job_slug(key)
+    for f in Path(ckpt_dir).glob(f"{slug}.r*.rank*.pt"):
+        m = CHECKPOINT_NAME.fullmatch(f.name)
+        if m and m["job"] == slug:
+            out.setdefault(int(m["round"]), set()).add(int(m["rank"]))
+    return out
 
 
 # ------------------------------------------------------------------------------ errors
@@ -590,8 +625,9 @@ def require_complete(run: str | Path | RunDir, *, strict: bool = False,
         return None
     line = f"run {str(run.path)!r} is {status}: {what} cover only the rounds it completed"
     if strict:
-        raise AdfloraError(line, "--strict needs a finished run: resume it with "
-                           f"`adflora {run.kind or 'synthetic'} run --resume {run.path}`")
+        how = ("run it again with a smaller lr (--overwrite)" if status == "diverged" else
+               f"resume it with `adflora {run.kind or 'synthetic'} run --resume {run.path}`")
+        raise AdfloraError(line, f"--strict needs a finished run: {how}")
     return line
 
 
