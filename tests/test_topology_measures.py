@@ -165,3 +165,25 @@ def test_measures_table_from_a_run(tmp_path):
     fit = measure_fit(df)
     assert set(fit["measure"]) == {"spectral_gap", "p", "effective_neighbours"}
     assert (fit["points"] == 3).all()
+
+
+def test_sparse_spectrum_falls_back_to_dense(monkeypatch):
+    """ARPACK failing to converge (seen on a 39-node graph) no longer aborts at small n."""
+    import networkx as nx
+    import scipy.sparse.linalg as spla
+
+    from adflora_analysis.topology import spectral
+    from adflora_analysis.topology.weights import mixing_matrix
+
+    W = mixing_matrix(nx.random_regular_graph(3, 40, seed=1), "max-degree", sparse=True)
+    dense = spectral.spectral_summary(W.toarray(), method="dense")
+
+    def fail(*a, **k):
+        raise spla.ArpackNoConvergence("planted", [], [])
+
+    monkeypatch.setattr(spectral.spla, "eigsh", fail)
+    s = spectral.spectral_summary(W, method="sparse")
+    assert s.gap == pytest.approx(dense.gap, abs=1e-12)
+    monkeypatch.setattr(spectral, "DENSE_FALLBACK_N", 10)            # above it: the error
+    with pytest.raises(Exception, match="did not converge"):
+        spectral.spectral_summary(W, method="sparse")

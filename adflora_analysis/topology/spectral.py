@@ -226,8 +226,25 @@ def _sparse(A: sp.csr_array, sym: bool) -> tuple[float, float, float, float, flo
         return (float(np.max(top)), float(np.min(top)), float(bot[0].real), float(np.max(sv)),
                 float(np.min(sv)))
     except (spla.ArpackNoConvergence, spla.ArpackError):
+        if n <= DENSE_FALLBACK_N:  # small enough: the dense eigensolver always converges
+            return _dense_extremes(A.toarray(), sym)
         raise AdfloraError(f"sparse eigensolver did not converge for n = {n}",
                            "use method='dense' (n up to a few thousand)") from None
+
+
+DENSE_FALLBACK_N = 3000
+"""Up to this n a sparse eigensolve that does not converge falls back to LAPACK."""
+
+
+def _dense_extremes(D: np.ndarray, sym: bool) -> tuple[float, float, float, float, float]:
+    """(λ1, λ2, λn, σ1, σ2) of a dense W, as :func:`_sparse` returns them."""
+    if sym:
+        ev = np.linalg.eigvalsh(0.5 * (D + D.T))
+        sig = sorted(np.abs(ev))
+        return float(ev[-1]), float(ev[-2]), float(ev[0]), float(sig[-1]), float(sig[-2])
+    ev = np.sort(np.linalg.eigvals(D).real)
+    sv = np.linalg.svd(D, compute_uv=False)
+    return float(ev[-1]), float(ev[-2]), float(ev[0]), float(sv[0]), float(sv[1])
 
 
 def spectral_gap(W: Any, *, method: str = "auto") -> float:
