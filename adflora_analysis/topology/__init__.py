@@ -13,6 +13,10 @@ docs/architecture.md §3. Rows of a mixing matrix W are receivers: one gossip st
   et al. 2020 and the exact second-moment decay (``rates.py``)
 - :class:`TopologyConfig`, :func:`build_sampler`, :func:`topology_constants` — the config
   other layers embed, and the constants written to ``meta.json`` (``config.py``)
+- :class:`SparseW` — W^t as self-weights + edge list, no n x n array (``sparse.py``)
+- :func:`effective_neighbours`, :func:`exchangeable_p`, :func:`operator_p` — the effective
+  number of neighbours (Vogels et al. 2022) and p without n x n work (``measures.py``)
+- :func:`measures_table`, :func:`measure_fit` — which measure predicts consensus (``fit.py``)
 """
 
 # Names load from their module on first use (PEP 562), so that importing a sub-module (the CLI)
@@ -27,7 +31,10 @@ _LAZY = {
     "StaticSampler": "samplers", "make_sampler": "samplers", "SpectralSummary": "spectral",
     "spectral_gap": "spectral", "spectral_summary": "spectral", "MixingReport": "validation",
     "load_matrix": "validation", "validate": "validation", "RULES": "weights",
-    "mixing_matrix": "weights",
+    "mixing_matrix": "weights", "SparseW": "sparse", "KPeerExponentialSampler": "samplers",
+    "EquiDynSampler": "samplers", "effective_neighbours": "measures",
+    "exchangeable_p": "measures", "operator_p": "measures", "measures_table": "fit",
+    "measure_fit": "fit",
 }
 
 __all__ = [
@@ -36,7 +43,8 @@ __all__ = [
     "SpectralSummary", "StaticSampler", "TopologyConfig", "build_graph", "build_sampler",
     "consensus_basis", "consensus_rate", "load_matrix", "make_sampler", "mixing_matrix",
     "periodic_rates", "require_mixing", "second_moment_rate", "spectral_gap", "spectral_summary",
-    "topology_constants", "validate",
+    "topology_constants", "validate", "SparseW", "KPeerExponentialSampler", "EquiDynSampler",
+    "effective_neighbours", "exchangeable_p", "operator_p", "measures_table", "measure_fit",
 ]
 
 
