@@ -40,6 +40,7 @@ from adflora_analysis.errors import AdfloraError
 from adflora_analysis.experiment import Job, run_jobs
 from adflora_analysis.runconfig import expand_study
 from adflora_analysis.rundir import claim, init_run_dir, make_meta
+from adflora_analysis.schedule_config import schedule_and_mixer, topology_schedule
 from adflora_analysis.synthetic.config import SyntheticConfig
 
 
@@ -117,7 +118,10 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
                      "lr": vcfg.lr, "n_clients": vcfg.n_clients,
                      "local_steps": vcfg.local_steps}
             key = f"{label}/{m}" if multi else m
-            schedule, mixer, more = schedule_and_mixer(vcfg, m, samplers[label], seeds)
+            L = vcfg.n_layers
+            schedule, mixer, more = schedule_and_mixer(
+                vcfg, samplers.get(label), seeds,
+                (8 * L * vcfg.rank * vcfg.d_in, 8 * L * vcfg.rank * vcfg.d_out, L))
             extra.update(more)
             if schedule is not None:
                 extra["switch_interval"] = schedule.interval
@@ -125,55 +129,6 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
                              server=topo.weights == "server", schedule=schedule, mixer=mixer),
                          vcfg))
     return jobs
-
-
-def schedule_and_mixer(vcfg, method: str, sampler, seeds: list[int]):
-    """The job's switching schedule and mixer from ``switch_schedule`` and ``[gossip]`` (None
-    for the defaults, which the round loop fills in), and the row columns that record them
-    (``switch_schedule``; ``staleness``, ``participation``; for the feedback schedule
-    ``agree_bytes``: what agreeing on its numbers costs per round, see
-    :func:`~adflora_analysis.core.schedules.agreement_bytes`).
-
-    >>> from adflora_analysis.synthetic.config import SyntheticConfig
-    >>> s, m, cols = schedule_and_mixer(SyntheticConfig(), "adf-lora", None, [0])
-    >>> s is None and m is None, cols
-    (True, {})
-    """
-    from adflora_analysis.core import mixers, schedules
-
-    schedule, mixer, cols = None, None, {}
-    if vcfg.switch_schedule != "periodic":
-        cols["switch_schedule"] = vcfg.switch_schedule
-        if vcfg.switch_schedule == "topology":
-            schedule = topology_schedule(vcfg, sampler)
-        else:
-            schedule = schedules.feedback(vcfg.switch_eps, vcfg.switch_min, vcfg.switch_max)
-            d_in = getattr(vcfg, "d_in", 0)
-            d_out = getattr(vcfg, "d_out", 0)
-            L = getattr(vcfg, "n_layers", 1)
-            cols["agree_bytes"] = schedules.agreement_bytes(
-                vcfg.n_clients, 8 * L * vcfg.rank * d_in, 8 * L * vcfg.rank * d_out, L)
-    g = vcfg.gossip
-    if not g.is_default:
-        mixer = mixers.asynchronous(g.staleness, g.participation, seeds)
-        cols.update(staleness=g.staleness, participation=g.participation)
-    return schedule, mixer, cols
-
-
-def topology_schedule(vcfg, sampler):
-    """:func:`~adflora_analysis.core.schedules.topology_aware` with the variant's p (the same
-    estimate as ``meta.json``'s, from ``topology_samples`` draws under the first seed)."""
-    from adflora_analysis.core.schedules import topology_aware
-    from adflora_analysis.topology import consensus_rate
-
-    p = consensus_rate(sampler, samples=getattr(vcfg, "topology_samples", 20000),
-                       seed=vcfg.seed_list[0]).p
-    sched = topology_aware(p, vcfg.switch_eps)
-    if sched.interval >= vcfg.rounds:
-        raise AdfloraError(f"the topology schedule would never switch: p = {p:.4g} gives "
-                           f"T = {sched.interval} >= rounds = {vcfg.rounds}",
-                           "raise switch_eps, run more rounds, or use a better-mixing topology")
-    return sched
 
 
 def run_study(cfg: SyntheticConfig, out: str | Path, *, resume: bool = False,
@@ -273,10 +228,7 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, mode: str, progress: bool | N
     _refuse_what_does_not_fit(variants, out)
     for _, vcfg in variants:  # an adaptive schedule that would never switch: before any file
         if vcfg.switch_schedule == "topology":
-            from adflora_analysis.topology import build_sampler
-
-            topology_schedule(vcfg, build_sampler(vcfg.topology, vcfg.n_clients,
-                                                  seed=vcfg.seed_list[0]))
+            topology_schedule(vcfg, None)  # raises before any file is written
     with claim(out, "synthetic", mode, writer=writer) as run:
         if mode == "resume":
             run.check_resume(config, backend.world_size)
