@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         from typer._click import exceptions as click
     except ImportError:  # pragma: no cover - older typer uses click itself
         from click import exceptions as click
+    abort = getattr(click, "Abort", KeyboardInterrupt)  # typer's vendored click has no Abort
 
     try:
         rc = app(args=argv, standalone_mode=False)
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         print(f"error: {_usage_line(e)}", file=sys.stderr)
         sys.exit(2)
-    except (click.Abort, KeyboardInterrupt):
+    except (abort, KeyboardInterrupt):
         print("error: interrupted (hint: a run stopped this way continues with --resume DIR)",
               file=sys.stderr)
         sys.exit(130)

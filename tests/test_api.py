@@ -73,3 +73,26 @@ def test_run_synthetic_takes_a_config_and_keys_on_top():
     assert sorted(df["round"].unique()) == [0, 1]
     assert set(df.weights) == {"max-degree"} and set(df.graph) == {"ring"}
     assert cfg.rounds == 3  # the given config is not changed
+
+
+@pytest.mark.parametrize("exc, code, line", [
+    (KeyboardInterrupt, 130, "error: interrupted"),
+    (RuntimeError("a bug"), None, None),
+])
+def test_cli_main_turns_ctrl_c_into_one_line_and_keeps_bugs_visible(monkeypatch, capsys, exc,
+                                                                     code, line):
+    """Ctrl-C is one line and exit 130; any other exception keeps its own type (the except
+    clause must not fail on a click class the vendored click lacks)."""
+    import adflora_analysis.cli as cli
+
+    def boom(**kw):
+        raise exc
+
+    monkeypatch.setattr(cli, "app", boom)
+    if code is None:
+        with pytest.raises(RuntimeError, match="a bug"):
+            cli.main(["--help"])
+        return
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == code and line in capsys.readouterr().err
