@@ -167,8 +167,16 @@ class GlueStudy:
         extra = {"task": self.task.name, "switch_interval": T}
         if self.variant is not None:
             extra = {"variant": self.variant, **extra}
+        from adflora_analysis.schedule_config import schedule_and_mixer
+
+        schedule, mixer, more = schedule_and_mixer(
+            cfg, self.sampler(seed) if cfg.switch_schedule == "topology" else None, [seed])
+        extra.update(more)
+        if schedule is not None:
+            extra["switch_interval"] = schedule.interval
         return Job(job_key(method, seed, self.variant), get_method(method), [seed], build,
-                   switch_interval=T, extra=extra, server=cfg.topology.weights == "server")
+                   switch_interval=T, extra=extra, server=cfg.topology.weights == "server",
+                   schedule=schedule, mixer=mixer)
 
     def jobs(self) -> list[Job]:
         return [self.job(m, s) for m in self.cfg.methods for s in self.cfg.seed_list]

@@ -1,0 +1,103 @@
+"""Tables of the issue-12 studies (adaptive switching interval; stale and partial gossip), as
+DataFrames for the reports and the closing notes.
+
+- :func:`adaptive_table`: per (q, schedule, method) the final ‖∇f(x̄)‖² (mean of the last
+  ``last`` rounds per seed), the time-averaged cross term C, the mean phase length T, each with
+  its standard error over seeds, the best fixed T per (q, method) marked, and whether each
+  schedule is within noise (2 s.e. of the difference) of it.
+- :func:`async_table`: per (τ, π, method) the predicted consensus rate (``meta.json``), the
+  fitted frozen-block rate ± s.e. (check 7's fit; adf-lora only), final ‖∇f‖² and C.
+- :func:`phase_ribbon`: which block each method trains at each round (seed 0), for a figure.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _per_seed(df: pd.DataFrame, last: int) -> pd.DataFrame:
+    """Per (variant, method, seed): final grad norm, time-averaged C, mean phase length."""
+    a = df[df.layer == "all"].sort_values("round")
+    R = int(a["round"].max()) + 1
+
+    def one(g: pd.DataFrame) -> pd.Series:
+        ph = g.phase.to_numpy()
+        switches = int((ph[1:] != ph[:-1]).sum())
+        return pd.Series({"grad_final": g.grad_norm_sq.to_numpy()[-last:].mean(),
+                          "C": g.cross_term.mean(), "T_mean": R / (switches + 1)})
+
+    return a.groupby(["variant", "method", "seed"]).apply(one, include_groups=False) \
+        .reset_index()
+
+
+def _mean_se(per: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
+    g = per.groupby(keys)[cols]
+    out = g.mean()
+    se = g.std(ddof=1) / np.sqrt(g.count())
+    return out.join(se.add_suffix("_se")).reset_index()
+
+
+def adaptive_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
+    """The adaptive-T table of ``synthetic/adaptive_t.toml`` (variants ``T=k``, ``topology``,
+    ``feedback`` swept over ``topology.q``). Columns: q, schedule, method, grad_final, C,
+    T_mean (each with ``_se``), best_fixed (the fixed T with the lowest grad_final at this q
+    and method), is_best, within_noise (|grad_final − best's| <= 2 s.e. of the difference)."""
+    df = pd.read_parquet(Path(run_dir) / "metrics.parquet")
+    per = _per_seed(df, last)
+    qs = df[df.layer == "all"].groupby("variant").q.first()
+    per["q"] = per.variant.map(qs)
+    per["schedule"] = per.variant.str.split(", ").str[-1]
+    t = _mean_se(per, ["q", "schedule", "method"], ["grad_final", "C", "T_mean"])
+    fixed = t[t.schedule.str.startswith("T=")]
+    best = fixed.loc[fixed.groupby(["q", "method"]).grad_final.idxmin()]
+    best = best.set_index(["q", "method"])[["schedule", "grad_final", "grad_final_se"]]
+    t = t.join(best.rename(columns=lambda c: "best_" + c), on=["q", "method"])
+    t["best_fixed"] = t.pop("best_schedule")
+    t["is_best"] = t.schedule == t.best_fixed
+    d = (t.grad_final - t.best_grad_final).abs()
+    t["within_noise"] = d <= 2 * np.sqrt(t.grad_final_se ** 2 + t.best_grad_final_se ** 2)
+    return t.drop(columns=["best_grad_final", "best_grad_final_se"])
+
+
+def async_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
+    """The async table of ``synthetic/async.toml``: per variant (staleness τ, participation π)
+    and method: predicted (``async_rate`` of meta.json; the second-moment rate for the
+    synchronous variant) and fitted rate (adf-lora's frozen blocks, first τ + 1 rounds of each
+    stretch dropped) with standard errors, grad_final and C with theirs."""
+    from adflora_analysis.synthetic.checks.async_rate import frozen_series
+    from adflora_analysis.synthetic.checks.data import contexts, load_run
+    from adflora_analysis.synthetic.checks.frozen import fit_geometric_rate
+
+    data = load_run(run_dir)
+    per = _per_seed(data.df, last)
+    t = _mean_se(per, ["variant", "method"], ["grad_final", "C"])
+    rows = []
+    for ctx in contexts(data):
+        pred = ctx.vmeta.get("async_rate") or {}
+        g = ctx.vmeta.get("gossip") or {}
+        tau = int(pred.get("staleness", g.get("staleness", 0)))
+        rate = pred.get("rate", ctx.rho if ctx.rho is not None else 1 - ctx.p)
+        rate_se = pred.get("stderr", ctx.rho_se if ctx.rho_se is not None else ctx.p_se)
+        fit, fit_se = math.nan, math.nan
+        if ctx.method == "adf-lora":
+            series = frozen_series(ctx, "A", tau + 1) + frozen_series(ctx, "B", tau + 1)
+            if series:
+                fit, fit_se = fit_geometric_rate(series)
+        rows.append({"variant": ctx.variant, "method": ctx.method, "staleness": tau,
+                     "participation": float(g.get("participation", 1.0)),
+                     "predicted_rate": rate, "predicted_rate_se": rate_se,
+                     "fitted_rate": fit, "fitted_rate_se": fit_se})
+    return pd.DataFrame(rows).merge(t, on=["variant", "method"])
+
+
+def phase_ribbon(run_dir: str | Path, seed: int | None = None) -> pd.DataFrame:
+    """(variant, method, round, phase) of one seed (the first by default): which factor each
+    method trains at each round, for a ribbon figure."""
+    df = pd.read_parquet(Path(run_dir) / "metrics.parquet")
+    a = df[df.layer == "all"]
+    s = a.seed.min() if seed is None else seed
+    return a[a.seed == s][["variant", "method", "round", "phase"]].reset_index(drop=True)
