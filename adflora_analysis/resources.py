@@ -112,7 +112,9 @@ def synthetic_need(cfg, n_variants: int = 1) -> Need:
     per = S * n * L
     data = per * (m * (di + do) * (8 + b) + 3 * di * (di + do) * 8)
     state = 4 * per * r * (di + do) * b
-    W = 3 * S * n * n * 8
+    from adflora_analysis.topology.config import w_bytes
+
+    W = 3 * S * w_bytes(cfg.topology, n)    # dense n x n, or the sparse edge list at large n
     rows = n_variants * len(cfg.methods) * S * cfg.rounds * (L + 1)
     mix_rows = n_variants * S * cfg.rounds
     ck = 2 * per * r * (di + do) * b * len(cfg.methods) * n_variants if cfg.checkpoint_every \

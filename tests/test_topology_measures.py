@@ -134,7 +134,8 @@ def test_measure_fit_finds_the_planted_measure():
 
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"spectral_gap": rng.uniform(0.01, 1, 12), "p": rng.uniform(0.01, 1, 12),
-                       "effective_neighbours": rng.uniform(1, 50, 12)})
+                       "effective_neighbours": rng.uniform(1, 50, 12),
+                       "excess_variance": rng.uniform(0.01, 1, 12)})
     df["consensus_floor"] = 3.0 / df["effective_neighbours"]        # planted: 1/n_eff
     df["grad_norm_sq"] = 0.5 * df["p"] ** -2
     fit = measure_fit(df).set_index(["outcome", "measure"])
@@ -163,8 +164,20 @@ def test_measures_table_from_a_run(tmp_path):
     assert sorted(df["variant"]) == ["enc", "hypercube", "ring"]
     assert (df["consensus_floor"] > 0).all() and (df["effective_neighbours"] > 1).all()
     fit = measure_fit(df)
-    assert set(fit["measure"]) == {"spectral_gap", "p", "effective_neighbours"}
+    assert set(fit["measure"]) == {"spectral_gap", "p", "effective_neighbours",
+                                   "excess_variance"}
     assert (fit["points"] == 3).all()
+    np.testing.assert_allclose(df["excess_variance"],
+                               1 / df["effective_neighbours"] - 1 / df["n"])
+
+
+def test_w_bytes_estimate():
+    from adflora_analysis.topology.config import w_bytes
+
+    enc = TopologyConfig(graph="encounter", q=1e-4)
+    assert w_bytes(enc, 100_000) == pytest.approx(24 * 100_000 * (1e-4 * 99_999 + 1))
+    assert w_bytes(TopologyConfig(graph="ring", weights="server"), 100_000) == 8e10  # dense J
+    assert w_bytes(enc, 500) == 8 * 500 * 500                        # below the sparse path
 
 
 def test_sparse_spectrum_falls_back_to_dense(monkeypatch):

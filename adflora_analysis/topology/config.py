@@ -147,6 +147,34 @@ def build_sampler(cfg: TopologyConfig, n: int, seed: int = 0) -> Sampler:
     return make_sampler(kind, n, seed=gseed, **params)
 
 
+def w_bytes(cfg: TopologyConfig, n: int) -> float:
+    """Bytes one W^t of ``cfg`` takes in a run of ``n`` clients, before building it: the dense
+    n x n float64 array, or the sparse form (self-weights + edges, ~24 bytes an entry; see
+    :mod:`~adflora_analysis.core.gossip`, sparse from ``SPARSE_MIN_N`` clients) when the
+    sampler has one and its edge count is known from the config (memory refusals use it).
+
+    >>> w_bytes(TopologyConfig(graph="ring"), 100_000) < 1e8 < w_bytes(TopologyConfig(), 100_000)
+    True
+    """
+    from adflora_analysis.core.gossip import SPARSE_MIN_N
+
+    dense = 8.0 * n * n
+    if n < SPARSE_MIN_N or cfg.matrix is not None or cfg.weights == "server":
+        return dense
+    p = cfg.params
+    per_client = {
+        "encounter": None if cfg.weights == "pairwise" else (cfg.q or 0.0) * (n - 1),
+        "matching": 1.0, "one-peer-exponential": 1.0, "equidyn": 1.0,
+        "k-peer-exponential": float(p.get("k", 2)), "ring": 2.0, "path": 2.0, "torus": 4.0,
+        "grid": 4.0, "hypercube": math.log2(n), "random-regular": float(p.get("degree", 4)),
+        "watts-strogatz": float(p.get("k", 4)), "exponential": 2.0 * math.log2(n),
+        "star": 2.0,
+    }.get(cfg.graph)
+    if per_client is None:
+        return dense
+    return min(dense, 24.0 * n * (per_client + 1.0))
+
+
 GAMMA = 0.95
 """γ of the effective number of neighbours reported by :func:`topology_constants`."""
 

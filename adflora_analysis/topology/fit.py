@@ -12,7 +12,8 @@ reports can plot them).
 >>> df = pd.DataFrame({"p": [0.1, 0.2, 0.4, 0.8], "spectral_gap": [0.3, 0.1, 0.5, 0.2],
 ...                    "effective_neighbours": [2.0, 3.0, 5.0, 9.0],
 ...                    "consensus_floor": [1.0, 0.5, 0.25, 0.125], "grad_norm_sq": 1.0})
->>> fit = measure_fit(df, outcomes=("consensus_floor",))
+>>> fit = measure_fit(df, measures=("p", "spectral_gap", "effective_neighbours"),
+...                   outcomes=("consensus_floor",))
 >>> best = fit.sort_values("r2", ascending=False).iloc[0]
 >>> best["measure"], float(best["r2"]), float(best["slope"])
 ('p', 1.0, -1.0)
@@ -28,8 +29,10 @@ import pandas as pd
 
 __all__ = ["MEASURES", "OUTCOMES", "measure_fit", "measures_table"]
 
-MEASURES = ("spectral_gap", "p", "effective_neighbours")
-"""Topology measures compared (columns of :func:`measures_table`)."""
+MEASURES = ("spectral_gap", "p", "effective_neighbours", "excess_variance")
+"""Topology measures compared (columns of :func:`measures_table`). ``excess_variance`` is
+1/n_W(γ) − 1/n: the stationary variance of the gossiped random walk of Vogels et al. above that
+of exact averaging (0 for W = J), in units of the no-gossip variance."""
 
 OUTCOMES = ("consensus_floor", "grad_norm_sq")
 """Measured outcomes: the consensus error Ξ_A + Ξ_B (mean over the last ``tail`` rounds, all
@@ -61,8 +64,10 @@ def measures_table(run_dir: str | Path, tail: int = 12, method: str | None = Non
         if g.empty:
             continue
         end = g[g["round"] > last - tail]
+        ne = topo.get("effective_neighbours")
         rows.append({"variant": label, "graph": topo.get("graph"), "n": topo["n"],
-                     "q": topo.get("q"), **{k: topo.get(k) for k in MEASURES},
+                     "q": topo.get("q"), **{k: topo.get(k) for k in MEASURES[:3]},
+                     "excess_variance": None if ne is None else 1.0 / ne - 1.0 / topo["n"],
                      "consensus_floor": float((end["xi_A"] + end["xi_B"]).mean()),
                      "grad_norm_sq": float(g[g["round"] == last]["grad_norm_sq"].mean())})
     return pd.DataFrame(rows)
