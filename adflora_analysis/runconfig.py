@@ -40,11 +40,14 @@ class GossipConfig:
 
     staleness (τ >= 0: a client mixes its own current block with its neighbours' blocks of τ
     rounds ago), participation (π in (0, 1]: each round each client is active with probability
-    π; an inactive client neither trains nor gossips).
+    π; an inactive client neither trains nor gossips), speed_spread (>= 0: client i makes
+    K_i = max(1, round(K exp(speed_spread z_i))) local steps a round, z_i ~ N(0, 1) drawn once
+    per seed and client; synthetic testbed only). ``is_default``: the mixer is synchronous.
     """
 
     staleness: int = 0
     participation: float = 1.0
+    speed_spread: float = 0.0
 
     @property
     def is_default(self) -> bool:
@@ -188,6 +191,8 @@ class FederationConfig:
         need(g.staleness < self.rounds,
              f"gossip.staleness = {g.staleness} is not smaller than rounds = {self.rounds}: "
              "no message would ever arrive", "use a staleness below the number of rounds")
+        need(g.speed_spread >= 0, f"gossip.speed_spread = {g.speed_spread} must be >= 0",
+             "use 0 (every client makes local_steps steps) or e.g. 0.5")
         need(0 < g.participation <= 1,
              f"gossip.participation = {g.participation} must lie in (0, 1]",
              "use 1 (every client every round) or e.g. 0.8")

@@ -20,7 +20,7 @@ def schedule_and_mixer(cfg, sampler, seeds: list[int],
     seeds (participation masks); ``block_bytes``: (bytes of A, bytes of B per client, layers),
     to record what agreeing on the feedback schedule's numbers costs per round (column
     ``agree_bytes``, :func:`~adflora_analysis.core.schedules.agreement_bytes`). Other columns:
-    ``switch_schedule``, ``staleness``, ``participation``.
+    ``switch_schedule``, ``staleness``, ``participation``, ``speed_spread``.
 
     >>> from adflora_analysis.runconfig import FederationConfig, GossipConfig
     >>> s, m, cols = schedule_and_mixer(FederationConfig(), None, [0])
@@ -46,6 +46,8 @@ def schedule_and_mixer(cfg, sampler, seeds: list[int],
     if not g.is_default:
         mixer = mixers.asynchronous(g.staleness, g.participation, seeds)
         cols.update(staleness=g.staleness, participation=g.participation)
+    if g.speed_spread:
+        cols["speed_spread"] = g.speed_spread
     return schedule, mixer, cols
 
 

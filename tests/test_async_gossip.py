@@ -278,3 +278,30 @@ def test_stale_partial_gossip_under_torch_distributed_matches_in_process(tmp_pat
     pd.testing.assert_frame_equal(a[num].reset_index(drop=True), b[num].reset_index(drop=True),
                                   rtol=1e-5, atol=1e-12)
     assert (a.xi_A.to_numpy() > 0).any()
+
+
+def test_speed_spread_gives_each_client_its_own_number_of_steps():
+    from adflora_analysis.synthetic.problem import QuadraticProblem, steps_per_client
+
+    K = steps_per_client(4, 0.8, [0, 1], 5)
+    assert K.shape == (2, 5) and len(set(K.flatten().tolist())) > 1
+    cfg = load_config(SyntheticConfig, data={**SMALL, "gossip": {"speed_spread": 0.8},
+                                             "noise_kind": "none"})
+    prob = QuadraticProblem(cfg, [0, 1])
+    st = prob.initial_state()
+    st.B[0].normal_(generator=torch.Generator().manual_seed(0))
+    before = st.clone()
+    new, _ = prob.local_update(st, ("B",), 0)
+    moved = (new.B[0] - before.B[0]).flatten(2).norm(dim=-1)            # (S, n)
+    # planted check: with noise-free gradients, more steps move a client further along its own
+    # descent; clients with equal K_i and data would move equally, here the order follows K_i
+    ref = QuadraticProblem(load_config(SyntheticConfig, data={**SMALL, "noise_kind": "none"}),
+                           [0, 1])
+    same, _ = ref.local_update(before.clone(), ("B",), 0)
+    base = (same.B[0] - before.B[0]).flatten(2).norm(dim=-1)
+    k = prob.steps.double()
+    assert torch.equal(prob.steps, steps_per_client(cfg.local_steps, 0.8, [0, 1], 5))
+    lo, hi = k == k.min(), k == k.max()
+    assert (moved[lo] / base[lo]).mean() < (moved[hi] / base[hi]).mean()
+    with pytest.raises(AdfloraError, match="speed_spread"):
+        load_config(SyntheticConfig, data={**SMALL, "gossip": {"speed_spread": -1}})

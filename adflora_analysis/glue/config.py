@@ -104,6 +104,9 @@ class GlueConfig(FederationConfig):
 
         self.task = get_task(self.task).name  # unknown task -> lists the valid ones
         self.check_federation()
+        need(self.gossip.speed_spread == 0,
+             f"gossip.speed_spread = {self.gossip.speed_spread}: per-client local steps are "
+             "implemented in the synthetic testbed only", "use gossip.speed_spread = 0 here")
         need(self.batch_size >= 1, f"batch_size = {self.batch_size} must be at least 1",
              "use e.g. batch_size = 32")
         need(self.max_length >= 8, f"max_length = {self.max_length} is too short",

@@ -86,6 +86,10 @@ class QuadraticProblem(Problem):
         S = len(self.seeds)
         self.max_fro_A = torch.zeros(S, self.L, dtype=torch.float64, device=self.device)
         self.max_fro_B = torch.zeros_like(self.max_fro_A)
+        self.steps = steps_per_client(cfg.local_steps, cfg.gossip.speed_spread, self.seeds,
+                                      cfg.n_clients)            # (S, n) or None
+        self.K_run = cfg.local_steps if self.steps is None else int(self.steps.max())
+        self._step_on = None if self.steps is None else self.steps[:, self.sl].to(self.device)
 
     # ------------------------------------------------------------------ data
     def _make_data(self) -> None:
@@ -244,7 +248,7 @@ class QuadraticProblem(Problem):
         maxima of ||A_i||_F, ||B_i||_F are kept for the smoothness bound (checkpointed)."""
         from adflora_analysis.core.lr_schedules import lr_at
 
-        c, K = self.cfg, self.cfg.local_steps
+        c, K = self.cfg, self.K_run
         lr = lr_at(t, c.lr, c.lr_schedule, t0=c.lr_t0, rounds=c.rounds, lr_min=c.lr_min)
         A = torch.stack(state.A, 2)                          # (S, n, L, r, di)
         B = torch.stack(state.B, 2)                          # (S, n, L, do, r)
@@ -287,6 +291,9 @@ class QuadraticProblem(Problem):
             for key in ("sn_gbar_sq", "sn_drift", "sn_curv_left", "sn_curv_right"):
                 acc[key] += desc[key]
             L_block = torch.maximum(L_block, desc["L"])
+            if self._step_on is not None:   # client i stops after its K_i steps
+                on = (k < self._step_on).to(A.dtype)[:, :, None, None, None]
+                g = {name: v * on for name, v in g.items()}
             if "A" in g:
                 A = A - lr * g["A"]
             if "B" in g:
@@ -381,7 +388,7 @@ class QuadraticProblem(Problem):
         return (per.mean(-1) - g.pow(2).sum((-2, -1))).clamp_min(0) / b
 
     def _draw_noise(self, t: int, blocks: tuple[str, ...]) -> dict[str, Tensor]:
-        c, K = self.cfg, self.cfg.local_steps
+        c, K = self.cfg, self.K_run
         if c.noise_kind == "minibatch":
             idx = [torch.randint(0, c.samples_per_client, (K, self.n, self.L, c.batch_size),
                                  generator=torch_generator(seed, "minibatch", t))
@@ -470,6 +477,24 @@ class QuadraticProblem(Problem):
     def load_state_dict(self, d: dict) -> None:
         self.max_fro_A = d["max_fro_A"].to(self.device)
         self.max_fro_B = d["max_fro_B"].to(self.device)
+
+
+def steps_per_client(K: int, spread: float, seeds: Sequence[int], n: int) -> Tensor | None:
+    """Local steps K_i of every client (slow and fast devices), drawn once per seed and client:
+    K_i = max(1, round(K exp(spread z_i))), z_i ~ N(0, 1) from the stream (seed, "speed");
+    None when ``spread`` = 0 (every client makes K steps). Shape (len(seeds), n), int64.
+
+    >>> steps_per_client(5, 0.0, [0], 3) is None
+    True
+    >>> k = steps_per_client(5, 0.5, [0, 1], 1000)
+    >>> tuple(k.shape), int(k.min()) >= 1, 4.0 < float(k.double().median()) < 6.0
+    ((2, 1000), True, True)
+    """
+    if spread == 0:
+        return None
+    z = torch.stack([torch.randn(n, generator=torch_generator(s, "speed"), dtype=torch.float64)
+                     for s in seeds])
+    return (K * torch.exp(spread * z)).round().clamp_min(1).long()
 
 
 def _cross_term_direct(A: Tensor, B: Tensor) -> Tensor:

@@ -185,13 +185,19 @@ def _variant_meta(variants: list[tuple[str, SyntheticConfig]]):
 def gossip_meta(vcfg: SyntheticConfig, sampler) -> dict[str, Any]:
     """``meta.json`` entries of stale/partial gossip and adaptive schedules: ``gossip`` (the
     table), ``async_rate`` (the predicted decay factor of E Xi before the run,
-    :func:`adflora_analysis.topology.async_rates.async_consensus_rate`), ``switch_schedule``;
-    nothing for the defaults."""
+    :func:`adflora_analysis.topology.async_rates.async_consensus_rate`), ``switch_schedule``,
+    ``local_steps_per_client`` (K_i per seed and client, with ``gossip.speed_spread``); nothing
+    for the defaults."""
     out: dict[str, Any] = {}
     if vcfg.switch_schedule != "periodic":
         out["switch_schedule"] = {"kind": vcfg.switch_schedule, "eps": vcfg.switch_eps,
                                   "min": vcfg.switch_min, "max": vcfg.switch_max}
     g = vcfg.gossip
+    if g.speed_spread:
+        from adflora_analysis.synthetic.problem import steps_per_client
+
+        out["local_steps_per_client"] = steps_per_client(
+            vcfg.local_steps, g.speed_spread, vcfg.seed_list, vcfg.n_clients).tolist()
     if not g.is_default:
         from adflora_analysis.topology.async_rates import async_consensus_rate
 
