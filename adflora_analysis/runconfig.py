@@ -35,7 +35,7 @@ NOT_VARIED = ("sweep", "variants", "seeds", "rounds", "checkpoint_every")
 
 @dataclass
 class GossipConfig:
-    """The ``[gossip]`` table: asynchronous, stale and partial gossip (docs/theory.md §7; the
+    """The ``[gossip]`` table: asynchronous, stale and partial gossip (docs/theory.md §9; the
     defaults are synchronous gossip).
 
     staleness (τ >= 0: a client mixes its own current block with its neighbours' blocks of τ
