@@ -305,3 +305,24 @@ def test_speed_spread_gives_each_client_its_own_number_of_steps():
     assert (moved[lo] / base[lo]).mean() < (moved[hi] / base[hi]).mean()
     with pytest.raises(AdfloraError, match="speed_spread"):
         load_config(SyntheticConfig, data={**SMALL, "gossip": {"speed_spread": -1}})
+
+
+def test_tables_for_the_reports(tmp_path):
+    from adflora_analysis.synthetic.async_tables import adaptive_table, async_table, phase_ribbon
+    from adflora_analysis.synthetic.runner import run_study
+
+    cfg = load_config(SyntheticConfig, data={
+        **SMALL, "rounds": 12, "seeds": 3, "methods": ["adf-lora"], "topology_samples": 500,
+        "sweep": {"topology.q": [0.3]}, "gossip": {"staleness": 1},
+        "variants": [{"label": "T=1", "switch_interval": 1},
+                     {"label": "T=4", "switch_interval": 4},
+                     {"label": "topology", "switch_schedule": "topology"}]})
+    run_study(cfg, tmp_path / "run", progress=False)
+    t = adaptive_table(tmp_path / "run")
+    assert set(t.schedule) == {"T=1", "T=4", "topology"} and t.is_best.sum() == 1
+    assert t.set_index("schedule").T_mean["T=4"] == 4.0
+    a = async_table(tmp_path / "run")
+    assert (a.staleness == 1).all() and (a.predicted_rate > 0).all()
+    assert a.grad_final.notna().all()
+    r = phase_ribbon(tmp_path / "run")
+    assert "".join(r[r.variant.str.endswith("T=4")].phase) == "BBBBAAAABBBB"

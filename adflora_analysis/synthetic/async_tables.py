@@ -73,7 +73,7 @@ def async_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
     from adflora_analysis.synthetic.checks.frozen import fit_geometric_rate
 
     data = load_run(run_dir)
-    per = _per_seed(data.df, last)
+    per = _per_seed(data.metrics, last)
     t = _mean_se(per, ["variant", "method"], ["grad_final", "C"])
     rows = []
     for ctx in contexts(data):
