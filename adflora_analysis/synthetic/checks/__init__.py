@@ -11,6 +11,7 @@ no.    module                      what
 4/4b/4c :mod:`.consensus`          consensus recursion: one step, unrolled, a priori (Gamma)
 5/5b   :mod:`.stationarity`        stationarity bound (exact curvature and drift; L_hull form)
 6i-6d  :mod:`.cross_term`          cross term: invariant, unrolled, floor, decay, ADF < others
+7      :mod:`.async_rate`          stale/partial gossip: fitted frozen rate vs predicted (§9)
 =====  ==========================  ===========================================================
 
 Statuses: held / violated / finding (fails as the method is expected to) / underpowered (the
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adflora_analysis.synthetic.checks.async_rate import check_async_rate
 from adflora_analysis.synthetic.checks.consensus import check_consensus, kappa
 from adflora_analysis.synthetic.checks.cross_term import check_cross_term
 from adflora_analysis.synthetic.checks.data import Context, RunData, Series, contexts, load_run
@@ -57,6 +59,7 @@ for _name, _fn, _kinds in (
     ("consensus", check_consensus, ("synthetic",)),
     ("stationarity", check_stationarity, ("synthetic",)),
     ("cross-term", check_cross_term, ("synthetic", "glue")),
+    ("stale-gossip-rate", check_async_rate, ("synthetic", "glue")),
 ):
     register_check(_name, kinds=_kinds, builtin=True)(_fn)
 

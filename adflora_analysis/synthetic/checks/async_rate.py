@@ -1,4 +1,4 @@
-"""Check 7 — consensus rate of stale / partial gossip (issue 12; docs/theory.md §7).
+"""Check 7 — consensus rate of stale / partial gossip (issue 12; docs/theory.md §9).
 
 Over a stretch in which block X is frozen and gossiped every round (adf-lora's frozen factor),
 X only mixes, here with staleness τ and participation π, and the seed mean of Ξ_X decays
@@ -73,7 +73,7 @@ def check_async_rate(ctx: Context) -> list[CheckResult]:
                                          "bound": M[:, 0].mean() * rho ** np.arange(M.shape[1])})
                            for i, M in enumerate(series)], ignore_index=True)
         out.append(CheckResult(
-            "async-consensus-rate", "7", ctx.method, ctx.variant, status, measured=r, bound=rho,
+            "stale-gossip-rate", "7", ctx.method, ctx.variant, status, measured=r, bound=rho,
             ratio=rho / r if r > 0 else math.nan, threshold=ctx.z, z=float(z), seeds=ctx.run.S,
             test="two-sided identity" if two else "one-sided bound", source=SOURCE,
             note=(f"frozen {blk}, τ = {tau}, π = {pred.get('participation', 1.0):g}: fitted rate "
