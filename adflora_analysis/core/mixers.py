@@ -133,7 +133,7 @@ def active_clients(seeds: Sequence[int], n: int, t: int, participation: float) -
 
 def asynchronous(staleness: int = 0, participation: float = 1.0,
                  seeds: Sequence[int] = (0,)) -> Mixer:
-    """Stale and partial gossip (docs/theory.md §7): client i replaces a mixed block by
+    """Stale and partial gossip (docs/theory.md §9): client i replaces a mixed block by
 
         X_i <- W'_ii X_i^t + sum_{j != i} W'_ij X_j^{t - τ},
 

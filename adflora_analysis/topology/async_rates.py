@@ -1,4 +1,4 @@
-"""Consensus rate of stale and partial gossip (docs/theory.md §7), computed before a run.
+"""Consensus rate of stale and partial gossip (docs/theory.md §9), computed before a run.
 
 With staleness τ, client i mixes its own current block with its neighbours' blocks of τ rounds
 ago, and with participation π each client is active with probability π (an inactive client's

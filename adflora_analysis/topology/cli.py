@@ -28,7 +28,7 @@ LABELS = {
     "connected_draws": "connected draws (fraction of W^t whose own graph is connected)",
     "effective_neighbours": "effective neighbours n_W(γ) (Vogels et al. 2022)",
     "effective_neighbours_gamma": "γ of n_W(γ)",
-    "async_rate": "predicted rate of E Ξ with staleness τ, participation π (theory §7)",
+    "async_rate": "predicted rate of E Ξ with staleness τ, participation π (theory §9)",
 }
 """Row labels of ``inspect``'s table that say what a key measures."""
 
@@ -72,7 +72,7 @@ def inspect(
 ) -> None:
     """Constants of one topology: validity, λ2, λn, spectral gap, p, second-moment rate
     (and, with --staleness or --participation, the predicted rate of stale/partial gossip,
-    docs/theory.md §7).
+    docs/theory.md §9).
 
     Example: adflora topology inspect --graph encounter --n 10 --weights metropolis --q 0.1 --json
     """
