@@ -1,4 +1,5 @@
-"""Constants of the quadratic LoRA problem, measured along the trajectory (docs/architecture.md §5, §6).
+"""Constants of the quadratic LoRA problem, measured along the trajectory (docs/architecture.md §5,
+§6).
 
 The theory (Koloskova et al. 2020, Assumptions 1-3; Lian et al. 2017, Assumption 1) needs
 L (smoothness of every f_i), sigma^2 (variance of a client's stochastic gradient), zeta^2
