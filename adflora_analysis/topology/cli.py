@@ -136,8 +136,9 @@ def sweep(
     from rich.console import Console
 
     from adflora_analysis.progress import status
-    from adflora_analysis.topology.sweep import p_table, run_sweep
+    from adflora_analysis.topology.sweep import check_sweep_args, p_table, run_sweep
 
+    check_sweep_args(n, samples)   # bad input is one line, before any progress output
     with status(f"topology sweep: p against q at n = {n} ({samples} draws per point)"):
         paths = run_sweep(out, n=n, samples=samples, seed=seed)
     df = pd.read_parquet(paths["parquet"])

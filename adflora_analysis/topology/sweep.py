@@ -136,14 +136,24 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, n: int | None = None) -> Path
     return out
 
 
-def run_sweep(out: str | Path, *, n: int = 10, samples: int = 20000, seed: int = 0,
-              qs: tuple[float, ...] = Q_GRID) -> dict[str, Path]:
-    """Run :func:`sweep_table` and write ``sweep.parquet``, ``sweep.csv``, ``sweep.png``,
-    ``config.toml`` and ``meta.json`` under ``out``. Returns the paths by name."""
+def check_sweep_args(n: int, samples: int) -> tuple[int, int]:
+    """Validated ``(n, samples)`` of a sweep (one-line errors before any work).
+
+    >>> check_sweep_args(10, 20000)
+    (10, 20000)
+    """
     n = check_n(n)
     if int(samples) < 100:
         raise AdfloraError(f"samples = {samples} is too few for Monte Carlo",
                            "pass samples >= 100")
+    return n, int(samples)
+
+
+def run_sweep(out: str | Path, *, n: int = 10, samples: int = 20000, seed: int = 0,
+              qs: tuple[float, ...] = Q_GRID) -> dict[str, Path]:
+    """Run :func:`sweep_table` and write ``sweep.parquet``, ``sweep.csv``, ``sweep.png``,
+    ``config.toml`` and ``meta.json`` under ``out``. Returns the paths by name."""
+    n, samples = check_sweep_args(n, samples)
     out = Path(out)
     config = {"n": n, "samples": int(samples), "seed": int(seed), "qs": list(qs),
               "rules": list(SWEEP_RULES), "references": list(REFERENCE_GRAPHS)}
