@@ -52,10 +52,10 @@ def export_tensorboard(run_dir: str | Path, logdir: str | Path | None = None) ->
     already holds event files is refused (a second export would draw every curve twice)."""
     import pandas as pd
 
-    from adflora_analysis.reports.collect import load_run
+    from adflora_analysis.reports.collect import collect_run
     from adflora_analysis.tbevents import EventWriter
 
-    run = load_run(run_dir)
+    run = collect_run(run_dir)
     if run.metrics is None or run.metrics.empty:
         raise AdfloraError(f"{str(run_dir)!r} has no metrics to export",
                            "pass a synthetic or GLUE run directory")

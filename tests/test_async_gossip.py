@@ -229,7 +229,7 @@ def test_predicted_rate_reduces_to_the_second_moment_rate_and_grows_with_stalene
 
 
 def test_check_7_holds_with_the_predicted_rate_and_catches_one_that_ignores_staleness(tmp_path):
-    from adflora_analysis.synthetic.checks import load_run
+    from adflora_analysis.synthetic.checks import check_data
     from adflora_analysis.synthetic.checks.async_rate import check_async_rate
     from adflora_analysis.synthetic.checks.data import contexts
     from adflora_analysis.synthetic.runner import run_study
@@ -238,7 +238,7 @@ def test_check_7_holds_with_the_predicted_rate_and_catches_one_that_ignores_stal
         "n_clients": 6, "rounds": 50, "seeds": 8, "d_in": 4, "d_out": 4, "methods": ["adf-lora"],
         "switch_interval": 25, "topology": {"graph": "ring"}, "gossip": {"staleness": 3}})
     run_study(cfg, tmp_path / "run", progress=False)
-    data = load_run(tmp_path / "run")
+    data = check_data(tmp_path / "run")
     ctx = next(iter(contexts(data)))
     res = check_async_rate(ctx)
     assert res and all(r.status == "held" for r in res), [r.note for r in res]

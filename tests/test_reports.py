@@ -14,7 +14,7 @@ import pytest
 from adflora_analysis import fileio
 from adflora_analysis.experiment import run_jobs
 from adflora_analysis.reports import make_report
-from adflora_analysis.reports.collect import load_run
+from adflora_analysis.reports.collect import collect_run
 from adflora_analysis.rundir import claim, init_run_dir, make_meta
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,6 +41,7 @@ def runs(tmp_path_factory):
     fileio.write_parquet(glue / "eval.parquet", pd.DataFrame(rows))
     sweep = root / "sweep"
     sweep.mkdir()
+    fileio.write_json(sweep / "meta.json", make_meta(0, kind="topology-sweep"))
     fileio.write_parquet(sweep / "sweep.parquet", pd.DataFrame(
         [{"kind": "encounter", "graph": "encounter", "rule": rule, "q": q, "p": p * q / 0.5}
          for rule, p in (("metropolis", 0.8), ("pairwise", 0.6)) for q in (0.02, 0.1, 0.5)]
@@ -49,7 +50,7 @@ def runs(tmp_path_factory):
 
 
 def test_run_kinds(runs):
-    assert [load_run(p).kind for p in runs] == ["synthetic", "glue", "topology-sweep"]
+    assert [collect_run(p).kind for p in runs] == ["synthetic", "glue", "topology-sweep"]
 
 
 def test_report_files_and_content(runs, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adflora_analysis.reports.build import report_sections
-from adflora_analysis.reports.collect import load_run
+from adflora_analysis.reports.collect import collect_run
 from adflora_analysis.reports.render import write_report
 
 
@@ -29,7 +29,7 @@ def make_report(run_dirs: list[str | Path], out: str | Path,
     from adflora_analysis.reports.build import summary_lines
 
     with status(f"report: loading {len(run_dirs)} run(s)"):
-        runs = [load_run(p) for p in run_dirs]
+        runs = [collect_run(p) for p in run_dirs]
     with status("report: theory checks and figures"):
         sections = report_sections(runs, _checks_fn(), compare=compare)
     bad = [f"{r.name} is {r.meta.get('status')}"

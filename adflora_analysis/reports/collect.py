@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from adflora_analysis.config import read_toml
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.fileio import read_jsonl
 
 KINDS = ("synthetic", "glue", "topology-sweep")
 
@@ -33,37 +30,27 @@ class Run:
         return self.path.name
 
 
-def _table(path: Path, stem: str) -> pd.DataFrame | None:
-    pq = path / f"{stem}.parquet"
-    if pq.exists():
-        return pd.read_parquet(pq)
-    rows = read_jsonl(path / f"{stem}.jsonl")  # a run still going, or stopped early
-    return pd.DataFrame(rows) if rows else None
+def collect_run(path: str | Path) -> Run:
+    """A run directory's tables for a report, read through the one run-directory owner
+    (:func:`adflora_analysis.rundir.load_run`): a synthetic, GLUE or ``topology sweep`` run;
+    anything else is an :class:`AdfloraError` naming the path."""
+    from adflora_analysis.rundir import load_run
 
-
-def load_run(path: str | Path) -> Run:
-    """Read a run directory written by ``adflora synthetic run``, ``glue run`` or
-    ``topology sweep``; anything else is an :class:`AdfloraError` naming the path."""
     p = Path(path)
-    if not p.is_dir():
-        raise AdfloraError(f"run directory {str(p)!r} does not exist",
-                           "pass a directory written with --out")
-    meta = json.loads((p / "meta.json").read_text()) if (p / "meta.json").exists() else {}
-    config = read_toml(p / "config.toml") if (p / "config.toml").exists() else {}
-    sweep = _table(p, "sweep")
-    metrics = _table(p, "metrics")
-    if meta.get("kind") in KINDS:
-        kind = meta["kind"]
-    elif sweep is not None:
-        kind = "topology-sweep"
-    elif metrics is not None:
-        kind = "glue" if "task" in config or (p / "eval.parquet").exists() or (
-            p / "eval.jsonl").exists() else "synthetic"
-    else:
-        raise AdfloraError(f"{str(p)!r} holds no metrics or sweep table",
-                           "pass a run directory that a run has written to")
+    run = load_run(p)
+    meta, config = run.meta, run.config
+    sweep, metrics = run.table("sweep"), run.table("metrics")
+    kind = {"sweep": "topology-sweep"}.get(run.kind, run.kind)
+    if kind not in KINDS:
+        if sweep is not None:
+            kind = "topology-sweep"
+        elif metrics is not None:
+            kind = "glue" if "task" in config or run.table("eval") is not None else "synthetic"
+        else:
+            raise AdfloraError(f"{str(p)!r} holds no metrics or sweep table",
+                               "pass a run directory that a run has written to")
     labels = None
     for name in ("label_counts.csv", "partition.csv"):
         if (p / name).exists():
             labels = pd.read_csv(p / name)
-    return Run(p, kind, config, meta, metrics, _table(p, "eval"), sweep, labels)
+    return Run(p, kind, config, meta, metrics, run.table("eval"), sweep, labels)

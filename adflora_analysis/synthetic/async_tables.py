@@ -69,10 +69,10 @@ def async_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
     synchronous variant) and fitted rate (adf-lora's frozen blocks, first τ + 1 rounds of each
     stretch dropped) with standard errors, grad_final and C with theirs."""
     from adflora_analysis.synthetic.checks.async_rate import frozen_series
-    from adflora_analysis.synthetic.checks.data import contexts, load_run
+    from adflora_analysis.synthetic.checks.data import check_data, contexts
     from adflora_analysis.synthetic.checks.frozen import fit_geometric_rate
 
-    data = load_run(run_dir)
+    data = check_data(run_dir)
     per = _per_seed(data.metrics, last)
     t = _mean_se(per, ["variant", "method"], ["grad_final", "C"])
     rows = []

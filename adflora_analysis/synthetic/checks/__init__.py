@@ -32,7 +32,7 @@ import pandas as pd
 from adflora_analysis.synthetic.checks.async_rate import check_async_rate
 from adflora_analysis.synthetic.checks.consensus import check_consensus, kappa
 from adflora_analysis.synthetic.checks.cross_term import check_cross_term
-from adflora_analysis.synthetic.checks.data import Context, RunData, Series, contexts, load_run
+from adflora_analysis.synthetic.checks.data import Context, RunData, Series, check_data, contexts
 from adflora_analysis.synthetic.checks.frozen import check_frozen, fit_geometric_rate
 from adflora_analysis.synthetic.checks.gossip import check_gossip
 from adflora_analysis.synthetic.checks.mixing import check_mixing
@@ -50,7 +50,7 @@ from adflora_analysis.synthetic.checks.stats import EFFECT_DEFAULT, Z_DEFAULT
 
 __all__ = ["REGISTRY", "CheckResult", "Context", "RunData", "Series", "bound_check",
            "contexts", "fit_geometric_rate", "format_results", "kappa", "load_check_file",
-           "load_run", "register_check", "run_checks", "save_results"]
+           "check_data", "register_check", "run_checks", "save_results"]
 
 for _name, _fn, _kinds in (
     ("mixing-validity", check_mixing, ("synthetic", "glue")),
@@ -73,7 +73,7 @@ def run_checks(run_dir: str | Path, *, z: float = Z_DEFAULT, effect: float = EFF
         load_check_file(f)
     if entry_points:
         load_entry_points()
-    data = data if data is not None else load_run(run_dir)
+    data = data if data is not None else check_data(run_dir)
     out: list[CheckResult] = []
     for ctx in contexts(data, z=z, effect=effect):
         for check in list(REGISTRY.values()):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,24 +29,21 @@ class RunData:
         return v.get(variant, self.meta)
 
 
-def load_run(run_dir: str | Path) -> RunData:
-    """Read ``metrics.parquet`` (or ``metrics.jsonl`` of an unfinished run), ``meta.json``,
-    ``constants.parquet`` and ``mixing.parquet`` of a synthetic or GLUE run directory."""
-    d = Path(run_dir)
+def check_data(run_dir: str | Path) -> RunData:
+    """The tables the checks read from a synthetic or GLUE run directory (through the one
+    run-directory owner, :func:`adflora_analysis.rundir.load_run`): ``metrics`` (the Parquet
+    file, or ``metrics.jsonl`` of an unfinished run), ``meta.json``, ``constants`` and
+    ``mixing``."""
+    from adflora_analysis.rundir import load_run
+
+    run = load_run(run_dir)
+    d = run.path
     if not (d / "meta.json").exists():
         raise AdfloraError(f"{str(d)!r} is not a run directory (no meta.json)",
                            "pass the directory that `adflora synthetic run --out` or "
                            "`adflora glue run --out` wrote")
-    meta = json.loads((d / "meta.json").read_text())
-    if (d / "metrics.parquet").exists():
-        df = pd.read_parquet(d / "metrics.parquet")
-    elif (d / "metrics.jsonl").exists():
-        from adflora_analysis import fileio
-
-        df = pd.DataFrame(fileio.read_jsonl(d / "metrics.jsonl"))
-    else:
-        df = pd.DataFrame()
-    if df.empty:
+    df = run.table("metrics")
+    if df is None or df.empty:
         raise AdfloraError(f"{str(d)!r} has no metric rows", "run the study first")
     if "variant" not in df:
         df["variant"] = "base"
@@ -55,10 +51,7 @@ def load_run(run_dir: str | Path) -> RunData:
         df["seed"] = 0
     if "layer" not in df:
         df["layer"] = "all"
-    consts = pd.read_parquet(d / "constants.parquet") if (d / "constants.parquet").exists() \
-        else None
-    mixing = pd.read_parquet(d / "mixing.parquet") if (d / "mixing.parquet").exists() else None
-    return RunData(df, meta, consts, mixing, d)
+    return RunData(df, run.meta, run.table("constants"), run.table("mixing"), d)
 
 
 class Series:
