@@ -59,9 +59,8 @@ def _done(t0: float, where: Path) -> None:
 
 def run_demo(out: str | Path = "reports/demo", quick: bool = False, seed: int = 0) -> Path:
     """Run the whole tour into ``out``; return the path of the HTML report."""
-    import shutil
-
     from adflora_analysis.config import load_config
+    from adflora_analysis.errors import AdfloraError
     from adflora_analysis.glue.config import GlueConfig
     from adflora_analysis.glue.runner import run_glue
     from adflora_analysis.reports import make_report
@@ -71,9 +70,12 @@ def run_demo(out: str | Path = "reports/demo", quick: bool = False, seed: int = 
     from adflora_analysis.topology.sweep import run_topology_study
 
     root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise AdfloraError(f"--out {str(root)!r} is a file, not a folder",
+                           "choose a new folder path")
     runs = root / "runs"
-    if runs.exists():  # a demo starts afresh; its outputs are regenerated, never appended
-        shutil.rmtree(runs)
+    # a demo starts afresh: each of its runs replaces the demo's earlier run in its folder
+    # (only the files the toolkit wrote there, by their manifests; anything else is refused)
     seeds_from = {"seeds": None}
 
     def cfg(cls, base: dict, small: dict):
@@ -85,11 +87,11 @@ def run_demo(out: str | Path = "reports/demo", quick: bool = False, seed: int = 
         return load_config(cls, data=data)
 
     t0 = _step("1/5 topology study: p against q at n = 10")
-    run_topology_study(root / "topology", quick=quick, seed=seed)
+    run_topology_study(root / "topology", quick=quick, seed=seed, overwrite=True)
     _done(t0, root / "topology")
 
     t0 = _step("2/5 synthetic bounds study (4 methods) and theory checks")
-    run_study(cfg(SyntheticConfig, BOUNDS, BOUNDS_QUICK), runs / "bounds")
+    run_study(cfg(SyntheticConfig, BOUNDS, BOUNDS_QUICK), runs / "bounds", overwrite=True)
     results = run_checks(runs / "bounds")
     save_results(runs / "bounds", results)
     held = sum(r.status == "held" for r in results)
@@ -100,11 +102,13 @@ def run_demo(out: str | Path = "reports/demo", quick: bool = False, seed: int = 
     _done(t0, runs / "bounds")
 
     t0 = _step("3/5 synthetic T ablation (adf-lora vs rolora)")
-    run_study(cfg(SyntheticConfig, T_ABLATION, T_ABLATION_QUICK), runs / "t_ablation")
+    run_study(cfg(SyntheticConfig, T_ABLATION, T_ABLATION_QUICK), runs / "t_ablation",
+              overwrite=True)
     _done(t0, runs / "t_ablation")
 
     t0 = _step("4/5 GLUE: packaged MiniLM on Rotten Tomatoes, 10 clients, 4 methods")
-    summary = run_glue(cfg(GlueConfig, GLUE, GLUE_QUICK), runs / "glue", log=True)
+    summary = run_glue(cfg(GlueConfig, GLUE, GLUE_QUICK), runs / "glue", log=True,
+                       overwrite=True)
     if not summary.empty:
         cols = [c for c in ("method", "mean_accuracy", "averaged_accuracy", "xi_A", "xi_B",
                             "cross_term") if c in summary]

@@ -123,10 +123,12 @@ def inspect(
 
 @app.command()
 def sweep(
-    out: str = typer.Option(..., help="Output folder (created)."),
+    out: str = typer.Option(..., help="Output folder (new or empty)."),
     n: int = typer.Option(10, help="Number of clients (>= 2)."),
     samples: int = typer.Option(20000, help="Monte Carlo draws per point."),
     seed: int = typer.Option(0, help="Seed of every random draw."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier sweep in "
+                                   "--out (removes only the files adflora wrote there)."),
 ) -> None:
     """p against the encounter probability q (0.01 to 0.5) per rule, with static references.
 
@@ -140,7 +142,7 @@ def sweep(
 
     check_sweep_args(n, samples)   # bad input is one line, before any progress output
     with status(f"topology sweep: p against q at n = {n} ({samples} draws per point)"):
-        paths = run_sweep(out, n=n, samples=samples, seed=seed)
+        paths = run_sweep(out, n=n, samples=samples, seed=seed, overwrite=overwrite)
     df = pd.read_parquet(paths["parquet"])
     console = Console()
     with pd.option_context("display.width", 120, "display.precision", 4):

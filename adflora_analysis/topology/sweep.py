@@ -10,6 +10,7 @@ and the time-varying references (random matching, one-peer exponential). Output:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,23 +151,39 @@ def check_sweep_args(n: int, samples: int) -> tuple[int, int]:
 
 
 def run_sweep(out: str | Path, *, n: int = 10, samples: int = 20000, seed: int = 0,
-              qs: tuple[float, ...] = Q_GRID) -> dict[str, Path]:
+              qs: tuple[float, ...] = Q_GRID, overwrite: bool = False,
+              extra: Callable[[Path], dict[str, Path]] | None = None) -> dict[str, Path]:
     """Run :func:`sweep_table` and write ``sweep.parquet``, ``sweep.csv``, ``sweep.png``,
-    ``config.toml`` and ``meta.json`` under ``out``. Returns the paths by name."""
+    ``config.toml`` and ``meta.json`` under ``out``. Returns the paths by name.
+
+    ``out`` is claimed like every run directory (:func:`adflora_analysis.rundir.claim`): new or
+    empty, or with ``overwrite`` an earlier toolkit run there, of which only the files its
+    manifest lists are removed; the folder is locked while the sweep writes. ``extra(out)``
+    writes further files inside the claim (recorded in the manifest)."""
+    from adflora_analysis.rundir import LOCK, claim
+
     n, samples = check_sweep_args(n, samples)
     out = Path(out)
     config = {"n": n, "samples": int(samples), "seed": int(seed), "qs": list(qs),
               "rules": list(SWEEP_RULES), "references": list(REFERENCE_GRAPHS)}
-    init_run_dir(out, config, make_meta(seed, kind="topology-sweep"))
-    df = sweep_table(n, samples=int(samples), seed=seed, qs=qs)
-    paths = {"parquet": fileio.write_parquet(out / "sweep.parquet", df),
-             "csv": fileio.write_csv(out / "sweep.csv", df),
-             "figure": plot_sweep(df, out / "sweep.png", n),
-             "meta": out / "meta.json", "config": out / "config.toml"}
+    with claim(out, "sweep", "overwrite" if overwrite else "new") as run:
+        before = {p for p in out.rglob("*") if p.is_file()}
+        init_run_dir(run, config, make_meta(seed, kind="topology-sweep", status="running"))
+        df = sweep_table(n, samples=int(samples), seed=seed, qs=qs)
+        paths = {"parquet": fileio.write_parquet(out / "sweep.parquet", df),
+                 "csv": fileio.write_csv(out / "sweep.csv", df),
+                 "figure": plot_sweep(df, out / "sweep.png", n),
+                 "meta": out / "meta.json", "config": out / "config.toml"}
+        if extra is not None:
+            paths.update(extra(out))
+        written = {p for p in out.rglob("*") if p.is_file() and p.name != LOCK} - before
+        run.record(*sorted(str(p.relative_to(out)) for p in written))
+        run.set_status("done")
     return paths
 
 
-def run_topology_study(out: str | Path, quick: bool = False, seed: int = 0) -> dict[str, Path]:
+def run_topology_study(out: str | Path, quick: bool = False, seed: int = 0,
+                       overwrite: bool = False) -> dict[str, Path]:
     """The demo's topology study, written under ``out``.
 
     The sweep at n = 10 (20,000 Monte Carlo draws per point, 2,000 with ``quick``), and
@@ -174,11 +191,14 @@ def run_topology_study(out: str | Path, quick: bool = False, seed: int = 0) -> d
     Metropolis, n = 10).
     """
     samples = 2000 if quick else 20000
-    paths = run_sweep(out, n=10, samples=samples, seed=seed)
-    cfg = TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
-    const = topology_constants(build_sampler(cfg, 10, seed), samples=samples, seed=seed)
-    paths["paper_default"] = fileio.write_json(Path(out) / "paper_default.json", const)
-    return paths
+
+    def paper_default(folder: Path) -> dict[str, Path]:
+        cfg = TopologyConfig(graph="encounter", weights="metropolis", q=0.1)
+        const = topology_constants(build_sampler(cfg, 10, seed), samples=samples, seed=seed)
+        return {"paper_default": fileio.write_json(folder / "paper_default.json", const)}
+
+    return run_sweep(out, n=10, samples=samples, seed=seed, overwrite=overwrite,
+                     extra=paper_default)
 
 
 def p_table(df: pd.DataFrame, qs: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)

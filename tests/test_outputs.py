@@ -1,0 +1,94 @@
+"""Outputs of sweeps and reports protect what a folder holds: a sweep claims its folder like a
+run (refused when used, ``--overwrite`` removes only its own files), and a report replaces its
+own previous outputs completely while leaving everything else alone."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from adflora_analysis import fileio
+from adflora_analysis.cli import main
+from adflora_analysis.errors import AdfloraError
+from adflora_analysis.rundir import init_run_dir, make_meta
+from adflora_analysis.topology.sweep import run_sweep
+
+
+def _cli(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code, capsys.readouterr()
+
+
+def test_sweep_claims_its_folder_and_overwrite_keeps_user_files(tmp_path):
+    out = tmp_path / "sweep"
+    run_sweep(out, n=4, samples=100, qs=(0.5,))
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "sweep" and meta["status"] == "done"
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(AdfloraError, match="already holds a sweep run"):
+        run_sweep(out, n=4, samples=100, qs=(0.5,))
+    run_sweep(out, n=4, samples=100, qs=(0.5,), overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    listed = set(json.loads((out / "manifest.json").read_text())["files"])
+    assert {"sweep.parquet", "sweep.csv", "sweep.png", "meta.json"} <= listed
+    assert "notes.txt" not in listed
+
+
+def test_sweep_into_a_foreign_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "data.csv").write_text("x")
+    code, cap = _cli(capsys, "topology", "sweep", "--n", "4", "--samples", "100",
+                     "--out", str(tmp_path / "u"))
+    assert code == 2 and "is not empty" in cap.err
+    assert [ln for ln in cap.err.splitlines() if ln.startswith("error")] == \
+        [cap.err.strip().splitlines()[-1]]
+
+
+def _tiny_run(path):
+    init_run_dir(path, {"task": "sst2", "n_clients": 2},
+                 make_meta([0], kind="glue", status="done"))
+    rows = [{"method": "lora", "seed": 0, "round": r, "layer": "all", "job": "lora",
+             "xi_A": 1.0 / (r + 1), "xi_B": 0.5, "cross_term": 0.1, "trained": "AB",
+             "mixed": "AB", "loss": 1.0} for r in range(3)]
+    fileio.write_parquet(path / "metrics.parquet", pd.DataFrame(rows))
+    ev = [{"method": "lora", "seed": 0, "round": 2, "client": c, "split": "validation",
+           "metric": "accuracy", "value": 0.6} for c in ("0", "mean", "averaged")]
+    fileio.write_parquet(path / "eval.parquet", pd.DataFrame(ev))
+
+
+def test_report_replaces_its_previous_outputs_and_nothing_else(tmp_path):
+    from adflora_analysis.reports import make_report
+
+    run = tmp_path / "run"
+    _tiny_run(run)
+    out = tmp_path / "rep"
+    make_report([run], out)
+    stale = out / "figures" / "from-an-earlier-report.png"
+    listed = json.loads((out / "report_files.json").read_text())
+    assert "index.html" in listed
+    listed.append("figures/from-an-earlier-report.png")   # as if the last report wrote it
+    fileio.write_json(out / "report_files.json", listed)
+    stale.write_bytes(b"old")
+    (out / "my-notes.md").write_text("mine")
+    make_report([run], out)
+    assert not stale.exists()                      # the previous report's file is gone
+    assert (out / "my-notes.md").read_text() == "mine"   # the user's file is not
+    assert (out / "index.html").exists()
+
+
+def test_report_out_naming_a_file_and_killed_run_banner(tmp_path, capsys):
+    run = tmp_path / "run"
+    _tiny_run(run)
+    (tmp_path / "f").write_text("x")
+    code, cap = _cli(capsys, "report", str(run), "--out", str(tmp_path / "f"))
+    assert code == 2 and "is a file, not a folder" in cap.err
+    # a run whose meta says running but whose lock is free was killed: the banner says so
+    meta = json.loads((run / "meta.json").read_text())
+    fileio.write_json(run / "meta.json", {**meta, "status": "running"})
+    from adflora_analysis.reports import make_report
+
+    html = make_report([run], tmp_path / "rep2").read_text()
+    assert "Not a finished result: run is stopped" in html
