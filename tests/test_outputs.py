@@ -92,3 +92,11 @@ def test_report_out_naming_a_file_and_killed_run_banner(tmp_path, capsys):
 
     html = make_report([run], tmp_path / "rep2").read_text()
     assert "Not a finished result: run is stopped" in html
+
+
+@pytest.mark.parametrize("args", [["--graph", "ring", "--n", "100000000"],
+                                  ["--graph", "encounter", "--n", "100000000", "--q", "0.1"]])
+def test_topology_that_would_not_fit_is_refused_before_allocating(capsys, args):
+    code, cap = _cli(capsys, "topology", "inspect", *args, "--weights", "metropolis")
+    assert code == 2 and "would need about" in cap.err and "available" in cap.err
+    assert len(cap.err.strip().splitlines()) == 1

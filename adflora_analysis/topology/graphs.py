@@ -295,6 +295,54 @@ GRAPHS: dict[str, Callable[..., nx.Graph]] = {
 }
 """Graph family name -> builder ``f(n, **params)``."""
 
+# Memory of a networkx graph: a node's dict entries, and an edge stored in both endpoints'
+# adjacency dicts (measured order of magnitude on CPython 3.11, rounded up).
+NX_NODE_BYTES = 400
+NX_EDGE_BYTES = 500
+
+
+def expected_edges(name: str, n: int, **params: Any) -> float:
+    """Edges graph family ``name`` has on ``n`` nodes (expected, for random families).
+
+    >>> expected_edges("ring", 10), expected_edges("complete", 10), expected_edges("torus", 16)
+    (10.0, 45.0, 32.0)
+    """
+    d = {"complete": (n - 1) / 2, "ring": 1.0, "path": 1.0, "star": 1.0, "torus": 2.0,
+         "grid": 2.0, "hypercube": math.log2(max(n, 2)) / 2,
+         "random-regular": params.get("degree", 4) / 2,
+         "erdos-renyi": params.get("p", 2 * math.log(max(n, 2)) / n) * (n - 1) / 2,
+         "watts-strogatz": params.get("k", 4) / 2,
+         "exponential": math.log2(max(n, 2)) * (2 if params.get("sided", "two") == "two" else 1),
+         "two-cliques": (n / 2 - 1) / 2}.get(name, math.log2(max(n, 2)))
+    return float(n * d)
+
+
+def check_fits(what: str, need_bytes: float, hint: str) -> None:
+    """Refuse, in one line and before allocating, something that needs more memory than the
+    machine has available (psutil), saying how much it would need.
+
+    >>> check_fits("a graph", 1e3, "use a smaller n")
+    >>> try:
+    ...     check_fits("a graph", 1e30, "use a smaller n")
+    ... except AdfloraError as e:
+    ...     print(e.problem[:39])
+    a graph would need about 1e+30 bytes of
+    """
+    import psutil
+
+    avail = psutil.virtual_memory().available
+    if need_bytes > avail:
+        raise AdfloraError(f"{what} would need about {_bytes(need_bytes)} of memory; "
+                           f"{_bytes(avail)} is available", hint)
+
+
+def _bytes(x: float) -> str:
+    for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if x >= f:
+            return f"{x / f:.1f} {unit}" if x < 1e15 else f"{x:.3g} bytes"
+    return f"{x:.0f} bytes"
+
+
 def build_graph(name: str, n: int, *, seed: int | None = None, **params: Any) -> nx.Graph:
     """Build graph family ``name`` on ``n`` nodes labelled ``0..n-1``.
 
@@ -333,6 +381,10 @@ def build_graph(name: str, n: int, *, seed: int | None = None, **params: Any) ->
     if name not in GRAPHS:
         raise unknown_name("graph", name, GRAPHS)
     fn = GRAPHS[name]
+    if name not in ("edgelist", "adjacency"):
+        check_fits(f"graph {name!r} with n = {n}",
+                   n * NX_NODE_BYTES + expected_edges(name, n, **params) * NX_EDGE_BYTES,
+                   "use a smaller n")
     accepted = set(inspect.signature(fn).parameters) - {"n", "seed"}
     extra = set(params) - accepted
     if extra:

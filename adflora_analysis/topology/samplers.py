@@ -49,7 +49,7 @@ import scipy.sparse as sp
 import scipy.stats as st
 
 from adflora_analysis.errors import AdfloraError, unknown_name
-from adflora_analysis.topology.graphs import build_graph, check_n, seeded
+from adflora_analysis.topology.graphs import build_graph, check_fits, check_n, seeded
 from adflora_analysis.topology.sparse import SparseW, check_dense_fits
 from adflora_analysis.topology.validation import as_matrix, validate
 from adflora_analysis.topology.weights import (
@@ -305,6 +305,10 @@ class EncounterSampler(Sampler):
         if rule not in ENCOUNTER_RULES:
             raise unknown_name("encounter combination rule", rule, ENCOUNTER_RULES)
         self.rule = rule
+        # one draw holds its edges (indices and weights, ~40 bytes each, with temporaries)
+        check_fits(f"an encounter draw with n = {self.n} and q = {self.q}",
+                   40.0 * self.q * self.n * (self.n - 1) / 2 + 16.0 * self.n,
+                   "use a smaller n or q (q n is the expected number of peers a round)")
         self.doubly_stochastic = rule != "uniform" or self.q == 1.0 or self.n == 2
         self.symmetric = rule not in ("uniform", "pairwise") or self.n == 2
         self.sparse = rule != "pairwise"  # a product of pair averages fills in
