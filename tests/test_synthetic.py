@@ -59,8 +59,9 @@ def test_shipped_studies_load():
     counts = {}
     for p in sorted(root.glob("*.toml")):
         counts[p.stem] = len(expand_variants(load_config(SyntheticConfig, p)))
-    assert counts == {"bounds": 1, "heterogeneity": 6, "scale": 1, "step_decay": 1,
-                      "t_ablation": 5, "topology_sweep": 9}
+    assert counts == {"adaptive_t": 28, "async": 15, "bounds": 1, "heterogeneity": 6,
+                      "scale": 1, "scale_100k": 1, "step_decay": 1, "t_ablation": 5,
+                      "topology_measures": 21, "topology_sweep": 9}
 
 
 # --------------------------------------------------------------------------- problem
@@ -104,7 +105,9 @@ def test_sigma_sq_matches_monte_carlo_variance():
     g = torch.Generator().manual_seed(3)
     A = torch.randn(1, 2, 1, 2, 5, generator=g, dtype=torch.float64)
     B = torch.randn(1, 2, 1, 4, 2, generator=g, dtype=torch.float64)
-    exact = sigma_sq(prob, A, B)
+    c = prob.cfg
+    exact = sigma_sq(prob.X, prob.R, prob.s, A, B, noise_kind=c.noise_kind, noise=c.noise,
+                     batch_size=c.batch_size)
     full = prob.full_grads(A, B, prob.Sig, prob.C)
     draws = 4000
     idx = torch.randint(0, 12, (draws, 1, 2, 1, 4), generator=g)
@@ -149,13 +152,13 @@ def test_hessian_power_iteration_and_bounds():
         H = torch.autograd.functional.hessian(f, x0)
         true = torch.linalg.eigvalsh(H).abs().max()
         U, V = torch.randn(2, 5, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
-        HA, HB = hvp(prob, A[i], B[i], U, V, Sig[i], C[i])
+        HA, HB = hvp(prob.s, A[i], B[i], U, V, Sig[i], C[i])
         torch.testing.assert_close(torch.cat([HA.flatten(), HB.flatten()]),
                                    H @ torch.cat([U.flatten(), V.flatten()]))
-        est = hessian_norm(prob, A[i], B[i], Sig[i], C[i], iters=200)
+        est = hessian_norm(prob.s, A[i], B[i], Sig[i], C[i], iters=200)
         assert est <= true * (1 + 1e-9)
         assert est >= 0.95 * true
-        assert point_bound(prob, A[i], B[i], Sig[i], C[i]) >= true * (1 - 1e-9)
+        assert point_bound(prob.s, A[i], B[i], Sig[i], C[i]) >= true * (1 - 1e-9)
 
 
 def test_seed_results_do_not_depend_on_the_batch():

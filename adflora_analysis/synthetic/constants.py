@@ -3,7 +3,9 @@
 
 The theory (Koloskova et al. 2020, Assumptions 1-3; Lian et al. 2017, Assumption 1) needs
 L (smoothness of every f_i), sigma^2 (variance of a client's stochastic gradient), zeta^2
-(gradient dissimilarity) and f* (the minimum of f). None is assumed here:
+(gradient dissimilarity) and f* (the minimum of f). None is assumed here. The functions take
+arrays (the problem's data and factors), so this module imports nothing of the problem; the
+problem calls them (:meth:`QuadraticProblem.measure_constants`, ``evaluate``):
 
 - **f*** is exact: :meth:`QuadraticProblem._f_star` solves the rank-r reduced-rank regression.
 - **sigma^2** is exact at a point: :func:`sigma_sq` computes the variance of the minibatch
@@ -26,35 +28,38 @@ L (smoothness of every f_i), sigma^2 (variance of a client's stochastic gradient
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from adflora_analysis.seeding import torch_generator
 
-if TYPE_CHECKING:
-    from adflora_analysis.core.state import LoraState
-    from adflora_analysis.synthetic.problem import QuadraticProblem
 
-
-def sigma_sq(problem: QuadraticProblem, A: Tensor, B: Tensor) -> Tensor:
+def sigma_sq(X: Tensor, R: Tensor, s: float, A: Tensor, B: Tensor, *, noise_kind: str,
+             noise: float, batch_size: int) -> Tensor:
     """E||g_i(x_i) - grad f_i(x_i)||^2 of one local step's stochastic gradient, (S, n).
 
+    ``X: (S, n, L, m, d_in)`` and ``R: (S, n, L, m, d_out)`` are the clients' rows,
     ``A: (S, n, L, r, d_in)``, ``B: (S, n, L, d_out, r)``. Minibatch of b rows drawn i.i.d.
     (with replacement) from m: Var = pop_var / b, with
     pop_var = (1/m) sum_j ||g_j||^2 - ||g_bar||^2 and per-sample gradients g_j
     (grad_B = s e_j z_j^T, grad_A = s (B^T e_j) x_j^T, e_j = s B A x_j - r_j, z_j = A x_j); layers
-    draw independent rows, so variances add over layers.
+    draw independent rows, so variances add over layers. ``noise_kind`` "additive" has variance
+    ``noise``, "none" zero.
+
+    >>> X = torch.ones(1, 1, 1, 2, 1, dtype=torch.float64)
+    >>> R = torch.tensor([[[[[0.0], [2.0]]]]], dtype=torch.float64)
+    >>> A, B = torch.ones(1, 1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1)
+    >>> float(sigma_sq(X, R, 1.0, A.double(), B.double(), noise_kind="minibatch", noise=0.0,
+    ...                batch_size=1))   # per-row grad_B = -r_j: variance of {0, -2} is 1
+    1.0
     """
-    c = problem.cfg
     S, n = A.shape[0], A.shape[1]
-    if c.noise_kind == "none":
+    if noise_kind == "none":
         return torch.zeros(S, n, dtype=torch.float64, device=A.device)
-    if c.noise_kind == "additive":
-        return torch.full((S, n), c.noise, dtype=torch.float64, device=A.device)
-    s, m, b = problem.s, c.samples_per_client, c.batch_size
-    X, R = problem.X.double(), problem.R.double()
+    if noise_kind == "additive":
+        return torch.full((S, n), noise, dtype=torch.float64, device=A.device)
+    X, R = X.double(), R.double()
+    m, b = X.shape[-2], batch_size
     Z = X @ A.transpose(-1, -2)                          # (S, n, L, m, r)
     E = s * Z @ B.transpose(-1, -2) - R                  # (S, n, L, m, do)
     per = s * s * (E.pow(2).sum(-1) * Z.pow(2).sum(-1)
@@ -66,25 +71,30 @@ def sigma_sq(problem: QuadraticProblem, A: Tensor, B: Tensor) -> Tensor:
     return (pop / b).sum(-1)
 
 
-def smoothness_bound(problem: QuadraticProblem) -> Tensor:
+def smoothness_bound(s: float, max_fro_A: Tensor, max_fro_B: Tensor, lam_sigma: Tensor,
+                     norm_C: Tensor) -> Tensor:
     """Rigorous L over the convex hull of every client iterate so far, per seed (S,).
 
     ``max_{i,l} s^2 lam_il (a_l^2 + b_l^2) + s (s lam_il a_l b_l + ||C_il||_2)`` with
-    a_l, b_l the running maxima of ||A_i^l||_F, ||B_i^l||_F (>= spectral norms).
+    a_l, b_l the running maxima of ||A_i^l||_F, ||B_i^l||_F (>= spectral norms),
+    ``max_fro_A``/``max_fro_B`` (S, L), and ``lam_sigma`` = λmax(Σ_il), ``norm_C`` = ||C_il||_2,
+    both (S, n, L).
+
+    >>> one = torch.ones(1, 1)
+    >>> float(smoothness_bound(1.0, one, one, torch.ones(1, 1, 1), torch.ones(1, 1, 1)))
+    4.0
     """
-    s = problem.s
-    a = problem.max_fro_A.unsqueeze(1)                   # (S, 1, L)
-    b = problem.max_fro_B.unsqueeze(1)
-    lam, cn = problem.lam_sigma, problem.norm_C          # (S, n, L)
+    s = float(s)
+    a = max_fro_A.unsqueeze(1)                           # (S, 1, L)
+    b = max_fro_B.unsqueeze(1)
+    lam, cn = lam_sigma, norm_C                          # (S, n, L)
     val = s * s * lam * (a * a + b * b) + s * (s * lam * a * b + cn)
     return val.flatten(1).amax(-1)
 
 
-def point_bound(problem: QuadraticProblem, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor
-                ) -> Tensor:
+def point_bound(s: float, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor) -> Tensor:
     """The same Hessian bound at given points with spectral norms and the exact G:
     ``s^2 lam (||A||_2^2 + ||B||_2^2) + s ||G||_2``, G = s B A S - C. Shapes broadcast."""
-    s = problem.s
     lam = torch.linalg.eigvalsh(Sig).amax(-1)
     na = torch.linalg.matrix_norm(A, ord=2)
     nb = torch.linalg.matrix_norm(B, ord=2)
@@ -92,7 +102,7 @@ def point_bound(problem: QuadraticProblem, A: Tensor, B: Tensor, Sig: Tensor, C:
     return s * s * lam * (na ** 2 + nb ** 2) + s * torch.linalg.matrix_norm(G, ord=2)
 
 
-def hvp(problem: QuadraticProblem, A: Tensor, B: Tensor, U: Tensor, V: Tensor, Sig: Tensor,
+def hvp(s: float, A: Tensor, B: Tensor, U: Tensor, V: Tensor, Sig: Tensor,
         C: Tensor) -> tuple[Tensor, Tensor]:
     """Hessian-vector product of f = 1/2 tr(P S P^T) - <P, C>, P = s B A, at (A, B) in the
     direction (U, V) (U like A, V like B)::
@@ -100,7 +110,6 @@ def hvp(problem: QuadraticProblem, A: Tensor, B: Tensor, U: Tensor, V: Tensor, S
         dP = s (V A + B U),   G = P S - C
         H_A = s V^T G + s B^T (dP S),   H_B = s G U^T + s (dP S) A^T
     """
-    s = problem.s
     G = s * B @ (A @ Sig) - C
     dPS = s * (V @ A + B @ U) @ Sig
     HA = s * V.transpose(-1, -2) @ G + s * B.transpose(-1, -2) @ dPS
@@ -108,7 +117,7 @@ def hvp(problem: QuadraticProblem, A: Tensor, B: Tensor, U: Tensor, V: Tensor, S
     return HA, HB
 
 
-def hessian_norm(problem: QuadraticProblem, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor, *,
+def hessian_norm(s: float, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor, *,
                  iters: int = 20, seed: int = 0) -> Tensor:
     """||hess f|| by power iteration at every point of a batch (per layer: the Hessian is
     block diagonal over layers), returned with the point's leading shape.
@@ -124,27 +133,6 @@ def hessian_norm(problem: QuadraticProblem, A: Tensor, B: Tensor, Sig: Tensor, C
     for _ in range(iters):
         nrm = (U.pow(2).sum((-2, -1)) + V.pow(2).sum((-2, -1))).sqrt().clamp_min(1e-300)
         U, V = U / nrm[..., None, None], V / nrm[..., None, None]
-        U, V = hvp(problem, A, B, U, V, Sig, C)
+        U, V = hvp(s, A, B, U, V, Sig, C)
         est = (U.pow(2).sum((-2, -1)) + V.pow(2).sum((-2, -1))).sqrt()
     return est
-
-
-def measure(problem: QuadraticProblem, state: LoraState, t: int) -> dict[str, Tensor]:
-    """Constants at the state after round ``t``, per seed (S,):
-
-    - ``L_power``: max over clients and layers of ||hess f_i(x_i)|| (power iteration);
-    - ``L_power_avg``: max over clients i and layers of ||hess f_i(x_bar)||;
-    - ``L_point``: the analytic bound at the client points (>= L_power);
-    - ``L_hull``: :func:`smoothness_bound` so far.
-    """
-    state = problem.full_state(state)
-    A = torch.stack(state.A, 2).double()
-    B = torch.stack(state.B, 2).double()
-    Sig, C = problem.Sig.double(), problem.C.double()
-    it = problem.cfg.power_iters
-    Lc = hessian_norm(problem, A, B, Sig, C, iters=it, seed=t)
-    Ab, Bb = A.mean(1, keepdim=True).expand_as(A), B.mean(1, keepdim=True).expand_as(B)
-    La = hessian_norm(problem, Ab, Bb, Sig, C, iters=it, seed=t)
-    Lp = point_bound(problem, A, B, Sig, C)
-    return {"L_power": Lc.flatten(1).amax(-1), "L_power_avg": La.flatten(1).amax(-1),
-            "L_point": Lp.flatten(1).amax(-1), "L_hull": smoothness_bound(problem)}

@@ -446,7 +446,7 @@ class QuadraticProblem(Problem):
         - ``cross_term_direct``: C from the products B_i A_i (theory check 6i compares it with
           the loop's ``cross_term``).
         """
-        from adflora_analysis.synthetic.constants import sigma_sq, smoothness_bound
+        from adflora_analysis.synthetic.constants import sigma_sq
 
         state = self.full_state(state)
         A = torch.stack(state.A, 2).double()
@@ -460,15 +460,48 @@ class QuadraticProblem(Problem):
         gi = self.full_grads(Ab.unsqueeze(1), Bb.unsqueeze(1), self.Sig.double(),
                              self.C.double())
         zeta = sum((gi[k] - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1) for k in ("A", "B"))
-        sig = sigma_sq(self, A, B)
+        c = self.cfg
+        sig = sigma_sq(self.X, self.R, self.s, A, B, noise_kind=c.noise_kind, noise=c.noise,
+                       batch_size=c.batch_size)
         out = {
             "loss": loss, "loss_gap": loss - self.f_star, "grad_norm_sq": gA + gB,
             "grad_norm_sq_A": gA, "grad_norm_sq_B": gB, "local_loss": local,
             "zeta_sq": zeta.mean(1), "sigma_sq_max": sig.amax(1), "sigma_sq_mean": sig.mean(1),
-            "L_hull": smoothness_bound(self),
+            "L_hull": self.smoothness_bound(),
             "f_inf_B": self.f_inf_B, "cross_term_direct": _cross_term_direct(A, B),
         }
         return out
+
+    # ------------------------------------------------------------------ constants
+    def smoothness_bound(self) -> Tensor:
+        """L over the convex hull of every client iterate so far, per seed (S,)
+        (:func:`.constants.smoothness_bound` of the running factor norms)."""
+        from adflora_analysis.synthetic.constants import smoothness_bound
+
+        return smoothness_bound(self.s, self.max_fro_A, self.max_fro_B, self.lam_sigma,
+                                self.norm_C)
+
+    def measure_constants(self, state: LoraState, t: int) -> dict[str, Tensor]:
+        """Constants at the state after round ``t``, per seed (S,):
+
+        - ``L_power``: max over clients and layers of ||hess f_i(x_i)|| (power iteration);
+        - ``L_power_avg``: max over clients i and layers of ||hess f_i(x_bar)||;
+        - ``L_point``: the analytic bound at the client points (>= L_power);
+        - ``L_hull``: :meth:`smoothness_bound` so far.
+        """
+        from adflora_analysis.synthetic.constants import hessian_norm, point_bound
+
+        state = self.full_state(state)
+        A = torch.stack(state.A, 2).double()
+        B = torch.stack(state.B, 2).double()
+        Sig, C = self.Sig.double(), self.C.double()
+        it = self.cfg.power_iters
+        Lc = hessian_norm(self.s, A, B, Sig, C, iters=it, seed=t)
+        Ab, Bb = A.mean(1, keepdim=True).expand_as(A), B.mean(1, keepdim=True).expand_as(B)
+        La = hessian_norm(self.s, Ab, Bb, Sig, C, iters=it, seed=t)
+        Lp = point_bound(self.s, A, B, Sig, C)
+        return {"L_power": Lc.flatten(1).amax(-1), "L_power_avg": La.flatten(1).amax(-1),
+                "L_point": Lp.flatten(1).amax(-1), "L_hull": self.smoothness_bound()}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -258,13 +258,12 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, mode: str, progress: bool | N
         by_key = {j.key: v for j, v in pairs}
 
         def on_round(job: Job, problem, res) -> dict[str, list[dict]]:
-            from adflora_analysis.synthetic.constants import measure
 
             tables = {}
             vcfg = by_key[job.key]
             ce = vcfg.constants_every
             if ce and ((res.t + 1) % ce == 0 or res.t == 0 or res.t == vcfg.rounds - 1):
-                vals = measure(problem, res.state, res.t)
+                vals = problem.measure_constants(res.state, res.t)
                 tables["constants"] = [{"method": job.method.name,
                                         "variant": job.extra["variant"], "seed": int(s),
                                         **{k: float(v[i]) for k, v in vals.items()}}
