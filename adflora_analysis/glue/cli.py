@@ -15,6 +15,8 @@ from pathlib import Path
 
 import typer
 
+from adflora_analysis import run_options as opt
+
 app = typer.Typer(help="GLUE runner: ADF-LoRA and baselines on RoBERTa/MiniLM over simulated "
                   "clients, logging consensus and cross-term errors.", no_args_is_help=True)
 
@@ -25,21 +27,14 @@ def run(
                                      help="A glue_runs/*.toml file or a shipped config "
                                      "name (e.g. smoke), then key=value overrides "
                                      "(e.g. rounds=20 topology.q=0.2)."),
-    out: Path = typer.Option(None, "--out", help="Run directory to create."),
-    resume: Path = typer.Option(None, "--resume", help="Resume the run in this directory "
-                                "(its config.toml is used; a CONFIG or overrides that differ "
-                                "are refused, naming the keys)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier run in "
-                                   "--out (removes only the files adflora wrote there)."),
+    out: opt.Out = None,
+    resume: opt.Resume = None,
+    overwrite: opt.Overwrite = False,
     data_dir: str = typer.Option(None, "--data-dir", help="Local GLUE files (TSV/CSV/JSONL in "
                                  "GLUE's column layout, or a datasets save_to_disk folder)."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-evaluation lines on stderr."),
-    progress: bool = typer.Option(None, "--progress/--no-progress",
-                                  help="A live bar (default: only on a terminal; otherwise a "
-                                  "line per job start/end and every tenth of the rounds; "
-                                  "--no-progress: the job lines only)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config (after "
-                                 "overrides) and the jobs it would run; write nothing."),
+    progress: opt.Progress = None,
+    dry_run: opt.DryRun = False,
 ) -> None:
     """Run a GLUE study (every variant x method x seed) into --out, or resume one with --resume.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from adflora_analysis import run_options as opt
 from adflora_analysis.errors import AdfloraError
 
 app = typer.Typer(help="Synthetic quadratic LoRA testbed: run studies and check the theory.",
@@ -25,18 +26,11 @@ def run(
                                      help="Study TOML, or a shipped config by name (e.g. "
                                      "bounds; see adflora configs list), then key=value "
                                      "overrides (e.g. seeds=5 topology.q=0.2)."),
-    out: Path = typer.Option(None, "--out", help="Run directory to create (new or empty)."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory "
-                                "(its config.toml is used; a CONFIG or overrides that differ "
-                                "are refused, naming the keys)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the earlier run in "
-                                   "--out (removes only the files adflora wrote there)."),
-    progress: bool = typer.Option(None, "--progress/--no-progress",
-                                  help="A live bar (default: only on a terminal; otherwise a "
-                                  "line per job start/end and every tenth of the rounds; "
-                                  "--no-progress: the job lines only)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config (after "
-                                 "overrides) and the jobs it would run; write nothing."),
+    out: opt.Out = None,
+    resume: opt.Resume = None,
+    overwrite: opt.Overwrite = False,
+    progress: opt.Progress = None,
+    dry_run: opt.DryRun = False,
 ) -> None:
     """Run every method (and variant) of CONFIG on all its seeds, batched, into --out, or
     continue one with --resume DIR.

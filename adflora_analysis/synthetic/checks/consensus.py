@@ -84,14 +84,10 @@ def check_consensus(ctx: Context) -> list[CheckResult]:
             return np.concatenate([(1 - pp / 2) * xi[:, [j - 1 for j in cols]]
                                    + c_of(pp) * disp[:, cols] for xi, disp, cols in bs], 1)
 
-        m = np.concatenate(ms, 1)
-        t = pooled_test(m, step, p, p_se, z=ctx.z, effect=ctx.effect)
-        curve = pd.concat(idx, ignore_index=True)
-        curve["measured"], curve["bound"] = m.mean(0), step(p).mean(0)
-        out.append(CheckResult.from_test(
-            "consensus-step", "4", ctx.method, ctx.variant, t, source=SOURCE, curve=curve,
-            note=f"one-step recursion; bound/measured {t.ratio:.3f} (implied by check 2 given "
-                 "the reported displacement)"))
+        out.append(_pooled(
+            ctx, p, p_se, "consensus-step", "4", ms, idx, step,
+            lambda t: f"one-step recursion; bound/measured {t.ratio:.3f} (implied by check 2 "
+                      "given the reported displacement)"))
     blocks = gossiped_blocks(ctx)
     if not blocks:
         return out
@@ -106,13 +102,9 @@ def check_consensus(ctx: Context) -> list[CheckResult]:
     def unr(pp):
         return np.concatenate([unrolled(x0, d, pp)[:, 1:] for x0, d in us], 1)
 
-    m = np.concatenate(ms, 1)
-    t = pooled_test(m, unr, p, p_se, z=ctx.z, effect=ctx.effect)
-    curve = pd.concat(idx, ignore_index=True)
-    curve["measured"], curve["bound"] = m.mean(0), unr(p).mean(0)
-    out.append(CheckResult.from_test(
-        "consensus-unrolled", "4b", ctx.method, ctx.variant, t, source=SOURCE, curve=curve,
-        note=f"U driven by the measured displacement; bound/measured {t.ratio:.3f}"))
+    out.append(_pooled(
+        ctx, p, p_se, "consensus-unrolled", "4b", ms, idx, unr,
+        lambda t: f"U driven by the measured displacement; bound/measured {t.ratio:.3f}"))
     # 4c: a priori, driven by the measured gradient spread
     if not all(run.has(f"gamma_{b}") for b in blocks):
         out.append(CheckResult("consensus-a-priori", "4c", ctx.method, ctx.variant, "n/a",
@@ -133,13 +125,21 @@ def check_consensus(ctx: Context) -> list[CheckResult]:
                                + kappa(pp) * np.broadcast_to(d[1:], (len(x0), run.R - 1))
                                for x0, d in drives], 1)
 
-    m = np.concatenate(ms, 1)
-    t = pooled_test(m, apriori, p, p_se, z=ctx.z, effect=ctx.effect)
-    curve = pd.concat(idx, ignore_index=True)
-    curve["measured"], curve["bound"] = m.mean(0), apriori(p).mean(0)
-    out.append(CheckResult.from_test(
-        "consensus-a-priori", "4c", ctx.method, ctx.variant, t, source=SOURCE, curve=curve,
-        details={"kappa": kappa(p)},
-        note=f"(1 - p/2)^t Xi_0 + kappa(p) sup eta^2 K^2 E Gamma, kappa = {kappa(p):.2f}; "
-             f"bound/measured {t.ratio:.3f}"))
+    out.append(_pooled(
+        ctx, p, p_se, "consensus-a-priori", "4c", ms, idx, apriori,
+        lambda t: f"(1 - p/2)^t Xi_0 + kappa(p) sup eta^2 K^2 E Gamma, kappa = {kappa(p):.2f}; "
+                  f"bound/measured {t.ratio:.3f}", details={"kappa": kappa(p)}))
     return out
+
+
+def _pooled(ctx, p: float, p_se: float, name: str, number: str, ms: list[np.ndarray],
+            idx: list[pd.DataFrame], bound, note, details: dict | None = None) -> CheckResult:
+    """One pooled test of the measured blocks ``ms`` (seed x point each) against ``bound(p)``
+    (same shape, concatenated), with its curve (mean over seeds per point, ``idx`` labels)."""
+    m = np.concatenate(ms, 1)
+    t = pooled_test(m, bound, p, p_se, z=ctx.z, effect=ctx.effect)
+    curve = pd.concat(idx, ignore_index=True)
+    curve["measured"], curve["bound"] = m.mean(0), bound(p).mean(0)
+    return CheckResult.from_test(name, number, ctx.method, ctx.variant, t, source=SOURCE,
+                                 curve=curve, note=note(t), **({"details": details}
+                                                               if details else {}))
