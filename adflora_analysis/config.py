@@ -80,7 +80,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise AdfloraError(f"override {item!r}: {k!r} is not a table")
+                raise AdfloraError(f"override {item!r}: {k!r} is not a table",
+                                   f"set a key of a table, e.g. topology.q=0.2; {k!r} has no "
+                                   "keys below it")
         node[keys[-1]] = value
     return out
 
@@ -96,7 +98,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     adflora_analysis.errors.AdfloraError: unknown config key 'wieghts'; valid: ...
     """
     if not isinstance(data, dict):
-        raise AdfloraError(f"{where or 'config'} must be a table, got {type(data).__name__}")
+        raise AdfloraError(f"{where or 'config'} must be a table, got {type(data).__name__}",
+                           "write key = value lines (a TOML table)")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
@@ -131,7 +134,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             except AdfloraError as e:
                 errors.append(e)
         raise AdfloraError(f"config key {path!r} = {value!r} has the wrong type; "
-                           f"expected {_type_name(tp)}")
+                           f"expected {_type_name(tp)}", f"give {path} a {_type_name(tp)}")
     if origin is Literal:
         if value not in get_args(tp):
             raise unknown_name(f"value for {path!r}", value, [str(a) for a in get_args(tp)])
@@ -144,25 +147,31 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return [_coerce(arg, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise AdfloraError(f"config key {path!r} must be a table")
+            raise AdfloraError(f"config key {path!r} must be a table",
+                               f"write it as [{path}] with key = value lines below")
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise AdfloraError(f"config key {path!r} = {value!r} must be true or false")
+            raise AdfloraError(f"config key {path!r} = {value!r} must be true or false",
+                               f"write {path} = true or {path} = false (no quotes)")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise AdfloraError(f"config key {path!r} = {value!r} must be an integer")
+            raise AdfloraError(f"config key {path!r} = {value!r} must be an integer",
+                               f"write {path} as a whole number, e.g. {path} = 5")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise AdfloraError(f"config key {path!r} = {value!r} must be a number")
+            raise AdfloraError(f"config key {path!r} = {value!r} must be a number",
+                               f"write {path} as a number, e.g. {path} = 0.1")
         if not math.isfinite(float(value)):
-            raise AdfloraError(f"config key {path!r} = {value!r} must be finite")
+            raise AdfloraError(f"config key {path!r} = {value!r} must be finite",
+                               f"give {path} a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise AdfloraError(f"config key {path!r} = {value!r} must be a string")
+            raise AdfloraError(f"config key {path!r} = {value!r} must be a string",
+                               f'quote it: {path} = "..."')
         return value
     return value
 

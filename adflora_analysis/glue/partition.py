@@ -129,7 +129,7 @@ def partition_indices(labels, n_clients: int, kind: str, seed: int, *,
     if kind not in PARTITIONS:
         raise unknown_name("partition", kind, PARTITIONS)
     if n_clients < 1:
-        raise AdfloraError("n_clients must be at least 1")
+        raise AdfloraError("n_clients must be at least 1", "use n_clients = 2 or more")
     if kind == "paper":
         return _fixed_proportions(y, paper_proportions(n_clients, C), rng, cap)
     if kind == "disjoint":
