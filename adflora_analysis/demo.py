@@ -126,7 +126,8 @@ def run_demo(out: str | Path = "reports/demo", quick: bool = False, seed: int = 
 
 def demo(
     out: str = typer.Option("reports/demo", help="Where the demo writes its outputs."),
-    quick: bool = typer.Option(False, "--quick", help="A ~1-minute version (what tests run)."),
+    quick: bool = typer.Option(False, "--quick", help="A short version (what the tests run; "
+                               "a few minutes on 2 cores)."),
     seed: int = typer.Option(0, help="First seed of every study (same seed, same numbers)."),
 ) -> None:
     """Run the tour: topology sweep, synthetic bounds + checks, T ablation, a small offline GLUE
