@@ -178,7 +178,9 @@ def consensus(metrics: pd.DataFrame, bounds: pd.DataFrame | None = None) -> plt.
                 if label is not None and "variant" in b_all:
                     b_all = b_all[b_all["variant"].astype(str) == label]
                 for m, b in b_all.groupby("method"):
-                    b = b[b["bound"] > 0]
+                    # round-off bounds (a block still identical on every client: ~1e-32)
+                    # would squash the log axis, as they would for the measured series
+                    b = b[b["bound"] > ZERO * b_all["bound"].abs().max()]
                     if not b.empty:
                         ax.plot(b["round"], b["bound"], ls="--", lw=1.1,
                                 color=method_style(m)[0])
