@@ -258,7 +258,9 @@ class _Driver:
             return
         p = run.path / PROGRESS
         self.done = list(read_json(p, "progress.json").get("done", [])) if p.exists() else []
-        self.tables |= {f.stem for f in run.path.glob("*.jsonl")}
+        # tables are the .jsonl files this run wrote (its manifest), never a user's file
+        self.tables |= {Path(f).stem for f in run.manifest().get("files", [])
+                        if f.endswith(".jsonl") and "/" not in f}
         if not self.writer:
             return
         starts = {j.key: self._checkpoint_round(j) for j in jobs}
@@ -317,11 +319,18 @@ class _Driver:
         ck = latest_checkpoint(self.ckpt_dir, job.key, self.backend) if self.resume else None
         if ck is None:
             return 0, state, None
-        # checkpoints hold CPU tensors: put them where the job's state lives
-        state = LoraState.from_dict(ck[1]["state"]).to(state.A[0])
+        # checkpoints hold CPU tensors: put them (and the mixer's carried copies) where the
+        # job's state lives
+        saved = LoraState.from_dict(ck[1]["state"]).to(state.A[0])
+        if set(saved.extra) != set(state.extra):
+            raise AdfloraError(
+                f"checkpoint of {job.key!r} holds the blocks {sorted(saved.extra) or 'none'} "
+                f"beside A and B, this run has {sorted(state.extra) or 'none'} (a checkpoint "
+                "written before the GLUE head became a gossiped block of the state)",
+                "start the run again with --overwrite")
         if ck[1].get("problem") is not None:
             problem.load_state_dict(ck[1]["problem"])
-        return ck[0] + 1, state, ck[1].get("carry")
+        return ck[0] + 1, saved, _to_device(ck[1].get("carry"), state.A[0].device)
 
     def _write_rows(self, job: Job, res: RoundResult, extra: dict[str, list[dict]]) -> None:
         if not self.writer:
@@ -398,3 +407,21 @@ def verify_rows(path: Path, jobs: list[Job], done: list[str], starts: dict[str, 
                     f"cannot resume: {path.name} has round 0 of job {job.key!r}, seed {s} "
                     f"{what}", "restore the file, or start again with --overwrite")
 
+
+def _to_device(obj: Any, device: Any) -> Any:
+    """``obj`` (nested dicts, lists and tuples of tensors and numbers) with every tensor on
+    ``device``.
+
+    >>> import torch
+    >>> _to_device({"a": [torch.zeros(1)], "b": 2}, "cpu")["a"][0].device.type
+    'cpu'
+    """
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj

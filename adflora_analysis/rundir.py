@@ -330,13 +330,14 @@ class RunDir:
     def clean_temp_files(self) -> list[Path]:
         """Remove leftover ``.<name>.*.tmp`` files of interrupted atomic writes of this run's
         files (and of checkpoints)."""
-        own = {p.name for p in self.own_files()} | {MANIFEST, META, CONFIG, PROGRESS}
+        # names the manifest lists, written or not yet (a kill just before the rename)
+        own = {Path(f).name for f in self.manifest().get("files", [])} | {
+            MANIFEST, META, CONFIG, PROGRESS}
         gone = []
         for folder in (self.path, self.path / CHECKPOINTS):
             for t in folder.glob(".*.tmp") if folder.is_dir() else ():
                 base = t.name[1:].rsplit(".", 2)[0]
-                if base in own or folder.name == CHECKPOINTS or base.endswith(
-                        (".parquet", ".json", ".jsonl", ".csv", ".toml")):
+                if base in own or folder.name == CHECKPOINTS:
                     t.unlink(missing_ok=True)
                     gone.append(t)
         return gone
@@ -474,7 +475,7 @@ class Lock:
             if same:
                 break
             os.close(fd)
-        self.fd = fd
+        self.fd = fd   # held from here: release() lets go, also when the lines below raise
         old = _lock_info(self.path)
         if old.get("pid") not in (None, os.getpid()):
             self.stale = old  # its process ended without removing the file (killed)
@@ -508,9 +509,20 @@ def _ensure_folder(out: Path) -> None:
         raise os_error(out, e) from None
 
 
+# the files a run writes first, before its manifest lists anything
+_FIRST_FILES = {"config.toml", "meta.json", "manifest.json", "progress.json"}
+
+
 def _is_temp(name: str) -> bool:
-    """A temp file of :func:`adflora_analysis.fileio.atomic_path` (``.<name>.<random>.tmp``)."""
-    return name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3
+    """A temp file of :func:`adflora_analysis.fileio.atomic_path` of one of the files a run
+    writes before its manifest exists (``.<name>.<random>.tmp``); another ``*.tmp`` is not
+    the toolkit's.
+
+    >>> _is_temp(".meta.json.k2j3.tmp"), _is_temp(".notes.txt.k2j3.tmp")
+    (True, False)
+    """
+    return (name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3
+            and name[1:].rsplit(".", 2)[0] in _FIRST_FILES)
 
 
 def _foreign(folder: Path) -> list[str]:
@@ -536,7 +548,8 @@ def claim(out: str | Path, kind: str | None, mode: Mode = "new", *,
     lock = Lock(out)
     try:
         lock.acquire()
-    except OSError as e:
+    except OSError as e:   # e.g. a full disk while writing the holder: let go of the lock
+        lock.release()
         raise os_error(out, e) from None
     try:
         if lock.stale:

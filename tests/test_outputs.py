@@ -100,3 +100,59 @@ def test_topology_that_would_not_fit_is_refused_before_allocating(capsys, args):
     code, cap = _cli(capsys, "topology", "inspect", *args, "--weights", "metropolis")
     assert code == 2 and "would need about" in cap.err and "available" in cap.err
     assert len(cap.err.strip().splitlines()) == 1
+
+
+def _tiny_study():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_reliability import tiny
+
+    return tiny()
+
+
+def test_resume_leaves_a_users_jsonl_and_parquet_alone(tmp_path):
+    from adflora_analysis.synthetic.runner import run_study
+
+    out = tmp_path / "run"
+    run_study(_tiny_study(), out, progress=False, stop_after=3)
+    (out / "notes.jsonl").write_text('{"mine": 1}\n')
+    (out / "notes.parquet").write_bytes(b"user bytes")
+    run_study(_tiny_study(), out, resume=True, progress=False)
+    assert (out / "notes.jsonl").read_text() == '{"mine": 1}\n'
+    assert (out / "notes.parquet").read_bytes() == b"user bytes"
+    assert json.loads((out / "meta.json").read_text())["status"] == "done"
+
+
+def test_a_users_tmp_file_makes_a_folder_used_and_survives(tmp_path):
+    from adflora_analysis.rundir import claim
+
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".notes.txt.abc.tmp").write_text("mine")
+    with pytest.raises(AdfloraError, match="is not empty"):
+        with claim(out, "synthetic", "new"):
+            pass
+    assert (out / ".notes.txt.abc.tmp").read_text() == "mine"
+
+
+def test_lock_is_released_when_writing_its_holder_fails(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from adflora_analysis.rundir import claim
+
+    out = tmp_path / "d"
+    real = os.pwrite
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(AdfloraError):
+        with claim(out, "synthetic", "new"):
+            pass
+    monkeypatch.setattr(os, "pwrite", real)
+    with claim(out, "synthetic", "new") as run:   # not "in use by" this very process
+        assert run.path == out
