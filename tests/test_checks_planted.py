@@ -140,3 +140,26 @@ def test_cross_term_from_mismatched_client_pairs_fails_check_6i(tmp_path, monkey
     res = run_checks(tmp_path)
     assert status(res, "6i", "lora") == ["violated"]
     assert status(clean[1], "6i", "lora") == ["held"]
+
+
+def test_adf_cross_term_above_lora_fails_check_6d(copy_rows, clean):
+    """ADF-LoRA's claimed advantage: with the two methods' rows swapped, ADF's time-averaged C
+    is lora's, above lora's (now ADF's) — 6d must say so."""
+    d = copy_rows("swap")
+    m = pd.read_parquet(d / "metrics.parquet")
+    m["method"] = m["method"].map({"adf-lora": "lora", "lora": "adf-lora"})
+    m.to_parquet(d / "metrics.parquet")
+    assert status(clean[1], "6d", "adf-lora") == ["held"]
+    assert status(run_checks(d), "6d", "adf-lora") == ["violated"]
+
+
+def test_cross_term_100x_too_large_fails_checks_6a_and_6b(copy_rows):
+    """A cross term far above its unrolled bound (6a) and its constant-step floor (6b)."""
+    d = copy_rows("c_big")
+    m = pd.read_parquet(d / "metrics.parquet")
+    m["cross_term"] *= 100
+    m.to_parquet(d / "metrics.parquet")
+    res = run_checks(d)
+    for method in ("adf-lora", "lora"):
+        assert status(res, "6a", method) == ["violated"]
+        assert status(res, "6b", method) == ["violated"]
