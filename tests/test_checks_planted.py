@@ -110,6 +110,21 @@ def test_unreported_displacement_fails_check_4(copy_rows, clean):
     res = run_checks(d)
     assert status(res, "4", "lora") == ["violated"]
     assert status(clean[1], "4", "lora") == ["held"]
+    # the unrolled recursion (4b) is driven by the same displacement
+    assert status(res, "4b", "lora") == ["violated"] and status(clean[1], "4b", "lora") == ["held"]
+
+
+def test_unreported_gradient_spread_fails_check_4c(copy_rows, clean):
+    """The a-priori lemma is driven by the measured spread Γ: reported as 0, it cannot hold."""
+    d = copy_rows("no_gamma")
+    m = pd.read_parquet(d / "metrics.parquet")
+    m["gamma_A"] = 0.0
+    m["gamma_B"] = 0.0
+    m.to_parquet(d / "metrics.parquet")
+    res = run_checks(d)
+    assert status(clean[1], "4c", "lora") != ["violated"]
+    assert status(res, "4c", "lora") == ["violated"]
+    assert status(res, "4c", "adf-lora") == ["violated"]
 
 
 def test_step_3x_above_the_curvature_limit_fails_check_5(tmp_path, clean):
