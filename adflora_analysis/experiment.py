@@ -12,10 +12,10 @@ running job restarts from its last checkpoint, and rows written after that check
 dropped, so a killed and resumed run ends with exactly the rows of an uninterrupted one.
 
 The run's status in ``meta.json`` (:mod:`adflora_analysis.rundir`) is ``running`` while it runs,
-then ``done``; ``diverged`` at the first non-finite factor or metric (no non-finite row is
-written); ``stopped`` on SIGINT/SIGTERM (one line, resumable) or ``stop_after``; ``failed`` on
-any other error. ``metrics.parquet`` (and one Parquet file per extra table) is written whenever
-the run ends.
+then ``done``; ``diverged`` at the first non-finite factor, metric or extra-table value (e.g.
+an evaluation loss; no non-finite row is written); ``stopped`` on SIGINT/SIGTERM (one line,
+resumable) or ``stop_after``; ``failed`` on any other error. ``metrics.parquet`` (and one
+Parquet file per extra table) is written whenever the run ends.
 """
 
 from __future__ import annotations
@@ -298,6 +298,7 @@ class _Driver:
             self.where = f"in round {res.t} of job {job.key!r}"
             check_finite_metrics(res, job)
             extra = self.on_round(job, problem, res) if self.on_round else {}
+            check_finite_rows(extra, res.t, job)
             self._write_rows(job, res, extra)
             if self.every and ((res.t + 1) % self.every == 0 or res.t == self.rounds - 1):
                 _save_checkpoint(self.ckpt_dir, job, res, problem, self.backend)
@@ -375,6 +376,31 @@ def check_finite_metrics(res: RoundResult, job: Job) -> None:
                     f"non-finite {name} = {val} at round {res.t} (method {job.method.name}, "
                     f"seed {job.seeds[i]}, a metric over all clients)",
                     "lower the step size (lr); metrics up to the previous round are kept")
+
+
+def check_finite_rows(tables: dict[str, list[dict]], t: int, job: Job) -> None:
+    """Raise :class:`DivergenceError` at the first non-finite number in a round's extra rows
+    (e.g. a GLUE evaluation loss), naming table, column, round and method, before any row of
+    the round is written.
+
+    >>> from types import SimpleNamespace as NS
+    >>> job = NS(key="adf-lora", method=NS(name="adf-lora"))
+    >>> check_finite_rows({"eval": [{"accuracy": 0.7, "loss": 0.5}]}, 3, job)
+    >>> bad = {"eval": [{"accuracy": 0.7, "loss": float("nan")}]}
+    >>> check_finite_rows(bad, 3, job)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.DivergenceError: non-finite loss = nan in the eval table ... (hint: ...)
+    """
+    import math
+
+    for name, rows in tables.items():
+        for row in rows:
+            for col, v in row.items():
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise DivergenceError(
+                        f"non-finite {col} = {v} in the {name} table at round {t} "
+                        f"(method {job.method.name}, job {job.key!r})",
+                        "lower the step size (lr); rows up to the previous round are kept")
 
 
 def verify_rows(path: Path, jobs: list[Job], done: list[str], starts: dict[str, int],

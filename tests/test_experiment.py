@@ -86,6 +86,20 @@ def test_divergence_keeps_rows_and_names_round(tmp_path):
     assert sorted(df["round"].unique()) == [0, 1, 2]
 
 
+def test_non_finite_extra_row_is_diverged_before_it_is_written(tmp_path):
+    # planted: an evaluation table row (not a round metric) turns NaN at round 2
+    def on_round(job, problem, res):
+        loss = float("nan") if res.t == 2 else 0.5
+        return {"eval": [{"accuracy": 0.7, "loss": loss}]}
+
+    with pytest.raises(DivergenceError, match=r"non-finite loss = nan in the eval table at "
+                       r"round 2 \(method adf-lora"):
+        run_jobs(tmp_path, make_jobs(), rounds=4, on_round=on_round)
+    ev = pd.read_parquet(tmp_path / "eval.parquet")
+    assert sorted(ev["round"].unique()) == [0, 1]
+    assert sorted(pd.read_parquet(tmp_path / "metrics.parquet")["round"].unique()) == [0, 1]
+
+
 def test_resume_refuses_changed_config(tmp_path):
     init_run_dir(tmp_path, {"lr": 0.1, "topology": {"q": 0.1}}, {})
     RunDir(tmp_path).check_resume({"lr": 0.1, "topology": {"q": 0.1}})
