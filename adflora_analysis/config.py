@@ -255,19 +255,32 @@ def _value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "",
+                defaults: dict[str, Any] | None = None) -> list[str]:
     """Dotted keys whose values differ between two nested dicts (for refusing a resume).
+
+    ``a`` is the config a run was started with, ``b`` the new one. With ``defaults`` (the
+    config class's default values, same nesting), a key ``a`` lacks — a run written before the
+    key existed — is no difference when ``b`` holds its default (a new key's default reproduces
+    the old behaviour).
 
     >>> config_diff({"a": 1, "t": {"q": 0.1}}, {"a": 1, "t": {"q": 0.2}})
     ['t.q']
+    >>> config_diff({"a": 1}, {"a": 1, "new": 0}, defaults={"new": 0})
+    []
+    >>> config_diff({"a": 1}, {"a": 1, "new": 2}, defaults={"new": 0})
+    ['new']
     """
     keys = sorted(set(a) | set(b))
     out: list[str] = []
+    defaults = defaults or {}
     for k in keys:
         p = f"{prefix}{k}"
-        va, vb = a.get(k), b.get(k)
+        va, vb, vd = a.get(k), b.get(k), defaults.get(k)
+        if k not in a and k in defaults and vb == vd:
+            continue
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_diff(va, vb, p + ".")
+            out += config_diff(va, vb, p + ".", vd if isinstance(vd, dict) else None)
         elif va != vb:
             out.append(p)
     return out

@@ -362,9 +362,14 @@ class RunDir:
             (self.path / f).unlink(missing_ok=True)
 
     # -- resume
-    def check_resume(self, config: dict[str, Any], world_size: int = 1) -> None:
+    def check_resume(self, config: dict[str, Any], world_size: int = 1,
+                     defaults: dict[str, Any] | None = None) -> None:
         """Refuse to resume with another config or number of processes than the run started
-        with, or when ``meta.json``/``config.toml``/``progress.json`` is missing or damaged."""
+        with, or when ``meta.json``/``config.toml``/``progress.json`` is missing or damaged.
+
+        ``defaults``: the config class's default values; a key the run's saved config lacks
+        (written before the key existed) counts as equal when the new config holds its
+        default."""
         from adflora_analysis.config import config_diff
 
         where = str(self.path)
@@ -380,7 +385,8 @@ class RunDir:
             if not isinstance(prog, dict) or not isinstance(prog.get("done"), list):
                 raise AdfloraError(f"progress.json in {where!r} is damaged",
                                    "start again with --overwrite")
-        diff = config_diff(self.config, json.loads(json.dumps(config)))
+        diff = config_diff(self.config, json.loads(json.dumps(config)),
+                           defaults=json.loads(json.dumps(defaults)) if defaults else None)
         if diff:
             raise AdfloraError(f"cannot resume {where!r}: the config differs in "
                                f"{', '.join(diff)}", "resume with the original config, or start "

@@ -528,3 +528,20 @@ def test_glue_memory_estimate_refuses_before_training(tiny, tmp_path, monkeypatc
     big = glue_need(cfg, 768, 12, 12, 10, 10, client_rows=20).memory["batch activations"]
     assert big == glue_need(glue_cfg(tiny, batch_size=20), 768, 12, 12, 10, 10).memory[
         "batch activations"]
+
+
+def test_resume_of_a_run_written_before_a_config_key_existed(tmp_path, reference):
+    """A run whose config.toml lacks a key added later resumes when the new config holds the
+    key's default (the old behaviour), and is refused when it does not."""
+    import tomllib
+
+    out = tmp_path / "run"
+    run_study(tiny(), out, progress=False, stop_after=3)
+    cfg = tomllib.loads((out / "config.toml").read_text())
+    assert cfg.pop("lr_min") == SyntheticConfig().lr_min  # as if written before lr_min existed
+    (out / "config.toml").write_text(dump_toml(cfg))
+    with pytest.raises(AdfloraError, match="the config differs in lr_min"):
+        run_study(tiny(lr_min=SyntheticConfig().lr_min + 1e-3), out, progress=False,
+                  resume=True)
+    pd.testing.assert_frame_equal(rows(run_study(tiny(), out, progress=False, resume=True)),
+                                  reference)

@@ -58,7 +58,7 @@ def job_key(method: str, seed: int, variant: str | None = None) -> str:
 def _model_key(cfg: GlueConfig) -> tuple:
     """Variants with equal keys share one loaded base model."""
     return (cfg.model, get_task(cfg.task).num_labels, cfg.rank, cfg.lora_alpha, cfg.dropout,
-            tuple(cfg.target_modules), cfg.device)
+            tuple(cfg.target_modules), cfg.device, cfg.adapt_layers, cfg.cache_frozen_prefix)
 
 
 def plan_jobs(cfg: GlueConfig) -> pd.DataFrame:
@@ -90,7 +90,8 @@ def plan_jobs(cfg: GlueConfig) -> pd.DataFrame:
 def build_model(cfg: GlueConfig) -> GlueModel:
     task = get_task(cfg.task)
     return GlueModel(cfg.model, task.num_labels, rank=cfg.rank, lora_alpha=cfg.lora_alpha,
-                     dropout=cfg.dropout, target_modules=cfg.target_modules, device=cfg.device)
+                     dropout=cfg.dropout, target_modules=cfg.target_modules, device=cfg.device,
+                     adapt_layers=cfg.adapt_layers, cache_frozen_prefix=cfg.cache_frozen_prefix)
 
 
 class GlueStudy:
@@ -114,6 +115,10 @@ class GlueStudy:
         self.train = encode(tok, self.task, self.data.train, cfg.max_length)
         self.val = {s: encode(tok, self.task, df, cfg.max_length)
                     for s, df in self.data.val.items()}
+        if cfg.cache_frozen_prefix:   # the frozen lower layers, once per row (glue/model.py)
+            self.train = self.gm.cache_prefix(self.train, cfg.eval_batch_size)
+            self.val = {s: self.gm.cache_prefix(e, cfg.eval_batch_size)
+                        for s, e in self.val.items()}
         y, C = partition_labels(self.data.train["label"].to_numpy(), self.task.is_regression)
         self.partition_y, self.partition_classes = y, C
         self.parts = {s: partition_indices(y, cfg.n_clients, cfg.partition, s, n_classes=C,
@@ -332,7 +337,8 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
     mode = "resume" if resume else "overwrite" if overwrite else "new"
     with claim(out, "glue", mode, writer=writer) as run:
         if resume:
-            run.check_resume(config, backend.world_size)
+            run.check_resume(config, backend.world_size,
+                             defaults=type(cfg)().as_dict())
         studies = _studies(cfg, out, gm, backend)
         if writer:
             run.record(*(str(p.relative_to(out)) for p in (out / "fixture").rglob("*")

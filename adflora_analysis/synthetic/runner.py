@@ -237,7 +237,7 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, mode: str, progress: bool | N
             topology_schedule(vcfg, None)  # raises before any file is written
     with claim(out, "synthetic", mode, writer=writer) as run:
         if mode == "resume":
-            run.check_resume(config, backend.world_size)
+            run.check_resume(config, backend.world_size, defaults=to_dict(SyntheticConfig()))
         samplers, vmeta, mix_tables = _variant_meta(variants)
         if writer:
             if mode != "resume":
