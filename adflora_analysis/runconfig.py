@@ -42,12 +42,17 @@ class GossipConfig:
     rounds ago), participation (π in (0, 1]: each round each client is active with probability
     π; an inactive client neither trains nor gossips), speed_spread (>= 0: client i makes
     K_i = max(1, round(K exp(speed_spread z_i))) local steps a round, z_i ~ N(0, 1) drawn once
-    per seed and client; synthetic testbed only). ``is_default``: the mixer is synchronous.
+    per seed and client; synthetic testbed only), clock_drift (in [0, 1): client i's clock runs at
+    rate 1 + δ_i, δ_i ~ U[−clock_drift, clock_drift] drawn once per seed and client, and it is
+    in the phase the schedule has at its own clock floor(t (1 + δ_i)), so clients of one round
+    can be in different phases; core/schedules.py ``drifting``). ``is_default``: the mixer is
+    synchronous.
     """
 
     staleness: int = 0
     participation: float = 1.0
     speed_spread: float = 0.0
+    clock_drift: float = 0.0
 
     @property
     def is_default(self) -> bool:
@@ -74,13 +79,14 @@ class FederationConfig:
     default: adf-lora 5, others 1), switch_schedule (``periodic``: every T rounds;
     ``topology``: T from the topology's p so that (1 - p)^T <= switch_eps; ``feedback``: when the
     frozen block's Xi fell by switch_eps or the trained block stalls, within switch_min ..
-    switch_max rounds; core/schedules.py), gossip (``[gossip]``: staleness, participation; see
-    :class:`GossipConfig`), seeds (a count n -> seeds 0..n-1, or a list), methods (names
-    in :data:`adflora_analysis.core.methods.METHODS`), topology (``[topology]``: graph, weights,
-    q, params, matrix), checkpoint_every (rounds between checkpoints, 0 = none), device,
-    threads (torch CPU threads; 0 = the layer's automatic choice), backend (``auto``:
-    torch.distributed exactly when launched by torchrun; ``local``; ``torch``), exchange
-    (``allgather`` or ``neighbor``), dist_timeout_s (how long a process waits for a dead peer),
+    switch_max rounds; core/schedules.py), gossip (``[gossip]``: staleness, participation,
+    speed_spread, clock_drift; see :class:`GossipConfig`), seeds (a count n -> seeds 0..n-1,
+    or a list), methods (names in :data:`adflora_analysis.core.methods.METHODS`), topology
+    (``[topology]``: graph, weights, q, params, matrix), checkpoint_every (rounds between
+    checkpoints, 0 = none), device, threads (torch CPU threads; 0 = the layer's automatic
+    choice), backend (``auto``: torch.distributed exactly when launched by torchrun;
+    ``local``; ``torch``), exchange (``allgather`` or ``neighbor``), dist_timeout_s (how long
+    a process waits for a dead peer),
     sweep (dotted key -> list of values; the study runs every combination, e.g.
     ``sweep = {switch_interval = [1, 2, 5]}`` or ``{"topology.q" = [0.05, 0.1]}``), variants
     (tables of keys, dotted or nested, with an optional ``label``, each applied on top of every
@@ -196,6 +202,17 @@ class FederationConfig:
         need(0 < g.participation <= 1,
              f"gossip.participation = {g.participation} must lie in (0, 1]",
              "use 1 (every client every round) or e.g. 0.8")
+        need(0 <= g.clock_drift < 1, f"gossip.clock_drift = {g.clock_drift} must lie in [0, 1)",
+             "use 0 (one clock for every client) or e.g. 0.05 (clocks up to 5% apart)")
+        need(not g.clock_drift or self.switch_schedule != "feedback",
+             "gossip.clock_drift needs a schedule with a fixed interval; the feedback schedule "
+             "decides each switch from the federation's metrics of the round",
+             "use switch_schedule = 'periodic' or 'topology' with clock_drift")
+        need(not g.clock_drift or any(get_method(m).alternates for m in self.methods
+                                      if m in METHODS),
+             f"gossip.clock_drift = {g.clock_drift} changes nothing for "
+             f"{', '.join(self.methods)}: none of them alternates the trained factor",
+             "add adf-lora or rolora to methods, or remove clock_drift")
 
     @property
     def seed_list(self) -> list[int]:

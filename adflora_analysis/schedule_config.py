@@ -11,8 +11,8 @@ from adflora_analysis.errors import AdfloraError
 
 
 def schedule_and_mixer(cfg, sampler, seeds: list[int],
-                       block_bytes: tuple[int, int, int] | None = None
-                       ) -> tuple[Any, Any, dict[str, Any]]:
+                       block_bytes: tuple[int, int, int] | None = None,
+                       method: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """(schedule, mixer, row columns) of a job; schedule and mixer are None for the defaults
     (the round loop fills them in, bit-identical to before).
 
@@ -20,7 +20,11 @@ def schedule_and_mixer(cfg, sampler, seeds: list[int],
     seeds (participation masks); ``block_bytes``: (bytes of A, bytes of B per client, layers),
     to record what agreeing on the feedback schedule's numbers costs per round (column
     ``agree_bytes``, :func:`~adflora_analysis.core.schedules.agreement_bytes`). Other columns:
-    ``switch_schedule``, ``staleness``, ``participation``, ``speed_spread``.
+    ``switch_schedule``, ``staleness``, ``participation``, ``speed_spread``, ``clock_drift``.
+
+    With ``gossip.clock_drift`` > 0 the schedule of an alternating ``method`` (its T:
+    ``cfg.switch_for(method)`` under ``periodic``) is read on each client's own clock
+    (:func:`~adflora_analysis.core.schedules.drifting`); ``method`` is needed then.
 
     >>> from adflora_analysis.runconfig import FederationConfig, GossipConfig
     >>> s, m, cols = schedule_and_mixer(FederationConfig(), None, [0])
@@ -30,6 +34,10 @@ def schedule_and_mixer(cfg, sampler, seeds: list[int],
     >>> s, m, cols = schedule_and_mixer(cfg, None, [0], (256, 256, 1))
     >>> s.name, m.name, cols["agree_bytes"]
     ('feedback(eps=0.1,1..20)', 'asynchronous(staleness=2,participation=0.8)', 9648)
+    >>> cfg = FederationConfig(gossip=GossipConfig(clock_drift=0.05))
+    >>> s, m, cols = schedule_and_mixer(cfg, None, [0], method="rolora")
+    >>> s.name, m, cols
+    ('periodic(T=1)+drift(0.05)', None, {'clock_drift': 0.05})
     """
     from adflora_analysis.core import mixers, schedules
 
@@ -48,6 +56,15 @@ def schedule_and_mixer(cfg, sampler, seeds: list[int],
         cols.update(staleness=g.staleness, participation=g.participation)
     if g.speed_spread:
         cols["speed_spread"] = g.speed_spread
+    if g.clock_drift:
+        cols["clock_drift"] = g.clock_drift
+        if method is None:
+            raise ValueError("schedule_and_mixer needs the method with gossip.clock_drift")
+        from adflora_analysis.core.methods import get_method
+
+        if get_method(method).alternates:
+            base = schedule or schedules.periodic(cfg.switch_for(method))
+            schedule = schedules.drifting(base, g.clock_drift, seeds, cfg.n_clients)
     return schedule, mixer, cols
 
 

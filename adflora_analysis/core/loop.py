@@ -41,11 +41,16 @@ class Problem(Protocol):
     its own beyond the stacked factors)."""
 
     def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
-                     disp: DisplacementStats | None = None
+                     disp: DisplacementStats | None = None, *,
+                     train_mask: dict[str, Tensor] | None = None
                      ) -> tuple[LoraState, dict[str, Tensor]]:
         """K local steps on ``blocks`` for every client at round ``t``; other blocks must come
         back bit-identical. The update may be written into ``state`` in place. Each client's
         displacement of each trained block and layer is reported to ``disp`` (when given).
+        ``train_mask`` (clock drift only; the loop passes it only then): ``{block: (*batch,
+        n_local) bool}``, the clients that train that block of ``blocks`` this round; a client
+        outside it returns the block bit-identical (displacement 0) and a block it does not
+        name trains on every client.
 
         Returns the new state and what the local steps measured: per-batch scalars (*batch,)
         (e.g. the consensus error at the inner steps), which become columns of the round's
@@ -74,7 +79,11 @@ class RoundResult:
     problem's metrics and ``bytes_sent``. ``phase`` is the schedule's phase of the round ("A" or
     "B"; alternating methods train that factor). ``carry`` is the schedule's and the mixer's
     state after the round (``{"schedule": ..., "mixer": ...}``): a checkpoint saves it and a
-    resume passes it back to :func:`run_rounds`.
+    resume passes it back to :func:`run_rounds`. Under clock drift (a schedule with
+    ``clients``, docs/theory.md §9) ``client_phases`` (*batch, n) bool is True where a client was
+    in phase A, ``phase`` is the reference clock's, ``trained``/``mixed`` are the blocks some
+    client trained / gossiped, and ``scalar["phase_frac_A"]`` is the fraction of clients in
+    phase A.
     """
 
     t: int
@@ -86,10 +95,53 @@ class RoundResult:
     scalar: dict[str, Tensor]
     phase: str = ""
     carry: dict[str, Any] = field(default_factory=dict)
+    client_phases: Tensor | None = None
 
 
 def _per_layer(blocks: Iterable[Tensor]) -> Tensor:
     return torch.stack([consensus_error(x) for x in blocks], -1)
+
+
+def _blocks_and_masks(masks: dict[str, Tensor]) -> tuple[tuple[str, ...], dict[str, Tensor]]:
+    """The blocks some client takes (in A, B order) and the masks of those that not every
+    client takes (an all-True mask is left out, so a round where every client agrees runs as
+    without clock drift)."""
+    blocks = tuple(b for b in ("A", "B") if bool(masks[b].any()))
+    return blocks, {b: masks[b] for b in blocks if not bool(masks[b].all())}
+
+
+def _client_phases(schedule: SwitchSchedule, s_state: Any, t: int, spec: MethodSpec,
+                   state: LoraState, backend: Backend
+                   ) -> tuple[Tensor, tuple[str, ...], tuple[str, ...], dict, dict] | None:
+    """Per-client phases of round ``t`` under clock drift (docs/theory.md §9): (phases
+    (*batch, n) bool, True = phase A; the blocks some client trains; the blocks some client
+    gossips; the local update's keywords ``{"train_mask": ...}`` with this process's clients'
+    masks (*batch, n_local); the mixer's ``{"masks": ...}`` with every client's (*batch, n)).
+    None without drift or for a method that does not alternate: the round is as before."""
+    if schedule.clients is None or not spec.alternates:
+        return None
+    ph = schedule.clients(s_state, t)
+    n = ph.shape[-1]
+    ph = ph.reshape(*state.batch_shape, n).to(state.A[0].device)
+    trained, tmask = _blocks_and_masks(spec.trained_masks(ph))
+    mixed, mmask = _blocks_and_masks(spec.mixed_masks(ph))
+    sl = backend.client_slice(n)
+    train_kw = {"train_mask": {b: m[..., sl] for b, m in tmask.items()}} if tmask else {}
+    mix_kw = {"masks": mmask} if mmask else {}
+    return ph, trained, mixed, train_kw, mix_kw
+
+
+def _check_reported(disp: DisplacementStats, trained: tuple[str, ...], state: LoraState,
+                    problem: Problem) -> None:
+    """Every trained block's displacement must have been reported for every local client."""
+    n = state.n_clients
+    for b in trained:
+        for li in range(len(state.layers)):
+            if disp.count(b, li) != n:
+                raise RuntimeError(
+                    f"{type(problem).__name__}.local_update reported the displacement of block "
+                    f"{b}, layer {li} for {disp.count(b, li)} of {n} clients; it must call "
+                    f"disp.add(block, layer, delta) for every client it updates")
 
 
 def _gather(state: LoraState, backend: Backend) -> LoraState:
@@ -191,8 +243,13 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
     for t in range(start_round, rounds):
         ph = schedule.phase(s_state, t)
         trained, mixed = spec.trained_in(ph), spec.mixed_in(ph)
+        client_ph, train_kw, mix_kw, ph_cols = None, {}, {}, {}
+        drift = _client_phases(schedule, s_state, t, spec, state, backend)
+        if drift is not None:
+            client_ph, trained, mixed, train_kw, mix_kw = drift
+            ph_cols = {"phase_frac_A": client_ph.double().mean(-1)}
         disp = DisplacementStats()
-        out = problem.local_update(state, trained, t, disp)
+        out = problem.local_update(state, trained, t, disp, **train_kw)
         state, measured = out if isinstance(out, tuple) else (out, {})
         _check_reported(disp, trained, state, problem)
         full_local = _gather(state, backend)
@@ -205,12 +262,13 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
                   for b in ("A", "B")}
         W = mixing(t)
         state, m_state, sent = mixer.mix(m_state, state, (*mixed, *state.extra), W, t,
-                                         backend=backend, server=server)
+                                         backend=backend, server=server, **mix_kw)
         full = _gather(state, backend)
         check_finite(full, t, spec.name, "after gossip")
         layer = {**layer_metrics(full), **local, **disp_m}
-        scalar = {**measured, **problem.evaluate(state, t), "bytes_sent": sent}
-        res = RoundResult(t, state, trained, mixed, W, layer, scalar, ph)
+        scalar = {**measured, **problem.evaluate(state, t), "bytes_sent": sent, **ph_cols}
+        res = RoundResult(t, state, trained, mixed, W, layer, scalar, ph,
+                          client_phases=client_ph)
         s_state = schedule.update(s_state, res)
         res.carry = {"schedule": s_state, "mixer": m_state}
         yield res

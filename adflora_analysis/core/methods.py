@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+from torch import Tensor
+
 from adflora_analysis.core.schedules import phase
 from adflora_analysis.errors import AdfloraError, unknown_name
 
@@ -27,6 +30,12 @@ def _blocks(rule: BlockRule, ph: str) -> tuple[str, ...]:
     if rule == "phase":
         return (ph,)
     return tuple(rule)
+
+
+def _masks(rule: BlockRule, phase_A: Tensor) -> dict[str, Tensor]:
+    if rule == "phase":
+        return {"A": phase_A.clone(), "B": ~phase_A}
+    return {b: torch.full_like(phase_A, b in rule) for b in ("A", "B")}
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,30 @@ class MethodSpec:
         (('B',), ('A', 'B'))
         """
         return _blocks(self.mix, ph)
+
+    def trained_masks(self, phase_A: Tensor) -> dict[str, Tensor]:
+        """Which clients train each block when each client has its own phase (clock drift,
+        docs/theory.md §9): ``phase_A`` (*batch, n) bool, True where a client is in phase A;
+        returns ``{"A": (*batch, n) bool, "B": ...}``.
+
+        >>> m = get_method("rolora").trained_masks(torch.tensor([True, False]))
+        >>> m["A"].tolist(), m["B"].tolist()
+        ([True, False], [False, True])
+        >>> get_method("lora").trained_masks(torch.tensor([True, False]))["B"].tolist()
+        [True, True]
+        """
+        return _masks(self.train, phase_A)
+
+    def mixed_masks(self, phase_A: Tensor) -> dict[str, Tensor]:
+        """Which clients gossip each block when each client has its own phase (see
+        :meth:`trained_masks`): rolora's client gossips only its phase's factor.
+
+        >>> get_method("rolora").mixed_masks(torch.tensor([True, False]))["B"].tolist()
+        [False, True]
+        >>> get_method("adf-lora").mixed_masks(torch.tensor([True, False]))["B"].tolist()
+        [True, True]
+        """
+        return _masks(self.mix, phase_A)
 
     def trained_blocks(self, t: int, switch_interval: int | None = None) -> tuple[str, ...]:
         """Blocks updated by local steps at round ``t`` of the periodic schedule."""

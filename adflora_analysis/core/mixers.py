@@ -51,7 +51,11 @@ class Mixer:
     init : ``(state) -> carry``, before the first round (from the initial client state).
     mix : ``(carry, state, blocks, W, t, *, backend=LOCAL, server=False) -> (state, carry,
         sent)``. May overwrite ``state``'s blocks in place (the loop owns the state); ``sent``
-        is the bytes sent this round, shape (*batch,).
+        is the bytes sent this round, shape (*batch,). The mixers here also take ``masks``
+        (``{block: (*batch, n) bool}``, the clients that gossip that block this round, under
+        clock drift; :func:`block_weights`); the round loop passes it only when some client
+        does not gossip a mixed block, so a mixer without the keyword still serves every run
+        without clock drift.
     """
 
     name: str
@@ -70,6 +74,48 @@ def bytes_per_message(state: LoraState, blocks: Sequence[str]) -> int:
     return sum(state.bytes_per_client(b) for b in blocks)
 
 
+def block_weights(W: Tensor | SparseMix, blocks: Sequence[str],
+                  masks: dict[str, Tensor] | None) -> dict[str, Tensor | SparseMix]:
+    """W^t for each block: restricted by :func:`participating` to the clients that gossip the
+    block where ``masks`` names it (``{block: (*batch, n) bool}``), W^t itself otherwise. A
+    sparse W^t is made dense for a restricted block (clock drift). Blocks with the same mask
+    share one matrix.
+
+    >>> import torch
+    >>> W = torch.full((3, 3), 1 / 3)
+    >>> Ws = block_weights(W, ("A", "B"), {"A": torch.tensor([True, True, False])})
+    >>> Ws["B"] is W, Ws["A"].mul(6).round()[2].tolist()
+    (True, [0.0, 0.0, 6.0])
+    """
+    out: dict[str, Tensor | SparseMix] = {}
+    seen: list[tuple[Tensor, Tensor]] = []
+    for b in blocks:
+        m = (masks or {}).get(b)
+        if m is None:
+            out[b] = W
+            continue
+        hit = next((Wm for mm, Wm in seen if torch.equal(mm, m)), None)
+        if hit is None:
+            Wd = W.dense() if isinstance(W, SparseMix) else W
+            hit = participating(Wd, m.to(Wd.device))
+            seen.append((m, hit))
+        out[b] = hit
+    return out
+
+
+def _mix_blocks(state: LoraState, blocks: Sequence[str], W: Tensor | SparseMix,
+                masks: dict[str, Tensor] | None, backend: Backend, server: bool
+                ) -> tuple[LoraState, Tensor]:
+    """Gossip ``blocks`` of ``state`` with W^t restricted per block (:func:`block_weights`);
+    returns the state and the bytes sent (*batch,)."""
+    Ws = block_weights(W, blocks, masks)
+    for b in blocks:
+        state = state.map_blocks(lambda X, Wb=Ws[b]: backend.mix(Wb, X), (b,))
+    sent = sum(messages(Ws[b], server).double() * bytes_per_message(state, (b,))
+               for b in blocks)
+    return state, sent
+
+
 def synchronous() -> Mixer:
     """Every client replaces each mixed block by ``sum_j W_ij X_j`` of the current blocks
     (in place, through the backend); stateless. ``sent`` counts one message per nonzero
@@ -86,8 +132,11 @@ def synchronous() -> Mixer:
     """
 
     def mix(carry: MixerState, state: LoraState, blocks: Sequence[str], W: Tensor, t: int, *,
-            backend: Backend = LOCAL, server: bool = False
-            ) -> tuple[LoraState, MixerState, Tensor]:
+            backend: Backend = LOCAL, server: bool = False,
+            masks: dict[str, Tensor] | None = None) -> tuple[LoraState, MixerState, Tensor]:
+        if masks:
+            state, sent = _mix_blocks(state, blocks, W, masks, backend, server)
+            return state, carry, sent
         state = state.map_blocks(lambda X: backend.mix(W, X), tuple(blocks))
         sent = messages(W, server).double() * bytes_per_message(state, blocks)
         return state, carry, sent
@@ -184,8 +233,8 @@ def asynchronous(staleness: int = 0, participation: float = 1.0,
         return carry
 
     def mix(carry: MixerState, state: LoraState, blocks: Sequence[str], W: Tensor, t: int, *,
-            backend: Backend = LOCAL, server: bool = False
-            ) -> tuple[LoraState, MixerState, Tensor]:
+            backend: Backend = LOCAL, server: bool = False,
+            masks: dict[str, Tensor] | None = None) -> tuple[LoraState, MixerState, Tensor]:
         if isinstance(W, SparseMix):
             raise AdfloraError("stale or partial gossip needs the dense W^t",
                                "use fewer than 1024 clients with gossip.staleness/participation")
@@ -203,18 +252,24 @@ def asynchronous(staleness: int = 0, participation: float = 1.0,
         history = carry.get("history", [])
         pre = copy(state) if tau else None
         if tau:
-            diag = W.diagonal(dim1=-2, dim2=-1)[..., sl]
-            off = W - torch.diag_embed(W.diagonal(dim1=-2, dim2=-1))
+            Ws = block_weights(W, blocks, masks)   # W^t for every block without clock drift
             for b in blocks:
+                diag = Ws[b].diagonal(dim1=-2, dim2=-1)[..., sl]
+                off = Ws[b] - torch.diag_embed(Ws[b].diagonal(dim1=-2, dim2=-1))
                 for x, old in zip(state.block(b), history[0][b], strict=True):
                     d = diag.to(x.dtype).reshape(*diag.shape, *([1] * (x.dim() - diag.dim())))
                     x.copy_(d * x + backend.mix(off, old.clone()))
+            sent = sum(messages(Ws[b], server).double() * bytes_per_message(state, (b,))
+                       for b in blocks) if masks else None
+        elif masks:
+            state, sent = _mix_blocks(state, blocks, W, masks, backend, server)
         else:
             state = state.map_blocks(lambda X: backend.mix(W, X), tuple(blocks))
         out: MixerState = {"history": [*history[1:], pre] if tau else []}
         if pi < 1:
             out["prev"] = copy(state)
-        sent = messages(W, server).double() * bytes_per_message(state, blocks)
+        if not masks:
+            sent = messages(W, server).double() * bytes_per_message(state, blocks)
         return state, out, sent
 
     return Mixer(f"asynchronous(staleness={tau},participation={pi:g})", init=init, mix=mix)

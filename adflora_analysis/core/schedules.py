@@ -23,9 +23,12 @@ over clients). :func:`periodic` is the paper's fixed interval T and the default 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
 
 from adflora_analysis.errors import AdfloraError
 
@@ -66,6 +69,9 @@ class SwitchSchedule:
     update : ``(state, result) -> state`` after round ``t`` (``result`` is the round's
         :class:`~adflora_analysis.core.loop.RoundResult`); must not mutate its argument.
     interval : the fixed T when the schedule has one (reported in the metrics rows), else None.
+    clients : ``(state, t) -> (S, n)`` bool, True where client i is in phase A at round ``t``
+        (each client on its own clock, :func:`drifting`); None (default): every client is in
+        ``phase(state, t)``.
     """
 
     name: str
@@ -73,6 +79,7 @@ class SwitchSchedule:
     phase: Callable[[ScheduleState, int], str]
     update: Callable[[ScheduleState, RoundResult], ScheduleState]
     interval: int | None = None
+    clients: Callable[[ScheduleState, int], Tensor] | None = None
 
 
 def periodic(switch_interval: int) -> SwitchSchedule:
@@ -209,3 +216,58 @@ def feedback(eps: float = 0.1, t_min: int = 1, t_max: int = 20, stall: float = 0
 
     return SwitchSchedule(f"feedback(eps={eps:g},{t_min}..{t_max})", init=init,
                           phase=phase_of, update=update)
+
+
+def clock_rates(seeds: Sequence[int], n: int, drift: float) -> Tensor:
+    """Each client's clock rate 1 + δ_i, δ_i ~ U[−drift, drift] drawn once per (seed, client)
+    from the counter-based stream (seed, "clock-drift"), shape (len(seeds), n) float64.
+
+    >>> r = clock_rates([0, 1], 5, 0.2)
+    >>> tuple(r.shape), bool(((r >= 0.8) & (r <= 1.2)).all())
+    ((2, 5), True)
+    >>> torch.equal(clock_rates([1], 5, 0.2)[0], r[1])   # a seed's rates, whatever the batch
+    True
+    >>> bool((clock_rates([0], 5, 0.0) == 1).all())
+    True
+    """
+    from adflora_analysis.seeding import torch_generator
+
+    drift = float(drift)
+    if not 0 <= drift < 1:
+        raise AdfloraError(f"gossip.clock_drift = {drift} must lie in [0, 1)",
+                           "use 0 (one clock) or e.g. 0.05 (clocks 5% apart at most)")
+    u = torch.stack([torch.rand(n, generator=torch_generator(s, "clock-drift"),
+                                dtype=torch.float64) for s in seeds])
+    return 1 + drift * (2 * u - 1)
+
+
+def drifting(base: SwitchSchedule, drift: float, seeds: Sequence[int], n: int
+             ) -> SwitchSchedule:
+    """``base`` read on each client's own clock: client i is at round t in the phase ``base``
+    has at its clock c_i(t) = floor(t (1 + δ_i)) (:func:`clock_rates`), so clients of one round
+    can be in different phases (docs/theory.md §9). ``phase`` (the ``phase`` column) stays the
+    reference clock's (δ = 0); ``clients`` gives every client's. Needs a fixed interval
+    (``periodic``, ``topology``); the feedback schedule decides its switches from the
+    federation's metrics round by round, so a client whose clock runs ahead would need metrics
+    of rounds not yet run: refused.
+
+    >>> s = drifting(periodic(2), 0.3, [0], 4)
+    >>> st = s.init()
+    >>> "".join(s.phase(st, t) for t in range(8))       # the reference clock
+    'BBAABBAA'
+    >>> ["".join("A" if a else "B" for a in s.clients(st, t)[0]) for t in (0, 7)]
+    ['BBBB', 'BABB']
+    """
+    if base.interval is None:
+        raise AdfloraError(f"gossip.clock_drift needs a schedule with a fixed interval; "
+                           f"{base.name} decides its switches from the run's metrics",
+                           "use switch_schedule = 'periodic' or 'topology' with clock_drift")
+    T = int(base.interval)
+    rates = clock_rates(seeds, n, drift)
+
+    def clients(_s: ScheduleState, t: int) -> Tensor:
+        c = torch.floor(t * rates).long()             # each client's clock reading
+        return (c // T) % 2 == 1                      # B first, like phase()
+
+    return SwitchSchedule(f"{base.name}+drift({float(drift):g})", init=base.init,
+                          phase=base.phase, update=base.update, interval=T, clients=clients)

@@ -145,13 +145,18 @@ class GlueProblem(Problem):
     # --- Problem protocol -------------------------------------------------------------------
 
     def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
-                     disp: DisplacementStats | None = None
+                     disp: DisplacementStats | None = None, *,
+                     train_mask: dict[str, Tensor] | None = None
                      ) -> tuple[LoraState, dict[str, Tensor]]:
         """K AdamW steps of every local client on ``blocks`` (and its head with
         ``train_head``), written into ``state`` in place (A: (n_local, r, d_in), B:
         (n_local, d_out, r) per layer, head: (n_local, 1, P) per parameter); returns ``state``
         and the mean local loss over every client's steps (``local_loss``) and the round's
-        AdamW step size (``eta``, from ``lr_at``; ``lr`` when it is None)."""
+        AdamW step size (``eta``, from ``lr_at``; ``lr`` when it is None).
+
+        ``train_mask`` (clock drift, docs/theory.md §9): ``{block: (n_local,) bool}``; client
+        ``li`` trains the blocks of ``blocks`` whose mask is True at ``li`` (a block without a
+        mask: every client), and reports a zero displacement for the others."""
         gm = self.gm
         lr = self.lr_at(t) if self.lr_at is not None else self.lr
         self.activate()
@@ -159,10 +164,12 @@ class GlueProblem(Problem):
         losses = []
         diverged = torch.zeros(self.n, dtype=torch.float64)   # 1 where a client's loss blew up
         for li, i in enumerate(self.local_ids):   # li: index in this process, i: client id
+            mine = blocks if not train_mask else tuple(
+                b for b in blocks if b not in train_mask or bool(train_mask[b][li]))
             gm.load_client(state, li)
             if self.train_head:
                 gm.load_head(self.client_head(state, li))
-            params = gm.set_trainable(blocks, self.train_head)
+            params = gm.set_trainable(mine, self.train_head)
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.wd)
             if self.optimizer_reset == "never":
                 self._restore_opt(opt, li)
@@ -189,6 +196,10 @@ class GlueProblem(Problem):
                 for b in blocks:
                     factors = gm.lora_A if b == "A" else gm.lora_B
                     for layer, (X, p) in enumerate(zip(state.block(b), factors, strict=True)):
+                        if b not in mine:      # clock drift: not this client's phase
+                            if disp is not None:
+                                disp.add(b, layer, torch.zeros_like(X[li]).unsqueeze(0))
+                            continue
                         if disp is not None:
                             disp.add(b, layer, (p.to(X.device) - X[li]).unsqueeze(0))
                         X[li].copy_(p)

@@ -175,7 +175,8 @@ class GlueStudy:
         from adflora_analysis.schedule_config import schedule_and_mixer
 
         schedule, mixer, more = schedule_and_mixer(
-            cfg, self.sampler(seed) if cfg.switch_schedule == "topology" else None, [seed])
+            cfg, self.sampler(seed) if cfg.switch_schedule == "topology" else None, [seed],
+            method=method)
         extra.update(more)
         if schedule is not None:
             extra["switch_interval"] = schedule.interval

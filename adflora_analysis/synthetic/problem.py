@@ -225,10 +225,19 @@ class QuadraticProblem(Problem):
 
     # ------------------------------------------------------------------ Problem protocol
     def local_update(self, state: LoraState, blocks: tuple[str, ...], t: int,
-                     disp: DisplacementStats | None = None
+                     disp: DisplacementStats | None = None, *,
+                     train_mask: dict[str, Tensor] | None = None
                      ) -> tuple[LoraState, dict[str, Tensor]]:
         """K SGD steps with the round's step size eta_t (``lr_schedule``) on ``blocks`` for every
         seed, client and layer at once.
+
+        ``train_mask`` (clock drift, docs/theory.md §9): ``{block: (S, n_local) bool}``, the
+        clients that train a block of ``blocks``; elsewhere its gradient is zeroed, so the block
+        comes back bit-identical. ``blocks`` is then the union of the blocks the clients train,
+        and the measured columns below are computed for that union as if every client trained
+        it (``xi_inner``, ``grad_norm_sq_inner``, ``sn_gbar_sq``, ``sn_drift``,
+        ``sn_curv_left``), except ``gamma_*`` and, for a joint step, ``sn_curv_right`` and
+        ``L_block``, which use the steps actually taken (zero rows included).
 
         Returns a new state (the trained blocks are new tensors) and what the steps measured,
         each (S,) float64 and a mean over the K inner steps unless said otherwise:
@@ -283,6 +292,10 @@ class QuadraticProblem(Problem):
                 g = self.full_grads(A, B, self.Sig_loc, self.C_loc, blocks)
                 if c.noise_kind == "additive":
                     g = {name: v + noise[name][:, k] for name, v in g.items()}
+            if train_mask:   # clock drift: a client steps only the block(s) of its phase
+                g = {name: torch.where(train_mask[name][:, :, None, None, None], v,
+                                       v.new_zeros(())) if name in train_mask else v
+                     for name, v in g.items()}
             gfull = {name: full(v) for name, v in g.items()}
             for name, v in gfull.items():
                 acc[f"gamma_{name}"] += _xi(v)

@@ -121,7 +121,7 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
             L = vcfg.n_layers
             schedule, mixer, more = schedule_and_mixer(
                 vcfg, samplers.get(label), seeds,
-                (8 * L * vcfg.rank * vcfg.d_in, 8 * L * vcfg.rank * vcfg.d_out, L))
+                (8 * L * vcfg.rank * vcfg.d_in, 8 * L * vcfg.rank * vcfg.d_out, L), method=m)
             extra.update(more)
             if schedule is not None:
                 extra["switch_interval"] = schedule.interval
