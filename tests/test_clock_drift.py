@@ -196,6 +196,27 @@ def test_rolora_gossips_a_factor_only_among_the_clients_in_its_phase(mixer):
     assert (sent < sent_all).all()                                   # fewer messages
 
 
+def test_restricted_gossip_of_a_sparse_W_equals_the_dense_one():
+    """From 1,024 clients W^t is sparse; a block gossiped by part of the clients is mixed with
+    the dense restriction, the same numbers as with the dense W^t."""
+    from adflora_analysis.core.sparse import SparseMix
+    from adflora_analysis.topology.sparse import SparseW
+
+    S, n = 2, 5
+    W = _W(S, n, 4)
+    sp = SparseMix.from_sparse_w(SparseW.from_dense(W.numpy()), (S,), dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    st = LoraState([torch.randn(S, n, 2, 3, generator=g, dtype=torch.float64)],
+                   [torch.randn(S, n, 3, 2, generator=g, dtype=torch.float64)], ["l0"])
+    masks = get_method("rolora").mixed_masks(torch.tensor([[True, False, True, True, False],
+                                                           [False, True, True, False, True]]))
+    a, _, sa = synchronous().mix({}, st.clone(), ("A", "B"), W, 0, masks=masks)
+    b, _, sb = synchronous().mix({}, st.clone(), ("A", "B"), sp, 0, masks=masks)
+    for x, y in zip(a.A + a.B, b.A + b.B, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-14)
+    assert torch.equal(sa, sb)
+
+
 # ---------------------------------------------------------------- runs
 def test_resume_mid_run_equals_the_uninterrupted_run(tmp_path):
     from adflora_analysis.synthetic.runner import run_study
