@@ -218,12 +218,14 @@ def test_predicted_rate_reduces_to_the_second_moment_rate_and_grows_with_stalene
     rates = [async_consensus_rate(ring, staleness=t).rate for t in (0, 1, 2, 4)]
     assert all(a < b < 1 for a, b in zip(rates, rates[1:], strict=False))
     enc = make_sampler("encounter", 6, q=0.3)          # support enumerated: exact
-    ex = async_consensus_rate(enc)
+    ex = async_consensus_rate(enc, method="full")
     assert ex.method == "exact" and abs(ex.rate - second_moment_rate(enc)) < 1e-9
+    red = async_consensus_rate(enc)                    # the exchangeable reduction, exact
+    assert red.method == "exact-reduced" and abs(red.rate - ex.rate) < 1e-9
     enc = make_sampler("encounter", 10, q=0.2)         # Monte Carlo
-    mc = async_consensus_rate(enc, samples=3000)
+    mc = async_consensus_rate(enc, samples=3000, method="full")
     assert mc.method == "monte-carlo" and abs(mc.rate - second_moment_rate(enc)) < 0.01
-    assert async_consensus_rate(enc, participation=0.5, samples=2000).rate > mc.rate + 0.05
+    assert async_consensus_rate(enc, participation=0.5).rate > mc.rate + 0.05
     W = masked(np.full((3, 4, 4), 0.25), np.array([[1, 1, 0, 1]] * 3, bool))
     assert np.allclose(W.sum(-1), 1) and np.allclose(W.sum(-2), 1)
 
@@ -245,10 +247,28 @@ def test_check_7_holds_with_the_predicted_rate_and_catches_one_that_ignores_stal
     # planted defect: a prediction that ignores the staleness (the synchronous rate)
     from adflora_analysis.topology import make_sampler, second_moment_rate
 
-    sync = second_moment_rate(make_sampler("static", 6, graph="ring"))
-    ctx.vmeta["async_rate"] = {**ctx.vmeta["async_rate"], "rate": sync, "stderr": 0.0}
+    ring = make_sampler("static", 6, graph="ring")
+    sync = second_moment_rate(ring)
+    good = dict(ctx.vmeta["async_rate"])
+    ctx.vmeta["async_rate"] = {**good, "rate": sync, "stderr": 0.0}
     bad = check_async_rate(ctx)
     assert any(r.status == "violated" for r in bad), [r.note for r in bad]
+    # planted defect: the rate of a wrong staleness (τ = 1 for a τ = 3 run)
+    from adflora_analysis.topology.async_rates import async_consensus_rate
+
+    ctx.vmeta["async_rate"] = {**good, "rate": async_consensus_rate(ring, staleness=1).rate}
+    bad = check_async_rate(ctx)
+    assert any(r.status == "violated" for r in bad), [r.note for r in bad]
+    ctx.vmeta["async_rate"] = good
+    # check 3 (1 - p) does not apply to a stale run: n/a, pointing at check 7 ...
+    from adflora_analysis.synthetic.checks.frozen import check_frozen
+
+    three = check_frozen(ctx)
+    assert three and all(r.status == "n/a" and "check 7" in r.note for r in three)
+    # ... planted defect: the same run read as synchronous gossip is judged against 1 - p and
+    # fails (the staleness slows the frozen block far below 1 - p)
+    ctx.vmeta = {k: v for k, v in ctx.vmeta.items() if k not in ("gossip", "async_rate")}
+    assert any(r.status == "violated" for r in check_frozen(ctx))
 
 
 def test_stale_partial_gossip_under_torch_distributed_matches_in_process(tmp_path):

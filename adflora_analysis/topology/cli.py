@@ -29,6 +29,8 @@ LABELS = {
     "effective_neighbours": "effective neighbours n_W(γ) (Vogels et al. 2022)",
     "effective_neighbours_gamma": "γ of n_W(γ)",
     "async_rate": "predicted rate of E Ξ with staleness τ, participation π (theory §9)",
+    "async_rate_method": "how: exact / monte-carlo, -reduced = exchangeable reduction",
+    "async_rate_moments": "where its expectation comes from",
 }
 """Row labels of ``inspect``'s table that say what a key measures."""
 
@@ -94,7 +96,8 @@ def inspect(
         r = async_consensus_rate(sampler, staleness=staleness, participation=participation,
                                  samples=min(samples, 4000), seed=seed)
         out.update(staleness=staleness, participation=participation, async_rate=r.rate,
-                   async_rate_stderr=r.stderr, async_rate_method=r.method)
+                   async_rate_stderr=r.stderr, async_rate_method=r.method,
+                   async_rate_moments=r.moments)
     out = _jsonable(out)
     if json_out:
         print(json.dumps(out, allow_nan=False))

@@ -85,11 +85,31 @@ def _declared_mixed(method: str, block: str) -> bool | None:
     return spec.mix == "AB" or spec.mix == block
 
 
+def async_gossip(vmeta: dict) -> tuple[int, float]:
+    """(staleness τ, participation π) of a variant from its meta (``gossip`` or
+    ``async_rate``; (0, 1.0) for synchronous gossip).
+
+    >>> async_gossip({}), async_gossip({"gossip": {"staleness": 2, "participation": 0.8}})
+    ((0, 1.0), (2, 0.8))
+    """
+    g = vmeta.get("gossip") or vmeta.get("async_rate") or {}
+    return int(g.get("staleness") or 0), float(g.get("participation") or 1.0)
+
+
 def check_frozen(ctx: Context) -> list[CheckResult]:
-    """Check 3 for one (variant, method): one result per block with frozen stretches."""
+    """Check 3 for one (variant, method): one result per block with frozen stretches;
+    ``n/a`` on stale or partial gossip (τ > 0 or π < 1), where 1 − p is not the rate."""
     run, p, p_se = ctx.run, ctx.p, ctx.p_se
     if not math.isfinite(p) or p <= 0:
         return []
+    tau, pi = async_gossip(ctx.vmeta)
+    if tau > 0 or pi < 1:
+        return [CheckResult(
+            "frozen-block-consensus", "3", ctx.method, ctx.variant, "n/a", source=SOURCE,
+            note=f"stale/partial gossip (τ = {tau}, π = {pi:g}): a frozen block mixes with "
+                 "τ-round-old copies through the masked W^t, so its rate is not 1 - p; check 7 "
+                 "(stale-gossip-rate) tests it against the predicted ρ_τ,π (docs/theory.md §9)",
+            details={"staleness": tau, "participation": pi})]
     out = []
     for blk in ("A", "B"):
         frozen = [blk not in tr for tr in run.trained]
