@@ -85,8 +85,8 @@ class FederationConfig:
     (``[topology]``: graph, weights, q, params, matrix), checkpoint_every (rounds between
     checkpoints, 0 = none), device, threads (torch CPU threads; 0 = the layer's automatic
     choice), backend (``auto``: torch.distributed exactly when launched by torchrun;
-    ``local``; ``torch``), exchange (``allgather`` or ``neighbor``), dist_timeout_s (how long
-    a process waits for a dead peer),
+    ``local``; ``torch``), exchange (``auto``: ``neighbor`` when W^t is sparse;
+    ``allgather``; ``neighbor``), dist_timeout_s (how long a process waits for a dead peer),
     sweep (dotted key -> list of values; the study runs every combination, e.g.
     ``sweep = {switch_interval = [1, 2, 5]}`` or ``{"topology.q" = [0.05, 0.1]}``), variants
     (tables of keys, dotted or nested, with an optional ``label``, each applied on top of every
@@ -119,7 +119,7 @@ class FederationConfig:
     device: str = "cpu"
     threads: int = 0
     backend: Literal["auto", "local", "torch"] = "auto"
-    exchange: Literal["allgather", "neighbor"] = "allgather"
+    exchange: Literal["auto", "allgather", "neighbor"] = "auto"
     dist_timeout_s: float = 60.0
     sweep: dict[str, list] = field(default_factory=dict)
     variants: list[dict] = field(default_factory=list)

@@ -1,91 +1,194 @@
-"""Benchmark of the torch.distributed gossip backend (issue 5). Prints its figures.
+"""Throughput of the torch.distributed backend at P = 1 vs P = 2 processes (issue 14, item 6).
 
-1. Bytes sent per round per rank by the all-gather and the neighbor exchange, n = 10 and 100
-   clients, encounter model q = 0.1 (metropolis), LoRA-sized blocks (r = 8, d = 768, 12 layers
-   of query/value: RoBERTa-base-like), P = 2 processes, measured by the backend's counters.
-2. Wall time per round of the synthetic testbed (bounds-like config) at P = 1 and P = 2.
+Prints the seconds per round at P = 1 and P = 2 and their ratio (speed-up = t(P=1) / t(P=2)),
+measured in one run of this script, one torch thread per process (P = 1: one process with one
+thread; P = 2: two processes with one thread each; gloo, CPU):
 
-Run: python benchmarks/distributed.py   (launches torchrun itself; gloo on CPU)
+1. **Synthetic engine at n = 10,000**: d_in = d_out = 64, r = 4, K = 5, float32, adf-lora,
+   encounter with about 10 peers a round (sparse W^t, :class:`~adflora_analysis.core.sparse.
+   SparseMix`), the lean quadratic of ``benchmarks/scale.py`` (the testbed's own problem keeps
+   2.5 GB of per-client d x d statistics at this n). P = 1 is the in-process run; P = 2 runs
+   under torchrun with the default exchange (``auto`` = neighbor for a sparse W^t) and with
+   ``allgather``. Every round computes every consensus metric (partial sums, no gathered
+   state); W^t is drawn beforehand in every process (``draw s``: one draw, replicated work).
+   Also the bytes each rank sends per round.
+2. **GLUE runner**: ``glue_runs/smoke.toml`` (offline MiniLM, 10 clients, encounter q = 0.1)
+   with adf-lora for a few rounds, through the CLI (``adflora glue run`` / under torchrun).
+   Seconds per round from the times the progress lines arrive (rounds 1 .. R-1), so start-up
+   and the final evaluation are left out.
+
+The machine's load is printed before and after (``uptime``): on shared cores the ratio is what
+this run saw, not a property of the code alone.
+
+Run: python benchmarks/distributed.py [--n 10000] [--rounds 6] [--glue-rounds 12]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-ROUNDS = 20
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def worker(n: int, exchange: str, out: str) -> None:
-    import numpy as np
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1"}
+
+
+def synthetic_worker(n: int, rounds: int, exchange: str, out: str) -> None:
+    """One synthetic run (in-process, or one rank under torchrun); rank 0 writes its row."""
     import torch
-    import torch.distributed as dist
+    from scale import LowRankQuadratic
 
-    from adflora_analysis.core.gossip import mixing_schedule
-    from adflora_analysis.distributed import TorchDistBackend, init_distributed
-    from adflora_analysis.topology import make_sampler
+    from adflora_analysis.core import get_method, mixing_schedule, run_rounds
+    from adflora_analysis.core.sparse import SparseMix
+    from adflora_analysis.distributed import make_backend, shutdown
+    from adflora_analysis.topology import TopologyConfig, build_sampler
 
-    init_distributed()
-    b = TorchDistBackend(n, exchange)
-    sl = b.client_slice(n)
-    r, d, layers = 8, 768, 24
-    X = torch.randn(1, sl.stop - sl.start, layers * r, d)  # A blocks of every layer, stacked
-    sampler = make_sampler("encounter", n, q=0.1, weights="metropolis")
-    mix = mixing_schedule(sampler, [0], dtype=torch.float32)
-    dist.barrier()
+    torch.set_num_threads(1)
+    backend = make_backend(n, "auto", exchange)
+
+    class Part(LowRankQuadratic):
+        """The lean quadratic on this process's clients; the loss at the global mean."""
+
+        def __init__(self) -> None:
+            super().__init__(n)
+            self.sl = backend.client_slice(n)
+            self.U = self.U[:, self.sl].contiguous()
+            self.V = self.V[:, self.sl].contiguous()
+
+        def initial_state(self):
+            return super().initial_state().map_blocks(lambda X: X[:, self.sl].contiguous())
+
+        def evaluate(self, state, t):
+            s = backend.all_sum
+            A = s(state.A[0].double().sum(1)) / n
+            B = s(state.B[0].double().sum(1)) / n
+            U, V = self.U.double(), self.V.double()
+            quad = ((B.transpose(-1, -2) @ B) * (A @ A.transpose(-1, -2))).sum((-2, -1))
+            cross = s(((B.transpose(-1, -2).unsqueeze(1) @ U) * (A.unsqueeze(1) @ V))
+                      .sum((-3, -2, -1)))
+            const = s(((U.transpose(-1, -2) @ U) * (V.transpose(-1, -2) @ V)).sum((-3, -2, -1)))
+            return {"loss": 0.5 * quad - cross / n + 0.5 * const / n}
+
+    sampler = build_sampler(TopologyConfig(graph="encounter", q=10 / (n - 1)), n, seed=0)
+    sched = mixing_schedule(sampler, [0], dtype=torch.float32)
     t0 = time.perf_counter()
-    for t in range(ROUNDS):
-        X = b.mix(mix(t), X)
-    dist.barrier()
-    wall = (time.perf_counter() - t0) / ROUNDS
-    sent = torch.tensor([b.bytes_sent / ROUNDS], dtype=torch.float64)
-    allsent = [torch.zeros_like(sent) for _ in range(b.world_size)]
-    dist.all_gather(allsent, sent)
-    if b.rank == 0:
-        with open(out, "w") as f:
-            json.dump({"n": n, "exchange": exchange, "bytes_per_round_per_rank":
-                       float(np.mean([s.item() for s in allsent])), "s_per_round": wall}, f)
-    dist.destroy_process_group()
+    Ws = [sched(t) for t in range(rounds)]
+    draw = (time.perf_counter() - t0) / rounds
+    assert isinstance(Ws[0], SparseMix)
+    prob = Part()
+    times, t0, loss = [], time.perf_counter(), None
+    for res in run_rounds(prob, get_method("adf-lora"), prob.initial_state(), Ws.__getitem__,
+                          rounds=rounds, backend=backend):
+        loss = float(res.scalar["loss"][0])
+        pc = float(res.layer["product_consensus"][0, 0])
+        times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+    sent = getattr(backend, "bytes_sent", 0) / rounds
+    row = {"P": backend.world_size, "exchange": exchange if backend.world_size > 1 else "-",
+           "s_per_round": sum(times[1:]) / (len(times) - 1), "draw_s": draw,
+           "bytes_per_round_rank": sent, "loss": loss, "product_consensus": pc}
+    if backend.world_size > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([row["s_per_round"], sent], dtype=torch.float64)
+        parts = [torch.zeros_like(t) for _ in range(backend.world_size)]
+        dist.all_gather(parts, t)
+        row["s_per_round"] = max(float(p[0]) for p in parts)   # the slowest rank
+        row["bytes_per_round_rank"] = sum(float(p[1]) for p in parts) / len(parts)
+    if backend.rank == 0:
+        Path(out).write_text(json.dumps(row))
+    shutdown(backend)
 
 
-def torchrun(args: list[str], nproc: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc-per-node={nproc}", *args], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _torchrun(nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}"]
+
+
+def synthetic(n: int, rounds: int, tmp: Path) -> list[dict]:
+    rows = []
+    for P, ex in ((1, "auto"), (2, "auto"), (2, "allgather")):
+        out = tmp / f"syn-{P}-{ex}.json"
+        args = [__file__, "synthetic-worker", str(n), str(rounds), ex, str(out)]
+        cmd = (_torchrun(P) + args) if P > 1 else [sys.executable, *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+        if r.returncode != 0:
+            raise SystemExit(f"synthetic P={P} {ex} failed:\n{r.stderr[-3000:]}")
+        rows.append(json.loads(out.read_text()))
+    return rows
+
+
+def glue(rounds: int, tmp: Path) -> dict[int, float]:
+    """Seconds per round of the smoke config with adf-lora at P = 1 and 2 (progress lines)."""
+    cfg = ROOT / "glue_runs" / "smoke.toml"
+    over = [f"rounds={rounds}", "methods=['adf-lora']", f"eval_every={rounds}",
+            "checkpoint_every=0", "max_eval_examples=50", "threads=1"]
+    out = {}
+    for P in (1, 2):
+        args = ["-m", "adflora_analysis", "glue", "run", str(cfg), "--out",
+                str(tmp / f"glue{P}"), *over]
+        cmd = (_torchrun(P) + args) if P > 1 else [sys.executable, *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env=_env())
+        seen: dict[int, float] = {}
+        tail = []
+        for line in proc.stderr:
+            tail = [*tail[-40:], line]
+            m = re.search(r"round (\d+) done", line)
+            if m:
+                seen[int(m.group(1))] = time.perf_counter()
+        if proc.wait() != 0 or len(seen) < 2:
+            raise SystemExit(f"GLUE P={P} failed:\n{''.join(tail)}")
+        a, b = min(seen), max(seen)
+        out[P] = (seen[b] - seen[a]) / (b - a)
+    return out
 
 
 def main() -> None:
-    tmp = tempfile.mkdtemp()
-    print("gossip exchange, P = 2, encounter q = 0.1, block = 24 x (8 x 768) float32 / client")
-    print(f"{'n':>5} {'exchange':>10} {'MB/round/rank':>14} {'s/round':>9}")
-    for n in (10, 100):
-        for ex in ("allgather", "neighbor"):
-            out = os.path.join(tmp, f"{n}-{ex}.json")
-            torchrun([__file__, "worker", str(n), ex, out], 2)
-            r = json.load(open(out))
-            print(f"{n:>5} {ex:>10} {r['bytes_per_round_per_rank'] / 1e6:>14.2f} "
-                  f"{r['s_per_round']:>9.4f}")
-    cfg = os.path.join(os.path.dirname(__file__), "..", "synthetic", "bounds.toml")
-    if os.path.exists(cfg):
-        print("\nsynthetic bounds.toml (1 method, 4 seeds, 40 rounds): wall time per round")
-        times = {}
-        for P in (1, 2):
-            outdir = os.path.join(tmp, f"syn{P}")
-            t0 = time.perf_counter()
-            torchrun(["-m", "adflora_analysis", "synthetic", "run", cfg, "--out", outdir,
-                      "methods=['adf-lora']", "seeds=4", "rounds=40"], P)
-            times[P] = (time.perf_counter() - t0) / 40
-            print(f"  P = {P}: {times[P]:.4f} s/round (including start-up)")
-        print(f"  ratio P=2 / P=1: {times[2] / times[1]:.2f}")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--glue-rounds", type=int, default=12)
+    ap.add_argument("--skip-glue", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    load = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    print(f"# load before: {load()}  ({os.cpu_count()} cores, shared)")
+    print(f"# synthetic engine: n = {args.n}, d = 64, r = 4, K = 5, float32, adf-lora, sparse "
+          f"encounter ~10 peers, {args.rounds} rounds (first left out), 1 thread per process")
+    rows = synthetic(args.n, args.rounds, tmp)
+    print(f"{'P':>2} {'exchange':>10} {'s/round':>8} {'draw s':>7} {'MB/round/rank':>14} "
+          f"{'loss':>10}")
+    for r in rows:
+        print(f"{r['P']:>2} {r['exchange']:>10} {r['s_per_round']:>8.3f} {r['draw_s']:>7.3f} "
+              f"{r['bytes_per_round_rank'] / 1e6:>14.2f} {r['loss']:>10.5f}")
+    base = rows[0]["s_per_round"]
+    for r in rows[1:]:
+        print(f"speed-up synthetic P=2 ({r['exchange']}) / P=1: {base / r['s_per_round']:.2f}x")
+    if not args.skip_glue:
+        print(f"\n# GLUE smoke.toml, adf-lora, {args.glue_rounds} rounds, 1 thread per process")
+        g = glue(args.glue_rounds, tmp)
+        for P, s in g.items():
+            print(f"P = {P}: {s:.3f} s/round")
+        print(f"speed-up GLUE P=2 / P=1: {g[1] / g[2]:.2f}x")
+    print(f"# load after: {load()}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "worker":
-        worker(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    if len(sys.argv) > 1 and sys.argv[1] == "synthetic-worker":
+        synthetic_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:
         main()

@@ -182,3 +182,119 @@ def test_glue_divergence_stops_every_process(tiny, tmp_path):
     assert len(errors) == 2 and errors[0] == errors[1]
     assert "non-finite loss at round 0, client 0 (method lora, seed 0)" in errors[0]
     assert '"status": "diverged"' in (tmp_path / "div" / "meta.json").read_text()
+
+
+# --- partial-sum metrics and the sparse neighbor exchange, checked inside torchrun ------------
+
+def _exchange_worker(out: str, plant: str) -> None:
+    """Run under torchrun: every rank builds the same full state and W^t (dense and sparse),
+    mixes and measures its part through :class:`TorchDistBackend`, and writes the largest
+    difference to the in-process result. ``plant``: ``"none"``, ``"no_reduce"`` (the centred
+    partial sums are not all-reduced) or ``"drop_block"`` (the neighbor exchange leaves out one
+    needed client block)."""
+    import json
+
+    import torch.distributed as dist
+
+    from adflora_analysis.core.gossip import gossip_, mixing_schedule
+    from adflora_analysis.core.loop import check_finite
+    from adflora_analysis.core.metrics import layer_metrics, round_metrics
+    from adflora_analysis.core.sparse import SparseMix
+    from adflora_analysis.core.state import LoraState
+    from adflora_analysis.distributed import TorchDistBackend, init_distributed
+    from adflora_analysis.errors import DivergenceError
+    from adflora_analysis.topology import make_sampler
+
+    init_distributed()
+    n, seeds = 37, [0, 1]
+    b = TorchDistBackend(n, "neighbor")
+    if plant == "drop_block":
+        needs = b._needs
+        b._needs = lambda W, r, s: needs(W, r, s)[:-1] if len(needs(W, r, s)) else needs(W, r, s)
+    if plant == "no_reduce":
+        first = []
+
+        def all_sum(x, _orig=b.all_sum):   # the means are reduced, the centred sums are not
+            first.append(1)
+            return _orig(x) if len(first) % 2 else x.clone()
+        b.all_sum = all_sum
+    sl = b.client_slice(n)
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(2, n, 3, 6, generator=g, dtype=torch.float64)
+    B = torch.randn(2, n, 4, 3, generator=g, dtype=torch.float64) + 1.0
+    sched = mixing_schedule(make_sampler("encounter", n, q=0.04), seeds, sparse=True)
+    Ws = sched(0)
+    assert isinstance(Ws, SparseMix)
+    res: dict[str, float] = {}
+    for kind, W in (("sparse", Ws), ("dense", Ws.dense())):
+        for ex in ("neighbor", "allgather", "auto"):
+            b.exchange, b._plan = ex, None
+            before = b.bytes_sent
+            mine = b.mix(W, A[:, sl].clone())
+            ref = gossip_(W, A.clone())[:, sl]
+            res[f"mix_{kind}_{ex}"] = float((mine - ref).abs().max())
+            res[f"bytes_{kind}_{ex}"] = b.bytes_sent - before
+    Wd, (lo, hi) = Ws.dense(), b.ranges[b.rank]    # blocks this rank's clients owe the others
+    res["bytes_needed"] = sum(int((Wd[:, ra:rb, lo:hi] != 0).any(1).sum()) for k, (ra, rb) in
+                              enumerate(b.ranges) if k != b.rank) * A[0, 0].numel() * 8
+    full = LoraState([A, A[..., :2, :] * 2], [B, B[..., :2]])
+    part = full.map_blocks(lambda X: X[:, sl].contiguous())
+    got, ref = round_metrics(part, b), layer_metrics(full)
+    res["metrics"] = max(float(((got[k] - ref[k]) / ref[k]).abs().max()) for k in ref)
+    bad = part.clone()
+    if b.rank == b.world_size - 1:
+        bad.B[1][1, -1, 0, 0] = float("nan")
+    try:
+        check_finite(bad, 3, "adf-lora", "after gossip", b)
+        res["finite"] = "none raised"
+    except DivergenceError as e:
+        res["finite"] = e.problem
+    with open(f"{out}.{b.rank}.json", "w") as f:
+        json.dump(res, f)
+    dist.destroy_process_group()
+
+
+def _run_exchange(tmp_path: Path, nproc: int, plant: str = "none") -> list[dict]:
+    import json
+
+    out = str(tmp_path / f"ex-{plant}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", __file__, "exchange-worker", out, plant]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [json.loads(Path(f"{out}.{k}.json").read_text()) for k in range(nproc)]
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_sparse_exchange_and_partial_sum_metrics_match_in_process(tmp_path, nproc):
+    """Dense and SparseMix W^t, every exchange: each rank's rows of W X equal the in-process
+    gossip; the neighbor exchange sends fewer bytes than the all-gather; the partial-sum metrics
+    equal layer_metrics of the full state; the neighbor exchange sends exactly the blocks some
+    other rank's rows of W^t use; a NaN on the last rank's client stops every rank
+    naming the same global client."""
+    ranks = _run_exchange(tmp_path, nproc)
+    for r in ranks:
+        for k, v in r.items():
+            if k.startswith("mix_"):
+                assert v < 1e-12, (k, v)
+        assert r["metrics"] < 1e-10
+        for kind in ("sparse", "dense"):   # exactly the needed blocks, fewer than all
+            assert r[f"bytes_{kind}_neighbor"] == r["bytes_needed"] > 0
+            assert r[f"bytes_{kind}_neighbor"] < r[f"bytes_{kind}_allgather"]
+            assert r[f"bytes_{kind}_auto"] == r[f"bytes_{kind}_neighbor"]   # sparse W^t
+    assert len({r["finite"] for r in ranks}) == 1
+    assert ranks[0]["finite"] == ("non-finite B in layer layer1 at round 3 after gossip "
+                                  "(method adf-lora, client 36, batch index [1])")
+
+
+@pytest.mark.parametrize("plant, key", [("drop_block", "mix_sparse_neighbor"),
+                                        ("no_reduce", "metrics")])
+def test_planted_distributed_defects_are_caught(tmp_path, plant, key):
+    """A neighbor exchange that leaves out one needed block, or centred partial sums that are
+    not all-reduced, give results that differ from in-process: the comparison above fails."""
+    ranks = _run_exchange(tmp_path, 2, plant)
+    assert max(r[key] for r in ranks) > 1e-6
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "exchange-worker":
+    _exchange_worker(sys.argv[2], sys.argv[3])

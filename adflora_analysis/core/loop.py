@@ -10,14 +10,15 @@ checkpointed state. Randomness lives in the problem and the mixing schedule, bot
 The loop owns the state it is given: gossip overwrites the mixed blocks in place (and the GLUE
 problem writes each client's update in place), so an in-process GLUE round holds one copy of
 the stacked adapters plus chunk-sized temporaries, whatever the number of clients (the
-vectorized synthetic problem builds its new trained blocks beside the old ones, and under
-torch.distributed the metrics work on gathered copies). ``RoundResult.state`` is that live
-state; a caller that keeps a round's values past the next round clones them.
+vectorized synthetic problem builds its new trained blocks beside the old ones; under
+torch.distributed the metrics come from per-process partial sums, never a gathered state).
+``RoundResult.state`` is that live state; a caller that keeps a round's values past the next
+round clones them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +28,7 @@ from torch import Tensor
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.displacement import DisplacementStats
 from adflora_analysis.core.methods import MethodSpec
-from adflora_analysis.core.metrics import consensus_error, layer_metrics
+from adflora_analysis.core.metrics import round_metrics
 from adflora_analysis.core.mixers import Mixer, synchronous
 from adflora_analysis.core.schedules import SwitchSchedule, periodic
 from adflora_analysis.core.state import LoraState
@@ -98,10 +99,6 @@ class RoundResult:
     client_phases: Tensor | None = None
 
 
-def _per_layer(blocks: Iterable[Tensor]) -> Tensor:
-    return torch.stack([consensus_error(x) for x in blocks], -1)
-
-
 def _blocks_and_masks(masks: dict[str, Tensor]) -> tuple[tuple[str, ...], dict[str, Tensor]]:
     """The blocks some client takes (in A, B order) and the masks of those that not every
     client takes (an all-True mask is left out, so a round where every client agrees runs as
@@ -144,26 +141,15 @@ def _check_reported(disp: DisplacementStats, trained: tuple[str, ...], state: Lo
                     f"disp.add(block, layer, delta) for every client it updates")
 
 
-def _gather(state: LoraState, backend: Backend) -> LoraState:
-    return state if backend.world_size == 1 else state.map_blocks(backend.gather)
-
-
-def _check_reported(disp: DisplacementStats, trained: tuple[str, ...], state: LoraState,
-                    problem: Problem) -> None:
-    """Every trained block's displacement must have been reported for every local client."""
-    n = state.n_clients
-    for b in trained:
-        for li in range(len(state.layers)):
-            if disp.count(b, li) != n:
-                raise RuntimeError(
-                    f"{type(problem).__name__}.local_update reported the displacement of block "
-                    f"{b}, layer {li} for {disp.count(b, li)} of {n} clients; it must call "
-                    f"disp.add(block, layer, delta) for every client it updates")
-
-
-def check_finite(state: LoraState, t: int, method: str, where: str) -> None:
+def check_finite(state: LoraState, t: int, method: str, where: str,
+                 backend: Backend = LOCAL) -> None:
     """Raise :class:`DivergenceError` naming round, method and client at the first non-finite
-    value of ``state``.
+    value of ``state`` (first block, layer, then batch entry and client in row-major order).
+
+    Under torch.distributed each process checks its own clients and one ``all_sum`` of a small
+    (P, 1 + 3 · blocks) table (its client count and, per block and layer, whether, at which
+    batch entry and local client it found one) tells every process the first one, by global
+    client index: all processes stop with the same message.
 
     >>> st = LoraState([torch.tensor([[[1.0]], [[float("nan")]]])], [torch.zeros(2, 1, 1)], ["q"])
     >>> try:
@@ -172,18 +158,30 @@ def check_finite(state: LoraState, t: int, method: str, where: str) -> None:
     ...     print(e.problem)
     non-finite A in layer q at round 7 after gossip (method adf-lora, client 1)
     """
-    for name in ("A", "B"):
-        for li, X in enumerate(state.block(name)):
-            bad = ~torch.isfinite(X)
-            if bad.any():
-                idx = bad.flatten(-2).any(-1).nonzero()[0].tolist()
-                client = idx[-1]
-                batch = idx[:-1]
-                raise DivergenceError(
-                    f"non-finite {name} in layer {state.layers[li]} at round {t} {where} "
-                    f"(method {method}, client {client}"
-                    + (f", batch index {batch}" if batch else "") + ")",
-                    "lower the step size (lr); metrics up to the previous round are kept")
+    blocks = [(name, li, X) for name in ("A", "B") for li, X in enumerate(state.block(name))]
+    n_loc, batch_shape = state.n_clients, tuple(state.batch_shape)
+    info = torch.zeros(backend.world_size, 1 + 3 * len(blocks), dtype=torch.float64)
+    info[backend.rank, 0] = n_loc
+    for k, (_, _, X) in enumerate(blocks):
+        rows = (~torch.isfinite(X)).flatten(-2).any(-1).reshape(-1, n_loc)   # (batch, n_loc)
+        if rows.any():
+            b, c = rows.nonzero()[0].tolist()
+            info[backend.rank, 1 + 3 * k:4 + 3 * k] = torch.tensor([1.0, b, c])
+    if backend.world_size > 1:
+        info = backend.all_sum(info.to(state.A[0].device)).cpu()
+    offsets = torch.cumsum(info[:, 0], 0) - info[:, 0]
+    for k, (name, li, _) in enumerate(blocks):
+        found = info[:, 1 + 3 * k] > 0
+        if found.any():
+            b, client = min((int(info[r, 2 + 3 * k]), int(offsets[r] + info[r, 3 + 3 * k]))
+                            for r in found.nonzero().flatten().tolist())
+            batch = [int(i) for i in torch.unravel_index(torch.tensor(b), batch_shape)] \
+                if batch_shape else []
+            raise DivergenceError(
+                f"non-finite {name} in layer {state.layers[li]} at round {t} {where} "
+                f"(method {method}, client {client}"
+                + (f", batch index {batch}" if batch else "") + ")",
+                "lower the step size (lr); metrics up to the previous round are kept")
 
 
 def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
@@ -210,7 +208,8 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
         checkpointed round); fresh (``init``) when None.
     backend : where the clients live. In-process (default), ``state`` holds every client; under
         torch.distributed it holds this process's clients, gossip exchanges blocks between
-        processes, and metrics are computed on the gathered state (identical on every rank).
+        processes, and metrics come from all-reduced per-process partial sums
+        (:func:`~.metrics.round_metrics`; identical on every rank).
     server : W^t = J is realised by a server (topology weights ``"server"``): ``bytes_sent``
         counts 2n messages per gossiped block instead of W's off-diagonal entries.
 
@@ -252,10 +251,8 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
         out = problem.local_update(state, trained, t, disp, **train_kw)
         state, measured = out if isinstance(out, tuple) else (out, {})
         _check_reported(disp, trained, state, problem)
-        full_local = _gather(state, backend)
-        check_finite(full_local, t, spec.name, "after the local update")
-        local = {f"xi_{b}_local": _per_layer(full_local.block(b)) for b in ("A", "B")}
-        del full_local
+        check_finite(state, t, spec.name, "after the local update", backend)
+        local = {f"{k}_local": v for k, v in round_metrics(state, backend, full=False).items()}
         L = len(state.layers)
         disp_m = {f"disp_{b}": disp.consensus(b, L, backend, tuple(state.batch_shape),
                                               state.A[0].device)
@@ -263,9 +260,8 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
         W = mixing(t)
         state, m_state, sent = mixer.mix(m_state, state, (*mixed, *state.extra), W, t,
                                          backend=backend, server=server, **mix_kw)
-        full = _gather(state, backend)
-        check_finite(full, t, spec.name, "after gossip")
-        layer = {**layer_metrics(full), **local, **disp_m}
+        check_finite(state, t, spec.name, "after gossip", backend)
+        layer = {**round_metrics(state, backend), **local, **disp_m}
         scalar = {**measured, **problem.evaluate(state, t), "bytes_sent": sent, **ph_cols}
         res = RoundResult(t, state, trained, mixed, W, layer, scalar, ph,
                           client_phases=client_ph)

@@ -6,24 +6,35 @@ matrix is communicated. Two exchanges implement ``X_i <- sum_j W_ij X_j`` for th
 
 - ``"allgather"``: every process gathers the whole block (simple; P − 1 copies of each part).
 - ``"neighbor"``: point-to-point sends of exactly the client blocks that some receiving
-  process's rows of W^t need (nonzero W_ij, i on the receiver, j on the sender); better when
-  W^t is sparse (encounter model, ring).
+  process's rows of W^t need: block (seed s, client j) goes from j's process to i's process
+  iff W^t_ij ≠ 0 for some client i of the receiver (in seed s). Better when W^t is sparse
+  (encounter model, ring): bytes proportional to the edges that cross processes.
+- ``"auto"`` (the default): ``"neighbor"`` when W^t is sparse (a
+  :class:`~adflora_analysis.core.sparse.SparseMix`, or a dense W^t with at most half of its
+  off-diagonal entries nonzero), ``"allgather"`` otherwise.
 
-Both apply the same matmul to the same numbers as :func:`adflora_analysis.core.gossip.gossip`,
-so results match the in-process run to rounding. The client axis of every block is ``-3``
-(``A: (*batch, n, r, d_in)``, ``B: (*batch, n, d_out, r)``).
+W^t may be dense (*batch, n, n) or a :class:`~adflora_analysis.core.sparse.SparseMix` (what
+:func:`~adflora_analysis.core.gossip.mixing_schedule` gives from n = 1,024 on): then each
+process multiplies only its rows of the CSR operator by the blocks it holds or received, so
+no n x n tensor and no full state is formed. Both apply the same products to the same numbers
+as :func:`adflora_analysis.core.gossip.gossip_`, so results match the in-process run to
+rounding. The client axis of every block is ``-3`` (``A: (*batch, n, r, d_in)``,
+``B: (*batch, n, d_out, r)``).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from adflora_analysis.core.sparse import SparseMix
 from adflora_analysis.errors import AdfloraError
 
-EXCHANGES = ("allgather", "neighbor")
+EXCHANGES = ("auto", "allgather", "neighbor")
 
 
 class PeerLostError(AdfloraError):
@@ -59,24 +70,25 @@ class TorchDistBackend:
     Parameters
     ----------
     n_clients : total number of clients n.
-    exchange : ``"allgather"`` or ``"neighbor"``.
+    exchange : ``"auto"``, ``"allgather"`` or ``"neighbor"`` (see the module docstring).
 
     ``bytes_sent`` accumulates the payload bytes this process sent (for benchmarks).
     """
 
-    def __init__(self, n_clients: int, exchange: str = "allgather"):
+    def __init__(self, n_clients: int, exchange: str = "auto"):
         if not dist.is_initialized():
             raise AdfloraError("torch.distributed is not initialized",
                                "launch with torchrun, or call init_distributed() first")
         if exchange not in EXCHANGES:
             raise AdfloraError(f"unknown exchange {exchange!r}; valid: {', '.join(EXCHANGES)}",
-                               'use exchange = "allgather" or "neighbor"')
+                               'use exchange = "auto", "allgather" or "neighbor"')
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.n = n_clients
         self.exchange = exchange
         self.ranges = split_clients(n_clients, self.world_size)
         self.bytes_sent = 0
+        self._plan: tuple[object, dict] | None = None   # (W, its exchange plan), per round
 
     def client_slice(self, n: int) -> slice:
         if n != self.n:
@@ -110,44 +122,113 @@ class TorchDistBackend:
             raise _peer_lost(self.rank, self._others(), "all-reduce", e) from None
         return y
 
-    def mix(self, W: Tensor, X: Tensor) -> Tensor:
+    def exchange_for(self, W: Tensor | SparseMix) -> str:
+        """The exchange used for ``W``: the configured one, or ``"auto"``'s choice."""
+        if self.exchange != "auto":
+            return self.exchange
+        if isinstance(W, SparseMix):
+            return "neighbor"
+        n = W.shape[-1]
+        off = int((W != 0).sum()) - int((W.diagonal(dim1=-2, dim2=-1) != 0).sum())
+        return "neighbor" if off <= 0.5 * (W.numel() // (n * n)) * n * (n - 1) else "allgather"
+
+    def mix(self, W: Tensor | SparseMix, X: Tensor) -> Tensor:
         """Overwrite X (*batch, n_local, a, b) with the local rows of ``W @ X_full`` for
-        W (*batch, n, n); return X (the in-place contract of the round loop's backends)."""
-        full = self.gather(X) if self.exchange == "allgather" else self._neighbor_full(W, X)
+        W (*batch, n, n) or a :class:`SparseMix`; return X (the in-place contract of the round
+        loop's backends)."""
         lo, hi = self.ranges[self.rank]
-        nb = W.ndim - 2
-        flat = full.reshape(*full.shape[:nb], self.n, -1)
-        out = W[..., lo:hi, :].to(X.dtype) @ flat
+        batch = X.shape[:-3]
+        B, m = int(np.prod(batch, dtype=np.int64)), hi - lo
+        Xf = X.reshape(B, m, -1)                                      # (B, n_local, a b)
+        if self.exchange_for(W) == "allgather":
+            got = self.gather(Xf.unsqueeze(-1)).squeeze(-1).reshape(B * self.n, -1)
+            have = torch.arange(B * self.n, device=X.device)
+        else:
+            have, got = self._neighbor_blocks(W, Xf)
+        if isinstance(W, SparseMix):
+            out = self._sparse_rows(W, have, got, X.dtype)
+        else:
+            full = torch.zeros(B * self.n, Xf.shape[-1], dtype=X.dtype, device=X.device)
+            full[have] = got
+            rows = W[..., lo:hi, :].reshape(B, m, self.n).to(X.dtype)
+            out = rows @ full.reshape(B, self.n, -1)
         return X.copy_(out.reshape(X.shape))
 
-    def _needs(self, W: Tensor, receiver: int, sender: int) -> np.ndarray:
-        """Sender's client indices (global) that the receiver's rows of W use."""
-        ra, rb = self.ranges[receiver]
-        sa, sb = self.ranges[sender]
-        block = W[..., ra:rb, sa:sb].abs().reshape(-1, rb - ra, sb - sa)
-        cols = (block > 0).any(dim=(0, 1)).nonzero().flatten().cpu().numpy()
-        return cols + sa
-
-    def _neighbor_full(self, W: Tensor, X: Tensor) -> Tensor:
-        """(*batch, n, a, b) holding the local clients and every remote client this process's
-        rows of W use (others are zeros, multiplied by zero weights)."""
+    def _sparse_rows(self, W: SparseMix, have: Tensor, got: Tensor, dtype: torch.dtype
+                     ) -> Tensor:
+        """This process's rows of the (B n, B n) CSR operator times the blocks it holds:
+        ``have`` (k,) sorted flat (seed, client) indices, ``got`` (k, a b) their values.
+        Columns are renumbered monotonically, so every row sums in the in-process order."""
+        rows, cols, vals = self._entries(W, self.rank)
         lo, hi = self.ranges[self.rank]
-        Xc = X.movedim(-3, 0).contiguous()
-        full = torch.zeros((self.n, *Xc.shape[1:]), dtype=X.dtype, device=X.device)
-        full[lo:hi] = Xc
+        B, m = int(np.prod(W.batch_shape, dtype=np.int64)), hi - lo
+        local_row = (rows // W.n) * m + (rows % W.n - lo)
+        crow = torch.zeros(B * m + 1, dtype=torch.int64, device=cols.device)
+        crow[1:] = torch.cumsum(torch.bincount(local_row, minlength=B * m), 0)
+        pos = torch.searchsorted(have.to(cols.device), cols)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            op = torch.sparse_csr_tensor(crow, pos, vals.to(dtype), (B * m, have.numel()))
+        return op @ got
+
+    def _entries(self, W: SparseMix, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(row, col, weight) of the stored entries in the rows of ``rank``'s clients (flat
+        (seed, client) indices, in CSR order)."""
+        lo, hi = self.ranges[rank]
+        B = int(np.prod(W.batch_shape, dtype=np.int64))
+        base = torch.arange(B, device=W.crow.device) * W.n
+        start, stop = W.crow[base + lo], W.crow[base + hi]
+        counts = stop - start
+        idx = torch.repeat_interleave(start - torch.cumsum(counts, 0) + counts, counts) \
+            + torch.arange(int(counts.sum()), device=W.crow.device)
+        row_counts = W.crow[1:] - W.crow[:-1]
+        rows = torch.repeat_interleave(torch.arange(B * W.n, device=W.crow.device),
+                                       row_counts)[idx]
+        return rows, W.col[idx], W.weight[idx]
+
+    def _needs(self, W: Tensor | SparseMix, receiver: int, sender: int) -> np.ndarray:
+        """Flat (seed, client) indices ``s n + j`` (sorted) of the sender's client blocks that
+        the receiver's rows of W use (W_ij ≠ 0, i on the receiver, j on the sender, in seed s);
+        for an unbatched W (n, n) these are client indices."""
+        sa, sb = self.ranges[sender]
+        if isinstance(W, SparseMix):
+            _, cols, vals = self._entries(W, receiver)
+            c = cols[(vals != 0) & (cols % W.n >= sa) & (cols % W.n < sb)]
+            return torch.unique(c).cpu().numpy()
+        ra, rb = self.ranges[receiver]
+        n = W.shape[-1]
+        block = W[..., ra:rb, sa:sb].reshape(-1, rb - ra, sb - sa)
+        s, j = (block != 0).any(dim=1).nonzero(as_tuple=True)
+        return (s * n + sa + j).cpu().numpy()
+
+    def _exchange_plan(self, W: Tensor | SparseMix) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per other rank: (flat indices this process sends it, flat indices it receives);
+        computed once per W^t (every block of a round reuses it)."""
+        if self._plan is not None and self._plan[0] is W:
+            return self._plan[1]
+        plan = {o: (self._needs(W, o, self.rank), self._needs(W, self.rank, o))
+                for o in self._others()}
+        self._plan = (W, plan)
+        return plan
+
+    def _neighbor_blocks(self, W: Tensor | SparseMix, Xf: Tensor) -> tuple[Tensor, Tensor]:
+        """Point-to-point exchange of the needed blocks. Xf (B, n_local, a b) holds this
+        process's clients; returns (flat indices (k,) sorted, their blocks (k, a b)): the local
+        clients and every remote block this process's rows of W use."""
+        lo, hi = self.ranges[self.rank]
+        B, m = Xf.shape[0], hi - lo
+        n = self.n
+        local = Xf.reshape(B * m, -1)
         ops, recv = [], []
-        for other in range(self.world_size):
-            if other == self.rank:
-                continue
-            send_idx = self._needs(W, other, self.rank)
+        for other, (send_idx, recv_idx) in self._exchange_plan(W).items():
             if len(send_idx):
-                buf = Xc[torch.as_tensor(send_idx - lo)].contiguous()
+                sel = torch.as_tensor((send_idx // n) * m + send_idx % n - lo)
+                buf = local[sel.to(Xf.device)].contiguous()
                 ops.append(dist.P2POp(dist.isend, buf, other))
                 self.bytes_sent += buf.numel() * buf.element_size()
-            recv_idx = self._needs(W, self.rank, other)
             if len(recv_idx):
-                rbuf = torch.empty((len(recv_idx), *Xc.shape[1:]), dtype=X.dtype,
-                                   device=X.device)
+                rbuf = torch.empty((len(recv_idx), local.shape[-1]), dtype=Xf.dtype,
+                                   device=Xf.device)
                 ops.append(dist.P2POp(dist.irecv, rbuf, other))
                 recv.append((recv_idx, rbuf))
         if ops:
@@ -157,9 +238,11 @@ class TorchDistBackend:
                     req.wait()
             except (RuntimeError, dist.DistError) as e:
                 raise _peer_lost(self.rank, peers, "neighbor exchange", e) from None
-        for idx, rbuf in recv:
-            full[torch.as_tensor(idx)] = rbuf
-        return full.movedim(0, -3)
+        own = (np.arange(B)[:, None] * n + np.arange(lo, hi)[None, :]).reshape(-1)
+        idx = np.concatenate([own, *(i for i, _ in recv)])
+        order = np.argsort(idx, kind="stable")
+        vals = torch.cat([local, *(b for _, b in recv)])[torch.as_tensor(order).to(Xf.device)]
+        return torch.as_tensor(idx[order], device=Xf.device), vals
 
 
 def init_distributed(backend: str | None = None, timeout_s: float = 60.0) -> bool:

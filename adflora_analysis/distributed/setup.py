@@ -2,7 +2,8 @@
 
 Config keys (shared by the synthetic and GLUE runners): ``backend = "auto" | "local" |
 "torch"`` (auto: torch.distributed exactly when launched by torchrun), ``exchange =
-"allgather" | "neighbor"`` and ``dist_timeout_s`` (how long a process waits for a dead peer).
+"auto" | "allgather" | "neighbor"`` (auto: point-to-point for a sparse W^t) and
+``dist_timeout_s`` (how long a process waits for a dead peer).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from adflora_analysis.errors import AdfloraError, unknown_name
 BACKENDS = ("auto", "local", "torch")
 
 
-def make_backend(n_clients: int, backend: str = "auto", exchange: str = "allgather",
+def make_backend(n_clients: int, backend: str = "auto", exchange: str = "auto",
                  timeout_s: float = 60.0) -> Backend:
     """The backend a run uses (see the module docstring)."""
     if backend not in BACKENDS:

@@ -64,7 +64,8 @@ class SyntheticConfig(FederationConfig):
         start-up costs more than the matmuls, else half the cores).
     topology_samples : Monte Carlo samples for p and the second-moment rate of a random sampler.
     backend : "auto" (torch.distributed exactly when launched by torchrun), "local" or "torch".
-    exchange : gossip exchange under torch.distributed: "allgather" or "neighbor".
+    exchange : gossip exchange under torch.distributed: "auto" (default: "neighbor" when W^t
+        is sparse, else "allgather"), "allgather" or "neighbor".
     dist_timeout_s : seconds a process waits for a dead peer before it stops with an error.
     sweep, variants : expand the study (:func:`adflora_analysis.runconfig.expand_study`); rows
         carry the ``variant`` label.

@@ -108,8 +108,7 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
                 problem = QuadraticProblem(vcfg, seeds, backend)
                 mixing = mixing_schedule(samplers[label], seeds, dtype=problem.dtype,
                                          device=vcfg.device,
-                                         sparse=None if backend.world_size == 1
-                                         and vcfg.gossip.is_default else False)
+                                         sparse=None if vcfg.gossip.is_default else False)
                 return problem, problem.initial_state(), mixing
 
             topo = vcfg.topology
