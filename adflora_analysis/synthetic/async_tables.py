@@ -2,9 +2,9 @@
 DataFrames for the reports and the closing notes.
 
 - :func:`adaptive_table`: per (q, schedule, method) the final ‖∇f(x̄)‖² (mean of the last
-  ``last`` rounds per seed), the time-averaged cross term C, the mean phase length T, each with
-  its standard error over seeds, the best fixed T per (q, method) marked, and whether each
-  schedule is within noise (2 s.e. of the difference) of it.
+  ``last`` rounds per seed), the time-averaged cross term C, the mean length T of the
+  completed phases, each with its standard error over seeds, the best fixed T per (q, method)
+  marked, and whether each schedule is within noise (2 s.e. of the difference) of it.
 - :func:`async_table`: per (τ, π, method) the predicted consensus rate (``meta.json``), the
   fitted frozen-block rate ± s.e. (check 7's fit; adf-lora only), final ‖∇f‖² and C.
 - :func:`phase_ribbon`: which block each method trains at each round (seed 0), for a figure.
@@ -22,16 +22,34 @@ import pandas as pd
 def _per_seed(df: pd.DataFrame, last: int) -> pd.DataFrame:
     """Per (variant, method, seed): final grad norm, time-averaged C, mean phase length."""
     a = df[df.layer == "all"].sort_values("round")
-    R = int(a["round"].max()) + 1
 
     def one(g: pd.DataFrame) -> pd.Series:
-        ph = g.phase.to_numpy()
-        switches = int((ph[1:] != ph[:-1]).sum())
         return pd.Series({"grad_final": g.grad_norm_sq.to_numpy()[-last:].mean(),
-                          "C": g.cross_term.mean(), "T_mean": R / (switches + 1)})
+                          "C": g.cross_term.mean(), "T_mean": mean_phase_length(g.phase)})
 
     return a.groupby(["variant", "method", "seed"]).apply(one, include_groups=False) \
         .reset_index()
+
+
+def mean_phase_length(phase) -> float:
+    """Mean length (rounds) of the completed phases of one phase sequence; the last phase, cut
+    by the run's end, counts only when it is the only one (then the length is a lower bound).
+
+    >>> mean_phase_length(list("BBBBBAAAAABB"))
+    5.0
+    >>> mean_phase_length(list("BBB"))
+    3.0
+    """
+    ph = np.asarray(phase)
+    starts = np.flatnonzero(np.r_[True, ph[1:] != ph[:-1]])
+    lengths = np.diff(np.r_[starts, len(ph)])
+    return float(lengths[:-1].mean() if len(lengths) > 1 else lengths[0])
+
+
+def _metrics(run_dir: str | Path) -> pd.DataFrame:
+    from adflora_analysis.rundir import load_run
+
+    return load_run(Path(run_dir)).table("metrics")
 
 
 def _mean_se(per: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
@@ -46,7 +64,7 @@ def adaptive_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
     ``feedback`` swept over ``topology.q``). Columns: q, schedule, method, grad_final, C,
     T_mean (each with ``_se``), best_fixed (the fixed T with the lowest grad_final at this q
     and method), is_best, within_noise (|grad_final − best's| <= 2 s.e. of the difference)."""
-    df = pd.read_parquet(Path(run_dir) / "metrics.parquet")
+    df = _metrics(run_dir)
     per = _per_seed(df, last)
     qs = df[df.layer == "all"].groupby("variant").q.first()
     per["q"] = per.variant.map(qs)
@@ -97,7 +115,7 @@ def async_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
 def phase_ribbon(run_dir: str | Path, seed: int | None = None) -> pd.DataFrame:
     """(variant, method, round, phase) of one seed (the first by default): which factor each
     method trains at each round, for a ribbon figure."""
-    df = pd.read_parquet(Path(run_dir) / "metrics.parquet")
+    df = _metrics(run_dir)
     a = df[df.layer == "all"]
     s = a.seed.min() if seed is None else seed
     return a[a.seed == s][["variant", "method", "round", "phase"]].reset_index(drop=True)
