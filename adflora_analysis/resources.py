@@ -111,6 +111,11 @@ def synthetic_need(cfg, n_variants: int = 1) -> Need:
     b = 8 if cfg.dtype == "float64" else 4
     per = S * n * L
     data = per * (m * (di + do) * (8 + b) + 3 * di * (di + do) * 8)
+    if getattr(cfg, "client_storage", "statistics") == "rows":
+        # the rows in the run's dtype; one seed's float64 rows and target factors while they
+        # are drawn; S_i, C_i of every client only while constants are measured
+        data = per * m * (di + do) * b + n * L * (m + cfg.target_rank) * (di + do) * 8 * 2 \
+            + (per * di * (di + do) * 8 * 2 if cfg.constants_every else 0)
     state = 4 * per * r * (di + do) * b
     from adflora_analysis.topology.config import w_bytes
 

@@ -109,3 +109,119 @@ def test_run_rounds_sparse_equals_dense():
     for k in ("loss", "grad_norm_sq", "bytes_sent"):
         torch.testing.assert_close(out[True].scalar[k], out[False].scalar[k], rtol=1e-9,
                                    atol=1e-12, msg=k)
+
+
+# ---------------------------------------------------------------- rows storage of the testbed
+def _rows_cfg(storage: str, **over):
+    from adflora_analysis.config import load_config
+    from adflora_analysis.synthetic.config import SyntheticConfig
+
+    data = {"n_clients": 7, "rounds": 4, "local_steps": 2, "lr": 0.05, "rank": 2, "seeds": 2,
+            "methods": ["adf-lora", "lora"], "d_in": 9, "d_out": 6, "n_layers": 2,
+            "target_rank": 2, "samples_per_client": 4, "batch_size": 3, "constants_every": 2,
+            "topology": {"graph": "ring"}, "client_storage": storage, **over}
+    return load_config(SyntheticConfig, data=data)
+
+
+def _client_mismatch(a, b, seed: int = 0) -> list[str]:
+    """Names of the per-client quantities where problem ``b`` differs from ``a`` (gradients
+    and loss of every client at random points, the data's constants)."""
+    g = torch.Generator().manual_seed(seed)
+    S, n, L, r, di, do = 2, a.n, a.L, a.r, a.cfg.d_in, a.cfg.d_out
+    A = torch.randn(S, n, L, r, di, generator=g, dtype=torch.float64)
+    B = torch.randn(S, n, L, do, r, generator=g, dtype=torch.float64)
+    bad = []
+
+    def same(x, y):
+        return torch.allclose(x.double(), y.double(), rtol=1e-10, atol=1e-12)
+
+    stats = {}
+    for name, p in (("a", a), ("b", b)):
+        Sig, C = p.Sig, p.C
+        if not isinstance(Sig, torch.Tensor):
+            Sig = Sig.to(torch.float64)
+        else:
+            Sig, C = Sig.double(), C.double()
+        stats[name] = (p.full_grads(A, B, Sig, C), p._loss(A, B, Sig, C, p.c0))
+    for k in ("A", "B"):
+        if not same(stats["a"][0][k], stats["b"][0][k]):
+            bad.append(f"grad_{k}")
+    if not same(stats["a"][1], stats["b"][1]):
+        bad.append("loss")
+    for k in ("lam_sigma", "norm_C", "c0", "Sig_bar64", "C_bar64", "f_star"):
+        if not same(getattr(a, k), getattr(b, k)):
+            bad.append(k)
+    return bad
+
+
+def test_rows_storage_equals_statistics():
+    """client_storage = "rows" (no d x d matrix per client) gives the statistics form's
+    per-client gradients, losses and constants, and the same metrics in every row of a study
+    (two methods, minibatch noise, constants measured), to float round-off."""
+    from adflora_analysis.synthetic.problem import QuadraticProblem
+    from adflora_analysis.synthetic.runner import study_rows
+
+    a = QuadraticProblem(_rows_cfg("statistics"))
+    b = QuadraticProblem(_rows_cfg("rows"))
+    assert _client_mismatch(a, b) == []
+    ca = a.measure_constants(a.initial_state(), 0)
+    cb = b.measure_constants(b.initial_state(), 0)
+    for k, v in ca.items():
+        torch.testing.assert_close(cb[k], v, rtol=1e-9, atol=1e-12, msg=k)
+    key = ["method", "seed", "round", "layer"]
+    da = study_rows(_rows_cfg("statistics")).sort_values(key).reset_index(drop=True)
+    db = study_rows(_rows_cfg("rows")).sort_values(key).reset_index(drop=True)
+    assert list(da.columns) == list(db.columns) and len(da) == len(db) == 2 * 2 * 4 * 3
+    num = [c for c in da.columns if da[c].dtype.kind == "f"]
+    assert {"loss", "local_loss", "zeta_sq", "sigma_sq_max", "L_hull", "xi_A"} <= set(num)
+    for c in num:
+        np.testing.assert_allclose(db[c].to_numpy(), da[c].to_numpy(), rtol=1e-8, atol=1e-11,
+                                   err_msg=c)
+
+
+def test_rows_storage_catches_planted_defects(monkeypatch):
+    """The comparison above is not blind: two clients' rows swapped, or the rows normalized as
+    if m were one more, are caught (the averaged statistics do not see the swap)."""
+    from adflora_analysis.synthetic import rows
+    from adflora_analysis.synthetic.problem import QuadraticProblem
+
+    a = QuadraticProblem(_rows_cfg("statistics"))
+    b = QuadraticProblem(_rows_cfg("rows"))
+    b.XR[:, [0, 1]] = b.XR[:, [1, 0]].clone()        # X, R and Sig are views of XR
+    assert {"grad_A", "grad_B", "loss"} <= set(_client_mismatch(a, b))
+    assert "Sig_bar64" not in _client_mismatch(a, b)
+    init = rows.Rows.__init__
+
+    def off_by_one(self, X, R):
+        init(self, X, R)
+        self.m += 1
+
+    monkeypatch.setattr(rows.Rows, "__init__", off_by_one)
+    c = QuadraticProblem(_rows_cfg("rows"))
+    assert {"grad_A", "grad_B", "loss"} <= set(_client_mismatch(a, c))
+
+
+def test_rows_storage_keeps_no_d_squared_per_client():
+    """Every per-client tensor of the rows form is O(m d): its bytes per client stay below the
+    rows' own m (d_in + d_out) numbers plus a few scalars, at d >> m; the statistics form
+    (planted: the check is run on it) holds d^2 per client and fails the same bound."""
+    from adflora_analysis.synthetic.problem import QuadraticProblem
+
+    def per_client_bytes(p) -> float:
+        seen, total = set(), 0
+        for v in vars(p).values():
+            ts = v if isinstance(v, tuple) else (v.X, v.R) if hasattr(v, "grads") else (v,)
+            for t in ts:
+                if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[1] == p.n:
+                    key = t.untyped_storage().data_ptr()
+                    if key not in seen:
+                        seen.add(key)
+                        total += t.untyped_storage().nbytes()
+        return total / p.n
+
+    over = {"d_in": 32, "d_out": 32, "n_layers": 1, "seeds": 1, "rank": 2, "n_clients": 5,
+            "dtype": "float32"}
+    cfg = _rows_cfg("rows", **over)
+    bound = 4 * cfg.samples_per_client * 64 + 8 * 8
+    assert per_client_bytes(QuadraticProblem(cfg)) <= bound
+    assert per_client_bytes(QuadraticProblem(_rows_cfg("statistics", **over))) > 10 * bound

@@ -63,6 +63,10 @@ class SyntheticConfig(FederationConfig):
     threads : torch intra-op threads for the run; 0 = auto (1 for small problems, where thread
         start-up costs more than the matmuls, else half the cores).
     topology_samples : Monte Carlo samples for p and the second-moment rate of a random sampler.
+    client_storage : how each client's data is kept (docs/architecture.md §6): "statistics"
+        (default; S_i, C_i and the target, O(d^2) a client) or "rows" (only the m rows of
+        (X_i, R_i), O(m d) a client, every product with S_i, C_i through them: the same
+        problem and numbers to float round-off; for many clients, e.g. n = 100,000 at d = 64).
     backend : "auto" (torch.distributed exactly when launched by torchrun), "local" or "torch".
     exchange : gossip exchange under torch.distributed: "auto" (default: "neighbor" when W^t
         is sparse, else "allgather"), "allgather" or "neighbor".
@@ -90,6 +94,7 @@ class SyntheticConfig(FederationConfig):
     constants_every: int = 10
     power_iters: int = 20
     topology_samples: int = 20000
+    client_storage: Literal["statistics", "rows"] = "statistics"
 
     def __post_init__(self) -> None:
         def need(ok: bool, problem: str, hint: str) -> None:

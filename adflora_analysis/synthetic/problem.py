@@ -40,6 +40,7 @@ from adflora_analysis.core.metrics import consensus_error
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.seeding import torch_generator
 from adflora_analysis.synthetic.config import SyntheticConfig
+from adflora_analysis.synthetic.rows import Rows, client_chunks
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -51,12 +52,20 @@ def _orthonormal(g: torch.Generator, shape: tuple[int, ...], k: int, dtype) -> T
     return (Q * torch.sign(torch.diagonal(R, dim1=-2, dim2=-1)).unsqueeze(-2)).to(dtype)
 
 
+def _low_rank_factors(g: torch.Generator, batch: tuple[int, ...], d_out: int, d_in: int,
+                      rank: int, dtype) -> tuple[Tensor, Tensor]:
+    """U (*batch, d_out, rank), V (*batch, d_in, rank) with orthonormal columns: the factors of
+    :func:`_low_rank` (same draws)."""
+    U = _orthonormal(g, (*batch, d_out), rank, dtype)
+    V = _orthonormal(g, (*batch, d_in), rank, dtype)
+    return U, V
+
+
 def _low_rank(g: torch.Generator, batch: tuple[int, ...], d_out: int, d_in: int, rank: int,
               norm: float, dtype) -> Tensor:
     """Random rank-``rank`` matrices (*batch, d_out, d_in) with equal singular values and
     Frobenius norm ``norm``."""
-    U = _orthonormal(g, (*batch, d_out), rank, dtype)
-    V = _orthonormal(g, (*batch, d_in), rank, dtype)
+    U, V = _low_rank_factors(g, batch, d_out, d_in, rank, dtype)
     return (norm / math.sqrt(rank)) * U @ V.transpose(-1, -2)
 
 
@@ -94,6 +103,9 @@ class QuadraticProblem(Problem):
     # ------------------------------------------------------------------ data
     def _make_data(self) -> None:
         c = self.cfg
+        if c.client_storage == "rows":
+            self._make_rows()
+            return
         n, L, m, di, do = c.n_clients, c.n_layers, c.samples_per_client, c.d_in, c.d_out
         Xs, Rs, Ts = [], [], []
         for seed in self.seeds:
@@ -128,6 +140,54 @@ class QuadraticProblem(Problem):
         # this process's clients (all of them in-process)
         self.XR_loc = self.XR[:, self.sl].contiguous()
         self.Sig_loc, self.C_loc = self.Sig[:, self.sl], self.C[:, self.sl]
+
+    def _make_rows(self) -> None:
+        """``client_storage = "rows"``: the same data as :meth:`_make_data` (same draws) kept as
+        each client's rows (X_i, R_i) only (:class:`.rows.Rows`): no d x d matrix per client is
+        ever formed (T_i = (1 - h) dW* + h dW_i* enters R_i through its factors). The averaged
+        statistics and the per-client constants come from client chunks in float64."""
+        c = self.cfg
+        n, L, m, di, do = c.n_clients, c.n_layers, c.samples_per_client, c.d_in, c.d_out
+        h, k = c.heterogeneity, c.target_rank
+        S, dev, dt = len(self.seeds), self.device, self.dtype
+        XR = torch.empty(S, n, L, m, di + do, dtype=dt, device=dev)
+        lam, normC, c0 = (torch.empty(S, n, L, dtype=torch.float64, device=dev)
+                          for _ in range(3))
+        Sig_sum = torch.zeros(S, L, di, di, dtype=torch.float64, device=dev)
+        C_sum = torch.zeros(S, L, do, di, dtype=torch.float64, device=dev)
+        for j, seed in enumerate(self.seeds):
+            g = torch_generator(seed, "data")
+            dW = _low_rank(g, (L,), do, di, k, c.target_norm, torch.float64)
+            U, V = _low_rank_factors(g, (n, L), do, di, k, torch.float64)
+            X = torch.randn(n, L, m, di, generator=g, dtype=torch.float64)
+            R = torch.randn(n, L, m, do, generator=g, dtype=torch.float64).mul_(c.label_noise)
+            for sl in client_chunks(n, L * m * (di + do)):
+                Xc = X[sl].to(dev)
+                Rc = R[sl].to(dev).add_(
+                    (1 - h) * Xc @ dW.to(dev).transpose(-1, -2)
+                    + (h * c.target_norm / math.sqrt(k)) * (Xc @ V[sl].to(dev))
+                    @ U[sl].to(dev).transpose(-1, -2))
+                rows = Rows(Xc, Rc)
+                lam[j, sl], normC[j, sl] = rows.spectral()
+                c0[j, sl] = Rc.pow(2).sum((-2, -1)) / (2 * m)
+                Sc, Cc = rows.sums()
+                Sig_sum[j] += Sc
+                C_sum[j] += Cc
+                XR[j, sl, ..., :di] = Xc
+                XR[j, sl, ..., di:] = Rc
+            del X, R, U, V
+        self.XR = XR
+        self.X, self.R = XR[..., :di], XR[..., di:]
+        self.lam_sigma, self.norm_C, self.c0 = lam, normC, c0
+        self.Sig_bar64, self.C_bar64, self.c_bar64 = Sig_sum / n, C_sum / n, c0.mean(1)
+        self.lam_sigma_bar = torch.linalg.eigvalsh(self.Sig_bar64).amax(-1)   # (S, L)
+        self.norm_C_bar = torch.linalg.matrix_norm(self.C_bar64, ord=2)      # (S, L)
+        self.f_star = self._f_star()                                # (S,)
+        self.Sig_bar, self.C_bar = self.Sig_bar64.to(dt), self.C_bar64.to(dt)
+        # per-client products go through the rows: Sig is a Rows, C is unused (None)
+        self.Sig, self.C = Rows(self.X, self.R), None
+        self.XR_loc = self.XR[:, self.sl].contiguous()
+        self.Sig_loc, self.C_loc = Rows(self.XR_loc[..., :di], self.XR_loc[..., di:]), None
 
     def _full(self, X: Tensor) -> Tensor:
         """All clients of a stacked (S, n_local, L, a, b) tensor (identity in-process)."""
@@ -187,10 +247,13 @@ class QuadraticProblem(Problem):
         return (self.c_bar64 - 0.5 * val).sum(-1)
 
     # ------------------------------------------------------------------ gradients
-    def full_grads(self, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor,
+    def full_grads(self, A: Tensor, B: Tensor, Sig: Tensor | Rows, C: Tensor | None,
                    blocks: tuple[str, ...] = ("A", "B")) -> dict[str, Tensor]:
-        """Full-batch gradients from sufficient statistics (shapes broadcast over the batch)."""
+        """Full-batch gradients from sufficient statistics (shapes broadcast over the batch), or
+        through the clients' rows when ``Sig`` is a :class:`.rows.Rows` (``C`` unused)."""
         s = self.s
+        if isinstance(Sig, Rows):
+            return Sig.grads(s, A, B, blocks)
         AS = A @ Sig                                        # (.., r, di)
         out = {}
         if "B" in blocks:
@@ -332,8 +395,12 @@ class QuadraticProblem(Problem):
         lam_max(B_bar^T B_bar) lam_max(Sig_bar)), cl = sum_l L_l ||g_bar_l||^2 and
         cr = sum_l L_l V_l / n with V_l the clients' mean gradient variance of the block."""
         s, n = self.s, self.n
-        gi = self.full_grads(Af, Bf, self.Sig, self.C, blocks)          # (S, n, L, ...)
-        gb = {k: v.mean(1) for k, v in gi.items()}
+        V = None
+        if isinstance(self.Sig, Rows):
+            gb, V = self._rows_descent(Af, Bf, blocks)
+        else:
+            gi = self.full_grads(Af, Bf, self.Sig, self.C, blocks)      # (S, n, L, ...)
+            gb = {k: v.mean(1) for k, v in gi.items()}
 
         def sq(v: Tensor) -> Tensor:                                     # (S, L)
             return v.double().pow(2).sum((-2, -1))
@@ -351,11 +418,43 @@ class QuadraticProblem(Problem):
         else:
             L = s * s * torch.linalg.eigvalsh(Bbd.transpose(-1, -2) @ Bbd).amax(-1) \
                 * self.lam_sigma_bar
-        V = self._block_variance(Af, Bf, blocks[0]).mean(1)                # (S, L)
+        if V is None:
+            V = self._block_variance(Af, Bf, blocks[0]).mean(1)            # (S, L)
         out["sn_curv_left"] = (L * gb_l).sum(-1)
         out["sn_curv_right"] = (L * V / n).sum(-1)
         out["L"] = L.amax(-1)
         return out
+
+    def _rows_descent(self, Af: Tensor, Bf: Tensor, blocks: tuple[str, ...]
+                      ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Rows form of the descent terms' client means in one pass over client chunks
+        (float64): g_bar = (1/n) sum_i grad f_i(x_i) per block (S, L, ...) and, for one trained
+        block under minibatch noise, the clients' mean gradient variance (S, L) (else None)."""
+        c, s, n = self.cfg, self.s, self.n
+        m, b = c.samples_per_client, c.batch_size
+        var = len(blocks) == 1 and c.noise_kind == "minibatch"
+        gsum: dict[str, Tensor] = {}
+        vsum = None
+        for sl in self._chunks():
+            X, R = self.X[:, sl].double(), self.R[:, sl].double()
+            A, B = Af[:, sl].double(), Bf[:, sl].double()
+            Z = X @ A.transpose(-1, -2)                      # (S, nc, L, m, r)
+            E = s * Z @ B.transpose(-1, -2) - R              # (S, nc, L, m, do)
+            g = {}
+            if "B" in blocks:
+                g["B"] = (s / m) * E.transpose(-1, -2) @ Z
+            if "A" in blocks:
+                EB = E @ B
+                g["A"] = (s / m) * EB.transpose(-1, -2) @ X
+            for k, v in g.items():
+                gsum[k] = gsum[k] + v.sum(1) if k in gsum else v.sum(1)
+            if var:
+                per = (E.pow(2).sum(-1) * Z.pow(2).sum(-1) if blocks == ("B",)
+                       else EB.pow(2).sum(-1) * X.pow(2).sum(-1))
+                v = ((s * s * per.mean(-1) - g[blocks[0]].pow(2).sum((-2, -1))).clamp_min(0)
+                     / b).sum(1)
+                vsum = v if vsum is None else vsum + v
+        return {k: v / n for k, v in gsum.items()}, None if vsum is None else vsum / n
 
     def _path_curvature(self, Ab: Tensor, Bb: Tensor, g: dict[str, Tensor], lr: float
                         ) -> tuple[Tensor, Tensor]:
@@ -386,8 +485,17 @@ class QuadraticProblem(Problem):
             size = c.rank * (c.d_in if block == "A" else c.d_out)
             return torch.full((S, n, L), c.noise * size / self.n_params(),
                               dtype=torch.float64, device=A.device)
+        if isinstance(self.Sig, Rows):      # client chunks bound the float64 temporaries
+            return torch.cat([self._row_variance(self.X[:, sl], self.R[:, sl], A[:, sl],
+                                                 B[:, sl], block) for sl in self._chunks()], 1)
+        return self._row_variance(self.X, self.R, A, B, block)
+
+    def _row_variance(self, X: Tensor, R: Tensor, A: Tensor, B: Tensor, block: str) -> Tensor:
+        """Minibatch variance of ``block``'s gradient from the rows X (S, n, L, m, di),
+        R (S, n, L, m, do) at A, B -> (S, n, L) float64."""
+        c = self.cfg
         s, m, b = self.s, c.samples_per_client, c.batch_size
-        X, R = self.X.double(), self.R.double()
+        X, R = X.double(), R.double()
         A, B = A.double(), B.double()
         Z = X @ A.transpose(-1, -2)                          # (S, n, L, m, r)
         E = s * Z @ B.transpose(-1, -2) - R                  # (S, n, L, m, do)
@@ -435,8 +543,11 @@ class QuadraticProblem(Problem):
         return self._loss(Ab.double(), Bb.double(), self.Sig_bar64, self.C_bar64,
                           self.c_bar64).sum(-1)
 
-    def _loss(self, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor, c0: Tensor) -> Tensor:
+    def _loss(self, A: Tensor, B: Tensor, Sig: Tensor | Rows, C: Tensor | None,
+              c0: Tensor) -> Tensor:
         s = self.s
+        if isinstance(Sig, Rows):
+            return Sig.loss(s, A, B)
         quad = s * s * ((B.transpose(-1, -2) @ B) * (A @ Sig @ A.transpose(-1, -2))).sum(
             (-2, -1))
         lin = s * (B * (C @ A.transpose(-1, -2))).sum((-2, -1))
@@ -469,13 +580,18 @@ class QuadraticProblem(Problem):
         gA = g["A"].pow(2).flatten(1).sum(-1)
         gB = g["B"].pow(2).flatten(1).sum(-1)
         loss = self._global_loss(Ab, Bb)
-        local = self._loss(A, B, self.Sig.double(), self.C.double(), self.c0).sum(-1).mean(1)
-        gi = self.full_grads(Ab.unsqueeze(1), Bb.unsqueeze(1), self.Sig.double(),
-                             self.C.double())
-        zeta = sum((gi[k] - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1) for k in ("A", "B"))
         c = self.cfg
-        sig = sigma_sq(self.X, self.R, self.s, A, B, noise_kind=c.noise_kind, noise=c.noise,
-                       batch_size=c.batch_size)
+        if isinstance(self.Sig, Rows):
+            local, zeta, sig = self._client_terms(A, B, Ab, Bb, g)
+        else:
+            local = self._loss(A, B, self.Sig.double(), self.C.double(), self.c0).sum(
+                -1).mean(1)
+            gi = self.full_grads(Ab.unsqueeze(1), Bb.unsqueeze(1), self.Sig.double(),
+                                 self.C.double())
+            zeta = sum((gi[k] - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1)
+                       for k in ("A", "B"))
+            sig = sigma_sq(self.X, self.R, self.s, A, B, noise_kind=c.noise_kind,
+                           noise=c.noise, batch_size=c.batch_size)
         out = {
             "loss": loss, "loss_gap": loss - self.f_star, "grad_norm_sq": gA + gB,
             "grad_norm_sq_A": gA, "grad_norm_sq_B": gB, "local_loss": local,
@@ -484,6 +600,33 @@ class QuadraticProblem(Problem):
             "f_inf_B": self.f_inf_B, "cross_term_direct": _cross_term_direct(A, B),
         }
         return out
+
+    def _chunks(self) -> list[slice]:
+        """Client chunks that bound a float64 temporary of a few rows-sized tensors (32 MB)."""
+        c = self.cfg
+        return client_chunks(self.n, len(self.seeds) * self.L * c.samples_per_client
+                             * (c.d_in + c.d_out))
+
+    def _client_terms(self, A: Tensor, B: Tensor, Ab: Tensor, Bb: Tensor,
+                      g: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows form of evaluate's per-client terms, client chunk by chunk: the local loss
+        (1/n) sum_i f_i(A_i, B_i) (S,), ||grad f_i(x_bar) - grad f(x_bar)||^2 (S, n) and
+        sigma^2 (S, n). A (S, n, L, r, di), B (S, n, L, do, r); Ab, Bb, g at the mean."""
+        from adflora_analysis.synthetic.constants import sigma_sq
+
+        c, s = self.cfg, self.s
+        local = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
+        zeta, sig = [], []
+        for sl in self._chunks():
+            rows = self.Sig.select(sl).to(torch.float64)
+            Ac, Bc = A[:, sl], B[:, sl]
+            local += rows.loss(s, Ac, Bc).sum((1, 2))
+            gi = rows.grads(s, Ab.unsqueeze(1), Bb.unsqueeze(1), ("A", "B"))
+            zeta.append(sum((gi[k] - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1)
+                            for k in ("A", "B")))
+            sig.append(sigma_sq(rows.X, rows.R, s, Ac, Bc, noise_kind=c.noise_kind,
+                                noise=c.noise, batch_size=c.batch_size))
+        return local / self.n, torch.cat(zeta, 1), torch.cat(sig, 1)
 
     # ------------------------------------------------------------------ constants
     def smoothness_bound(self) -> Tensor:
@@ -507,7 +650,9 @@ class QuadraticProblem(Problem):
         state = self.full_state(state)
         A = torch.stack(state.A, 2).double()
         B = torch.stack(state.B, 2).double()
-        Sig, C = self.Sig.double(), self.C.double()
+        # the rows form builds S_i, C_i for the measurement only (O(n d^2) while it runs)
+        Sig, C = (self.Sig.to(torch.float64).dense() if isinstance(self.Sig, Rows)
+                  else (self.Sig.double(), self.C.double()))
         it = self.cfg.power_iters
         Lc = hessian_norm(self.s, A, B, Sig, C, iters=it, seed=t)
         Ab, Bb = A.mean(1, keepdim=True).expand_as(A), B.mean(1, keepdim=True).expand_as(B)
@@ -546,8 +691,12 @@ def steps_per_client(K: int, spread: float, seeds: Sequence[int], n: int) -> Ten
 def _cross_term_direct(A: Tensor, B: Tensor) -> Tensor:
     """C from its first form ||(1/n) sum_i B_i A_i - B_bar A_bar||_F (root of the sum over
     layers), computed independently of :func:`core.metrics.cross_term` (which uses the centred
-    form): theory check 6i compares the two. A (S, n, L, r, di), B (S, n, L, do, r) -> (S,)."""
-    P = (B @ A).mean(1) - B.mean(1) @ A.mean(1)
+    form): theory check 6i compares the two. A (S, n, L, r, di), B (S, n, L, do, r) -> (S,).
+
+    The sum of products is one contraction over the joint (client, rank) axis: no per-client
+    d_out x d_in product is formed (that was O(n d^2) memory, 3.3 GB at n = 100,000, d = 64).
+    """
+    P = torch.einsum("snlor,snlri->sloi", B, A) / A.shape[1] - B.mean(1) @ A.mean(1)
     return P.pow(2).sum((-3, -2, -1)).sqrt()
 
 
