@@ -225,3 +225,20 @@ def test_rows_storage_keeps_no_d_squared_per_client():
     bound = 4 * cfg.samples_per_client * 64 + 8 * 8
     assert per_client_bytes(QuadraticProblem(cfg)) <= bound
     assert per_client_bytes(QuadraticProblem(_rows_cfg("statistics", **over))) > 10 * bound
+
+
+def test_scale_benchmark_refuses_in_one_line_before_allocating():
+    """benchmarks/scale.py refuses a configuration from the estimate alone: a dense W^t over
+    its budget, or a run over the available memory; one that fits is not refused."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
+    spec = importlib.util.spec_from_file_location("scale_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    dense = bench.refusal(100_000, "encounter", False, 2, 4.0, mem_avail=1e12)
+    assert dense.startswith("dense W^t at n = 100000 needs 120.0 GB") and "\n" not in dense
+    short = bench.refusal(100_000, "encounter", True, 2, 4.0, mem_avail=1e9)
+    assert short.startswith("needs about") and "GB of memory, 1.0 GB available" in short
+    assert bench.refusal(100_000, "random-regular", True, 2, 4.0, mem_avail=64e9) is None
