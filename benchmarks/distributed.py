@@ -6,12 +6,15 @@ thread; P = 2: two processes with one thread each; gloo, CPU):
 
 1. **Synthetic engine at n = 10,000**: d_in = d_out = 64, r = 4, K = 5, float32, adf-lora,
    encounter with about 10 peers a round (sparse W^t, :class:`~adflora_analysis.core.sparse.
-   SparseMix`), the lean quadratic of ``benchmarks/scale.py`` (the testbed's own problem keeps
-   2.5 GB of per-client d x d statistics at this n). P = 1 is the in-process run; P = 2 runs
+   SparseMix`), on the lean quadratic f_i = ½‖B A − U_i V_iᵀ‖²_F (:class:`LeanQuadratic`:
+   O(n d r) gradients, so the round is the engine: local steps, gossip, every consensus metric;
+   the testbed's ``QuadraticProblem`` still gathers the state for its inner-step bookkeeping
+   under torch.distributed). P = 1 is the in-process run; P = 2 runs
    under torchrun with the default exchange (``auto`` = neighbor for a sparse W^t) and with
    ``allgather``. Every round computes every consensus metric (partial sums, no gathered
    state); W^t is drawn beforehand in every process (``draw s``: one draw, replicated work).
-   Also the bytes each rank sends per round.
+   Also the bytes each rank sends per round and ``cpu s/rd``, the CPU time per round of the
+   (slowest) process: on shared cores the wall time mostly measures the other jobs.
 2. **GLUE runner**: ``glue_runs/smoke.toml`` (offline MiniLM, 10 clients, encounter q = 0.1)
    with adf-lora for a few rounds, through the CLI (``adflora glue run`` / under torchrun).
    Seconds per round from the times the progress lines arrive (rounds 1 .. R-1), so start-up
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -37,7 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+
+D, R, K, LR, NOISE = 64, 4, 5, 0.05, 1e-3
 
 
 def _env() -> dict[str, str]:
@@ -46,10 +51,76 @@ def _env() -> dict[str, str]:
             "TRANSFORMERS_OFFLINE": "1"}
 
 
+class LeanQuadratic:
+    """f_i(A, B) = ½‖B A − U_i V_iᵀ‖²_F for this process's clients ``sl`` of n (rank-4
+    targets stored as factors, Gaussian gradient noise; O(n d r) per gradient, 2 KiB of data a
+    client), one layer, a batch of one seed: A (1, n_local, r, d), B (1, n_local, d, r). The
+    loss is taken at the global mean (all-reduced sums)."""
+
+    def __init__(self, n: int, sl: slice, backend, seed: int = 0):
+        import torch
+
+        self.n, self.sl, self.backend, self.seed = n, sl, backend, seed
+        g = torch.Generator().manual_seed(seed)
+        U0 = torch.randn(D, R, generator=g) / math.sqrt(D)
+        V0 = torch.randn(D, R, generator=g) / math.sqrt(D)
+        self.U = (U0 + 0.3 * torch.randn(1, n, D, R, generator=g) / math.sqrt(D))[:, sl]
+        self.V = (V0 + 0.3 * torch.randn(1, n, D, R, generator=g) / math.sqrt(D))[:, sl]
+
+    def initial_state(self):
+        import torch
+
+        from adflora_analysis.core.state import LoraState
+
+        g = torch.Generator().manual_seed(self.seed + 1)
+        m = self.sl.stop - self.sl.start
+        A = ((torch.rand(1, 1, R, D, generator=g) * 2 - 1) / math.sqrt(D)).expand(
+            1, m, R, D).contiguous()
+        return LoraState([A], [torch.zeros(1, m, D, R)], ["layer0"])
+
+    def local_update(self, state, blocks, t, disp=None):
+        import torch
+
+        from adflora_analysis.core.state import LoraState
+
+        g = torch.Generator().manual_seed(1_000_003 * self.seed + 7919 * self.sl.start + t)
+        A, B = state.A[0], state.B[0]
+        Vt, Bt = self.V.transpose(-1, -2), B.transpose(-1, -2)
+        for _ in range(K):
+            if "B" in blocks:   # (BA − UVᵀ)Aᵀ
+                At = A.transpose(-1, -2)
+                gB = B @ (A @ At) - self.U @ (Vt @ At)
+                B = B - LR * (gB + NOISE * torch.randn(B.shape, generator=g))
+            if "A" in blocks:   # Bᵀ(BA − UVᵀ)
+                Bt = B.transpose(-1, -2)
+                gA = (Bt @ B) @ A - (Bt @ self.U) @ Vt
+                A = A - LR * (gA + NOISE * torch.randn(A.shape, generator=g))
+        new = LoraState([A], [B], list(state.layers))
+        if disp is not None:
+            disp.add_states(state, new, blocks)
+        return new, {}
+
+    def evaluate(self, state, t):
+        s, n = self.backend.all_sum, self.n
+        A = s(state.A[0].double().sum(1)) / n
+        B = s(state.B[0].double().sum(1)) / n
+        U, V = self.U.double(), self.V.double()
+        quad = ((B.transpose(-1, -2) @ B) * (A @ A.transpose(-1, -2))).sum((-2, -1))
+        cross = s(((B.transpose(-1, -2).unsqueeze(1) @ U) * (A.unsqueeze(1) @ V))
+                  .sum((-3, -2, -1)))
+        const = s(((U.transpose(-1, -2) @ U) * (V.transpose(-1, -2) @ V)).sum((-3, -2, -1)))
+        return {"loss": 0.5 * quad - cross / n + 0.5 * const / n}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, d):
+        pass
+
+
 def synthetic_worker(n: int, rounds: int, exchange: str, out: str) -> None:
     """One synthetic run (in-process, or one rank under torchrun); rank 0 writes its row."""
     import torch
-    from scale import LowRankQuadratic
 
     from adflora_analysis.core import get_method, mixing_schedule, run_rounds
     from adflora_analysis.core.sparse import SparseMix
@@ -58,56 +129,36 @@ def synthetic_worker(n: int, rounds: int, exchange: str, out: str) -> None:
 
     torch.set_num_threads(1)
     backend = make_backend(n, "auto", exchange)
-
-    class Part(LowRankQuadratic):
-        """The lean quadratic on this process's clients; the loss at the global mean."""
-
-        def __init__(self) -> None:
-            super().__init__(n)
-            self.sl = backend.client_slice(n)
-            self.U = self.U[:, self.sl].contiguous()
-            self.V = self.V[:, self.sl].contiguous()
-
-        def initial_state(self):
-            return super().initial_state().map_blocks(lambda X: X[:, self.sl].contiguous())
-
-        def evaluate(self, state, t):
-            s = backend.all_sum
-            A = s(state.A[0].double().sum(1)) / n
-            B = s(state.B[0].double().sum(1)) / n
-            U, V = self.U.double(), self.V.double()
-            quad = ((B.transpose(-1, -2) @ B) * (A @ A.transpose(-1, -2))).sum((-2, -1))
-            cross = s(((B.transpose(-1, -2).unsqueeze(1) @ U) * (A.unsqueeze(1) @ V))
-                      .sum((-3, -2, -1)))
-            const = s(((U.transpose(-1, -2) @ U) * (V.transpose(-1, -2) @ V)).sum((-3, -2, -1)))
-            return {"loss": 0.5 * quad - cross / n + 0.5 * const / n}
-
     sampler = build_sampler(TopologyConfig(graph="encounter", q=10 / (n - 1)), n, seed=0)
     sched = mixing_schedule(sampler, [0], dtype=torch.float32)
     t0 = time.perf_counter()
     Ws = [sched(t) for t in range(rounds)]
     draw = (time.perf_counter() - t0) / rounds
     assert isinstance(Ws[0], SparseMix)
-    prob = Part()
-    times, t0, loss = [], time.perf_counter(), None
+    prob = LeanQuadratic(n, backend.client_slice(n), backend)
+    times, cpu, loss = [], [], None
+    t0, c0 = time.perf_counter(), time.process_time()
     for res in run_rounds(prob, get_method("adf-lora"), prob.initial_state(), Ws.__getitem__,
                           rounds=rounds, backend=backend):
         loss = float(res.scalar["loss"][0])
         pc = float(res.layer["product_consensus"][0, 0])
         times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        cpu.append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
     sent = getattr(backend, "bytes_sent", 0) / rounds
     row = {"P": backend.world_size, "exchange": exchange if backend.world_size > 1 else "-",
-           "s_per_round": sum(times[1:]) / (len(times) - 1), "draw_s": draw,
+           "s_per_round": sum(times[1:]) / (len(times) - 1),
+           "cpu_per_round": sum(cpu[1:]) / (len(cpu) - 1), "draw_s": draw,
            "bytes_per_round_rank": sent, "loss": loss, "product_consensus": pc}
     if backend.world_size > 1:
         import torch.distributed as dist
 
-        t = torch.tensor([row["s_per_round"], sent], dtype=torch.float64)
+        t = torch.tensor([row["s_per_round"], sent, row["cpu_per_round"]], dtype=torch.float64)
         parts = [torch.zeros_like(t) for _ in range(backend.world_size)]
         dist.all_gather(parts, t)
         row["s_per_round"] = max(float(p[0]) for p in parts)   # the slowest rank
         row["bytes_per_round_rank"] = sum(float(p[1]) for p in parts) / len(parts)
+        row["cpu_per_round"] = max(float(p[2]) for p in parts)
     if backend.rank == 0:
         Path(out).write_text(json.dumps(row))
     shutdown(backend)
@@ -170,14 +221,17 @@ def main() -> None:
     print(f"# synthetic engine: n = {args.n}, d = 64, r = 4, K = 5, float32, adf-lora, sparse "
           f"encounter ~10 peers, {args.rounds} rounds (first left out), 1 thread per process")
     rows = synthetic(args.n, args.rounds, tmp)
-    print(f"{'P':>2} {'exchange':>10} {'s/round':>8} {'draw s':>7} {'MB/round/rank':>14} "
-          f"{'loss':>10}")
+    print(f"{'P':>2} {'exchange':>10} {'s/round':>8} {'cpu s/rd':>9} {'draw s':>7} "
+          f"{'MB/round/rank':>14} {'loss':>10}")
     for r in rows:
-        print(f"{r['P']:>2} {r['exchange']:>10} {r['s_per_round']:>8.3f} {r['draw_s']:>7.3f} "
+        print(f"{r['P']:>2} {r['exchange']:>10} {r['s_per_round']:>8.3f} "
+              f"{r['cpu_per_round']:>9.3f} {r['draw_s']:>7.3f} "
               f"{r['bytes_per_round_rank'] / 1e6:>14.2f} {r['loss']:>10.5f}")
-    base = rows[0]["s_per_round"]
+    base, base_cpu = rows[0]["s_per_round"], rows[0]["cpu_per_round"]
     for r in rows[1:]:
-        print(f"speed-up synthetic P=2 ({r['exchange']}) / P=1: {base / r['s_per_round']:.2f}x")
+        print(f"speed-up synthetic P=2 ({r['exchange']}) / P=1: wall "
+              f"{base / r['s_per_round']:.2f}x, CPU time of the slowest rank "
+              f"{base_cpu / r['cpu_per_round']:.2f}x")
     if not args.skip_glue:
         print(f"\n# GLUE smoke.toml, adf-lora, {args.glue_rounds} rounds, 1 thread per process")
         g = glue(args.glue_rounds, tmp)

@@ -88,7 +88,7 @@ class TorchDistBackend:
         self.exchange = exchange
         self.ranges = split_clients(n_clients, self.world_size)
         self.bytes_sent = 0
-        self._plan: tuple[object, dict] | None = None   # (W, its exchange plan), per round
+        self._plan: tuple[object, dict] | None = None   # (W, what is derived from it)
 
     def client_slice(self, n: int) -> slice:
         if n != self.n:
@@ -158,43 +158,59 @@ class TorchDistBackend:
                      ) -> Tensor:
         """This process's rows of the (B n, B n) CSR operator times the blocks it holds:
         ``have`` (k,) sorted flat (seed, client) indices, ``got`` (k, a b) their values.
-        Columns are renumbered monotonically, so every row sums in the in-process order."""
-        rows, cols, vals = self._entries(W, self.rank)
-        lo, hi = self.ranges[self.rank]
-        B, m = int(np.prod(W.batch_shape, dtype=np.int64)), hi - lo
-        local_row = (rows // W.n) * m + (rows % W.n - lo)
-        crow = torch.zeros(B * m + 1, dtype=torch.int64, device=cols.device)
-        crow[1:] = torch.cumsum(torch.bincount(local_row, minlength=B * m), 0)
-        pos = torch.searchsorted(have.to(cols.device), cols)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            op = torch.sparse_csr_tensor(crow, pos, vals.to(dtype), (B * m, have.numel()))
-        return op @ got
+        Columns are renumbered monotonically, so every row sums in the in-process order. The
+        operator is built once per W^t, dtype and set of held blocks."""
+        cache = self._round(W)
+        key = (dtype, have.numel())
+        if key not in cache:
+            rows, cols, vals = self._entries(W)
+            mine = self._owner(rows % W.n) == self.rank
+            rows, cols, vals = rows[mine], cols[mine], vals[mine]
+            lo, hi = self.ranges[self.rank]
+            B, m = int(np.prod(W.batch_shape, dtype=np.int64)), hi - lo
+            local_row = (rows // W.n) * m + (rows % W.n - lo)
+            crow = torch.zeros(B * m + 1, dtype=torch.int64, device=cols.device)
+            crow[1:] = torch.cumsum(torch.bincount(local_row, minlength=B * m), 0)
+            pos = torch.searchsorted(have.to(cols.device), cols)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                cache[key] = torch.sparse_csr_tensor(crow, pos, vals.to(dtype),
+                                                     (B * m, have.numel()))
+        return cache[key] @ got
 
-    def _entries(self, W: SparseMix, rank: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(row, col, weight) of the stored entries in the rows of ``rank``'s clients (flat
-        (seed, client) indices, in CSR order)."""
-        lo, hi = self.ranges[rank]
-        B = int(np.prod(W.batch_shape, dtype=np.int64))
-        base = torch.arange(B, device=W.crow.device) * W.n
-        start, stop = W.crow[base + lo], W.crow[base + hi]
-        counts = stop - start
-        idx = torch.repeat_interleave(start - torch.cumsum(counts, 0) + counts, counts) \
-            + torch.arange(int(counts.sum()), device=W.crow.device)
-        row_counts = W.crow[1:] - W.crow[:-1]
-        rows = torch.repeat_interleave(torch.arange(B * W.n, device=W.crow.device),
-                                       row_counts)[idx]
-        return rows, W.col[idx], W.weight[idx]
+    def _round(self, W: Tensor | SparseMix) -> dict:
+        """What is derived from one W^t (exchange plan, local operator), kept while the
+        round's blocks are mixed with the same W."""
+        if self._plan is None or self._plan[0] is not W:
+            self._plan = (W, {})
+        return self._plan[1]
+
+    def _owner(self, clients: Tensor) -> Tensor:
+        """The rank holding each client index."""
+        starts = torch.tensor([a for a, _ in self.ranges], device=clients.device)
+        return torch.searchsorted(starts, clients, right=True) - 1
+
+    def _entries(self, W: SparseMix) -> tuple[Tensor, Tensor, Tensor]:
+        """(row, col, weight) of every stored entry (flat (seed, client) indices, CSR order)."""
+        cache = self._round(W)
+        if "entries" not in cache:
+            rows, cols = W._coo()
+            cache["entries"] = (rows, cols, W.weight)
+        return cache["entries"]
 
     def _needs(self, W: Tensor | SparseMix, receiver: int, sender: int) -> np.ndarray:
         """Flat (seed, client) indices ``s n + j`` (sorted) of the sender's client blocks that
         the receiver's rows of W use (W_ij ≠ 0, i on the receiver, j on the sender, in seed s);
         for an unbatched W (n, n) these are client indices."""
-        sa, sb = self.ranges[sender]
         if isinstance(W, SparseMix):
-            _, cols, vals = self._entries(W, receiver)
-            c = cols[(vals != 0) & (cols % W.n >= sa) & (cols % W.n < sb)]
+            rows, cols, vals = self._entries(W)
+            cache = self._round(W)
+            if "owners" not in cache:
+                cache["owners"] = (self._owner(rows % W.n), self._owner(cols % W.n))
+            orow, ocol = cache["owners"]
+            c = cols[(vals != 0) & (orow == receiver) & (ocol == sender)]
             return torch.unique(c).cpu().numpy()
+        sa, sb = self.ranges[sender]
         ra, rb = self.ranges[receiver]
         n = W.shape[-1]
         block = W[..., ra:rb, sa:sb].reshape(-1, rb - ra, sb - sa)
@@ -204,12 +220,11 @@ class TorchDistBackend:
     def _exchange_plan(self, W: Tensor | SparseMix) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Per other rank: (flat indices this process sends it, flat indices it receives);
         computed once per W^t (every block of a round reuses it)."""
-        if self._plan is not None and self._plan[0] is W:
-            return self._plan[1]
-        plan = {o: (self._needs(W, o, self.rank), self._needs(W, self.rank, o))
-                for o in self._others()}
-        self._plan = (W, plan)
-        return plan
+        cache = self._round(W)
+        if "plan" not in cache:
+            cache["plan"] = {o: (self._needs(W, o, self.rank), self._needs(W, self.rank, o))
+                             for o in self._others()}
+        return cache["plan"]
 
     def _neighbor_blocks(self, W: Tensor | SparseMix, Xf: Tensor) -> tuple[Tensor, Tensor]:
         """Point-to-point exchange of the needed blocks. Xf (B, n_local, a b) holds this
