@@ -186,6 +186,46 @@ def test_glue_divergence_stops_every_process(tiny, tmp_path):
 
 # --- partial-sum metrics and the sparse neighbor exchange, checked inside torchrun ------------
 
+def test_partial_sum_metrics_equal_two_pass_functions():
+    """In one process the partial-sum metrics equal the two-pass functions (several layers,
+    a seed axis, near consensus too, where Σ‖X_i‖² − n‖X̄‖² would lose every digit), and
+    round_metrics switches to them at PARTIAL_SUM_MIN_N clients; leaving out one of the
+    product-consensus terms is caught by the same comparison."""
+    from adflora_analysis.core import metrics as M
+    from adflora_analysis.core.state import LoraState
+
+    g = torch.Generator().manual_seed(3)
+    states = []
+    for spread in (1.0, 1e-7):
+        A = [torch.randn(2, 1, 3, 8, generator=g, dtype=torch.float64)
+             + spread * torch.randn(2, 40, 3, 8, generator=g, dtype=torch.float64)
+             for _ in range(2)]
+        B = [torch.randn(2, 1, 5, 3, generator=g, dtype=torch.float64)
+             + spread * torch.randn(2, 40, 5, 3, generator=g, dtype=torch.float64)
+             for _ in range(2)]
+        states.append(LoraState(A, B))
+        fast, ref = M.partial_sum_metrics(states[-1]), M.layer_metrics(states[-1])
+        for k in ref:
+            torch.testing.assert_close(fast[k], ref[k], rtol=1e-8, atol=0)
+    big = LoraState([torch.randn(1, M.PARTIAL_SUM_MIN_N, 2, 4, generator=g)],
+                    [torch.randn(1, M.PARTIAL_SUM_MIN_N, 4, 2, generator=g)])
+    assert all(torch.equal(v, M.partial_sum_metrics(big)[k])
+               for k, v in M.round_metrics(big).items())
+    orig = M._centred_sums
+
+    def planted(*a, **kw):   # drop x2 = Σ⟨b_i Ā, b_i a_i⟩ from the product consensus
+        out = orig(*a, **kw).clone()
+        out[..., 6] = 0
+        return out
+    M._centred_sums = planted
+    try:
+        bad = M.partial_sum_metrics(states[0])["product_consensus"]   # spread 1
+    finally:
+        M._centred_sums = orig
+    ref = M.layer_metrics(states[0])["product_consensus"]
+    assert not torch.allclose(bad, ref, rtol=1e-3, atol=0)
+
+
 def _exchange_worker(out: str, plant: str) -> None:
     """Run under torchrun: every rank builds the same full state and W^t (dense and sparse),
     mixes and measures its part through :class:`TorchDistBackend`, and writes the largest
