@@ -132,6 +132,12 @@ def test_adaptive_figure_marks_best_fixed_T_and_catches_a_wrong_star(runs):
     from adflora_analysis.synthetic.async_tables import adaptive_table
 
     tab = adaptive_table(runs / "adaptive")
+    # paired by seed: every schedule runs the same seeds, so the mean of the differences is
+    # the difference of the means, and the best fixed T differs from itself by exactly 0
+    best_g = tab[tab.is_best].set_index(["q", "method"]).grad_final
+    d = tab.grad_final - best_g.reindex(pd.MultiIndex.from_frame(tab[["q", "method"]])).values
+    assert np.allclose(tab.diff_paired, d, atol=1e-12)
+    assert (tab[tab.is_best].diff_paired == 0).all() and tab[tab.is_best].within_noise_paired.all()
     fig = af.adaptive_figure(tab)
     assert af.verify_adaptive(fig, tab) == []
     star = next(ln for ax in fig.axes for ln in ax.lines if ln.get_gid() == "best:adf-lora")

@@ -63,7 +63,9 @@ def adaptive_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
     """The adaptive-T table of ``synthetic/adaptive_t.toml`` (variants ``T=k``, ``topology``,
     ``feedback`` swept over ``topology.q``). Columns: q, schedule, method, grad_final, C,
     T_mean (each with ``_se``), best_fixed (the fixed T with the lowest grad_final at this q
-    and method), is_best, within_noise (|grad_final − best's| <= 2 s.e. of the difference)."""
+    and method), is_best, within_noise (|grad_final − best's| <= 2 s.e. of the difference),
+    diff_paired ± diff_paired_se (grad_final − best's, paired by seed) and within_noise_paired
+    (|diff_paired| <= 2 s.e.; 0 for the best itself)."""
     df = _metrics(run_dir)
     per = _per_seed(df, last)
     qs = df[df.layer == "all"].groupby("variant").q.first()
@@ -78,6 +80,17 @@ def adaptive_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
     t["is_best"] = t.schedule == t.best_fixed
     d = (t.grad_final - t.best_grad_final).abs()
     t["within_noise"] = d <= 2 * np.sqrt(t.grad_final_se ** 2 + t.best_grad_final_se ** 2)
+    # paired by seed (every schedule runs the same seeds: same data and initialisation)
+    ref = per.merge(t[["q", "method", "best_fixed"]].drop_duplicates(),
+                    left_on=["q", "method", "schedule"],
+                    right_on=["q", "method", "best_fixed"])[["q", "method", "seed", "grad_final"]]
+    pair = per.merge(ref, on=["q", "method", "seed"], suffixes=("", "_best"))
+    pair["diff_paired"] = pair.grad_final - pair.grad_final_best
+    g = pair.groupby(["q", "schedule", "method"]).diff_paired
+    t = t.join(pd.DataFrame({"diff_paired": g.mean(),
+                             "diff_paired_se": g.std(ddof=1) / np.sqrt(g.count())}),
+               on=["q", "schedule", "method"])
+    t["within_noise_paired"] = t.diff_paired.abs() <= 2 * t.diff_paired_se.fillna(0)
     return t.drop(columns=["best_grad_final", "best_grad_final_se"])
 
 
