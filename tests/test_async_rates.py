@@ -137,3 +137,27 @@ def test_topology_inspect_prints_the_exact_rate(capsys):
         main(args)
     out, _ = capsys.readouterr()
     assert "0.79391" in out and "exact-reduced" in out
+
+
+def test_window_rates_and_check_7s_transient_range():
+    from adflora_analysis.synthetic.checks.async_rate import transient_range
+    from adflora_analysis.topology.async_rates import window_rates
+
+    s = make_sampler("encounter", 10, q=0.1)
+    m, *_ = exchangeable_moments(s)
+    for tau, spread in ((2, 0.002), (8, None)):
+        pred = async_consensus_rate(s, staleness=tau).as_dict()
+        assert pred["patterns"] == pytest.approx(list(m)) and pred["n"] == 10
+        w = window_rates(m, 10, tau, 1.0, tau + 1, 20)
+        lo, hi = transient_range(pred, [np.ones((10, 19 - tau))], tau)
+        assert (lo, hi) == pytest.approx((min(w.values()), max(w.values())))
+        if spread:          # far subdominant modes: every start reads ρ in the window
+            assert hi - lo < spread and lo - 1e-3 < pred["rate"] < hi + 1e-3
+        else:               # τ = 8: modes at 0.866 against ρ = 0.878, the window is transient
+            assert hi - lo > 0.05 and lo < pred["rate"] < hi
+    # the range moves with the predicted rate, so a wrong prediction is not absorbed by it
+    bad = {**pred, "rate": pred["rate"] + 0.1}
+    assert transient_range(bad, [np.ones((10, 11))], 8) == pytest.approx((lo + 0.1, hi + 0.1))
+    # full-operator predictions carry no patterns: no range
+    ring = async_consensus_rate(make_sampler("static", 6, graph="ring"), staleness=1)
+    assert ring.patterns is None and np.isnan(transient_range(ring.as_dict(), [], 1)[0])

@@ -65,9 +65,9 @@ from adflora_analysis.seeding import numpy_rng
 from adflora_analysis.topology.rates import as_sampler
 from adflora_analysis.topology.samplers import SUPPORT_LIMIT, _chunks
 
-__all__ = ["PATTERNS", "AsyncRate", "async_consensus_rate", "exchangeable_law",
+__all__ = ["LAG_STARTS", "PATTERNS", "AsyncRate", "async_consensus_rate", "exchangeable_law",
            "exchangeable_moments", "masked", "pattern_moments", "reduced_operator",
-           "reduced_rate"]
+           "reduced_rate", "window_rates"]
 
 MAX_AUGMENTED = 400
 """Largest (τ + 1) n for which the full operator is formed (((τ + 1) n)² entries per state)."""
@@ -91,7 +91,9 @@ class AsyncRate:
 
     ``method``: ``exact`` / ``monte-carlo`` (full operator), ``exact-reduced`` /
     ``monte-carlo-reduced`` (exchangeable reduction); ``moments``: where the expectation came
-    from; ``samples``: draws (Monte Carlo) or support size (enumeration), 0 for closed forms.
+    from; ``samples``: draws (Monte Carlo) or support size (enumeration), 0 for closed forms;
+    ``patterns``, ``n``: the unmasked :data:`PATTERNS` and the clients of a reduction (so that
+    check 7 can rebuild the operator: :func:`window_rates`).
     """
 
     rate: float
@@ -101,6 +103,8 @@ class AsyncRate:
     participation: float
     samples: int
     moments: str = ""
+    patterns: list[float] | None = None
+    n: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,6 +354,40 @@ def reduced_rate(moments: np.ndarray, n: int, staleness: int = 0,
     return float(np.max(np.abs(np.linalg.eigvals(R))))
 
 
+LAG_STARTS = ("identical", "independent", "lag 0 only", "old lags only")
+"""Lag structures of the augmented state at the start of a frozen stretch (X_ab of S_ab =
+X_ab I): all lags equal, uncorrelated, only the current one or only the stale ones disagree."""
+
+
+def window_rates(patterns: np.ndarray, n: int, staleness: int, participation: float,
+                 skip: int, length: int) -> dict[str, float]:
+    """The geometric rate that a fit of log E Ξ over rounds ``skip`` .. ``length`` − 1 of a
+    frozen stretch would read, from each start of :data:`LAG_STARTS`, by iterating the exact
+    reduced operator (no projection: Ξ reads X_00 only). Close to ρ_τ,π when the subdominant
+    eigenvalues are far below it; apart when the window is still transient.
+
+    >>> from adflora_analysis.topology import make_sampler
+    >>> m, *_ = exchangeable_moments(make_sampler("encounter", 10, q=0.1))
+    >>> w = window_rates(m, 10, 2, 1.0, 3, 20)
+    >>> round(min(w.values()), 4), round(max(w.values()), 4)   # ρ = 0.7239
+    (0.7236, 0.7247)
+    """
+    L = staleness + 1
+    R = reduced_operator(np.asarray(patterns, float) * float(participation) ** MASK_POWER, n,
+                         staleness, project=False)
+    starts = [np.ones((L, L)), np.eye(L), np.diag([1.0] + [0.0] * staleness),
+              np.diag([0.0] + [1.0] * staleness)]
+    v = np.stack([np.concatenate([X.ravel(), np.zeros(L * L)]) for X in starts], 1)
+    xi = []
+    for _ in range(length):
+        v = R @ v
+        xi.append(v[0])
+    y = np.log(np.maximum(np.array(xi)[skip:], 1e-300))            # (k, 4)
+    k = np.arange(len(y)) - (len(y) - 1) / 2
+    slope = (k @ (y - y.mean(0))) / (k @ k) if len(y) > 1 else np.full(4, np.nan)
+    return dict(zip(LAG_STARTS, np.exp(slope).tolist(), strict=True))
+
+
 # ---------------------------------------------------------------- full operator
 def _draws(s, participation: float, samples: int, seed: int
            ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -444,7 +482,7 @@ def _reduced(s, tau: int, pi: float, samples: int, seed: int, batches: int) -> A
     method = "monte-carlo-reduced" if sub is not None or "Monte Carlo" in src \
         else "exact-reduced"
     return AsyncRate(min(max(rate, 0.0), 1.0), se, method, tau, pi, k,
-                     f"exchangeable reduction, {src}")
+                     f"exchangeable reduction, {src}", [float(x) for x in mom], s.n)
 
 
 def async_consensus_rate(obj: Any, *, staleness: int = 0, participation: float = 1.0,

@@ -79,6 +79,24 @@ def t_threshold(z: float, seeds: int) -> float:
     return float(st.t.ppf(st.norm.cdf(z), max(seeds - 1, 1)))
 
 
+def transient_range(pred: dict, series: list[np.ndarray], tau: int) -> tuple[float, float]:
+    """(min, max) over :data:`~adflora_analysis.topology.async_rates.LAG_STARTS` and the
+    stretches' lengths of the rate a window fit of the exact E Ξ reads (the prediction's
+    reduced operator, :func:`~adflora_analysis.topology.async_rates.window_rates`), shifted by
+    the difference between ``pred["rate"]`` and the operator's own ρ; (nan, nan) without
+    ``patterns`` (full-operator predictions)."""
+    pats = pred.get("patterns")
+    if not pats or not pred.get("n"):
+        return math.nan, math.nan
+    from adflora_analysis.topology.async_rates import reduced_rate, window_rates
+
+    n, pi = int(pred["n"]), float(pred.get("participation", 1.0))
+    shift = float(pred["rate"]) - reduced_rate(np.asarray(pats), n, tau, pi)
+    vals = [v for k in sorted({M.shape[1] for M in series})
+            for v in window_rates(np.asarray(pats), n, tau, pi, tau + 1, tau + 1 + k).values()]
+    return min(vals) + shift, max(vals) + shift
+
+
 def check_async_rate(ctx: Context) -> list[CheckResult]:
     """Check 7 for one (variant, method): one result per block with usable frozen stretches."""
     pred = ctx.vmeta.get("async_rate")
@@ -100,6 +118,13 @@ def check_async_rate(ctx: Context) -> list[CheckResult]:
         status = "held" if ok else "violated"
         if not math.isfinite(r_se) or ctx.run.S < 3:
             status = "underpowered"
+        lo, hi = transient_range(pred, series, tau)
+        transient = ""
+        if math.isfinite(lo) and hi - lo > thr * se:
+            status = "underpowered"
+            transient = (f"; the window's fit depends on the lags at the switch by "
+                         f"{lo - rho:+.4f} .. {hi - rho:+.4f} (subdominant modes near ρ: "
+                         f"longer phases needed)")
         k = sum(M.shape[1] for M in series)
         curve = pd.concat([pd.DataFrame({"block": blk, "stretch": i, "k": np.arange(M.shape[1]),
                                          "measured": M.mean(0),
@@ -112,11 +137,12 @@ def check_async_rate(ctx: Context) -> list[CheckResult]:
             note=(f"frozen {blk}, τ = {tau}, π = {pred.get('participation', 1.0):g}: fitted rate "
                   f"{r:.4f} ± {r_se:.4f} vs predicted {rho:.4f} ± {rho_se:.4f} ({k} points in "
                   f"{len(series)} stretches, first {tau + 1} rounds of each dropped; "
-                  f"{pred.get('method', '?')} prediction)"),
+                  f"{pred.get('method', '?')} prediction){transient}"),
             details={"block": blk, "fitted_rate": r, "fitted_rate_stderr": r_se,
                      "predicted_rate": rho, "predicted_rate_stderr": rho_se, "staleness": tau,
                      "participation": pred.get("participation"), "stretches": len(series),
                      "method_of_prediction": pred.get("method"),
-                     "moments_of_prediction": pred.get("moments"), "stderr_kind": "jackknife"},
+                     "moments_of_prediction": pred.get("moments"), "stderr_kind": "jackknife",
+                     "window_rate_range": [lo, hi]},
             curve=curve))
     return out
