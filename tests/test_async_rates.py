@@ -161,3 +161,13 @@ def test_window_rates_and_check_7s_transient_range():
     # full-operator predictions carry no patterns: no range
     ring = async_consensus_rate(make_sampler("static", 6, graph="ring"), staleness=1)
     assert ring.patterns is None and np.isnan(transient_range(ring.as_dict(), [], 1)[0])
+
+
+def test_window_rates_without_staleness_read_rho():
+    from adflora_analysis.topology.async_rates import window_rates
+
+    m, *_ = exchangeable_moments(make_sampler("encounter", 10, q=0.1))
+    for pi in (1.0, 0.5):
+        w = window_rates(m, 10, 0, pi, 1, 20)       # one disagreement mode on V: no transient
+        rho = reduced_rate(m, 10, 0, pi)
+        assert w and all(abs(v - rho) < 1e-9 for v in w.values()), (w, rho)

@@ -382,10 +382,12 @@ def window_rates(patterns: np.ndarray, n: int, staleness: int, participation: fl
     for _ in range(length):
         v = R @ v
         xi.append(v[0])
-    y = np.log(np.maximum(np.array(xi)[skip:], 1e-300))            # (k, 4)
+    xi = np.array(xi)[skip:]                                      # (k, 4)
+    keep = [j for j in range(len(starts)) if len(xi) > 1 and (xi[:, j] > 0).all()]
+    y = np.log(xi[:, keep])                    # τ = 0: "old lags only" is no disagreement
     k = np.arange(len(y)) - (len(y) - 1) / 2
-    slope = (k @ (y - y.mean(0))) / (k @ k) if len(y) > 1 else np.full(4, np.nan)
-    return dict(zip(LAG_STARTS, np.exp(slope).tolist(), strict=True))
+    slope = (k @ (y - y.mean(0))) / (k @ k)
+    return {LAG_STARTS[j]: float(v) for j, v in zip(keep, np.exp(slope), strict=True)}
 
 
 # ---------------------------------------------------------------- full operator
