@@ -7,8 +7,8 @@ docs/architecture.md §3. Rows of a mixing matrix W are receivers: one gossip st
 - :func:`mixing_matrix` — weight rules (``weights.py``)
 - :func:`validate` — doubly stochastic / symmetric / connected checks (``validation.py``)
 - :func:`spectral_gap`, :func:`spectral_summary` — λ2, λn, δ (``spectral.py``)
-- :func:`make_sampler` — W^t for static, encounter, matching, one-peer exponential, list
-  (``samplers.py``)
+- :func:`make_sampler` — W^t for static, encounter, matching, one-peer / k-peer exponential,
+  Base-(k+1) (``finite_time.py``), EquiDyn / EquiStatic (``equitopo.py``), list (``samplers.py``)
 - :func:`consensus_rate`, :func:`second_moment_rate`, :func:`require_mixing` — p of Koloskova
   et al. 2020 and the exact second-moment decay (``rates.py``)
 - :class:`TopologyConfig`, :func:`build_sampler`, :func:`topology_constants` — the config
@@ -32,7 +32,8 @@ _LAZY = {
     "spectral_gap": "spectral", "spectral_summary": "spectral", "MixingReport": "validation",
     "load_matrix": "validation", "validate": "validation", "RULES": "weights",
     "mixing_matrix": "weights", "SparseW": "sparse", "KPeerExponentialSampler": "samplers",
-    "EquiDynSampler": "samplers", "effective_neighbours": "measures",
+    "EquiDynSampler": "samplers", "EquiStaticSampler": "samplers", "BaseKSampler": "samplers",
+    "effective_neighbours": "measures",
     "exchangeable_p": "measures", "operator_p": "measures", "measures_table": "fit",
     "measure_fit": "fit",
 }
@@ -44,6 +45,7 @@ __all__ = [
     "consensus_basis", "consensus_rate", "load_matrix", "make_sampler", "mixing_matrix",
     "periodic_rates", "require_mixing", "second_moment_rate", "spectral_gap", "spectral_summary",
     "topology_constants", "validate", "SparseW", "KPeerExponentialSampler", "EquiDynSampler",
+    "EquiStaticSampler", "BaseKSampler",
     "effective_neighbours", "exchangeable_p", "operator_p", "measures_table", "measure_fit",
 ]
 

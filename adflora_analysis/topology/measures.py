@@ -49,7 +49,7 @@ from adflora_analysis.topology.sparse import SparseW
 from adflora_analysis.topology.spectral import _snap, spectral_summary
 
 __all__ = ["LARGE_N", "LARGE_SAMPLES", "Estimate", "effective_neighbours", "exchangeable_p",
-           "large_constants", "operator_p"]
+           "large_constants", "operator_p", "symmetric_extremes"]
 
 LARGE_N = 2048
 """From this many clients :func:`~.config.topology_constants` of a sparse sampler uses this
@@ -295,6 +295,48 @@ def _hutchinson(s: Sampler, gamma: float, probes: int, seed: int, tol: float) ->
     return Estimate(value, value * se_var / mean, "hutchinson", probes)
 
 
+def symmetric_extremes(W: sp.csr_array, tol: float = 1e-12, maxiter: int = 400
+                       ) -> tuple[float, float]:
+    """(λ2, λn) of a symmetric doubly stochastic sparse W (n, n).
+
+    Lanczos on (I − J)W(I − J) (top) and W (bottom) first; when an end of the spectrum is so
+    clustered that it does not converge in ``maxiter`` restarts (a ring or torus of 10,000
+    clients: λ2 − λ3 ~ 1e-7), shift-invert Lanczos about σ = 1 + 1e-8 (the eigenvalues nearest
+    σ are 1 and λ2) or σ just below the Gershgorin bound λn >= min_i (2 w_ii − 1) (nearest:
+    λn; the bound is attained by bipartite graphs such as even rings and tori), one sparse LU
+    each.
+
+    >>> import networkx as nx
+    >>> from adflora_analysis.topology.weights import mixing_matrix
+    >>> W = sp.csr_array(mixing_matrix(nx.cycle_graph(3000), "metropolis", sparse=True))
+    >>> lam2, lamn = symmetric_extremes(W)
+    >>> bool(np.isclose(lam2, 1 / 3 + 2 / 3 * np.cos(2 * np.pi / 3000), atol=1e-10, rtol=0))
+    True
+    >>> round(lamn, 9)
+    -0.333333333
+    """
+    n = W.shape[0]
+    v0 = np.random.default_rng(0).standard_normal(n)
+
+    def nearest(sigma: float, k: int) -> np.ndarray:
+        return spla.eigsh(sp.csc_array(W), k=k, sigma=sigma, which="LM", tol=tol, v0=v0,
+                          return_eigenvectors=False)
+
+    try:
+        op = _deflated(n, lambda v: W @ v)
+        lam2 = float(spla.eigsh(op, k=1, which="LA", tol=tol, v0=v0 - v0.mean(), maxiter=maxiter,
+                                return_eigenvectors=False)[0])
+    except spla.ArpackNoConvergence:
+        lam2 = float(np.min(nearest(1.0 + 1e-8, 2)))
+    try:
+        lamn = float(spla.eigsh(W, k=1, which="SA", tol=tol, v0=v0, maxiter=maxiter,
+                                return_eigenvectors=False)[0])
+    except spla.ArpackNoConvergence:                # σ just below the Gershgorin bound
+        low = max(-1.0, float((2.0 * W.diagonal() - 1.0).min()))     # λn >= min_i 2w_ii − 1
+        lamn = float(nearest(low - 1e-8, 1)[0])
+    return lam2, lamn
+
+
 def large_constants(s: Sampler, samples: int = LARGE_SAMPLES, seed: int = 0,
                     gamma: float = 0.95) -> dict[str, Any]:
     """The fields of :func:`~.config.topology_constants` for a sparse sampler at large n,
@@ -313,10 +355,15 @@ def large_constants(s: Sampler, samples: int = LARGE_SAMPLES, seed: int = 0,
         connected = off > 0
     else:
         EW, _ = _mean_sparse(s, samples, seed)
-        ss = spectral_summary(EW, method="sparse")
-        spec = {"lambda2": ss.lambda2, "lambda_n": ss.lambda_n, "spectral_gap": ss.gap}
+        if s.is_static and s.symmetric and s.doubly_stochastic:
+            lam2, lamn = symmetric_extremes(EW)
+            spec = {"lambda2": lam2, "lambda_n": lamn,
+                    "spectral_gap": _snap(1.0 - max(abs(lam2), abs(lamn)))}
+        else:
+            ss = spectral_summary(EW, method="sparse")
+            spec = {"lambda2": ss.lambda2, "lambda_n": ss.lambda_n, "spectral_gap": ss.gap}
         if s.is_static and s.symmetric and s.doubly_stochastic:   # p = 1 − (1 − δ)²
-            rate = Estimate(_snap(1.0 - (1.0 - ss.gap) ** 2), 0.0, "exact", 0)
+            rate = Estimate(_snap(1.0 - (1.0 - spec["spectral_gap"]) ** 2), 0.0, "exact", 0)
         else:
             rate = operator_p(s, samples, seed)
         connected = connected_components(EW, directed=True, connection="strong",

@@ -23,6 +23,11 @@ Kinds (:data:`SAMPLERS`):
 - ``one-peer-exponential`` (Ying et al., NeurIPS 2021): at round t client i averages with
   client (i + 2^(t mod τ)) mod n, τ = ceil(log2 n): W^t = (I + P_t)/2, P_t a cyclic shift.
   For n a power of 2 the product over one period is exactly J.
+- ``k-peer-exponential``: client i averages with i + j(k + 1)^(t mod τ), j = 1..k.
+- ``base-k`` (Takezawa et al., NeurIPS 2023): the Base-(k+1) graph, at most k peers a round
+  and exact averaging after one period for any n (:mod:`~.finite_time`).
+- ``equidyn`` / ``equistatic`` (Song et al., NeurIPS 2022, EquiTopo): one random circulant
+  peer a round / a static circulant of M random offsets (:mod:`~.equitopo`).
 - ``list``: a user's list of matrices, W^t = W_(t mod L).
 
 Samplers with ``sparse = True`` also draw W^t as a :class:`~.sparse.SparseW` (self-weights and
@@ -49,6 +54,14 @@ import scipy.sparse as sp
 import scipy.stats as st
 
 from adflora_analysis.errors import AdfloraError, unknown_name
+from adflora_analysis.topology.equitopo import (
+    circulant_norm,
+    equi_offsets,
+    equistatic_degree,
+    equistatic_first_row,
+    equistatic_matrix,
+)
+from adflora_analysis.topology.finite_time import base_rounds
 from adflora_analysis.topology.graphs import build_graph, check_fits, check_n, seeded
 from adflora_analysis.topology.sparse import SparseW, check_dense_fits
 from adflora_analysis.topology.validation import as_matrix, validate
@@ -61,8 +74,8 @@ from adflora_analysis.topology.weights import (
     weights_from_adjacency,
 )
 
-__all__ = ["ENCOUNTER_RULES", "SAMPLERS", "EncounterSampler", "EquiDynSampler",
-           "KPeerExponentialSampler", "ListSampler", "MatchingSampler",
+__all__ = ["ENCOUNTER_RULES", "SAMPLERS", "BaseKSampler", "EncounterSampler", "EquiDynSampler",
+           "EquiStaticSampler", "KPeerExponentialSampler", "ListSampler", "MatchingSampler",
            "OnePeerExponentialSampler", "Sampler", "StaticSampler", "make_sampler"]
 
 ENCOUNTER_RULES = (*GRAPH_RULES, "pairwise")
@@ -70,6 +83,9 @@ ENCOUNTER_RULES = (*GRAPH_RULES, "pairwise")
 
 SUPPORT_LIMIT = 1 << 15
 """Largest support :meth:`Sampler.support` enumerates."""
+
+SUPPORT_BYTES = 1 << 28
+"""Largest dense support (bytes) :meth:`EquiDynSampler.support` enumerates (n <= 323)."""
 
 PAIR_DRAW_LIMIT = 1 << 24
 """Up to this many client pairs the encounter model draws one uniform per pair (n <= 5,793)."""
@@ -621,7 +637,8 @@ class OnePeerExponentialSampler(_SparsePeriodicSampler):
 
 
 class KPeerExponentialSampler(_SparsePeriodicSampler):
-    """k-peer exponential graph (Takezawa et al.; k = 1 is the one-peer exponential graph): at
+    """k-peer exponential graph ("Revisiting 1-peer exponential graph for enhancing
+    decentralized learning efficiency", NeurIPS 2025; k = 1 is the one-peer exponential graph): at
     round t client i averages, with weights 1/(k + 1), itself and clients
     i + j (k + 1)^(t mod τ) mod n for j = 1..k, τ = ceil(log_(k+1) n). For n a power of k + 1
     the product over one period is exactly J (each round fixes one base-(k + 1) digit)."""
@@ -658,45 +675,141 @@ class KPeerExponentialSampler(_SparsePeriodicSampler):
 
 
 class EquiDynSampler(Sampler):
-    """One random peer a round on a circulant (the degree-1 dynamic topology of Song et al.,
-    "Communication-efficient topologies for decentralized learning with O(1) consensus rate",
-    NeurIPS 2022, EquiDyn, here with weight η = 1/2): each round draws one shift u uniformly
-    from {1, ..., n − 1} for all clients and W = (I + P_u)/2, i averaging with i + u.
+    """One random peer a round on a circulant: OD-EquiDyn of Song et al., "Communication-efficient
+    topologies for decentralized learning with O(1) consensus rate", NeurIPS 2022 (the
+    ``M = n − 1`` form of their code, ``ODEquiDynComplete``). Each round draws one offset u
+    uniformly from {1, ..., n − 1} for all clients and W = (1 − η)I + η A(u) with
+    A(u) = I/n + ((n − 1)/n) P_u (:mod:`~.equitopo`): client i keeps 1 − η(n − 1)/n of its
+    state and takes η(n − 1)/n from client i + u.
 
-    E[P_u] = (nJ − I)/(n − 1), so E[WᵀW] = I/2 + (nJ − I)/(2(n − 1)) and
-    p = 1/2 + 1/(2(n − 1)): a consensus rate that does not decay with n at one message a
-    client a round."""
+    E[A(u)] = J and E[A(u)ᵀA(u)] = ((n − 2)/n) I + (2/n) J on 1^⊥, so
+    p = 1 − (1 − η)² − η²(n − 2)/n. The default η = n/(2(n − 1)) maximises it (the authors'
+    scripts use η = 0.53 at n = 17): then W = (I + P_u)/2 and p = 1/2 + 1/(2(n − 1)), a
+    consensus rate that does not decay with n at one message a client a round. With η = 1
+    (W = A(u)) p = 2/n does decay.
+
+    >>> s = EquiDynSampler(5)
+    >>> W = s.sample(0, np.random.default_rng(0))
+    >>> sorted(set(np.round(W.ravel(), 2).tolist()))
+    [0.0, 0.5]
+    """
 
     kind = "equidyn"
     sparse = True
     exchangeable = True   # E[WᵀW] and E[W] are of the form aI + bJ (the rates use only that)
     symmetric = False
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, eta: float | None = None):
         self.n = check_n(n)
         self.symmetric = self.n == 2
+        if eta is None:
+            self.eta, self._peer = self.n / (2.0 * (self.n - 1)), 0.5
+        else:
+            eta = float(eta)
+            if not 0.0 < eta <= 1.0:
+                raise AdfloraError(f"equidyn weight eta = {eta} is outside (0, 1]",
+                                   "pass eta in (0, 1], e.g. eta = 0.5, or leave the default")
+            self.eta, self._peer = eta, eta * (self.n - 1) / self.n
+        self._self = 1.0 - self._peer
+
+    def _shifts(self, u: np.ndarray) -> SparseW:
+        size, i = len(u), np.arange(self.n)
+        return SparseW.from_edges(self.n, np.full((size, self.n), self._self), np.tile(i, size),
+                                  ((i[None, :] + u[:, None]) % self.n).ravel(),
+                                  np.full(size * self.n, self._peer),
+                                  np.repeat(np.arange(size), self.n))
 
     def sample_sparse_batch(self, rng: np.random.Generator, size: int) -> SparseW:
-        u = rng.integers(1, self.n, size)
-        i = np.arange(self.n)
-        return SparseW.from_edges(self.n, np.full((size, self.n), 0.5), np.tile(i, size),
-                                  ((i[None, :] + u[:, None]) % self.n).ravel(),
-                                  np.full(size * self.n, 0.5), np.repeat(np.arange(size), self.n))
+        return self._shifts(rng.integers(1, self.n, size))
 
     def sample_batch(self, rng: np.random.Generator, size: int) -> np.ndarray:
         check_dense_fits(self.n, size)
         return self.sample_sparse_batch(rng, size).dense()
 
     def support(self, limit: int = SUPPORT_LIMIT) -> tuple[np.ndarray, np.ndarray] | None:
-        if self.n - 1 > limit:
+        if self.n - 1 > limit or 8 * self.n * self.n * (self.n - 1) > SUPPORT_BYTES:
             return None
-        i = np.arange(self.n)
-        mats = [SparseW.from_edges(self.n, np.full((1, self.n), 0.5), i, (i + u) % self.n,
-                                   np.full(self.n, 0.5)).dense()[0] for u in range(1, self.n)]
-        return np.array(mats), np.full(self.n - 1, 1.0 / (self.n - 1))
+        return self._shifts(np.arange(1, self.n)).dense(), np.full(self.n - 1, 1.0 / (self.n - 1))
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n": self.n, "graph": "equidyn", "rule": "pairwise"}
+        return {"kind": self.kind, "n": self.n, "graph": "equidyn", "rule": "pairwise",
+                "eta": self.eta}
+
+
+class EquiStaticSampler(StaticSampler):
+    """D-EquiStatic (or U-EquiStatic) of Song et al. (NeurIPS 2022): the static
+    W = (1/M) Σ_m A(u_m) over M offsets drawn uniformly from {1, ..., n − 1}
+    (:mod:`~.equitopo`); ‖W − J‖₂ <= ε w.p. >= 1 − δ once M >= 8 ln(2n/δ)/(3ε²).
+
+    Parameters
+    ----------
+    n : int
+    offsets : array_like of int, shape (M,)
+        The offsets u_m, each in 1..n − 1.
+    undirected : bool
+        U-EquiStatic, W = (1/(2M)) Σ_m (A(u_m) + A(u_m)ᵀ).
+
+    >>> s = EquiStaticSampler(16, [3, 5, 11])
+    >>> s.kind, s.is_static, round(s.consensus_norm(), 6) == round(
+    ...     float(np.linalg.norm(s.W - 1 / 16, 2)), 6)
+    ('static', True, True)
+    """
+
+    def __init__(self, n: int, offsets: Any, undirected: bool = False):
+        n = check_n(n)
+        u = np.asarray(offsets, dtype=np.int64).ravel()
+        if len(u) == 0 or (u < 1).any() or (u >= n).any():
+            raise AdfloraError(f"equistatic offsets must be M >= 1 integers in 1..n − 1 = "
+                               f"{n - 1}", "pass M = 1 or more, or leave M to eps and delta")
+        check_fits(f"equistatic with n = {n} and M = {len(u)}", 48.0 * n * (len(u) + 1) *
+                   (2 if undirected else 1), "use a smaller n or M")
+        super().__init__(equistatic_matrix(n, u, bool(undirected), sparse=n >= STATIC_SPARSE_N),
+                         graph="equistatic", rule="equitopo")
+        self.offsets, self.undirected = u, bool(undirected)
+
+    def consensus_norm(self) -> float:
+        """‖W − J‖₂ exactly, by one FFT of the first row (W is circulant), O(n log n)."""
+        return circulant_norm(equistatic_first_row(self.n, self.offsets, self.undirected))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "M": len(self.offsets), "undirected": self.undirected}
+
+
+class BaseKSampler(_SparsePeriodicSampler):
+    """Base-(k+1) graph of Takezawa et al., "Beyond Exponential Graph: Communication-Efficient
+    Topologies for Decentralized Learning via Finite-time Convergence" (NeurIPS 2023): a
+    periodic sequence in which every client has at most k peers a round, every W^t is
+    symmetric and doubly stochastic, and the product over one period is exactly J for any n
+    (construction in :mod:`~.finite_time`).
+
+    >>> s = BaseKSampler(6, k=1)
+    >>> P = np.eye(6)
+    >>> for t in range(s.period):
+    ...     P = s.sample(t, None) @ P
+    >>> s.period, bool(np.allclose(P, 1 / 6))
+    (4, True)
+    """
+
+    kind = "base-k"
+    symmetric = True
+
+    def __init__(self, n: int, k: int = 1):
+        self.n = check_n(n)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise AdfloraError(f"base-k needs an integer maximum degree k >= 1, got k = {k!r}",
+                               "pass k = 1, 2, ...")
+        self.k = int(k)
+        check_fits(f"base-k with n = {self.n}", 200.0 * self.n * (self.k + 1) *
+                   (2 * math.log(self.n) / math.log(self.k + 1) + 2), "use a smaller n")
+        self._rounds = base_rounds(self.n, self.k)
+        self._period = len(self._rounds)
+
+    def _phase(self, k: int) -> SparseW:
+        return self._rounds[k]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n": self.n, "graph": "base-k", "rule": "base-k",
+                "k": self.k, "period": self.period}
 
 
 class ListSampler(_PeriodicSampler):
@@ -788,6 +901,21 @@ def _matching(n: int, *, graph: str | nx.Graph | None = None, seed: int | None =
     return MatchingSampler(n, build_graph(graph, n, seed=seed, **graph_params), graph)
 
 
+@seeded
+def _equistatic(n: int, *, M: int | None = None, eps: float = 0.5, delta: float = 0.1,
+                undirected: bool = False, seed: int | None = None) -> EquiStaticSampler:
+    if M is None:
+        if not (0.0 < float(eps) <= 1.0 and 0.0 < float(delta) < 1.0):
+            raise AdfloraError(f"equistatic needs eps in (0, 1] and delta in (0, 1), got "
+                               f"eps = {eps}, delta = {delta}", "pass e.g. eps=0.5 delta=0.1")
+        M = equistatic_degree(n, float(eps), float(delta))
+    if isinstance(M, bool) or not isinstance(M, int | np.integer) or M < 1:
+        raise AdfloraError(f"equistatic needs an integer number of offsets M >= 1, got {M!r}",
+                           "pass M = 1, 2, ... (or leave M to eps and delta)")
+    return EquiStaticSampler(n, equi_offsets(n, int(M), np.random.default_rng(seed)),
+                             bool(undirected))
+
+
 def _list(n: int | None, *, matrices: Any = ()) -> ListSampler:
     s = ListSampler(list(matrices))
     if n is not None and s.n != n:
@@ -801,7 +929,9 @@ SAMPLERS = {
     "matching": _matching,
     "one-peer-exponential": lambda n: OnePeerExponentialSampler(n),
     "k-peer-exponential": lambda n, *, k=2: KPeerExponentialSampler(n, k),
-    "equidyn": lambda n: EquiDynSampler(n),
+    "equidyn": lambda n, *, eta=None: EquiDynSampler(n, eta),
+    "equistatic": _equistatic,
+    "base-k": lambda n, *, k=1: BaseKSampler(n, k),
     "list": _list,
 }
 """Sampler kind -> factory ``f(n, **params)``; factories that draw a random graph are
@@ -817,6 +947,8 @@ def make_sampler(kind: str, n: int | None, *, seed: Any = None, **params: Any) -
         ``static`` (``graph=`` name or networkx graph, ``weights=`` rule, graph parameters;
         or ``W=`` a matrix), ``encounter`` (``q=``, ``weights=`` one of
         :data:`ENCOUNTER_RULES`), ``matching`` (optional ``graph=``), ``one-peer-exponential``,
+        ``k-peer-exponential`` (``k=2``), ``base-k`` (``k=1``), ``equidyn`` (``eta=``),
+        ``equistatic`` (``M=``, or ``eps=0.5, delta=0.1``; ``undirected=False``),
         ``list`` (``matrices=``).
     n : int
         Number of clients (>= 2); None for ``list`` (taken from the matrices).
