@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["MEASURES", "OUTCOMES", "measure_fit", "measures_table"]
+__all__ = ["MEASURES", "OUTCOMES", "measure_fit", "measure_fit_by_n", "measures_table"]
 
 MEASURES = ("spectral_gap", "p", "effective_neighbours", "excess_variance")
 """Topology measures compared (columns of :func:`measures_table`). ``excess_variance`` is
@@ -102,3 +102,19 @@ def measure_fit(df: pd.DataFrame, measures: tuple[str, ...] = MEASURES,
                         "slope": round(float(b), 12), "spearman": rho,
                         "points": int(ok.sum())})
     return pd.DataFrame(out)
+
+
+def measure_fit_by_n(df: pd.DataFrame, measures: tuple[str, ...] = MEASURES,
+                     outcomes: tuple[str, ...] = OUTCOMES) -> pd.DataFrame:
+    """:func:`measure_fit` within each number of clients ``n`` (column ``n`` first); an n with
+    fewer than 3 usable rows gets NaN fits.
+
+    >>> df = pd.DataFrame({"n": [4, 4, 4, 8, 8, 8], "p": [0.1, 0.2, 0.4, 0.1, 0.2, 0.4],
+    ...                    "consensus_floor": [1.0, 0.5, 0.25, 2.0, 1.0, 0.5]})
+    >>> fit = measure_fit_by_n(df, measures=("p",), outcomes=("consensus_floor",))
+    >>> fit[["n", "r2", "slope"]].to_numpy().tolist()
+    [[4.0, 1.0, -1.0], [8.0, 1.0, -1.0]]
+    """
+    parts = [measure_fit(g, measures, outcomes).assign(n=n) for n, g in df.groupby("n")]
+    out = pd.concat(parts, ignore_index=True)
+    return out[["n", *[c for c in out.columns if c != "n"]]]
