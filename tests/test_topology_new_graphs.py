@@ -12,7 +12,12 @@ import scipy.stats as st
 from adflora_analysis.cli import main
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.topology import measures as M
-from adflora_analysis.topology.config import TopologyConfig, build_sampler, topology_constants
+from adflora_analysis.topology.config import (
+    TopologyConfig,
+    build_sampler,
+    topology_constants,
+    w_bytes,
+)
 from adflora_analysis.topology.equitopo import (
     circulant_norm,
     equi_offsets,
@@ -275,6 +280,8 @@ def test_new_samplers_in_configs_and_inspect(capsys):
         d = json.loads(out)
         assert d["n"] == 12 and d["p"] > 0 and d["effective_neighbours"] > 1
     assert d["p_method"] == "exact"
+    assert w_bytes(TopologyConfig(graph="base-k", params={"k": 2}), 100_000) < 1e8
+    assert w_bytes(TopologyConfig(graph="equistatic"), 100_000) < 1e9
     with pytest.raises(SystemExit) as exc:
         main(["topology", "inspect", "--graph", "base-k", "--param", "k=0", "--n", "12"])
     assert exc.value.code == 2

@@ -157,6 +157,7 @@ def w_bytes(cfg: TopologyConfig, n: int) -> float:
     True
     """
     from adflora_analysis.core.gossip import SPARSE_MIN_N
+    from adflora_analysis.topology.equitopo import equistatic_degree
 
     dense = 8.0 * n * n
     if n < SPARSE_MIN_N or cfg.matrix is not None or cfg.weights == "server":
@@ -165,7 +166,10 @@ def w_bytes(cfg: TopologyConfig, n: int) -> float:
     per_client = {
         "encounter": None if cfg.weights == "pairwise" else (cfg.q or 0.0) * (n - 1),
         "matching": 1.0, "one-peer-exponential": 1.0, "equidyn": 1.0,
-        "k-peer-exponential": float(p.get("k", 2)), "ring": 2.0, "path": 2.0, "torus": 4.0,
+        "k-peer-exponential": float(p.get("k", 2)), "base-k": float(p.get("k", 1)),
+        "equistatic": (2.0 if p.get("undirected") else 1.0) * float(
+            p.get("M") or equistatic_degree(n, p.get("eps", 0.5), p.get("delta", 0.1))),
+        "ring": 2.0, "path": 2.0, "torus": 4.0,
         "grid": 4.0, "hypercube": math.log2(n), "random-regular": float(p.get("degree", 4)),
         "watts-strogatz": float(p.get("k", 4)), "exponential": 2.0 * math.log2(n),
         "star": 2.0,
