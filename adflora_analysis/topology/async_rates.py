@@ -29,7 +29,10 @@ sampler). Two ways to compute it:
   (:func:`exchangeable_law`): the operator maps lag-block matrices S_ab ∈ span{I, 11ᵀ} to
   themselves and attains ρ there (docs/theory.md §9, step 5), so ρ is the spectral radius of a
   2(τ+1)² matrix (:func:`reduced_rate`) built from seven scalar moments of W's off-diagonal
-  entries (:data:`PATTERNS`); the mask multiplies them by π², π³ or π⁴ exactly. The moments are
+  entries (:data:`PATTERNS`); the mask multiplies them by π², π³ or π⁴ exactly. The rate is
+  taken over the modes that Ξ of the current lag sees (with a deterministic diagonal of W',
+  e.g. a static aI + bJ, the quotient also holds a slower mode of the lags' means drifting
+  apart that Ξ never sees; the full operator reports that one). The moments are
   exact for a static aI + bJ, an enumerable support, the encounter model with the metropolis,
   lazy-metropolis and uniform rules (enumeration over the degree laws) and random perfect
   matchings (``exact-reduced``); otherwise a symmetrized Monte Carlo mean (every pattern
@@ -43,10 +46,13 @@ state), Evans & Høegh-Krohn 1978 (Perron–Frobenius for positive maps).
 >>> r = async_consensus_rate(W)
 >>> round(r.rate, 12), r.method
 (0.0, 'exact-reduced')
->>> r1 = async_consensus_rate(W, staleness=1)
->>> 0 < r1.rate < 1, r1.method, abs(r1.rate - async_consensus_rate(W, staleness=1,
-...                                                                method="full").rate) < 1e-9
-(True, 'exact-reduced', True)
+>>> r1 = async_consensus_rate(W, staleness=1)      # z' = (z − z_{t−1})/4: |λ|² = 1/4
+>>> full = async_consensus_rate(W, staleness=1, method="full")
+>>> round(r1.rate, 12), r1.method, round(full.rate, 4)
+(0.25, 'exact-reduced', 0.5625)
+
+(The full operator's 0.5625 is the lags' means drifting apart, (3/4)², a mode Ξ never sees
+here: docs/theory.md §9, step 5 i.)
 """
 
 from __future__ import annotations
@@ -336,10 +342,16 @@ def reduced_operator(mom: np.ndarray, n: int, staleness: int, project: bool = Tr
 
 
 def reduced_rate(moments: np.ndarray, n: int, staleness: int = 0,
-                 participation: float = 1.0) -> float:
-    """ρ_τ,π of an exchangeable sampler from its unmasked :data:`PATTERNS` ``moments`` (7,):
-    the spectral radius of the 2(τ+1)²-dimensional reduced operator (docs/theory.md §9), by
-    dense eigenvalues (a second at τ = 16, 7 s at τ = 23 here).
+                 participation: float = 1.0, observable: bool = True) -> float:
+    """ρ_τ,π of an exchangeable sampler from its unmasked :data:`PATTERNS` ``moments`` (7,),
+    from the 2(τ+1)²-dimensional reduced operator (docs/theory.md §9, step 5), by dense
+    eigenvalues (a second at τ = 16, 7 s at τ = 23 here).
+
+    ``observable`` (default): the largest eigenvalue among the modes that Ξ(X_t), the
+    disagreement of the current lag, can see — eigenvectors with an X_00 component (step 5 i);
+    the decay rate of E Ξ. Otherwise the spectral radius of the whole
+    quotient, which also holds the lags' means drifting apart: the same number unless W''s
+    diagonal is deterministic (static aI + bJ, perfect matchings with n even, no mask).
 
     >>> from adflora_analysis.topology import make_sampler, consensus_rate
     >>> s = make_sampler("encounter", 10, q=0.1)
@@ -348,10 +360,16 @@ def reduced_rate(moments: np.ndarray, n: int, staleness: int = 0,
     (0.6343, 0.634)
     >>> round(reduced_rate(m, 10, staleness=2), 4), round(reduced_rate(m, 10, 2, 0.8), 4)
     (0.7239, 0.7939)
+    >>> J = pattern_moments(np.full((1, 5, 5), 0.2))   # z' = (z − z_{t−1})/5: |λ|² = 1/5
+    >>> round(reduced_rate(J, 5, 1), 6), round(reduced_rate(J, 5, 1, observable=False), 6)
+    (0.2, 0.64)
     """
     mom = np.asarray(moments, float) * float(participation) ** MASK_POWER
-    R = reduced_operator(mom, n, int(staleness))
-    return float(np.max(np.abs(np.linalg.eigvals(R))))
+    w, V = np.linalg.eig(reduced_operator(mom, n, int(staleness)))
+    if observable:      # modes whose eigenvector has an X_00 component (Ξ reads X_00 only)
+        seen = np.abs(V[0]) > 1e-9 * np.linalg.norm(V, axis=0)
+        w = w[seen] if seen.any() else np.zeros(1)
+    return float(np.max(np.abs(w)))
 
 
 LAG_STARTS = ("identical", "independent", "lag 0 only", "old lags only")
