@@ -281,3 +281,31 @@ def test_cli_refuses_bad_drift_and_writes_nothing(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "clock_drift" in r.stderr
     assert "hint:" in r.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+# ---------------------------------------------------------------- the theory checks on drift runs
+def test_checks_that_assume_one_phase_are_not_applicable_under_drift(tmp_path):
+    """Checks 2 and 4 (rolora: a factor mixes among its phase's clients only) and 3, 5
+    (alternating methods: one phase per client) say n/a on a drift run; the same run read as
+    synchronous (its clock_drift column dropped: the defect the n/a guards against) makes check
+    2 for rolora and check 5 read `violated` for reasons the drift explains."""
+    from adflora_analysis.synthetic.checks import check_data, run_checks
+    from adflora_analysis.synthetic.runner import run_study
+
+    cfg = load_config(SyntheticConfig, data={
+        **SMALL, "n_clients": 10, "rounds": 40, "seeds": 4, "d_in": 8, "d_out": 8,
+        "switch_interval": 4, "gossip": {"clock_drift": 0.3},
+        "topology": {"graph": "encounter", "weights": "metropolis", "q": 0.3}})
+    run_study(cfg, tmp_path / "run", progress=False)
+    st = {(r.number, r.method): r.status for r in run_checks(tmp_path / "run")}
+    assert {k: st[k] for k in [("2", "rolora"), ("3", "rolora"), ("4", "rolora"),
+                               ("5", "rolora"), ("3", "adf-lora"), ("5", "adf-lora")]} \
+        == dict.fromkeys([("2", "rolora"), ("3", "rolora"), ("4", "rolora"), ("5", "rolora"),
+                          ("3", "adf-lora"), ("5", "adf-lora")], "n/a")
+    assert st[("2", "adf-lora")] == "held"          # adf-lora still mixes with the whole W^t
+    data = check_data(tmp_path / "run")
+    data.metrics = data.metrics.drop(columns="clock_drift")
+    planted = {(r.number, r.method): r.status
+               for r in run_checks(tmp_path / "run", data=data)}
+    assert planted[("2", "rolora")] == "violated"
+    assert planted[("5", "rolora")] == planted[("5", "adf-lora")] == "violated"

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats as st
 
-from adflora_analysis.synthetic.checks.data import Context
+from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
 from adflora_analysis.synthetic.checks.frozen import fit_geometric_rate, stretches
 from adflora_analysis.synthetic.checks.gossip import tiny
 from adflora_analysis.synthetic.checks.result import CheckResult
@@ -102,6 +102,10 @@ def check_async_rate(ctx: Context) -> list[CheckResult]:
     pred = ctx.vmeta.get("async_rate")
     if not pred:
         return []
+    na = drift_not_applicable(ctx, "stale-gossip-rate", "7", "the block the reference clock "
+                              "freezes is trained by the clients whose clocks have switched")
+    if na is not None:
+        return [na]
     rho, rho_se = float(pred["rate"]), float(pred.get("stderr") or 0.0)
     tau = int(pred.get("staleness", 0))
     out = []

@@ -24,7 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import Context
+from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
 from adflora_analysis.synthetic.checks.gossip import tiny
 from adflora_analysis.synthetic.checks.result import CheckResult
 from adflora_analysis.synthetic.checks.stats import pooled_test
@@ -67,6 +67,11 @@ def gossiped_blocks(ctx: Context) -> list[str]:
 def check_consensus(ctx: Context) -> list[CheckResult]:
     """Checks 4, 4b and 4c for one (variant, method)."""
     run, p, p_se = ctx.run, ctx.p, ctx.p_se
+    na = drift_not_applicable(ctx, "consensus-step", "4", "a factor is mixed only among the "
+                              "clients in its phase (W^t restricted, (9.5)), so 1 - p is not its "
+                              "contraction", phase_mixed_only=True)
+    if na is not None:
+        return [na]
     if not math.isfinite(p) or p <= 0:
         return []
     out = []

@@ -154,7 +154,7 @@ def contexts(data: RunData, *, z: float = Z_DEFAULT, effect: float = EFFECT_DEFA
         vmeta = {**data.variant_meta(variant)}
         vmeta.setdefault("seeds", data.meta.get("seeds"))
         dv = df[df.variant == variant]
-        for k in ("lr", "local_steps", "n_clients"):
+        for k in ("lr", "local_steps", "n_clients", "clock_drift"):
             if vmeta.get(k) is None and k in dv:
                 vmeta[k] = dv[k].iloc[0]
         topo = vmeta.get("topology") or data.meta.get("topology") or {}
@@ -174,3 +174,36 @@ def contexts(data: RunData, *, z: float = Z_DEFAULT, effect: float = EFFECT_DEFA
                                None if rho_se is None else float(rho_se), exch, static,
                                kind))
     return out
+
+
+def drift_not_applicable(ctx: Context, name: str, number: str, why: str, *,
+                         phase_mixed_only: bool = False):
+    """An ``n/a`` result for a check that assumes one phase for every client, on a run with
+    clock drift (``gossip.clock_drift`` > 0, docs/theory.md §9) of a method whose clients then
+    train (or, with ``phase_mixed_only``, gossip) different factors in the same round; None
+    when the check applies.
+
+    >>> import pandas as pd
+    >>> ctx = Context(None, None, {"clock_drift": 0.2}, "rolora", "v", {}, 3.0, 0.5, 0.4, 0.0,
+    ...               None, None, True, False, "synthetic")
+    >>> drift_not_applicable(ctx, "gossip-contraction", "2", "W is restricted").status
+    'n/a'
+    >>> ctx.vmeta["clock_drift"] = 0.0
+    >>> drift_not_applicable(ctx, "gossip-contraction", "2", "W is restricted") is None
+    True
+    """
+    from adflora_analysis.core.methods import METHODS
+    from adflora_analysis.synthetic.checks.result import CheckResult
+
+    d = ctx.vmeta.get("clock_drift")
+    d = float(d) if d is not None else 0.0
+    spec = METHODS.get(ctx.method)
+    if not d > 0 or spec is None or not spec.alternates:   # NaN (no drift column) too
+        return None
+    if phase_mixed_only and spec.mix != "phase":
+        return None
+    return CheckResult(name, number, ctx.method, ctx.variant, "n/a",
+                       note=f"clock drift {d:g}: clients in different phases in the same round, "
+                            f"so {why}; read drift runs through docs/theory.md §9's drift "
+                            "measures (C, the frozen block's Ξ, phase_frac_A)",
+                       details={"clock_drift": d})

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import Context
+from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
 from adflora_analysis.synthetic.checks.gossip import tiny
 from adflora_analysis.synthetic.checks.result import CheckResult
 from adflora_analysis.synthetic.checks.stats import log_mean_unbiased, pooled_test
@@ -102,6 +102,10 @@ def check_frozen(ctx: Context) -> list[CheckResult]:
     run, p, p_se = ctx.run, ctx.p, ctx.p_se
     if not math.isfinite(p) or p <= 0:
         return []
+    na = drift_not_applicable(ctx, "frozen-block-consensus", "3", "the block the reference "
+                              "clock freezes is trained by the clients whose clocks have switched")
+    if na is not None:
+        return [na]
     tau, pi = async_gossip(ctx.vmeta)
     if tau > 0 or pi < 1:
         return [CheckResult(

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import Context
+from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
 from adflora_analysis.synthetic.checks.result import CheckResult
 from adflora_analysis.synthetic.checks.stats import pooled_test
 
@@ -31,6 +31,11 @@ def tiny(x: np.ndarray) -> float:
 def check_gossip(ctx: Context) -> CheckResult:
     """Check 2 for one (variant, method)."""
     run, p, p_se = ctx.run, ctx.p, ctx.p_se
+    na = drift_not_applicable(ctx, "gossip-contraction", "2", "a factor is mixed only among "
+                              "the clients in its phase (W^t restricted, (9.5)), not with W^t",
+                              phase_mixed_only=True)
+    if na is not None:
+        return na
     if not math.isfinite(p) or p <= 0:
         return CheckResult("gossip-contraction", "2", ctx.method, ctx.variant, "n/a",
                            note="no consensus rate p > 0")

@@ -35,7 +35,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import Context
+from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
 from adflora_analysis.synthetic.checks.result import CheckResult
 from adflora_analysis.synthetic.checks.stats import fit_a_plus_b_over_R, pooled_test
 
@@ -61,6 +61,10 @@ def _f_inf(ctx: Context) -> tuple[np.ndarray, str]:
 
 def check_stationarity(ctx: Context) -> list[CheckResult]:
     """Checks 5 and 5b for one (variant, method)."""
+    na = drift_not_applicable(ctx, "stationarity", "5", "the one-block descent bound does "
+                              "not cover a round in which clients step different factors")
+    if na is not None:
+        return [na]
     out = []
     run = ctx.run
     missing = [c for c in COLUMNS if not run.has(c)]
