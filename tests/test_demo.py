@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 
 import pandas as pd
 
@@ -30,16 +31,22 @@ def test_demo_quick_writes_every_part(tmp_path):
     # 3. T ablation swept T
     t = pd.read_parquet(out / "runs" / "t_ablation" / "metrics.parquet")
     assert sorted(t["switch_interval"].unique()) == [1, 5, 20]
-    # 4. GLUE: four methods, real MiniLM, evaluation of clients, their mean and the average
+    # 4. GLUE: adf-lora against rolora, real MiniLM adapted in its top layer from the cached
+    # lower layers, evaluation of clients, their mean and the average
     ev = pd.read_parquet(out / "runs" / "glue" / "eval.parquet")
-    assert set(ev["method"]) == {"adf-lora", "rolora", "ffa-lora", "lora"}
+    assert set(ev["method"]) == {"adf-lora", "rolora"}
     assert {"mean", "averaged", "0", "9"} <= set(ev["client"].astype(str))
     meta = json.loads((out / "runs" / "glue" / "meta.json").read_text())
     assert meta["model"]["name"] == "minilm" and meta["versions"]["transformers"]
+    assert meta["model"]["layers"] == ["bert.encoder.layer.5.attention.self.query",
+                                       "bert.encoder.layer.5.attention.self.value"]
+    glue_cfg = tomllib.loads((out / "runs" / "glue" / "config.toml").read_text())
+    assert glue_cfg["cache_frozen_prefix"] is True and glue_cfg["adapt_layers"] == 1
     # 5. the report, covering every part
     md = (out / "report.md").read_text()
     for needle in ("topology sweep", "bounds: theory checks", "t_ablation: sweeps",
-                   "glue: evaluation", "GLUE table (%)", "**Summary**", "Demo setting"):
+                   "glue: evaluation", "GLUE table (%)", "**Summary**", "Demo setting",
+                   "top layer only", "adf-lora against rolora only"):
         assert needle in md, needle
     # the bounds study keeps checkpoints, so the report draws the cross terms themselves
     assert (out / "figures" / "bounds--dynamics-cross-terms--b-i-a-j--f.png").is_file()

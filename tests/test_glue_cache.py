@@ -112,3 +112,23 @@ def test_demo_glue_step_uses_the_cached_path(tiny):
     assert isinstance(study.train, CachedEncoded) and len(study.train) == 60
     assert all(isinstance(v, CachedEncoded) for v in study.val.values())
     assert study.gm.cached and len(study.gm.backbone.encoder.layer) == 1
+
+
+def test_paper_numbers_only_beside_runs_of_the_papers_setting():
+    """A roberta-large run on the paper's four tasks matches the paper's setting unless it
+    adapts only the top layers or trains the head (the demo's settings)."""
+    from pathlib import Path
+
+    from adflora_analysis.reports.build import paper_setting_matches
+    from adflora_analysis.reports.collect import Run
+    from adflora_analysis.reports.paper import PAPER_TASKS
+
+    def run(**cfg):
+        return Run(Path("r"), "glue", {"model": "roberta-large", **cfg}, {})
+
+    tasks = list(PAPER_TASKS)
+    assert paper_setting_matches([run()], tasks)
+    assert paper_setting_matches([run(adapt_layers=0, train_head=False)], tasks)
+    assert not paper_setting_matches([run(adapt_layers=1)], tasks)
+    assert not paper_setting_matches([run(train_head=True)], tasks)
+    assert not paper_setting_matches([run(model="minilm")], tasks)

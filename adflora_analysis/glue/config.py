@@ -55,8 +55,10 @@ class GlueConfig(FederationConfig):
         only (0 = every layer, the paper's setting).
     cache_frozen_prefix : with ``adapt_layers``, compute the hidden states entering the first
         adapted layer once for every training and evaluation row and run only the adapted layers
-        per step (exact in evaluation; in training the frozen lower layers then run without
-        dropout, as in evaluation).
+        per step, the last one for the first token only, which is all the classifier head reads
+        (exact in evaluation; in training the frozen lower layers then run without dropout, as
+        in evaluation, and the adapted layers' dropout masks are drawn differently than in the
+        full forward). The cache holds about 4 d_model bytes per token of every row.
     per_client_init : draw A^0 independently per client (default: one shared A^0).
 
     Optimization and schedule

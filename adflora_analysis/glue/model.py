@@ -383,7 +383,7 @@ class _FirstTokenLayer(nn.Module):
     """A BERT/RoBERTa layer computed for the first token only, for the last layer of a
     sequence classifier (its head reads nothing else): keys and values from every token, the
     query, attention output and feed-forward for position 0. Exact: the first token's output
-    is the full layer's (docs/architecture.md §7); returns (batch, 1, d_model)."""
+    is the full layer's (tests/test_glue_cache.py); returns (batch, 1, d_model)."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()

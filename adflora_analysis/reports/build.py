@@ -208,9 +208,11 @@ def glue_table(evals: pd.DataFrame, runs: list[Run]) -> tuple[pd.DataFrame, str]
 
 def paper_setting_matches(runs: list[Run], tasks: list[str]) -> bool:
     """The paper's numbers go only beside runs of its setting: roberta-large on its four
-    tasks."""
+    tasks, LoRA in every layer (no ``adapt_layers``) and the frozen shared head."""
     models = {str(r.config.get("model")) for r in runs}
-    return set(tasks) == set(PAPER_TASKS) and all("roberta-large" in m for m in models)
+    return (set(tasks) == set(PAPER_TASKS) and all("roberta-large" in m for m in models)
+            and not any(r.config.get("adapt_layers") or r.config.get("train_head")
+                        for r in runs))
 
 
 def compare_labels(runs: list[Run]) -> dict[str, str]:
