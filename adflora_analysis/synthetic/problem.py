@@ -602,7 +602,7 @@ class QuadraticProblem(Problem):
         return out
 
     def _chunks(self) -> list[slice]:
-        """Client chunks that bound a float64 temporary of a few rows-sized tensors (32 MB)."""
+        """Client chunks that bound a float64 temporary of a few rows-sized tensors (2 MB)."""
         c = self.cfg
         return client_chunks(self.n, len(self.seeds) * self.L * c.samples_per_client
                              * (c.d_in + c.d_out))
