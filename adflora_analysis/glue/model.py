@@ -188,7 +188,7 @@ class GlueModel:
         self.head_missing = {n for n in self.head if n in missing}
         self._head_loaded = {n: p.detach().cpu().clone() for n, p in self.head.items()}
         self.owner: object | None = None
-        self._embeddings = self.backbone.embeddings
+        self._embeddings = getattr(self.backbone, "embeddings", None)
         self.cached = bool(cache_frozen_prefix)
         if self.cached:   # from now on the model starts from cached hidden states
             self._set_stack(full=False)
