@@ -358,6 +358,6 @@ def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list) -> list[Se
             if fig is not None:
                 text.append(_check_line(verify_rates(fig, tab), "rate pairs"))
             secs.append(Section(f"{name}: stale and partial gossip", text,
-                                figures={"consensus rate against τ and π": fig} if fig else {},
+                                figures={"consensus rate against tau and pi": fig} if fig else {},
                                 tables={"async": tab}))
     return secs
