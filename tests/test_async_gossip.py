@@ -265,10 +265,39 @@ def test_check_7_holds_with_the_predicted_rate_and_catches_one_that_ignores_stal
 
     three = check_frozen(ctx)
     assert three and all(r.status == "n/a" and "check 7" in r.note for r in three)
+    # so do checks 2, 4 (1 - p per step) and 5 (x̄ takes the averaged step): n/a
+    from adflora_analysis.synthetic.checks.consensus import check_consensus
+    from adflora_analysis.synthetic.checks.gossip import check_gossip
+    from adflora_analysis.synthetic.checks.stationarity import check_stationarity
+
+    others = [check_gossip(ctx), *check_consensus(ctx), *check_stationarity(ctx)]
+    assert [(r.number, r.status) for r in others] == [("2", "n/a"), ("4", "n/a"), ("5", "n/a")]
     # ... planted defect: the same run read as synchronous gossip is judged against 1 - p and
     # fails (the staleness slows the frozen block far below 1 - p)
     ctx.vmeta = {k: v for k, v in ctx.vmeta.items() if k not in ("gossip", "async_rate")}
     assert any(r.status == "violated" for r in check_frozen(ctx))
+
+
+def test_checks_of_synchronous_gossip_are_not_applicable_under_partial_participation(tmp_path):
+    """Checks 2, 4, 5 say n/a on a partial-gossip run; the same run read as synchronous (the
+    defect the n/a guards against) makes check 2 (a masked W^t contracts slower than 1 - p)
+    and check 5 (idle clients' steps are discarded) read `violated`."""
+    from adflora_analysis.synthetic.checks import check_data, run_checks
+    from adflora_analysis.synthetic.runner import run_study
+
+    cfg = load_config(SyntheticConfig, data={
+        "n_clients": 10, "rounds": 40, "seeds": 6, "d_in": 6, "d_out": 6, "methods": ["lora"],
+        "constants_every": 0, "gossip": {"participation": 0.6},
+        "topology": {"graph": "encounter", "weights": "metropolis", "q": 0.2}})
+    run_study(cfg, tmp_path / "run", progress=False)
+    st = {r.number: r.status for r in run_checks(tmp_path / "run")}
+    assert (st["2"], st["4"], st["5"]) == ("n/a", "n/a", "n/a")
+    data = check_data(tmp_path / "run")
+    for m in (data.meta, *(data.meta.get("variants") or {}).values()):
+        m.pop("gossip", None)
+        m.pop("async_rate", None)
+    planted = {r.number: r.status for r in run_checks(tmp_path / "run", data=data)}
+    assert planted["2"] == planted["5"] == "violated"
 
 
 def test_stale_partial_gossip_under_torch_distributed_matches_in_process(tmp_path):

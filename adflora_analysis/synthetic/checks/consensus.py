@@ -24,7 +24,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
+from adflora_analysis.synthetic.checks.data import (
+    Context,
+    async_not_applicable,
+    drift_not_applicable,
+)
 from adflora_analysis.synthetic.checks.gossip import tiny
 from adflora_analysis.synthetic.checks.result import CheckResult
 from adflora_analysis.synthetic.checks.stats import pooled_test
@@ -70,6 +74,8 @@ def check_consensus(ctx: Context) -> list[CheckResult]:
     na = drift_not_applicable(ctx, "consensus-step", "4", "a factor is mixed only among the "
                               "clients in its phase (W^t restricted, (9.5)), so 1 - p is not its "
                               "contraction", phase_mixed_only=True)
+    na = na or async_not_applicable(ctx, "consensus-step", "4", "the recursion with 1 - p "
+                                    "assumes fresh messages from every client")
     if na is not None:
         return [na]
     if not math.isfinite(p) or p <= 0:

@@ -207,3 +207,30 @@ def drift_not_applicable(ctx: Context, name: str, number: str, why: str, *,
                             f"so {why}; read drift runs through docs/theory.md §9's drift "
                             "measures (C, the frozen block's Ξ, phase_frac_A)",
                        details={"clock_drift": d})
+
+
+def async_not_applicable(ctx: Context, name: str, number: str, why: str):
+    """An ``n/a`` result for a check derived for synchronous gossip with every client, on a
+    run with stale or partial gossip (τ > 0 or π < 1, docs/theory.md §9); None when the check
+    applies. Check 7 tests such runs against the predicted ρ_τ,π.
+
+    >>> ctx = Context(None, None, {"gossip": {"staleness": 2, "participation": 1.0}}, "lora",
+    ...               "v", {}, 3.0, 0.5, 0.4, 0.0, None, None, True, False, "synthetic")
+    >>> r = async_not_applicable(ctx, "stationarity", "5", "x̄ is not the clients' average")
+    >>> r.status, r.details
+    ('n/a', {'staleness': 2, 'participation': 1.0})
+    >>> ctx.vmeta = {}
+    >>> async_not_applicable(ctx, "stationarity", "5", "x̄ is not the clients' average") is None
+    True
+    """
+    from adflora_analysis.synthetic.checks.frozen import async_gossip
+    from adflora_analysis.synthetic.checks.result import CheckResult
+
+    tau, pi = async_gossip(ctx.vmeta)
+    if tau == 0 and pi == 1:
+        return None
+    return CheckResult(name, number, ctx.method, ctx.variant, "n/a",
+                       note=f"stale/partial gossip (τ = {tau}, π = {pi:g}): {why}; check 7 "
+                            "(stale-gossip-rate) tests the consensus rate against the predicted "
+                            "ρ_τ,π (docs/theory.md §9)",
+                       details={"staleness": tau, "participation": pi})

@@ -16,7 +16,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
+from adflora_analysis.synthetic.checks.data import (
+    Context,
+    async_not_applicable,
+    drift_not_applicable,
+)
 from adflora_analysis.synthetic.checks.result import CheckResult
 from adflora_analysis.synthetic.checks.stats import pooled_test
 
@@ -34,6 +38,8 @@ def check_gossip(ctx: Context) -> CheckResult:
     na = drift_not_applicable(ctx, "gossip-contraction", "2", "a factor is mixed only among "
                               "the clients in its phase (W^t restricted, (9.5)), not with W^t",
                               phase_mixed_only=True)
+    na = na or async_not_applicable(ctx, "gossip-contraction", "2", "a gossip step mixes "
+                                    "with old or masked copies, so 1 - p is not its contraction")
     if na is not None:
         return na
     if not math.isfinite(p) or p <= 0:

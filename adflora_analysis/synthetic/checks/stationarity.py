@@ -35,7 +35,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
+from adflora_analysis.synthetic.checks.data import (
+    Context,
+    async_not_applicable,
+    drift_not_applicable,
+)
 from adflora_analysis.synthetic.checks.result import CheckResult
 from adflora_analysis.synthetic.checks.stats import fit_a_plus_b_over_R, pooled_test
 
@@ -63,6 +67,10 @@ def check_stationarity(ctx: Context) -> list[CheckResult]:
     """Checks 5 and 5b for one (variant, method)."""
     na = drift_not_applicable(ctx, "stationarity", "5", "the one-block descent bound does "
                               "not cover a round in which clients step different factors")
+    na = na or async_not_applicable(ctx, "stationarity", "5", "stale mixing does not keep x̄ "
+                                    "the clients' average and an idle client's steps are "
+                                    "discarded, so x̄ does not take the averaged step the "
+                                    "descent bound assumes")
     if na is not None:
         return [na]
     out = []
