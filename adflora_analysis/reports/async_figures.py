@@ -313,11 +313,13 @@ def _check_line(problems: list[str], what: str) -> str:
     return f"Figure check: the {what} drawn were read back and match the run's tables."
 
 
-def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list) -> list[Section]:
+def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list,
+                   metas: list[dict] | None = None) -> list[Section]:
     """The issue-12 sections where the runs hold their data: the phase ribbon (an adaptive
     schedule, stale or partial gossip or clock drift in the metrics), T against q (a run whose
     variants include an adaptive schedule), predicted against fitted rate (a run whose
-    meta.json has an ``async_rate``). ``run_dirs``: the group's run directories."""
+    meta.json has an ``async_rate``). ``run_dirs``: the group's run directories; ``metas``:
+    their meta.json contents when already read (else read here)."""
     from adflora_analysis.rundir import load_run
     from adflora_analysis.synthetic.async_tables import adaptive_table, async_table
 
@@ -331,7 +333,7 @@ def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list) -> list[Se
                 "where clients of one round are in different phases (clock drift).",
                 _check_line(verify_ribbon(fig, metrics), "ribbon cells")],
                 figures={"phase ribbon": fig}))
-    for d in run_dirs:
+    for i, d in enumerate(run_dirs):
         m = metrics[metrics["run"] == d.name] if "run" in metrics else metrics
         name = d.name if len(run_dirs) > 1 else title
         if ("switch_schedule" in m and m["switch_schedule"].isin(ADAPTIVE).any()
@@ -346,7 +348,7 @@ def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list) -> list[Se
                     "within_noise: |final ‖∇f‖² − the best fixed T's| ≤ 2 s.e. of the "
                     "difference.", _check_line(verify_adaptive(fig, tab), "T values and stars")],
                     figures={"T against q": fig}, tables={"adaptive T": tab}))
-        meta = load_run(d).meta
+        meta = metas[i] if metas is not None else load_run(d).meta
         variants = (meta.get("variants") or {}).values()
         if meta.get("async_rate") or any(v.get("async_rate") for v in variants):
             tab = async_table(d)

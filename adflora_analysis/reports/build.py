@@ -296,7 +296,8 @@ def report_sections(runs: list[Run], checks_fn: CheckFn | None = None,
         secs += dynamics_section(title, metrics, bounds, checks, cross)
         from adflora_analysis.reports.async_figures import async_sections
 
-        secs += async_sections(title, metrics, [r.path for r in group])
+        secs += async_sections(title, metrics, [r.path for r in group],
+                               [r.meta for r in group])
         if checks is not None:
             from adflora_analysis.reports.checks import overlay_sections
 

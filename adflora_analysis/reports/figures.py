@@ -298,7 +298,7 @@ def difference(metrics: pd.DataFrame, col: str, ref: str = "adf-lora",
         _band_lines(ax, part, "d")
         _rounds_range(ax, part)
         ax.set_title(label or "")
-        ax.set_ylabel(f"({col}[m] − {col}[{ref}])" + (f" / {col}[{ref}]" if relative else ""))
+        ax.set_ylabel(f"(m − {ref}) / {ref}" if relative else f"m − {ref}")  # col: title
     fig.suptitle(f"{col}: each method minus {ref}, paired by seed (above 0: {ref} lower)",
                  y=1.0, fontsize=11)
     _legend(fig, _order(diff["method"]), diff)
