@@ -303,26 +303,13 @@ def test_checks_of_synchronous_gossip_are_not_applicable_under_partial_participa
 def test_stale_partial_gossip_under_torch_distributed_matches_in_process(tmp_path):
     """2 processes (gloo): the stale copies are each process's own clients, exchanged by the
     backend like current blocks; the participation masks are drawn for all clients everywhere."""
-    import os
-
     import pandas as pd
+    from _dist import in_process_and_torchrun
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["synthetic", "run", "synthetic/bounds.toml", "seeds=2", "rounds=8",
             "methods=['adf-lora','rolora']", "constants_every=0", "gossip.staleness=2",
             "gossip.participation=0.7"]
-    ref = subprocess.run([sys.executable, "-m", "adflora_analysis", *args, "--out",
-                          str(tmp_path / "ref")], capture_output=True, text=True, env=env)
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node=2", "-m", "adflora_analysis", *args, "--out",
-                           str(tmp_path / "dist")], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert dist.returncode == 0, dist.stderr[-2000:]
-    key = ["method", "seed", "round", "layer"]
-    a = pd.read_parquet(tmp_path / "ref" / "metrics.parquet").sort_values(key)
-    b = pd.read_parquet(tmp_path / "dist" / "metrics.parquet").sort_values(key)
-    num = [c for c in a.columns if a[c].dtype.kind == "f" and c not in ("wall_s", "time_s")]
+    a, b, num = in_process_and_torchrun(args, tmp_path)
     assert len(a) == len(b) > 0
     pd.testing.assert_frame_equal(a[num].reset_index(drop=True), b[num].reset_index(drop=True),
                                   rtol=1e-5, atol=1e-12)

@@ -5,7 +5,6 @@ factor's phase, and torch.distributed and resume repeat the in-process run."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -234,22 +233,12 @@ def test_resume_mid_run_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_drift_under_torch_distributed_matches_in_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from _dist import in_process_and_torchrun
+
     args = ["synthetic", "run", "synthetic/bounds.toml", "seeds=2", "rounds=8",
             "methods=['adf-lora','rolora']", "constants_every=0", "switch_interval=2",
             "gossip.clock_drift=0.3"]
-    ref = subprocess.run([sys.executable, "-m", "adflora_analysis", *args, "--out",
-                          str(tmp_path / "ref")], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node=2", "-m", "adflora_analysis", *args, "--out",
-                           str(tmp_path / "dist")], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=ROOT)
-    assert dist.returncode == 0, dist.stderr[-2000:]
-    key = ["method", "seed", "round", "layer"]
-    a = pd.read_parquet(tmp_path / "ref" / "metrics.parquet").sort_values(key)
-    b = pd.read_parquet(tmp_path / "dist" / "metrics.parquet").sort_values(key)
-    num = [c for c in a.columns if a[c].dtype.kind == "f" and c not in ("wall_s", "time_s")]
+    a, b, num = in_process_and_torchrun(args, tmp_path)
     assert len(a) == len(b) > 0
     pd.testing.assert_frame_equal(a[num].reset_index(drop=True), b[num].reset_index(drop=True),
                                   rtol=1e-5, atol=1e-12)
