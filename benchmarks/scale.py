@@ -57,22 +57,6 @@ def bench_config(n: int, graph: str, rounds: int):
         "topology_samples": 200, "client_storage": "rows", "topology": topo})
 
 
-def stored_bytes_per_client(prob) -> float:
-    """Bytes of the problem's tensors that have a client axis, per client (shared storage
-    counted once)."""
-    import torch
-
-    seen, total = set(), 0
-    for v in vars(prob).values():
-        for t in ((v.X, v.R) if hasattr(v, "grads") else (v,)):
-            if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[1] == prob.n:
-                key = t.untyped_storage().data_ptr()
-                if key not in seen:
-                    seen.add(key)
-                    total += t.untyped_storage().nbytes()
-    return total / prob.n
-
-
 def run_one(n: int, graph: str, sparse: bool, rounds: int) -> dict:
     """One configuration in this process; returns its row."""
     import torch
@@ -118,7 +102,7 @@ def run_one(n: int, graph: str, sparse: bool, rounds: int) -> dict:
             "graph_build_s": t_graph,
             "peak_rss_gb": peak / 1e9, "bytes_per_client": (peak - base) / n,
             "state_bytes_per_client": state_bytes,
-            "data_bytes_per_client": stored_bytes_per_client(prob), "loss": loss}
+            "data_bytes_per_client": prob.stored_bytes_per_client(), "loss": loss}
 
 
 def refusal(n: int, graph: str, sparse: bool, rounds: int, dense_budget_gb: float,

@@ -207,24 +207,13 @@ def test_rows_storage_keeps_no_d_squared_per_client():
     (planted: the check is run on it) holds d^2 per client and fails the same bound."""
     from adflora_analysis.synthetic.problem import QuadraticProblem
 
-    def per_client_bytes(p) -> float:
-        seen, total = set(), 0
-        for v in vars(p).values():
-            ts = v if isinstance(v, tuple) else (v.X, v.R) if hasattr(v, "grads") else (v,)
-            for t in ts:
-                if isinstance(t, torch.Tensor) and t.ndim >= 2 and t.shape[1] == p.n:
-                    key = t.untyped_storage().data_ptr()
-                    if key not in seen:
-                        seen.add(key)
-                        total += t.untyped_storage().nbytes()
-        return total / p.n
-
     over = {"d_in": 32, "d_out": 32, "n_layers": 1, "seeds": 1, "rank": 2, "n_clients": 5,
             "dtype": "float32"}
     cfg = _rows_cfg("rows", **over)
     bound = 4 * cfg.samples_per_client * 64 + 8 * 8
-    assert per_client_bytes(QuadraticProblem(cfg)) <= bound
-    assert per_client_bytes(QuadraticProblem(_rows_cfg("statistics", **over))) > 10 * bound
+    assert QuadraticProblem(cfg).stored_bytes_per_client() <= bound
+    assert QuadraticProblem(_rows_cfg("statistics", **over)).stored_bytes_per_client() \
+        > 10 * bound
 
 
 def test_scale_benchmark_refuses_in_one_line_before_allocating():

@@ -662,6 +662,21 @@ class QuadraticProblem(Problem):
                 "L_point": Lp.flatten(1).amax(-1), "L_hull": self.smoothness_bound()}
 
     # ------------------------------------------------------------------ checkpoints
+    def stored_bytes_per_client(self) -> float:
+        """Bytes of the problem's stored tensors that have a client axis (axis 1, after the
+        seed axis), per client; a storage shared by several tensors counts once. What the
+        memory goal of ``client_storage = "rows"`` is measured by (benchmarks/scale.py)."""
+        seen, total = set(), 0
+        for v in vars(self).values():
+            ts = v if isinstance(v, tuple) else (v.X, v.R) if hasattr(v, "grads") else (v,)
+            for t in ts:
+                if isinstance(t, Tensor) and t.ndim >= 2 and t.shape[1] == self.n:
+                    key = t.untyped_storage().data_ptr()
+                    if key not in seen:
+                        seen.add(key)
+                        total += t.untyped_storage().nbytes()
+        return total / self.n
+
     def state_dict(self) -> dict:
         return {"max_fro_A": self.max_fro_A.cpu(), "max_fro_B": self.max_fro_B.cpu()}
 
