@@ -78,8 +78,8 @@ def block_weights(W: Tensor | SparseMix, blocks: Sequence[str],
                   masks: dict[str, Tensor] | None) -> dict[str, Tensor | SparseMix]:
     """W^t for each block: restricted by :func:`participating` to the clients that gossip the
     block where ``masks`` names it (``{block: (*batch, n) bool}``), W^t itself otherwise. A
-    sparse W^t is made dense for a restricted block (clock drift). Blocks with the same mask
-    share one matrix.
+    sparse W^t stays sparse (:meth:`~.sparse.SparseMix.restricted`, O(edges)). Blocks with the
+    same mask share one matrix.
 
     >>> import torch
     >>> W = torch.full((3, 3), 1 / 3)
@@ -96,8 +96,8 @@ def block_weights(W: Tensor | SparseMix, blocks: Sequence[str],
             continue
         hit = next((Wm for mm, Wm in seen if torch.equal(mm, m)), None)
         if hit is None:
-            Wd = W.dense() if isinstance(W, SparseMix) else W
-            hit = participating(Wd, m.to(Wd.device))
+            hit = (W.restricted(m) if isinstance(W, SparseMix)
+                   else participating(W, m.to(W.device)))
             seen.append((m, hit))
         out[b] = hit
     return out

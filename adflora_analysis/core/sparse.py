@@ -103,6 +103,28 @@ class SparseMix:
         W[rows // self.n, rows % self.n, cols % self.n] = self.weight
         return W.reshape(*self.batch_shape, self.n, self.n)
 
+    def restricted(self, active: Tensor) -> SparseMix:
+        """W^t restricted to the ``active`` clients, (*batch, n) bool: the sparse form of
+        :func:`adflora_analysis.core.mixers.participating` (an off-diagonal weight survives when
+        both ends are active; each diagonal takes the rest of its row). O(edges), no dense W;
+        dropped edges stay stored as zeros (:meth:`messages` does not count them).
+
+        >>> import numpy as np, torch
+        >>> from adflora_analysis.topology.sparse import SparseW
+        >>> sw = SparseW.from_dense(np.full((1, 3, 3), 1 / 3))
+        >>> W = SparseMix.from_sparse_w(sw, (1,)).restricted(torch.tensor([[True, True, False]]))
+        >>> W.dense().mul(6).round()[0].tolist()
+        [[4.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 6.0]]
+        """
+        a = active.reshape(-1).to(self.col.device)
+        rows, cols = self._coo()
+        off = rows != cols
+        w = torch.where(off & ~(a[rows] & a[cols]), torch.zeros_like(self.weight), self.weight)
+        offsum = torch.zeros(a.numel(), dtype=w.dtype, device=w.device).index_add_(
+            0, rows, torch.where(off, w, torch.zeros_like(w)))
+        w = torch.where(off, w, (1 - offsum)[rows])
+        return SparseMix(self.n, self.batch_shape, self.crow, self.col, w)
+
     def messages(self) -> Tensor:
         """Client-to-client messages of one gossip step (*batch,): nonzero off-diagonal
         entries of each matrix."""
