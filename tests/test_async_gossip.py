@@ -362,3 +362,37 @@ def test_tables_for_the_reports(tmp_path):
     assert a.grad_final.notna().all()
     r = phase_ribbon(tmp_path / "run")
     assert "".join(r[r.variant.str.endswith("T=4")].phase) == "BBBBAAAABBBB"
+
+
+def test_stale_partial_mixer_with_a_sparse_W_equals_the_dense_one(monkeypatch):
+    """From 1,024 clients W^t comes as a SparseMix: stale (τ = 2) and partial (π = 0.6) gossip
+    runs on it in O(edges) (no dense W built) with the dense run's numbers, round by round."""
+    from adflora_analysis.core.sparse import SparseMix
+    from adflora_analysis.seeding import numpy_rng
+    from adflora_analysis.topology import make_sampler
+    from adflora_analysis.topology.sparse import SparseW
+
+    S, n = 2, 6
+    sampler = make_sampler("encounter", n, q=0.4, weights="metropolis")
+    Ws = [torch.stack([torch.as_tensor(sampler.sample(t, numpy_rng(s, "w", t)))
+                       for s in range(S)]) for t in range(4)]
+    g = torch.Generator().manual_seed(3)
+    st = LoraState([torch.randn(S, n, 2, 3, generator=g, dtype=torch.float64)],
+                   [torch.randn(S, n, 3, 2, generator=g, dtype=torch.float64)], ["l0"])
+    dense, sparse = asynchronous(2, 0.6, seeds=[0, 1]), asynchronous(2, 0.6, seeds=[0, 1])
+    a, b = st.clone(), st.clone()
+    ca, cb = dense.init(a), sparse.init(b)
+
+    def no_dense(self):
+        raise AssertionError("the sparse path built a dense W")
+
+    for t, W in enumerate(Ws):
+        a, ca, sa = dense.mix(ca, a, ("A", "B"), W, t)
+        sp = SparseMix.from_sparse_w(SparseW.from_dense(W.numpy()), (S,), dtype=torch.float64)
+        with monkeypatch.context() as mp:
+            mp.setattr(SparseMix, "dense", no_dense)
+            b, cb, sb = sparse.mix(cb, b, ("A", "B"), sp, t)
+        for x, y in zip(a.A + a.B, b.A + b.B, strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-14)
+        assert torch.equal(sa, sb)
+    assert not torch.equal(a.A[0], st.A[0])          # gossip did something

@@ -103,6 +103,14 @@ def block_weights(W: Tensor | SparseMix, blocks: Sequence[str],
     return out
 
 
+def _diagonal_and_rest(W: Tensor | SparseMix) -> tuple[Tensor, Tensor | SparseMix]:
+    """(self-weights (*batch, n), W^t with its diagonal zeroed), dense or sparse."""
+    if isinstance(W, SparseMix):
+        return W.diagonal(), W.off_diagonal()
+    d = W.diagonal(dim1=-2, dim2=-1)
+    return d, W - torch.diag_embed(d)
+
+
 def _mix_blocks(state: LoraState, blocks: Sequence[str], W: Tensor | SparseMix,
                 masks: dict[str, Tensor] | None, backend: Backend, server: bool
                 ) -> tuple[LoraState, Tensor]:
@@ -197,7 +205,8 @@ def asynchronous(staleness: int = 0, participation: float = 1.0,
     backend exchanges them like current blocks, so it runs under torch.distributed) and, when
     ``participation`` < 1, the post-gossip blocks of the last round; it is checkpointed, so a
     resumed run is exact. ``seeds``: the batch's seeds (one mask stream per seed); a state with
-    no batch axis uses ``seeds[0]``.
+    no batch axis uses ``seeds[0]``. ``W`` dense or a :class:`~.sparse.SparseMix` (from 1,024
+    clients; masked and split into diagonal and rest in O(edges)).
 
     >>> import torch
     >>> from adflora_analysis.core.state import LoraState
@@ -235,16 +244,14 @@ def asynchronous(staleness: int = 0, participation: float = 1.0,
     def mix(carry: MixerState, state: LoraState, blocks: Sequence[str], W: Tensor, t: int, *,
             backend: Backend = LOCAL, server: bool = False,
             masks: dict[str, Tensor] | None = None) -> tuple[LoraState, MixerState, Tensor]:
-        if isinstance(W, SparseMix):
-            raise AdfloraError("stale or partial gossip needs the dense W^t",
-                               "use fewer than 1024 clients with gossip.staleness/participation")
-        n = W.shape[-1]
+        sparse = isinstance(W, SparseMix)
+        n = W.n if sparse else W.shape[-1]
         sl = backend.client_slice(n)
         if pi < 1:
             batch = tuple(state.batch_shape)
             act = active_clients(seeds[:batch[0]] if batch else seeds[:1], n, t, pi)
-            act = act.reshape(*batch, n).to(W.device)
-            W = participating(W, act)
+            act = act.reshape(*batch, n).to(W.weight.device if sparse else W.device)
+            W = W.restricted(act) if sparse else participating(W, act)
             idle = ~act[..., sl]
             for b in names(state):
                 for x, old in zip(state.block(b), carry["prev"][b], strict=True):
@@ -254,8 +261,8 @@ def asynchronous(staleness: int = 0, participation: float = 1.0,
         if tau:
             Ws = block_weights(W, blocks, masks)   # W^t for every block without clock drift
             for b in blocks:
-                diag = Ws[b].diagonal(dim1=-2, dim2=-1)[..., sl]
-                off = Ws[b] - torch.diag_embed(Ws[b].diagonal(dim1=-2, dim2=-1))
+                diag, off = _diagonal_and_rest(Ws[b])
+                diag = diag[..., sl]
                 for x, old in zip(state.block(b), history[0][b], strict=True):
                     d = diag.to(x.dtype).reshape(*diag.shape, *([1] * (x.dim() - diag.dim())))
                     x.copy_(d * x + backend.mix(off, old.clone()))

@@ -125,6 +125,27 @@ class SparseMix:
         w = torch.where(off, w, (1 - offsum)[rows])
         return SparseMix(self.n, self.batch_shape, self.crow, self.col, w)
 
+    def diagonal(self) -> Tensor:
+        """The self-weights w_ii, (*batch, n).
+
+        >>> import numpy as np
+        >>> from adflora_analysis.topology.sparse import SparseW
+        >>> W = SparseMix.from_sparse_w(SparseW.from_dense(np.full((1, 2, 2), 0.5)), (1,))
+        >>> W.diagonal().tolist(), W.off_diagonal().dense()[0].tolist()
+        ([[0.5, 0.5]], [[0.0, 0.5], [0.5, 0.0]])
+        """
+        rows, cols = self._coo()
+        d = torch.zeros(self.crow.numel() - 1, dtype=self.weight.dtype, device=self.weight.device)
+        on = rows == cols
+        d[rows[on]] = self.weight[on]
+        return d.reshape(*self.batch_shape, self.n)
+
+    def off_diagonal(self) -> SparseMix:
+        """W^t − diag(W^t), same structure (self-weights stored as zeros)."""
+        rows, cols = self._coo()
+        w = torch.where(rows == cols, torch.zeros_like(self.weight), self.weight)
+        return SparseMix(self.n, self.batch_shape, self.crow, self.col, w)
+
     def messages(self) -> Tensor:
         """Client-to-client messages of one gossip step (*batch,): nonzero off-diagonal
         entries of each matrix."""
