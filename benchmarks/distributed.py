@@ -4,17 +4,20 @@ Prints the seconds per round at P = 1 and P = 2 and their ratio (speed-up = t(P=
 measured in one run of this script, one torch thread per process (P = 1: one process with one
 thread; P = 2: two processes with one thread each; gloo, CPU):
 
-1. **Synthetic engine at n = 10,000**: d_in = d_out = 64, r = 4, K = 5, float32, adf-lora,
-   encounter with about 10 peers a round (sparse W^t, :class:`~adflora_analysis.core.sparse.
-   SparseMix`), on the lean quadratic f_i = ½‖B A − U_i V_iᵀ‖²_F (:class:`LeanQuadratic`:
-   O(n d r) gradients, so the round is the engine: local steps, gossip, every consensus metric;
-   the testbed's ``QuadraticProblem`` still gathers the state for its inner-step bookkeeping
-   under torch.distributed). P = 1 is the in-process run; P = 2 runs
+1. **Synthetic testbed at n = 10,000**: the testbed's own ``QuadraticProblem`` in the setting
+   of ``benchmarks/scale.py`` (``client_storage = "rows"``, m = 16, d_in = d_out = 64, r = 4,
+   K = 5, float32, adf-lora, encounter with about 10 peers a round: a sparse W^t,
+   :class:`~adflora_analysis.core.sparse.SparseMix`), every metric and theory-check column of a
+   round. Under torchrun each process holds and steps its clients only; the inner-step
+   bookkeeping, ``evaluate`` and the consensus metrics come from per-process partial sums and
+   maxima (small all-reduces, never a gathered state). P = 1 is the in-process run; P = 2 runs
    under torchrun with the default exchange (``auto`` = neighbor for a sparse W^t) and with
-   ``allgather``. Every round computes every consensus metric (partial sums, no gathered
-   state); W^t is drawn beforehand in every process (``draw s``: one draw, replicated work).
-   Also the bytes each rank sends per round and ``cpu s/rd``, the CPU time per round of the
-   (slowest) process: on shared cores the wall time mostly measures the other jobs.
+   ``allgather``. W^t is drawn beforehand in every process (``draw s``: one draw, replicated
+   work), and every process generates every client's data (``build s``, same streams as
+   in-process) before keeping its own. Also the bytes each rank sends per round and
+   ``cpu s/rd``, the CPU time per round of the (slowest) process: on shared cores the wall
+   time mostly measures the other jobs. The loss and product consensus of the last round are
+   printed for each run: they agree to float round-off.
 2. **GLUE runner**: ``glue_runs/smoke.toml`` (offline MiniLM, 10 clients, encounter q = 0.1)
    with adf-lora for a few rounds, through the CLI (``adflora glue run`` / under torchrun).
    Seconds per round from the times the progress lines arrive (from round 1 to the last line
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -42,8 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-D, R, K, LR, NOISE = 64, 4, 5, 0.05, 1e-3
+sys.path.insert(0, str(ROOT / "benchmarks"))     # scale.bench_config: the same setting
 
 
 def _env() -> dict[str, str]:
@@ -52,95 +53,33 @@ def _env() -> dict[str, str]:
             "TRANSFORMERS_OFFLINE": "1"}
 
 
-class LeanQuadratic:
-    """f_i(A, B) = ½‖B A − U_i V_iᵀ‖²_F for this process's clients ``sl`` of n (rank-4
-    targets stored as factors, Gaussian gradient noise; O(n d r) per gradient, 2 KiB of data a
-    client), one layer, a batch of one seed: A (1, n_local, r, d), B (1, n_local, d, r). The
-    loss is taken at the global mean (all-reduced sums)."""
-
-    def __init__(self, n: int, sl: slice, backend, seed: int = 0):
-        import torch
-
-        self.n, self.sl, self.backend, self.seed = n, sl, backend, seed
-        g = torch.Generator().manual_seed(seed)
-        U0 = torch.randn(D, R, generator=g) / math.sqrt(D)
-        V0 = torch.randn(D, R, generator=g) / math.sqrt(D)
-        self.U = (U0 + 0.3 * torch.randn(1, n, D, R, generator=g) / math.sqrt(D))[:, sl]
-        self.V = (V0 + 0.3 * torch.randn(1, n, D, R, generator=g) / math.sqrt(D))[:, sl]
-
-    def initial_state(self):
-        import torch
-
-        from adflora_analysis.core.state import LoraState
-
-        g = torch.Generator().manual_seed(self.seed + 1)
-        m = self.sl.stop - self.sl.start
-        A = ((torch.rand(1, 1, R, D, generator=g) * 2 - 1) / math.sqrt(D)).expand(
-            1, m, R, D).contiguous()
-        return LoraState([A], [torch.zeros(1, m, D, R)], ["layer0"])
-
-    def local_update(self, state, blocks, t, disp=None):
-        import torch
-
-        from adflora_analysis.core.state import LoraState
-
-        g = torch.Generator().manual_seed(1_000_003 * self.seed + 7919 * self.sl.start + t)
-        A, B = state.A[0], state.B[0]
-        Vt, Bt = self.V.transpose(-1, -2), B.transpose(-1, -2)
-        for _ in range(K):
-            if "B" in blocks:   # (BA − UVᵀ)Aᵀ
-                At = A.transpose(-1, -2)
-                gB = B @ (A @ At) - self.U @ (Vt @ At)
-                B = B - LR * (gB + NOISE * torch.randn(B.shape, generator=g))
-            if "A" in blocks:   # Bᵀ(BA − UVᵀ)
-                Bt = B.transpose(-1, -2)
-                gA = (Bt @ B) @ A - (Bt @ self.U) @ Vt
-                A = A - LR * (gA + NOISE * torch.randn(A.shape, generator=g))
-        new = LoraState([A], [B], list(state.layers))
-        if disp is not None:
-            disp.add_states(state, new, blocks)
-        return new, {}
-
-    def evaluate(self, state, t):
-        s, n = self.backend.all_sum, self.n
-        A = s(state.A[0].double().sum(1)) / n
-        B = s(state.B[0].double().sum(1)) / n
-        U, V = self.U.double(), self.V.double()
-        quad = ((B.transpose(-1, -2) @ B) * (A @ A.transpose(-1, -2))).sum((-2, -1))
-        cross = s(((B.transpose(-1, -2).unsqueeze(1) @ U) * (A.unsqueeze(1) @ V))
-                  .sum((-3, -2, -1)))
-        const = s(((U.transpose(-1, -2) @ U) * (V.transpose(-1, -2) @ V)).sum((-3, -2, -1)))
-        return {"loss": 0.5 * quad - cross / n + 0.5 * const / n}
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, d):
-        pass
-
-
 def synthetic_worker(n: int, rounds: int, exchange: str, out: str) -> None:
     """One synthetic run (in-process, or one rank under torchrun); rank 0 writes its row."""
     import torch
+    from scale import bench_config
 
     from adflora_analysis.core import get_method, mixing_schedule, run_rounds
     from adflora_analysis.core.sparse import SparseMix
     from adflora_analysis.distributed import make_backend, shutdown
-    from adflora_analysis.topology import TopologyConfig, build_sampler
+    from adflora_analysis.synthetic.problem import QuadraticProblem
+    from adflora_analysis.topology import build_sampler
 
     torch.set_num_threads(1)
     backend = make_backend(n, "auto", exchange)
-    sampler = build_sampler(TopologyConfig(graph="encounter", q=10 / (n - 1)), n, seed=0)
-    sched = mixing_schedule(sampler, [0], dtype=torch.float32)
+    cfg = bench_config(n, "encounter", rounds)
+    sampler = build_sampler(cfg.topology, n, seed=0)
+    sched = mixing_schedule(sampler, cfg.seed_list, dtype=torch.float32)
     t0 = time.perf_counter()
     Ws = [sched(t) for t in range(rounds)]
     draw = (time.perf_counter() - t0) / rounds
     assert isinstance(Ws[0], SparseMix)
-    prob = LeanQuadratic(n, backend.client_slice(n), backend)
+    t0 = time.perf_counter()
+    prob = QuadraticProblem(cfg, cfg.seed_list, backend=backend)
+    build = time.perf_counter() - t0
     times, cpu, loss = [], [], None
     t0, c0 = time.perf_counter(), time.process_time()
     for res in run_rounds(prob, get_method("adf-lora"), prob.initial_state(), Ws.__getitem__,
-                          rounds=rounds, backend=backend):
+                          rounds=rounds, switch_interval=cfg.switch_interval, backend=backend):
         loss = float(res.scalar["loss"][0])
         pc = float(res.layer["product_consensus"][0, 0])
         times.append(time.perf_counter() - t0)
@@ -149,7 +88,7 @@ def synthetic_worker(n: int, rounds: int, exchange: str, out: str) -> None:
     sent = getattr(backend, "bytes_sent", 0) / rounds
     row = {"P": backend.world_size, "exchange": exchange if backend.world_size > 1 else "-",
            "s_per_round": sum(times[1:]) / (len(times) - 1),
-           "cpu_per_round": sum(cpu[1:]) / (len(cpu) - 1), "draw_s": draw,
+           "cpu_per_round": sum(cpu[1:]) / (len(cpu) - 1), "draw_s": draw, "build_s": build,
            "bytes_per_round_rank": sent, "loss": loss, "product_consensus": pc}
     if backend.world_size > 1:
         import torch.distributed as dist
@@ -222,15 +161,16 @@ def main() -> None:
     print(f"# load before: {load()}  ({os.cpu_count()} cores, shared)")
     rows = [] if args.skip_synthetic else synthetic(args.n, args.rounds, tmp)
     if rows:
-        print(f"# synthetic engine: n = {args.n}, d = 64, r = 4, K = 5, float32, adf-lora, "
-              f"sparse encounter ~10 peers, {args.rounds} rounds (first left out), 1 thread "
-              f"per process")
-        print(f"{'P':>2} {'exchange':>10} {'s/round':>8} {'cpu s/rd':>9} {'draw s':>7} "
-              f"{'MB/round/rank':>14} {'loss':>10}")
+        print(f"# synthetic testbed (QuadraticProblem, rows storage): n = {args.n}, d = 64, "
+              f"r = 4, K = 5, float32, adf-lora, sparse encounter ~10 peers, {args.rounds} "
+              f"rounds (first left out), 1 thread per process")
+        print(f"{'P':>2} {'exchange':>10} {'s/round':>8} {'cpu s/rd':>9} {'build s':>8} "
+              f"{'draw s':>7} {'MB/round/rank':>14} {'loss':>12} {'prod. cons.':>12}")
     for r in rows:
         print(f"{r['P']:>2} {r['exchange']:>10} {r['s_per_round']:>8.3f} "
-              f"{r['cpu_per_round']:>9.3f} {r['draw_s']:>7.3f} "
-              f"{r['bytes_per_round_rank'] / 1e6:>14.2f} {r['loss']:>10.5f}")
+              f"{r['cpu_per_round']:>9.3f} {r['build_s']:>8.2f} {r['draw_s']:>7.3f} "
+              f"{r['bytes_per_round_rank'] / 1e6:>14.2f} {r['loss']:>12.7g} "
+              f"{r['product_consensus']:>12.6g}")
     for r in rows[1:]:
         base, base_cpu = rows[0]["s_per_round"], rows[0]["cpu_per_round"]
         print(f"speed-up synthetic P=2 ({r['exchange']}) / P=1: wall "

@@ -336,5 +336,104 @@ def test_planted_distributed_defects_are_caught(tmp_path, plant, key):
     assert max(r[key] for r in ranks) > 1e-6
 
 
+# --- the synthetic problem's bookkeeping from partial sums, checked inside torchrun -----------
+
+def _problem_worker(out: str, plant: str) -> None:
+    """Run under torchrun: every rank builds the quadratic problem twice, once with every
+    client in this process (the reference) and once through :class:`TorchDistBackend` whose
+    ``gather`` raises, so nothing can be gathered; it applies the same local updates (one block
+    and the joint step, under minibatch and additive noise, dense and rows storage, per-client
+    speeds and a clock-drift mask), then ``evaluate`` and ``measure_constants``, and writes
+    the largest relative difference of every measured value and of its clients' factors.
+    ``plant``: ``"none"`` or ``"no_reduce"`` (the partial sums and maxima are not reduced over
+    processes)."""
+    import json
+
+    import torch.distributed as dist
+
+    from adflora_analysis.config import load_config
+    from adflora_analysis.core.methods import get_method
+    from adflora_analysis.distributed import TorchDistBackend, init_distributed
+    from adflora_analysis.synthetic.config import SyntheticConfig
+    from adflora_analysis.synthetic.problem import QuadraticProblem
+
+    init_distributed()
+    n = 11
+    b = TorchDistBackend(n, "neighbor")
+
+    def no_gather(X):
+        raise AssertionError("the problem gathered a block")
+    b.gather = no_gather
+    if plant == "no_reduce":
+        b.all_sum = b.all_max = lambda x: x.clone()
+    sl = b.client_slice(n)
+    res: dict[str, float] = {}
+    cases = {"minibatch-statistics": {"noise_kind": "minibatch"},
+             "minibatch-rows": {"noise_kind": "minibatch", "client_storage": "rows"},
+             "additive-speeds": {"noise_kind": "additive", "noise": 1e-3,
+                                 "gossip": {"speed_spread": 0.7}}}
+    for case, over in cases.items():
+        cfg = load_config(SyntheticConfig, data={
+            "n_clients": n, "seeds": 2, "d_in": 6, "d_out": 5, "n_layers": 2, "rank": 2,
+            "samples_per_client": 12, "batch_size": 4, "local_steps": 3, "lr": 0.05,
+            "power_iters": 8, "per_client_init": True, **over})
+        ref, mine = QuadraticProblem(cfg), QuadraticProblem(cfg, backend=b)
+        s_ref, s_mine = ref.initial_state(), mine.initial_state()
+        phA = torch.arange(2 * n).reshape(2, n) % 3 == 0
+        masks = get_method("adf-lora").trained_masks(phA)
+        steps = [(("B",), None), (("A",), None), (("A", "B"), None), (("A", "B"), masks)]
+        for t, (blocks, mask) in enumerate(steps):
+            mine_mask = None if mask is None else {k: v[:, sl] for k, v in mask.items()}
+            s_ref, m_ref = ref.local_update(s_ref, blocks, t, train_mask=mask)
+            s_mine, m_mine = mine.local_update(s_mine, blocks, t, train_mask=mine_mask)
+            e_ref, e_mine = ref.evaluate(s_ref, t), mine.evaluate(s_mine, t)
+            c_ref, c_mine = ref.measure_constants(s_ref, t), mine.measure_constants(s_mine, t)
+            for what, r, m in (("update", m_ref, m_mine), ("evaluate", e_ref, e_mine),
+                               ("constants", c_ref, c_mine)):
+                for k in r:
+                    d = float(((m[k] - r[k]).abs() / r[k].abs().clamp_min(1e-12)).max())
+                    key = f"{case}/{what}/{k}"
+                    res[key] = max(res.get(key, 0.0), d)
+            for name in ("A", "B"):
+                for x_ref, x_mine in zip(s_ref.block(name), s_mine.block(name), strict=True):
+                    d = float((x_ref[:, sl] - x_mine).abs().max())
+                    res[f"{case}/state"] = max(res.get(f"{case}/state", 0.0), d)
+    with open(f"{out}.{b.rank}.json", "w") as f:
+        json.dump(res, f)
+    dist.destroy_process_group()
+
+
+def _run_problem(tmp_path: Path, plant: str) -> list[dict]:
+    import json
+
+    out = str(tmp_path / f"pb-{plant}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node=2", __file__, "problem-worker", out, plant]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [json.loads(Path(f"{out}.{k}.json").read_text()) for k in range(2)]
+
+
+def test_problem_bookkeeping_from_partial_sums_matches_in_process(tmp_path):
+    """Under torch.distributed the quadratic problem never gathers a block (its ``gather``
+    raises) and its local updates, every measured column, ``evaluate`` and
+    ``measure_constants`` equal the in-process problem's (float64, relative 1e-9); with the
+    reductions over processes removed (planted) the same comparison fails for the means, the
+    consensus errors and the maxima."""
+    ranks = _run_problem(tmp_path, "none")
+    assert len(ranks[0]) > 60
+    for r in ranks:
+        bad = {k: v for k, v in r.items() if v > 1e-9}
+        assert not bad, bad
+    planted = _run_problem(tmp_path, "no_reduce")
+    for key in ("minibatch-statistics/update/xi_inner", "minibatch-rows/update/sn_gbar_sq",
+                "minibatch-statistics/evaluate/loss", "minibatch-rows/evaluate/zeta_sq",
+                "additive-speeds/evaluate/cross_term_direct",
+                "minibatch-statistics/constants/L_power"):
+        assert max(r[key] for r in planted) > 1e-6, key
+
+
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "exchange-worker":
     _exchange_worker(sys.argv[2], sys.argv[3])
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "problem-worker":
+    _problem_worker(sys.argv[2], sys.argv[3])

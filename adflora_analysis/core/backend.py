@@ -2,7 +2,7 @@
 
 A backend tells the round loop which clients this process holds and how to gossip and gather
 their stacked blocks. :class:`LocalBackend` is the in-process simulation; the torch.distributed
-backend (``adflora_analysis.distributed``) implements the same four members with collectives,
+backend (``adflora_analysis.distributed``) implements the same members with collectives,
 with exactly the same gossip semantics.
 """
 
@@ -32,6 +32,9 @@ class Backend(Protocol):
     def all_sum(self, x: Tensor) -> Tensor:
         """Sum of ``x`` over processes (identity in-process)."""
 
+    def all_max(self, x: Tensor) -> Tensor:
+        """Elementwise maximum of ``x`` over processes (identity in-process)."""
+
 
 class LocalBackend:
     """Every client in this process; gossip is a batched matmul, in place in chunks.
@@ -55,6 +58,9 @@ class LocalBackend:
         return X
 
     def all_sum(self, x: Tensor) -> Tensor:
+        return x
+
+    def all_max(self, x: Tensor) -> Tensor:
         return x
 
 

@@ -122,6 +122,14 @@ class TorchDistBackend:
             raise _peer_lost(self.rank, self._others(), "all-reduce", e) from None
         return y
 
+    def all_max(self, x: Tensor) -> Tensor:
+        y = x.clone()
+        try:
+            dist.all_reduce(y, op=dist.ReduceOp.MAX)
+        except (RuntimeError, dist.DistError) as e:
+            raise _peer_lost(self.rank, self._others(), "all-reduce", e) from None
+        return y
+
     def exchange_for(self, W: Tensor | SparseMix) -> str:
         """The exchange used for ``W``: the configured one, or ``"auto"``'s choice."""
         if self.exchange != "auto":

@@ -118,16 +118,27 @@ def hvp(s: float, A: Tensor, B: Tensor, U: Tensor, V: Tensor, Sig: Tensor,
 
 
 def hessian_norm(s: float, A: Tensor, B: Tensor, Sig: Tensor, C: Tensor, *,
-                 iters: int = 20, seed: int = 0) -> Tensor:
+                 iters: int = 20, seed: int = 0,
+                 clients: tuple[int, slice] | None = None) -> Tensor:
     """||hess f|| by power iteration at every point of a batch (per layer: the Hessian is
     block diagonal over layers), returned with the point's leading shape.
 
     Returns ``||H v_k||`` for the k-th unit iterate, a lower bound of the largest absolute
     eigenvalue for every k that converges to it (no sign ambiguity, unlike the Rayleigh quotient).
+    ``clients = (n, sl)``: the points are clients ``sl`` of n on axis 1 (one process's share
+    under torch.distributed); the start vectors are those of the whole batch, so the estimate
+    equals the one computed with every client in one process.
     """
     g = torch_generator(seed, "power-iteration")
-    U = torch.randn(A.shape, generator=g, dtype=torch.float64).to(A.device)
-    V = torch.randn(B.shape, generator=g, dtype=torch.float64).to(A.device)
+    if clients is None:
+        U = torch.randn(A.shape, generator=g, dtype=torch.float64).to(A.device)
+        V = torch.randn(B.shape, generator=g, dtype=torch.float64).to(A.device)
+    else:
+        n, sl = clients
+        U = torch.randn((A.shape[0], n, *A.shape[2:]), generator=g,
+                        dtype=torch.float64)[:, sl].to(A.device)
+        V = torch.randn((B.shape[0], n, *B.shape[2:]), generator=g,
+                        dtype=torch.float64)[:, sl].to(A.device)
     A, B, Sig, C = A.double(), B.double(), Sig.double(), C.double()
     est = torch.zeros(A.shape[:-2], dtype=torch.float64, device=A.device)
     for _ in range(iters):
