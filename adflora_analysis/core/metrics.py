@@ -238,7 +238,8 @@ PARTIAL_SUM_MIN_N = 1024
 """From this many clients an in-process run computes the round's metrics by
 :func:`partial_sum_metrics` (linear in n). Below it the two-pass functions above are kept, so
 the shipped studies (n <= 1,000) give bit-identical rows to earlier releases (the partial sums
-agree to float round-off only). Under torch.distributed the partial sums are always used."""
+agree to float round-off only). Under torch.distributed the partial sums are always used. The
+synthetic problem's minibatch gradients are computed in client chunks from the same n on."""
 
 
 def round_metrics(state: LoraState, backend: Backend = LOCAL,
