@@ -200,3 +200,70 @@ def test_sparse_spectrum_falls_back_to_dense(monkeypatch):
     monkeypatch.setattr(spectral, "DENSE_FALLBACK_N", 10)            # above it: the error
     with pytest.raises(Exception, match="did not converge"):
         spectral.spectral_summary(W, method="sparse")
+
+
+def _measures_df(n_rows: int = 6):
+    import pandas as pd
+
+    g = np.random.default_rng(0)
+    nw = np.geomspace(3, 200, n_rows)
+    return pd.DataFrame({
+        "run": "r", "variant": [f"v{i}" for i in range(n_rows)],
+        "graph": ["ring", "torus", "encounter"] * (n_rows // 3), "n": [16, 128] * (n_rows // 2),
+        "spectral_gap": g.uniform(0.01, 0.5, n_rows), "p": g.uniform(0.01, 0.5, n_rows),
+        "effective_neighbours": nw, "excess_variance": 1 / nw,
+        "consensus_floor": 0.3 / nw, "grad_norm_sq": g.uniform(0.05, 0.1, n_rows)})
+
+
+def test_measures_figure_is_read_back_and_a_wrong_point_is_caught():
+    """The figure's panels carry exactly the table's points (the check passes), the best
+    predictor of the planted relation is named; a figure drawn from a table with one point
+    moved fails the read-back for the panels that show it."""
+    from adflora_analysis.reports.measure_figures import (
+        best_measures,
+        measures_figure,
+        verify_measures,
+    )
+    from adflora_analysis.topology.fit import measure_fit
+
+    df = _measures_df()
+    fit = measure_fit(df)
+    fig = measures_figure(df, fit)
+    assert verify_measures(fig, df) == []
+    assert best_measures(fit)["consensus_floor"][0] in ("effective_neighbours",
+                                                        "excess_variance")
+    moved = df.copy()
+    moved.loc[2, "consensus_floor"] *= 3.0
+    problems = verify_measures(measures_figure(moved, measure_fit(moved)), df)
+    assert len(problems) == 4 and all("consensus floor" in p for p in problems)
+
+
+def test_measures_section_in_the_report_of_a_study_run(tmp_path):
+    """A study whose variants carry the topology measures gets the section (tables, figure,
+    a passing read-back); a run with one topology gets none."""
+    import json
+
+    from adflora_analysis.config import load_config
+    from adflora_analysis.reports.measure_figures import measures_rows, measures_sections
+    from adflora_analysis.synthetic.config import SyntheticConfig
+    from adflora_analysis.synthetic.runner import run_study
+
+    base = {"n_clients": 8, "rounds": 4, "local_steps": 2, "lr": 0.05, "rank": 2, "seeds": 1,
+            "methods": ["adf-lora"], "d_in": 4, "d_out": 4, "target_rank": 2,
+            "constants_every": 0, "noise_kind": "minibatch", "batch_size": 4,
+            "samples_per_client": 8, "topology_samples": 100}
+    variants = [{"label": g, "topology.graph": g} for g in ("ring", "hypercube", "torus")]
+    variants += [{"label": "enc", "topology.graph": "encounter", "topology.q": 0.3}]
+    run_study(load_config(SyntheticConfig, data={**base, "variants": variants}),
+              tmp_path / "run", progress=False)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    secs = measures_sections([tmp_path / "run"], [meta])
+    assert len(secs) == 1
+    sec = secs[0]
+    assert set(sec.tables) == {"fit across all variants", "fit within each n", "variants"}
+    assert len(sec.tables["variants"]) == 4 and sec.figures
+    assert any(t.startswith("Figure check: the points") for t in sec.text)
+    run_study(load_config(SyntheticConfig, data={**base, "variants": variants[:1]}),
+              tmp_path / "one", progress=False)
+    one = json.loads((tmp_path / "one" / "meta.json").read_text())
+    assert measures_rows([tmp_path / "one"], [one]) is None

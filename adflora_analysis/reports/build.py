@@ -304,6 +304,10 @@ def report_sections(runs: list[Run], checks_fn: CheckFn | None = None,
             secs += overlay_sections(title, group)
         if kind == "glue":
             secs += _glue_sections(title, group, labels)
+    from adflora_analysis.reports.measure_figures import measures_sections
+
+    syn = [r for r in runs if r.kind == "synthetic"]
+    secs += measures_sections([r.path for r in syn], [r.meta for r in syn])
     secs.append(setup_section(runs))
     return secs
 
