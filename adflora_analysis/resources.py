@@ -103,7 +103,7 @@ def synthetic_need(cfg, n_variants: int = 1) -> Need:
     """Estimate of a synthetic study (one variant's job at a time; every variant's rows).
 
     Dominant terms: the problem's data and Hessians per seed, client and layer, the stacked
-    factors (with the gathered and local copies of a round), the W^t of every seed, the tidy
+    factors (with the copies a round makes), the W^t of every seed, the tidy
     metric rows of every (variant, method, seed, round, layer) and the mixing rows.
     """
     S, n, L = len(cfg.seed_list), cfg.n_clients, cfg.n_layers
