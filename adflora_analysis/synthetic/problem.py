@@ -197,35 +197,58 @@ class QuadraticProblem(Problem):
 
     # ------------------------------------------------------------------ reductions over clients
     # The data and factors on this process are its clients' (all of them in-process). What the
-    # bookkeeping needs over all clients is a reduction of per-process partial results: a mean,
-    # a consensus error, a maximum. In-process each is the plain tensor operation (so the rows
-    # of an in-process run do not change); under torch.distributed one or two small all-reduces.
+    # bookkeeping needs over all clients is a reduction of per-process partial results: a sum,
+    # a mean, a consensus error, a maximum. In-process each is the plain tensor operation (so
+    # the rows of an in-process run do not change); under torch.distributed the partial results
+    # of one call are reduced together, in one small all-reduce (two for consensus errors).
+
+    def _csums(self, *xs: Tensor) -> list[Tensor]:
+        """Each per-process partial result summed over processes (float64), in one all-reduce;
+        in-process the inputs themselves."""
+        if self.backend.world_size == 1 or not xs:
+            return list(xs)
+        flat = self.backend.all_sum(torch.cat([x.double().reshape(-1) for x in xs]))
+        out, off = [], 0
+        for x in xs:
+            out.append(flat[off:off + x.numel()].reshape(x.shape))
+            off += x.numel()
+        return out
+
+    def _cmeans(self, *xs: Tensor, keepdim: bool = False, dtype: torch.dtype | None = None
+                ) -> list[Tensor]:
+        """Means over the client axis 1 of every process's clients, each in its own dtype (or
+        ``dtype``): (S, n_local, ...) -> (S, ...) (or (S, 1, ...) with ``keepdim``)."""
+        if self.backend.world_size == 1:
+            return [x.mean(1, keepdim=keepdim) for x in xs]
+        sums = self._csums(*(x.sum(1, keepdim=keepdim, dtype=torch.float64) for x in xs))
+        return [(t / self.n).to(dtype or x.dtype) for t, x in zip(sums, xs, strict=True)]
 
     def _cmean(self, x: Tensor, keepdim: bool = False) -> Tensor:
-        """Mean over the client axis 1 of every process's clients, in x's dtype:
-        (S, n_local, ...) -> (S, ...) (or (S, 1, ...) with ``keepdim``)."""
-        if self.backend.world_size == 1:
-            return x.mean(1, keepdim=keepdim)
-        total = self.backend.all_sum(x.sum(1, keepdim=keepdim, dtype=torch.float64))
-        return (total / self.n).to(x.dtype)
+        """:meth:`_cmeans` of one tensor."""
+        return self._cmeans(x, keepdim=keepdim)[0]
 
     def _cmax(self, x: Tensor) -> Tensor:
         """Maximum over every axis but the seed axis 0 and over every process: -> (S,)."""
         m = x.flatten(1).amax(-1)
         return m if self.backend.world_size == 1 else self.backend.all_max(m)
 
-    def _cxi(self, X: Tensor) -> Tensor:
-        """Consensus error (1/n) sum_i ||X_i - X_bar||^2 over the client axis 1 of every
-        process's clients, (S, n_local, ...) -> (S,) float64: in-process :func:`_xi`; otherwise
-        the global mean (one all-reduce) and the centred sums about it (a second), in client
-        chunks (no Sum||X_i||^2 - n||X_bar||^2 cancellation, no full float64 copy)."""
+    def _cxis(self, *Xs: Tensor) -> list[Tensor]:
+        """Consensus errors (1/n) sum_i ||X_i - X_bar||^2 over the client axis 1 of every
+        process's clients, each (S, n_local, ...) -> (S,) float64: in-process :func:`_xi`;
+        otherwise the global means (one all-reduce for all of them) and the centred sums about
+        them (a second), in client chunks (no Sum||X_i||^2 - n||X_bar||^2 cancellation, no full
+        float64 copy)."""
         if self.backend.world_size == 1:
-            return _xi(X)
-        mean = self._cmean(X.double(), keepdim=True)
-        per = X[:, :1].numel()
-        tot = sum((X[:, sl].double() - mean).pow(2).flatten(1).sum(-1)
-                  for sl in client_chunks(X.shape[1], per))
-        return self.backend.all_sum(tot) / self.n
+            return [_xi(X) for X in Xs]
+        means = self._cmeans(*Xs, keepdim=True, dtype=torch.float64)
+        tots = [sum((X[:, sl].double() - mean).pow(2).flatten(1).sum(-1)
+                    for sl in client_chunks(X.shape[1], X[:, :1].numel()))
+                for X, mean in zip(Xs, means, strict=True)]
+        return [t / self.n for t in self._csums(*tots)]
+
+    def _cxi(self, X: Tensor) -> Tensor:
+        """:meth:`_cxis` of one tensor."""
+        return self._cxis(X)[0]
 
     def _f_star(self) -> Tensor:
         """min over rank-<=r P of f(P) = 1/2 tr(P S P^T) - <P, C> + c (S, C, c averaged over
@@ -363,7 +386,8 @@ class QuadraticProblem(Problem):
         A = torch.stack(state.A, 2)                          # (S, n, L, r, di)
         B = torch.stack(state.B, 2)                          # (S, n, L, do, r)
         noise = self._draw_noise(t, blocks)
-        xi_frozen = sum(self._cxi(X) for name, X in (("A", A), ("B", B)) if name not in blocks)
+        xi_frozen = sum(self._cxis(*(X for name, X in (("A", A), ("B", B))
+                                     if name not in blocks)))
         z = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
         acc = {k: z.clone() for k in ("xi_inner", "grad_norm_sq_inner", "gamma_A", "gamma_B",
                                       "sn_gbar_sq", "sn_drift", "sn_curv_left",
@@ -372,9 +396,9 @@ class QuadraticProblem(Problem):
         loss_start = None
         for k in range(K):
             # bookkeeping at x^{t,k} (before the step): consensus and the averaged model
-            acc["xi_inner"] += xi_frozen + sum(self._cxi(X) for name, X in (("A", A), ("B", B))
-                                               if name in blocks)
-            Ab, Bb = self._cmean(A), self._cmean(B)
+            acc["xi_inner"] += xi_frozen + sum(self._cxis(*(X for name, X in (("A", A), ("B", B))
+                                                            if name in blocks)))
+            Ab, Bb = self._cmeans(A, B)
             gbar = self.full_grads(Ab, Bb, self.Sig_bar, self.C_bar, blocks)
             acc["grad_norm_sq_inner"] += sum(v.pow(2).flatten(1).sum(-1, dtype=torch.float64)
                                              for v in gbar.values())
@@ -395,10 +419,11 @@ class QuadraticProblem(Problem):
                 g = {name: torch.where(train_mask[name][:, :, None, None, None], v,
                                        v.new_zeros(())) if name in train_mask else v
                      for name, v in g.items()}
-            for name, v in g.items():
-                acc[f"gamma_{name}"] += self._cxi(v)
+            for name, xi in zip(g, self._cxis(*g.values()), strict=True):
+                acc[f"gamma_{name}"] += xi
             if len(blocks) > 1:     # joint step: local L along the realized averaged step
-                gmean = {name: self._cmean(v.double()) for name, v in g.items()}
+                gmean = dict(zip(g, self._cmeans(*(v.double() for v in g.values())),
+                                 strict=True))
                 desc["sn_curv_right"], desc["L"] = self._path_curvature(Ab, Bb, gmean, lr)
             for key in ("sn_gbar_sq", "sn_drift", "sn_curv_left", "sn_curv_right"):
                 acc[key] += desc[key]
@@ -440,7 +465,7 @@ class QuadraticProblem(Problem):
             gb, V = self._rows_descent(Af, Bf, blocks)
         else:
             gi = self.full_grads(Af, Bf, self.Sig, self.C, blocks)      # (S, n, L, ...)
-            gb = {k: self._cmean(v) for k, v in gi.items()}
+            gb = dict(zip(gi, self._cmeans(*gi.values()), strict=True))
 
         def sq(v: Tensor) -> Tensor:                                     # (S, L)
             return v.double().pow(2).sum((-2, -1))
@@ -494,9 +519,9 @@ class QuadraticProblem(Problem):
                 v = ((s * s * per.mean(-1) - g[blocks[0]].pow(2).sum((-2, -1))).clamp_min(0)
                      / b).sum(1)
                 vsum = v if vsum is None else vsum + v
-        red = self.backend.all_sum
-        return ({k: red(v) / n for k, v in gsum.items()},
-                None if vsum is None else red(vsum) / n)
+        tot = self._csums(*gsum.values(), *([] if vsum is None else [vsum]))
+        return ({k: v / n for k, v in zip(gsum, tot, strict=False)},
+                None if vsum is None else tot[-1] / n)
 
     def _path_curvature(self, Ab: Tensor, Bb: Tensor, g: dict[str, Tensor], lr: float
                         ) -> tuple[Tensor, Tensor]:
@@ -617,7 +642,7 @@ class QuadraticProblem(Problem):
 
         A = torch.stack(state.A, 2).double()          # this process's clients
         B = torch.stack(state.B, 2).double()
-        Ab, Bb = self._cmean(A), self._cmean(B)
+        Ab, Bb = self._cmeans(A, B)
         g = self.full_grads(Ab, Bb, self.Sig_bar64, self.C_bar64)
         gA = g["A"].pow(2).flatten(1).sum(-1)
         gB = g["B"].pow(2).flatten(1).sum(-1)
@@ -699,8 +724,8 @@ class QuadraticProblem(Problem):
                   else (self.Sig.double(), self.C.double()))
         it, clients = self.cfg.power_iters, (self.n, self.sl)
         Lc = hessian_norm(self.s, A, B, Sig, C, iters=it, seed=t, clients=clients)
-        Ab = self._cmean(A, keepdim=True).expand_as(A)
-        Bb = self._cmean(B, keepdim=True).expand_as(B)
+        Ab, Bb = (m.expand_as(X) for m, X in zip(self._cmeans(A, B, keepdim=True), (A, B),
+                                                  strict=True))
         La = hessian_norm(self.s, Ab, Bb, Sig, C, iters=it, seed=t, clients=clients)
         Lp = point_bound(self.s, A, B, Sig, C)
         return {"L_power": self._cmax(Lc), "L_power_avg": self._cmax(La),
