@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from adflora_analysis.reports.figures import BLOCK_COLORS, _order, method_style, plt
-from adflora_analysis.reports.render import Section
+from adflora_analysis.reports.render import Section, figure_check_line
 
 #: Ribbon cell codes: the block a client trains in a round.
 BLOCKS = ("A", "B", "AB")
@@ -307,12 +307,6 @@ def verify_rates(fig: Figure, table: pd.DataFrame) -> list[str]:
 
 
 # ---------------------------------------------------------------- sections
-def _check_line(problems: list[str], what: str) -> str:
-    if problems:
-        return f"FIGURE CHECK FAILED ({what}): " + "; ".join(problems) + "."
-    return f"Figure check: the {what} drawn were read back and match the run's tables."
-
-
 def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list,
                    metas: list[dict] | None = None) -> list[Section]:
     """The issue-12 sections where the runs hold their data: the phase ribbon (an adaptive
@@ -331,7 +325,7 @@ def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list,
                 "Which block each method trains at each round (first seed): one row per "
                 "method, per variant where its ribbon differs between variants, and per client "
                 "where clients of one round are in different phases (clock drift).",
-                _check_line(verify_ribbon(fig, metrics), "ribbon cells")],
+                figure_check_line(verify_ribbon(fig, metrics), "ribbon cells")],
                 figures={"phase ribbon": fig}))
     for i, d in enumerate(run_dirs):
         m = metrics[metrics["run"] == d.name] if "run" in metrics else metrics
@@ -346,7 +340,8 @@ def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list,
                     "± s.e. over seeds) against the encounter probability q; final ‖∇f‖² is "
                     "the mean of the last 10 rounds, C the time-averaged cross term. "
                     "within_noise: |final ‖∇f‖² − the best fixed T's| ≤ 2 s.e. of the "
-                    "difference.", _check_line(verify_adaptive(fig, tab), "T values and stars")],
+                    "difference.",
+                    figure_check_line(verify_adaptive(fig, tab), "T values and stars")],
                     figures={"T against q": fig}, tables={"adaptive T": tab}))
         meta = metas[i] if metas is not None else load_run(d).meta
         variants = (meta.get("variants") or {}).values()
@@ -358,7 +353,7 @@ def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list,
                     "rate for τ = 0, π = 1) and fitted on adf-lora's frozen stretches (first "
                     "τ + 1 rounds of each dropped), ± s.e. over seeds."]
             if fig is not None:
-                text.append(_check_line(verify_rates(fig, tab), "rate pairs"))
+                text.append(figure_check_line(verify_rates(fig, tab), "rate pairs"))
             secs.append(Section(f"{name}: stale and partial gossip", text,
                                 figures={"consensus rate against tau and pi": fig} if fig else {},
                                 tables={"async": tab}))

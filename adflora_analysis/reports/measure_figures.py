@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from adflora_analysis.reports.figures import plt
-from adflora_analysis.reports.render import Section
+from adflora_analysis.reports.render import Section, figure_check_line
 from adflora_analysis.topology.fit import (
     MEASURES,
     OUTCOMES,
@@ -147,8 +147,6 @@ def measures_sections(run_dirs: list, metas: list[dict]) -> list[Section]:
     fit = measure_fit(df)
     by_n = measure_fit_by_n(df)
     fig = measures_figure(df, fit)
-    from adflora_analysis.reports.async_figures import _check_line
-
     best = best_measures(fit)
     lines = [
         f"{len(df)} variants ({df['graph'].nunique()} graphs, n = "
@@ -160,7 +158,7 @@ def measures_sections(run_dirs: list, metas: list[dict]) -> list[Section]:
         "Hendrikx and Jaggi 2022); 1/n_W − 1/n its excess variance over exact averaging.",
         "Best pooled predictor: " + "; ".join(
             f"{LABELS[y]}: {LABELS[m]} (R² = {r2:.3f})" for y, (m, r2) in best.items()) + ".",
-        _check_line(verify_measures(fig, df), "points of every panel")]
+        figure_check_line(verify_measures(fig, df), "points of every panel")]
     keep = ["run", "variant", "graph", "n", *MEASURES, *OUTCOMES]
     return [Section("Which topology measure predicts consensus", lines,
                     figures={"outcomes against topology measures": fig},

@@ -29,6 +29,19 @@ class Section:
     table_notes: dict[str, str] = field(default_factory=dict)
 
 
+def figure_check_line(problems: list[str], what: str) -> str:
+    """The sentence a section prints after reading a drawn figure back against its table.
+
+    >>> print(figure_check_line([], "points"))
+    Figure check: the points drawn were read back and match the run's tables.
+    >>> figure_check_line(["a: drawn ≠ table"], "points")
+    'FIGURE CHECK FAILED (points): a: drawn ≠ table.'
+    """
+    if problems:
+        return f"FIGURE CHECK FAILED ({what}): " + "; ".join(problems) + "."
+    return f"Figure check: the {what} drawn were read back and match the run's tables."
+
+
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")
 

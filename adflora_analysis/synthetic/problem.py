@@ -85,7 +85,8 @@ class QuadraticProblem(Problem):
         # data of every client is generated everywhere (same streams, so the same numbers as
         # in-process), its averaged statistics and per-client constants kept, then only this
         # process's rows. Every quantity over all clients is a reduction of per-process partial
-        # sums or maxima (``_cmean``, ``_cxi``, ``_cmax``): no factor is ever gathered.
+        # sums or maxima (``_csums``, ``_cmeans``, ``_cxis``, ``_cmax``): no factor is ever
+        # gathered.
         self.backend = backend
         self.sl = backend.client_slice(cfg.n_clients)
         self.seeds = list(seeds if seeds is not None else cfg.seed_list)
@@ -245,10 +246,6 @@ class QuadraticProblem(Problem):
                     for sl in client_chunks(X.shape[1], X[:, :1].numel()))
                 for X, mean in zip(Xs, means, strict=True)]
         return [t / self.n for t in self._csums(*tots)]
-
-    def _cxi(self, X: Tensor) -> Tensor:
-        """:meth:`_cxis` of one tensor."""
-        return self._cxis(X)[0]
 
     def _f_star(self) -> Tensor:
         """min over rank-<=r P of f(P) = 1/2 tr(P S P^T) - <P, C> + c (S, C, c averaged over
@@ -696,7 +693,7 @@ class QuadraticProblem(Problem):
                             for k in ("A", "B")))
             sig.append(sigma_sq(rows.X, rows.R, s, Ac, Bc, noise_kind=c.noise_kind,
                                 noise=c.noise, batch_size=c.batch_size))
-        return self.backend.all_sum(local) / self.n, torch.cat(zeta, 1), torch.cat(sig, 1)
+        return self._csums(local)[0] / self.n, torch.cat(zeta, 1), torch.cat(sig, 1)
 
     # ------------------------------------------------------------------ constants
     def smoothness_bound(self) -> Tensor:
