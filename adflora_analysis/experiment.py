@@ -49,6 +49,7 @@ from adflora_analysis.rundir import (
     checkpoint_rounds,
     claim,
     job_slug,
+    load_checkpoint,
     os_error,
     read_json,
 )
@@ -98,7 +99,7 @@ def latest_checkpoint(ckpt_dir: Path, key: str, backend: Backend) -> tuple[int, 
     if not full:
         return None
     t = max(full)
-    ck = _load_checkpoint(checkpoint_path(ckpt_dir, key, t, backend.rank))
+    ck = load_checkpoint(checkpoint_path(ckpt_dir, key, t, backend.rank))
     if ck.get("world_size", 1) != backend.world_size:
         raise AdfloraError(f"checkpoint of {key!r} was written by {ck.get('world_size')} "
                            f"processes, this run has {backend.world_size}",
@@ -115,18 +116,6 @@ def _save_checkpoint(ckpt_dir: Path, job: Job, res: RoundResult, problem: Proble
     # keep this and the previous complete checkpoint; older parts of this rank go
     for t in sorted(checkpoint_rounds(ckpt_dir, job.key))[:-2]:
         checkpoint_path(ckpt_dir, job.key, t, backend.rank).unlink(missing_ok=True)
-
-
-def _load_checkpoint(path: Path) -> dict | None:
-    import torch
-
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise AdfloraError(f"checkpoint {str(path)!r} is corrupt ({type(e).__name__}: {e})",
-                           "delete it to restart that job from round 0") from None
 
 
 def run_jobs(run_dir: str | Path | RunDir, jobs: list[Job], rounds: int, *,

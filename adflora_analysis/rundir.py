@@ -153,6 +153,49 @@ def checkpoint_rounds(ckpt_dir: str | Path, key: str) -> dict[int, set[int]]:
     return out
 
 
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's payload, read as tensors and plain containers only
+    (``torch.load(weights_only=True)``: nothing in the file is executed); None if the file does
+    not exist. A file that is not such a checkpoint (a pickle with code, garbage, a truncated
+    write, a symlink) is one :class:`AdfloraError` naming it.
+
+    >>> import tempfile, torch
+    >>> p = Path(tempfile.mkdtemp()) / "ck.pt"
+    >>> torch.save({"round": 3, "state": {"A": [torch.ones(1)]}}, p)
+    >>> load_checkpoint(p)["round"]
+    3
+    """
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if p.is_symlink():
+        raise AdfloraError(f"checkpoint {str(p)!r} is a symbolic link",
+                           "a run directory holds only its own files: delete the link")
+    if not p.exists():
+        return None
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # garbage: "invalid load key", ...
+            raise AdfloraError(f"checkpoint {str(p)!r} is corrupt (UnpicklingError)",
+                               "delete it to restart that job from round 0") from None
+        what = next((ln.strip() for ln in str(e).splitlines()
+                     if "GLOBAL" in ln or "Unsupported" in ln), "a non-tensor object")[:160]
+        raise AdfloraError(f"checkpoint {str(p)!r} holds more than tensors ({what})",
+                           "it was not written by adflora: delete it (that job restarts "
+                           "from round 0)") from None
+    except Exception as e:  # noqa: BLE001 - garbage, truncated zip, ...: a damaged file
+        raise AdfloraError(f"checkpoint {str(p)!r} is corrupt ({type(e).__name__})",
+                           "delete it to restart that job from round 0") from None
+    if not isinstance(ck, dict):
+        raise AdfloraError(f"checkpoint {str(p)!r} is not a checkpoint (a "
+                           f"{type(ck).__name__}, not a dict)",
+                           "delete it to restart that job from round 0")
+    return ck
+
+
 # ------------------------------------------------------------------------------ errors
 def os_error(path: str | Path, e: OSError) -> AdfloraError:
     """One line for an OS failure while writing under ``path`` (read-only, full disk, ...)."""
