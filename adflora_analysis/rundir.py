@@ -178,11 +178,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():  # garbage: "invalid load key", ...
+        if "GLOBAL" not in str(e):  # garbage: "invalid load key", "Unsupported operand", ...
             raise AdfloraError(f"checkpoint {str(p)!r} is corrupt (UnpicklingError)",
                                "delete it to restart that job from round 0") from None
-        what = next((ln.strip() for ln in str(e).splitlines()
-                     if "GLOBAL" in ln or "Unsupported" in ln), "a non-tensor object")[:160]
+        what = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln),
+                    "a non-tensor object")[:160]
         raise AdfloraError(f"checkpoint {str(p)!r} holds more than tensors ({what})",
                            "it was not written by adflora: delete it (that job restarts "
                            "from round 0)") from None
