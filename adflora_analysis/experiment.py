@@ -21,6 +21,7 @@ Parquet file per extra table) is written whenever the run ends.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 from collections import Counter
@@ -81,10 +82,12 @@ class Job:
 OnRound = Callable[[Job, Problem, RoundResult], dict[str, list[dict]]]
 
 
-def latest_checkpoint(ckpt_dir: Path, key: str, backend: Backend) -> tuple[int, dict] | None:
+def latest_checkpoint(ckpt_dir: Path, key: str, backend: Backend,
+                      fingerprint: str | None = None) -> tuple[int, dict] | None:
     """This process's part of the newest checkpoint of ``key`` that every process completed.
 
-    A checkpoint written by a different number of processes is refused with a clear message.
+    A checkpoint written by a different number of processes, for another job, or (when
+    ``fingerprint`` is given) by a run with another config hash is refused in one line.
     """
     rounds = checkpoint_rounds(ckpt_dir, key)
     if not rounds:
@@ -99,7 +102,18 @@ def latest_checkpoint(ckpt_dir: Path, key: str, backend: Backend) -> tuple[int, 
     if not full:
         return None
     t = max(full)
-    ck = load_checkpoint(checkpoint_path(ckpt_dir, key, t, backend.rank))
+    path = checkpoint_path(ckpt_dir, key, t, backend.rank)
+    ck = load_checkpoint(path)
+    if ck.get("job") != key or ck.get("round") != t:
+        raise AdfloraError(f"checkpoint {str(path)!r} belongs to job {ck.get('job')!r} round "
+                           f"{ck.get('round')}, not to job {key!r} round {t}",
+                           "it was copied from elsewhere: delete it (the job restarts from "
+                           "round 0), or start again with --overwrite")
+    if fingerprint is not None and ck.get("config_hash") != fingerprint:
+        raise AdfloraError(f"checkpoint {str(path)!r} was written by a run with another "
+                           f"config (hash {ck.get('config_hash')}, this run {fingerprint})",
+                           "it was copied from another run: delete it (the job restarts "
+                           "from round 0), or start again with --overwrite")
     if ck.get("world_size", 1) != backend.world_size:
         raise AdfloraError(f"checkpoint of {key!r} was written by {ck.get('world_size')} "
                            f"processes, this run has {backend.world_size}",
@@ -108,10 +122,11 @@ def latest_checkpoint(ckpt_dir: Path, key: str, backend: Backend) -> tuple[int, 
 
 
 def _save_checkpoint(ckpt_dir: Path, job: Job, res: RoundResult, problem: Problem,
-                     backend: Backend) -> None:
+                     backend: Backend, fingerprint: str | None = None) -> None:
     payload = {"round": res.t, "job": job.key, "state": res.state.to_dict(),
                "world_size": backend.world_size, "rank": backend.rank,
-               "problem": problem.state_dict(), "carry": res.carry}
+               "problem": problem.state_dict(), "carry": res.carry,
+               "config_hash": fingerprint}
     fileio.save_torch(checkpoint_path(ckpt_dir, job.key, res.t, backend.rank), payload)
     # keep this and the previous complete checkpoint; older parts of this rank go
     for t in sorted(checkpoint_rounds(ckpt_dir, job.key))[:-2]:
@@ -183,6 +198,8 @@ class _Driver:
         run.writer = run.writer and self.writer
         self.progress = progress   # a bar (True), lines (False), a bar on a terminal (None)
         self.ckpt_dir = run.path / CHECKPOINTS
+        #: the run's config hash (meta.json; None for a bare folder run_jobs claimed itself)
+        self.fingerprint: str | None = run.meta.get("config_hash")
         self.tables: set[str] = {"metrics"}
         self.done: list[str] = []
         self.rounds_run = 0
@@ -253,8 +270,11 @@ class _Driver:
         if not self.writer:
             return
         starts = {j.key: self._checkpoint_round(j) for j in jobs}
-        verify_rows(run.path / "metrics.jsonl", jobs, self.done, starts, self.rounds)
+        verify_rows(run.path / "metrics.jsonl", jobs, self.done, starts, self.rounds,
+                    self.fingerprint)
         for name in self.tables:
+            if name != "metrics":
+                verify_table(run.path / f"{name}.jsonl", self.fingerprint)
             fileio.truncate_jsonl(run.path / f"{name}.jsonl",
                                   lambda r: r.get("job") in self.done
                                   or r["round"] < starts.get(r.get("job"), 0))
@@ -263,7 +283,7 @@ class _Driver:
         run.invalidate_checks()
 
     def _checkpoint_round(self, job: Job) -> int:
-        ck = latest_checkpoint(self.ckpt_dir, job.key, self.backend)
+        ck = latest_checkpoint(self.ckpt_dir, job.key, self.backend, self.fingerprint)
         return 0 if ck is None else ck[0] + 1
 
     def _log(self, jobs: list[Job]) -> RunLog:
@@ -290,7 +310,8 @@ class _Driver:
             check_finite_rows(extra, res.t, job)
             self._write_rows(job, res, extra)
             if self.every and ((res.t + 1) % self.every == 0 or res.t == self.rounds - 1):
-                _save_checkpoint(self.ckpt_dir, job, res, problem, self.backend)
+                _save_checkpoint(self.ckpt_dir, job, res, problem, self.backend,
+                                 self.fingerprint)
             self.where = f"in round {res.t + 1} of job {job.key!r}"
             self.log.round_done(res.t)
             self.rounds_run += 1
@@ -306,7 +327,8 @@ class _Driver:
     def _restore(self, job: Job, problem: Problem, state: LoraState
                  ) -> tuple[int, LoraState, dict | None]:
         """(first round to run, state, the schedule's and mixer's carried state) of ``job``."""
-        ck = latest_checkpoint(self.ckpt_dir, job.key, self.backend) if self.resume else None
+        ck = (latest_checkpoint(self.ckpt_dir, job.key, self.backend, self.fingerprint)
+              if self.resume else None)
         if ck is None:
             return 0, state, None
         # checkpoints hold CPU tensors: put them (and the mixer's carried copies) where the
@@ -392,16 +414,52 @@ def check_finite_rows(tables: dict[str, list[dict]], t: int, job: Job) -> None:
                         "lower the step size (lr); rows up to the previous round are kept")
 
 
+def _verify_header(path: Path, fingerprint: str | None) -> None:
+    """Refuse a row file whose header line names another run's config hash (or has none,
+    while this run records one)."""
+    if fingerprint is None or not path.exists():
+        return
+    head = fileio.jsonl_header(path) or {}
+    if head.get("config_hash") != fingerprint:
+        what = (f"rows of a run with another config (hash {head['config_hash']}, this run "
+                f"{fingerprint})" if head.get("config_hash") else
+                "rows without this run's fingerprint (no header line)")
+        raise AdfloraError(f"cannot resume: {str(path)!r} holds {what}",
+                           "restore the run's own file, or start again with --overwrite")
+
+
+def verify_table(path: Path, fingerprint: str | None) -> None:
+    """Before a resume trusts an extra table (e.g. ``eval.jsonl``): this run's header and no
+    line present twice."""
+    _verify_header(path, fingerprint)
+    rows, _ = fileio.scan_jsonl(path)
+    seen = Counter(json.dumps(r, sort_keys=True) for r in rows)
+    twice = [k for k, c in seen.items() if c > 1]
+    if twice:
+        raise AdfloraError(f"cannot resume: {str(path)!r} holds a row {len(twice)} time(s) "
+                           "more than once", "restore the file, or start again with "
+                           "--overwrite")
+
+
 def verify_rows(path: Path, jobs: list[Job], done: list[str], starts: dict[str, int],
-                rounds: int) -> None:
+                rounds: int, fingerprint: str | None = None) -> None:
     """Check the ``layer == "all"`` rows of ``metrics.jsonl`` before a resume trusts them:
     every seed of a finished job has rounds ``0 .. rounds-1`` and every seed of the other jobs
     rounds ``0 .. start-1`` (``starts``: the round its checkpoint resumes at), each exactly
     once, and no row belongs to another run's job. A damaged line before the last is refused
     by :func:`~adflora_analysis.fileio.scan_jsonl`. Anything else is one
     :class:`AdfloraError` naming the damage and the last intact round."""
+    _verify_header(path, fingerprint)
     rows, _ = fileio.scan_jsonl(path)
     keys = {j.key for j in jobs}
+    every = Counter((r.get("job"), r.get("seed"), r.get("round"), r.get("layer"))
+                    for r in rows)
+    twice = [k for k, c in every.items() if c > 1]
+    if twice:
+        j, s_, t, layer = twice[0]
+        raise AdfloraError(f"cannot resume: {path.name} holds round {t} of job {j!r}, seed "
+                           f"{s_}, layer {layer} more than once ({len(twice)} duplicated "
+                           "rows)", "restore the file, or start again with --overwrite")
     seen = Counter((r.get("job"), r.get("seed"), r.get("round")) for r in rows
                    if r.get("layer", "all") == "all")
     stray = sorted({str(r.get("job")) for r in rows} - keys)

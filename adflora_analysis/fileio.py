@@ -149,23 +149,50 @@ def save_figure(path: str | os.PathLike, fig, **kwargs) -> Path:
     return path
 
 
-def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+#: the key of a JSON-lines file's header line (its first line; see :func:`append_jsonl`)
+HEADER = "adflora_rows"
+
+
+def append_jsonl(path: str | os.PathLike, rows: list[dict],
+                 header: dict | None = None) -> None:
     """Append rows to a JSON-lines file and fsync (whole lines only; see :func:`read_jsonl`).
+    ``header``: written as the first line when the file is new or empty (``{HEADER: 1,
+    **header}``, e.g. the run's config hash); readers skip it (:func:`jsonl_header` reads it).
+    A symbolic link at ``path`` is never followed (an OSError).
 
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "metrics.jsonl"
-    >>> append_jsonl(p, [{"round": 0}]); append_jsonl(p, [{"round": 1}, {"round": 2}])
-    >>> [r["round"] for r in read_jsonl(p)]
-    [0, 1, 2]
+    >>> append_jsonl(p, [{"round": 0}], header={"config_hash": "ab12"})
+    >>> append_jsonl(p, [{"round": 1}, {"round": 2}], header={"config_hash": "ab12"})
+    >>> [r["round"] for r in read_jsonl(p)], jsonl_header(p)["config_hash"]
+    ([0, 1, 2], 'ab12')
     """
     if not rows:
         return
     data = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        if header is not None and os.fstat(fd).st_size == 0:
+            data = json.dumps({HEADER: 1, **header}, default=_json_default) + "\n" + data
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def jsonl_header(path: str | os.PathLike) -> dict | None:
+    """The header line of a JSON-lines file written by :func:`append_jsonl` (None if it has
+    none, or the file does not exist)."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    with open(p, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        row = json.loads(first.decode("utf-8"))
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and HEADER in row else None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -222,6 +249,8 @@ def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict], int | None]:
                                "before it, more after it)",
                                "restore the file, or start the run again with --overwrite") \
                 from None
+        if HEADER in row:   # the header line: provenance, not a row
+            continue
         rows.append(row)
     return rows, None
 
@@ -236,7 +265,8 @@ def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> Non
     >>> read_jsonl(p)
     [{'round': 0}, {'round': 1}, {'round': 2}]
     """
-    rows = [r for r in read_jsonl(path) if keep(r)]
+    head = jsonl_header(path)
+    rows = ([head] if head else []) + [r for r in read_jsonl(path) if keep(r)]
     write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
 
 

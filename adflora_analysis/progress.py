@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -169,8 +170,11 @@ class RunLog:
         self.console.print(f"{stamp} {text}", markup=False, highlight=False)
         if self.log_path is not None:
             iso = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-            with contextlib.suppress(OSError), open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(f"{iso} {text}\n")
+            line = " ".join(text.splitlines())   # a label's newline never starts a line
+            with contextlib.suppress(OSError), os.fdopen(
+                    os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                            | os.O_NOFOLLOW, 0o666), "a", encoding="utf-8") as f:
+                f.write(f"{iso} {line}\n")
 
 
 def echo(text: str) -> None:

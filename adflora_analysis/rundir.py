@@ -124,12 +124,38 @@ CHECKPOINT_NAME = re.compile(r"(?P<job>.+)\.r(?P<round>\d+)\.rank(?P<rank>\d+)\.
 
 
 def job_slug(key: str) -> str:
-    """A job key as a file-name part.
+    """A job key as one safe file-name part, unique per key: a key that is not already a
+    plain name (letters, digits, ``_.=-``; no leading dot) is sanitized and gets 8 hex digits
+    of its SHA-256, so ``x y`` and ``x_y`` never share a checkpoint file.
 
-    >>> job_slug("T=5/adf-lora seed:1")
-    'T=5_adf-lora_seed_1'
+    >>> job_slug("adf-lora"), job_slug("T=5/adf-lora seed:1")
+    ('adf-lora', 'T=5_adf-lora_seed_1-b87410bf')
+    >>> job_slug("x y") != job_slug("x_y") and job_slug("../../x").startswith("_")
+    True
     """
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)
+    import hashlib
+
+    clean = re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)[:80]
+    if clean == key and key and not key.startswith("."):
+        return key
+    clean = "_" + clean[1:] if clean.startswith(".") else clean
+    return f"{clean}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:8]}"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """The fingerprint of a resolved config: SHA-256 (16 hex digits) of its canonical JSON.
+    Recorded in ``meta.json``, in every checkpoint and in every row file's header line, so a
+    resume can tell this run's rows and checkpoints from another run's.
+
+    >>> config_hash({"lr": 0.1, "seeds": 2}) == config_hash({"seeds": 2, "lr": 0.1})
+    True
+    >>> config_hash({"lr": 0.1}) == config_hash({"lr": 0.2})
+    False
+    """
+    import hashlib
+
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def checkpoint_path(ckpt_dir: str | Path, key: str, t: int, rank: int) -> Path:
@@ -207,7 +233,11 @@ def os_error(path: str | Path, e: OSError) -> AdfloraError:
              errno.EPERM: ("permission denied", "choose a folder you can write to"),
              errno.ENOTDIR: ("a part of the path is a file, not a folder",
                              "choose a folder path"),
-             errno.EEXIST: ("a file is in the way", "choose a folder path")}
+             errno.EEXIST: ("a file is in the way", "choose a folder path"),
+             errno.ENAMETOOLONG: ("the name is too long for the file system",
+                                  "choose a shorter --out (at most 255 bytes a part)"),
+             errno.ELOOP: ("a part of the path is a symbolic link",
+                           "a run directory holds no links: copy it with `cp -rL`")}
     what, hint = hints.get(e.errno, (e.strerror or type(e).__name__, "check the path"))
     where = e.filename if getattr(e, "filename", None) else path
     return AdfloraError(f"cannot write {str(where)!r}: {what}", hint)
@@ -215,12 +245,85 @@ def os_error(path: str | Path, e: OSError) -> AdfloraError:
 
 def read_json(path: Path, what: str) -> Any:
     """JSON of ``path``; damage is one :class:`AdfloraError` line naming ``what``."""
+    if path.is_symlink():
+        raise AdfloraError(f"{what} {str(path)!r} is a symbolic link",
+                           "a run directory holds only its own files: delete the link")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise AdfloraError(f"{what} {str(path)!r} is corrupt ({type(e).__name__})",
                            "start the run again into a new --out, or with --overwrite") \
             from None
+    except IsADirectoryError:
+        raise AdfloraError(f"{what} {str(path)!r} is a folder, not a file",
+                           "start the run again into a new --out") from None
+    except OSError as e:
+        raise AdfloraError(f"cannot read {what} {str(path)!r} ({e.strerror})",
+                           "check the file's permissions") from None
+    if not isinstance(obj, dict):
+        raise AdfloraError(f"{what} {str(path)!r} is corrupt (a JSON {type(obj).__name__}, "
+                           "not an object)", "start the run again into a new --out, or with "
+                           "--overwrite")
+    return obj
+
+
+#: the one glob pattern a manifest may hold: a job's checkpoints (see :func:`job_slug`)
+_PATTERN = re.compile(r"checkpoints/[A-Za-z0-9_.=-]+\.r\*\.rank\*\.pt")
+_BAD_PART = re.compile(r"[*?\[\]\\\x00-\x1f]")
+
+
+def check_entry(entry: Any, *, pattern: bool = False, where: str = "manifest.json") -> str:
+    """``entry`` if it is a plain relative name inside the folder (parts that are not ``..``
+    or ``.``, no absolute path, no glob characters, no control characters); a manifest
+    ``pattern`` must be a job's checkpoint pattern. Anything else is one
+    :class:`AdfloraError` (it would reach outside the run directory).
+
+    >>> check_entry("checkpoints/adf-lora.r*.rank*.pt", pattern=True)
+    'checkpoints/adf-lora.r*.rank*.pt'
+    >>> check_entry("../victims/victim.txt")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: manifest.json lists '../victims/victim.txt', ...
+    """
+    ok = isinstance(entry, str) and 0 < len(entry) < 1024
+    if ok and pattern:
+        ok = _PATTERN.fullmatch(entry) is not None
+    elif ok:
+        parts = entry.split("/")
+        ok = (not entry.startswith("/") and not _BAD_PART.search(entry)
+              and all(q not in ("", ".", "..") for q in parts))
+    if not ok:
+        raise AdfloraError(f"{where} lists {entry!r}, which is not a plain name inside the run "
+                           "directory", "this run directory was altered: nothing was removed; "
+                           "check where it came from, or choose a new --out")
+    return entry
+
+
+def find_links(folder: Path, limit: int = 1) -> list[Path]:
+    """Symbolic links at any depth inside ``folder`` (never followed), at most ``limit``."""
+    out: list[Path] = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in (*dirs, *files):
+            p = Path(root) / name
+            if p.is_symlink():
+                out.append(p)
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+def refuse_links(folder: Path) -> None:
+    """One :class:`AdfloraError` if ``folder`` holds a symbolic link anywhere: a run directory
+    holds only its own files, and the toolkit never follows a link out of it."""
+    links = find_links(folder)
+    if links:
+        rel = links[0].relative_to(folder)
+        try:
+            to = os.readlink(links[0])
+        except OSError:
+            to = "?"
+        raise AdfloraError(f"{str(folder)!r} holds a symbolic link {str(rel)!r} (-> {to!r})",
+                           "a run directory holds only its own files: remove the link, or "
+                           "copy the run with `cp -rL` into a new folder")
 
 
 # ------------------------------------------------------------------------------ the directory
@@ -235,6 +338,7 @@ class RunDir:
         self.path = Path(path)
         self.writer = writer
         self._recorded: set[str] | None = None
+        self._fingerprint: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -282,8 +386,20 @@ class RunDir:
         return s
 
     def manifest(self) -> dict[str, Any]:
+        """``manifest.json``, every entry checked by :func:`check_entry` (empty if missing)."""
         p = self.path / MANIFEST
-        return read_json(p, "manifest.json") if p.exists() else {}
+        if not (p.exists() or p.is_symlink()):
+            return {}
+        m = read_json(p, "manifest.json")
+        files, pats = m.get("files", []), m.get("patterns", [])
+        if not isinstance(files, list) or not isinstance(pats, list):
+            raise AdfloraError(f"manifest.json {str(p)!r} is corrupt (files and patterns must "
+                               "be lists)", "start the run again into a new --out")
+        for f in files:
+            check_entry(f)
+        for q in pats:
+            check_entry(q, pattern=True)
+        return m
 
     def is_run(self) -> bool:
         return any((self.path / f).exists() for f in (CONFIG, META, MANIFEST))
@@ -346,9 +462,13 @@ class RunDir:
         return fileio.write_csv(self.path / name, df)
 
     def append_jsonl(self, name: str, rows: list[dict]) -> None:
+        """Append ``rows`` to ``name``; a new file starts with a header line carrying the
+        run's config hash (``meta.json``), which a resume verifies."""
         if rows:
             self.record(name)
-            fileio.append_jsonl(self.path / name, rows)
+            if self._fingerprint is None:
+                self._fingerprint = {"config_hash": self.meta.get("config_hash")}
+            fileio.append_jsonl(self.path / name, rows, header=self._fingerprint)
 
     def update_meta(self, **fields: Any) -> None:
         """Merge ``fields`` into ``meta.json`` (atomically)."""
@@ -363,12 +483,25 @@ class RunDir:
 
     # -- cleaning
     def own_files(self) -> list[Path]:
-        """Every existing file the manifest lists or its patterns match (never the lock)."""
+        """Every existing file the manifest lists or its patterns match (never the lock), each
+        checked to lie inside the run directory (resolved; no link followed)."""
         m = self.manifest()
         out = {self.path / f for f in m.get("files", [])}
         for pat in m.get("patterns", []):
             out.update(self.path.glob(pat))
-        return sorted(p for p in out if p.is_file() and p.name != LOCK)
+        root = self.path.resolve()
+        keep = []
+        for p in sorted(out):
+            if p.is_symlink():
+                raise AdfloraError(f"{str(p)!r} is a symbolic link", "a run directory holds "
+                                   "only its own files: nothing was removed; delete the link")
+            if not p.is_file() or p.name == LOCK:
+                continue
+            if not p.resolve().is_relative_to(root):
+                raise AdfloraError(f"{str(p)!r} lies outside {str(self.path)!r}",
+                                   "this run directory was altered: nothing was removed")
+            keep.append(p)
+        return keep
 
     def clean_temp_files(self) -> list[Path]:
         """Remove leftover ``.<name>.*.tmp`` files of interrupted atomic writes of this run's
@@ -395,6 +528,7 @@ class RunDir:
         for p in sorted({q.parent for q in gone}, key=lambda q: -len(q.parts)):
             if p != self.path and p.is_dir() and not any(p.iterdir()):
                 p.rmdir()
+        self.invalidate_checks()   # verdicts on the old rows, whoever recorded them
         (self.path / MANIFEST).unlink(missing_ok=True)
         self._recorded = None
         return gone
@@ -448,6 +582,7 @@ def init_run_dir(out: str | Path | RunDir, config: dict[str, Any],
     the manifest)."""
     run = out if isinstance(out, RunDir) else RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "config_hash": config_hash(config)}
     if "kind" in meta:
         meta = {**meta, "kind": _LEGACY_KINDS.get(meta["kind"], meta["kind"])}
     fileio.write_json(run.path / META, meta)   # first, so the manifest knows the kind
@@ -468,7 +603,7 @@ def lock_holder(path: str | Path) -> dict[str, Any] | None:
 
     p = Path(path) / LOCK
     try:
-        fd = os.open(p, os.O_RDONLY)
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -482,11 +617,25 @@ def lock_holder(path: str | Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
-def _lock_info(p: Path) -> dict[str, Any]:
-    try:
-        return json.loads(p.read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
-        return {}
+def _lock_info(p: Path, tries: int = 5) -> dict[str, Any]:
+    """The lock file's holder record (``{}`` if unreadable: damaged, not UTF-8, a link). The
+    holder writes it just after taking the lock: an empty file is read again a few times."""
+    import time
+
+    for i in range(tries):
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                raw = f.read(4096)
+            info = json.loads(raw.decode("utf-8")) if raw.strip() else None
+        except (OSError, ValueError):   # ValueError: JSON and UTF-8 decoding
+            return {}
+        if isinstance(info, dict):
+            return {k: str(v)[:200] for k, v in info.items()}
+        if info is not None:
+            return {}
+        time.sleep(0.05 * (i + 1))
+    return {}
 
 
 def _describe(info: dict[str, Any]) -> str:
@@ -507,7 +656,14 @@ class Lock:
         import fcntl
 
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise AdfloraError(f"the lock {str(self.path)!r} is a symbolic link",
+                                       "a run directory holds only its own files: delete "
+                                       "the link") from None
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -546,6 +702,9 @@ class Lock:
 
 # ------------------------------------------------------------------------------ claiming
 def _ensure_folder(out: Path) -> None:
+    if out.is_symlink() and not out.exists():
+        raise AdfloraError(f"--out {str(out)!r} is a symbolic link to a missing folder "
+                           f"({os.readlink(out)!r})", "choose a real folder path")
     if out.exists() and not out.is_dir():
         raise AdfloraError(f"--out {str(out)!r} is a file, not a folder",
                            "choose a new folder path")
@@ -594,6 +753,7 @@ def claim(out: str | Path, kind: str | None, mode: Mode = "new", *,
         yield RunDir(out, writer=False)
         return
     _ensure_folder(out)
+    refuse_links(out)
     lock = Lock(out)
     try:
         lock.acquire()
@@ -659,6 +819,7 @@ def load_run(path: str | Path, kind: str | None = None) -> RunDir:
         raise AdfloraError(f"run directory {str(p)!r} does not exist"
                            + (" (it is a file)" if p.exists() else ""),
                            "pass a directory written with --out")
+    refuse_links(p)
     run = RunDir(p, writer=False)
     if not run.is_run():
         raise AdfloraError(f"{str(p)!r} is not a run directory (no meta.json or config.toml)",

@@ -148,7 +148,8 @@ def test_broken_line_mid_file_is_refused_not_dropped(tmp_path):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     lines[10] = lines[10][:25]
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(AdfloraError, match=r"line 11 is damaged \(10 good rows before it"):
+    # line 1 is the header (the run's config hash): 9 rows before line 11
+    with pytest.raises(AdfloraError, match=r"line 11 is damaged \(9 good rows before it"):
         run_study(tiny(), out, progress=False, resume=True)
     with pytest.raises(AdfloraError, match="line 11 is damaged"):
         fileio.read_jsonl(out / "metrics.jsonl")
@@ -157,7 +158,7 @@ def test_broken_line_mid_file_is_refused_not_dropped(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     ("delete", "round 0 of job 'adf-lora', seed 0 missing"),
     ("truncate", "round 5 of job 'adf-lora', seed 0 missing; rows are intact up to round 4"),
-    ("duplicate", "round 1 of job 'adf-lora', seed 0 present 2 times"),
+    ("duplicate", "holds round 1 of job 'adf-lora', seed 0, layer .* more than once"),
     ("stray", "holds rows of job\\(s\\) other-run"),
 ])
 def test_rows_that_do_not_match_the_checkpoints_are_refused(tmp_path, damage, message):
@@ -168,6 +169,7 @@ def test_rows_that_do_not_match_the_checkpoints_are_refused(tmp_path, damage, me
         p.unlink()
     elif damage == "truncate":
         keep = [r for r in rs if not (r["job"] == "adf-lora" and r["round"] == 5)]
+        keep.insert(0, fileio.jsonl_header(p))   # the run's own header line stays
         fileio.write_text(p, "".join(json.dumps(r) + "\n" for r in keep))
     elif damage == "duplicate":
         dup = [r for r in rs if r["job"] == "adf-lora" and r["round"] == 1]
@@ -361,11 +363,11 @@ def test_disk_full_mid_run_is_one_line_and_keeps_every_row(tmp_path, monkeypatch
     out = tmp_path / "run"
     orig, seen = fileio.append_jsonl, {"n": 0}
 
-    def full(path, rs):
+    def full(path, rs, **kw):
         seen["n"] += 1
         if seen["n"] >= 7:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        orig(path, rs)
+        orig(path, rs, **kw)
 
     monkeypatch.setattr(fileio, "append_jsonl", full)
     with pytest.raises(AdfloraError, match="disk is full"):
