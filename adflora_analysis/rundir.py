@@ -163,7 +163,7 @@ def checkpoint_path(ckpt_dir: str | Path, key: str, t: int, rank: int) -> Path:
     job ``key``'s checkpoint after round ``t``.
 
     >>> checkpoint_path("run/checkpoints", "adf-lora/seed=0", 9, 0).name
-    'adf-lora_seed=0.r000009.rank0.pt'
+    'adf-lora_seed=0-9df01fd2.r000009.rank0.pt'
     """
     return Path(ckpt_dir) / f"{job_slug(key)}.r{t:06d}.rank{rank}.pt"
 
