@@ -27,6 +27,7 @@ from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
 from adflora_analysis.synthetic.checks.frozen import fit_geometric_rate, stretches
 from adflora_analysis.synthetic.checks.gossip import tiny
 from adflora_analysis.synthetic.checks.result import CheckResult
+from adflora_analysis.synthetic.checks.stats import pm
 
 SOURCE = ("Boyd et al. 2006 (randomized gossip); Lian et al. 2018 (AD-PSGD); Assran et al. "
           "2019 (SGP): the augmented state's expected companion operator")
@@ -139,7 +140,7 @@ def check_async_rate(ctx: Context) -> list[CheckResult]:
             ratio=rho / r if r > 0 else math.nan, threshold=thr, z=float(z), seeds=ctx.run.S,
             test="two-sided identity" if two else "one-sided bound", source=SOURCE,
             note=(f"frozen {blk}, τ = {tau}, π = {pred.get('participation', 1.0):g}: fitted rate "
-                  f"{r:.4f} ± {r_se:.4f} vs predicted {rho:.4f} ± {rho_se:.4f} ({k} points in "
+                  f"{pm(r, r_se)} vs predicted {pm(rho, rho_se)} ({k} points in "
                   f"{len(series)} stretches, first {tau + 1} rounds of each dropped; "
                   f"{pred.get('method', '?')} prediction){transient}"),
             details={"block": blk, "fitted_rate": r, "fitted_rate_stderr": r_se,

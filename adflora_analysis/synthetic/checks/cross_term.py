@@ -36,6 +36,7 @@ from adflora_analysis.synthetic.checks.gossip import tiny
 from adflora_analysis.synthetic.checks.result import CheckResult
 from adflora_analysis.synthetic.checks.stats import (
     bootstrap_ratio,
+    interval,
     log_mean_unbiased,
     statistic_test,
 )
@@ -229,7 +230,7 @@ def check_adf_below(ctx: Context) -> list[CheckResult]:
             measured=float(C.mean()), bound=float(Co.mean()), ratio=ratio, ratio_ci=(lo, hi),
             seeds=ctx.run.S, test="paired seed bootstrap (95%)", source=SOURCE,
             note=f"time-averaged C: adf-lora {C.mean():.3g}, {other} {Co.mean():.3g}; "
-                 f"{other} ÷ adf-lora = {ratio:.3g} [{lo:.3g}, {hi:.3g}]",
+                 f"{other} ÷ adf-lora = {interval(ratio, lo, hi, '.3g')}",
             details={"other": other}))
     return out
 

@@ -24,7 +24,7 @@ import pandas as pd
 from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
 from adflora_analysis.synthetic.checks.gossip import tiny
 from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import log_mean_unbiased, pooled_test
+from adflora_analysis.synthetic.checks.stats import log_mean_unbiased, pm, pooled_test
 
 SOURCE = "Koloskova et al. 2020, Assumption 4 iterated; ADF-LoRA (arXiv 2511.18291)"
 
@@ -154,8 +154,8 @@ def check_frozen(ctx: Context) -> list[CheckResult]:
         if series:
             r, r_se = fit_geometric_rate(series)
             det.update(fitted_rate=r, fitted_rate_stderr=r_se)
-            note = (f"frozen {blk} gossiped: fitted rate {r:.4f} ± {r_se:.4f} vs 1 - p = "
-                    f"{1 - p:.4f} ± {p_se:.4f}")
+            note = (f"frozen {blk} gossiped: fitted rate {pm(r, r_se)} vs 1 - p = "
+                    f"{pm(1 - p, p_se)}")
         else:
             ratios = [float(M[:, -1].mean() / M[:, 0].mean()) for M in flat]
             det.update(mean_ratio_end_over_start=float(np.mean(ratios)))

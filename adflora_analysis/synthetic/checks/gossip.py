@@ -22,7 +22,7 @@ from adflora_analysis.synthetic.checks.data import (
     drift_not_applicable,
 )
 from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import pooled_test
+from adflora_analysis.synthetic.checks.stats import interval, pm, pooled_test
 
 SOURCE = "Koloskova et al. 2020, Assumption 4; Boyd et al. 2006, Lemma 1"
 
@@ -69,10 +69,10 @@ def check_gossip(ctx: Context) -> CheckResult:
     curve = pd.concat(idx, ignore_index=True)
     curve["measured"], curve["bound"] = a.mean(0), (1 - p) * b.mean(0)
     lo, hi = t.ratio_ci
-    note = (f"E[after]/E[before] = {measured_rate:.4f} vs 1 - p = {1 - p:.4f} ± {p_se:.4f}"
+    note = (f"E[after]/E[before] = {measured_rate:.4f} vs 1 - p = {pm(1 - p, p_se)}"
             + (" (= rho: exchangeable sampler)" if ctx.exchangeable else
                (f"; rho = {ctx.rho:.4f}" if ctx.rho is not None else ""))
-            + f"; bound/measured {t.ratio:.4f} [{lo:.4f}, {hi:.4f}]"
+            + f"; bound/measured {interval(t.ratio, lo, hi)}"
             + ("; two-sided (identity)" if kind == "equal" else "; one-sided"))
     return CheckResult.from_test("gossip-contraction", "2", ctx.method, ctx.variant, t,
                                  source=SOURCE, note=note, details=det, curve=curve)

@@ -35,6 +35,26 @@ Z_DEFAULT = 3.0
 EFFECT_DEFAULT = 0.2
 MIN_SEEDS = 3
 POWER = 0.8
+ONE_SEED = "one seed: a test needs two seeds or more (three for a verdict)"
+
+
+def pm(x: float, se: float, fmt: str = ".4f") -> str:
+    """``x ± se``, or ``x`` alone when the error is not finite (one seed).
+
+    >>> pm(0.5, 0.01), pm(0.5, float("nan"))
+    ('0.5000 ± 0.0100', '0.5000')
+    """
+    return f"{x:{fmt}} ± {se:{fmt}}" if math.isfinite(se) else f"{x:{fmt}}"
+
+
+def interval(x: float, lo: float, hi: float, fmt: str = ".4f") -> str:
+    """``x [lo, hi]``, or ``x`` alone when the interval is not finite (one seed).
+
+    >>> interval(1.0, 0.9, 1.1), interval(1.0, -math.inf, math.inf)
+    ('1.0000 [0.9000, 1.1000]', '1.0000')
+    """
+    ok = math.isfinite(lo) and math.isfinite(hi)
+    return f"{x:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if ok else f"{x:{fmt}}"
 
 
 def threshold(z: float, seeds: int, two_sided: bool = False) -> float:
@@ -163,7 +183,9 @@ def decide(kind: str, R: float, se: float, dR: float, S: int, measured: float, b
     se = math.sqrt(se ** 2 + dR ** 2) if math.isfinite(se) else se
     two = kind == "equal"
     thr = threshold(z, S, two_sided=two)
-    if se > 0:
+    if not math.isfinite(thr):
+        zval = math.nan                 # one seed: no test
+    elif se > 0:
         zval = (1 - R) / se
     else:
         zval = 0.0 if R == 1 else math.copysign(math.inf, 1 - R)
