@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from adflora_analysis.errors import AdfloraError
+
 _CKPT = re.compile(r"(?P<job>.+)\.r(?P<round>\d+)\.rank0\.pt")
 
 
@@ -44,15 +46,53 @@ def cross_matrix(A: list, B: list):
     return M.numpy()
 
 
+def _factors(ck: dict, f: Path) -> tuple[list, list, int]:
+    """``(A, B, n)`` of a checkpoint's state, checked to be what :func:`cross_matrix` needs
+    (lists of tensors of matching shapes); anything else is one line naming the file."""
+    import torch
+
+    st = ck.get("state")
+    A, B = (st.get("A"), st.get("B")) if isinstance(st, dict) else (None, None)
+    ok = (isinstance(A, list) and isinstance(B, list) and len(A) == len(B) > 0
+          and all(isinstance(t, torch.Tensor) and t.dim() >= 3 and t.is_floating_point()
+                  for t in (*A, *B)))
+    if ok:
+        n = A[0].shape[-3]
+        ok = all(a.shape[-3] == b.shape[-3] == n and a.shape[-2] == b.shape[-1]
+                 and a.shape[:-3] == b.shape[:-3] for a, b in zip(A, B, strict=True))
+    if not ok:
+        raise AdfloraError(f"checkpoint {str(f)!r} is not an adflora checkpoint (no factor "
+                           "lists A and B of matching shapes)",
+                           "it was not written by adflora or was altered: delete it")
+    return A, B, int(n)
+
+
+def checkpoint_files(run_dir: str | Path) -> list[Path]:
+    """The rank-0 checkpoint files of a run directory, never following a link: a
+    ``checkpoints`` folder or file that is a symbolic link is one :class:`AdfloraError`."""
+    ck_dir = Path(run_dir) / "checkpoints"
+    link = ck_dir if ck_dir.is_symlink() else None
+    files = sorted(ck_dir.glob("*.rank0.pt")) if link is None and ck_dir.is_dir() else []
+    link = link or next((f for f in files if f.is_symlink()), None)
+    if link is not None:
+        raise AdfloraError(f"{str(link)!r} is a symbolic link (nothing was read through it)",
+                           "a run directory holds only its own files: delete the link, or "
+                           "copy the run with `cp -rL`")
+    return files
+
+
 def cross_matrices(run_dir: str | Path, metrics: pd.DataFrame | None = None,
                    max_clients: int = 64) -> pd.DataFrame | None:
     """Tidy ``(method, round, i, j, value)`` of every rank-0 checkpoint of a single-process
     run (None without checkpoints). ``metrics`` maps job keys to methods (and picks the first
-    study variant's jobs); runs with more than ``max_clients`` clients are skipped."""
-    import torch
+    study variant's jobs); runs with more than ``max_clients`` clients are skipped.
 
-    ck_dir = Path(run_dir) / "checkpoints"
-    files = sorted(ck_dir.glob("*.rank0.pt")) if ck_dir.is_dir() else []
+    Checkpoints are read as tensors only (:func:`adflora_analysis.rundir.load_checkpoint`:
+    nothing in a file is executed); a damaged, foreign or linked one is one
+    :class:`AdfloraError` naming it."""
+    from adflora_analysis.rundir import load_checkpoint
+
+    files = checkpoint_files(run_dir)
     if not files:
         return None
     method_of, keep = {}, None
@@ -68,20 +108,24 @@ def cross_matrices(run_dir: str | Path, metrics: pd.DataFrame | None = None,
         m = _CKPT.fullmatch(f.name)
         if m is None:
             continue
-        ck = torch.load(f, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(f)
+        if ck is None:       # removed since the listing (a run still going)
+            continue
         if ck.get("world_size", 1) != 1:
             return None
         job = ck.get("job", m["job"])
+        job = job if isinstance(job, str) else m["job"]
         if keep is not None and job not in keep:
             continue
-        st = ck["state"]
-        n = st["A"][0].shape[-3]
+        A, B, n = _factors(ck, f)
         if n > max_clients:
             return None
-        M = cross_matrix(st["A"], st["B"])
+        M = cross_matrix(A, B)
+        t = ck.get("round", m["round"])
         ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
         rows.append(pd.DataFrame({"method": method_of.get(job, job.split("/")[0]),
-                                  "job": job, "round": int(ck.get("round", m["round"])),
+                                  "job": job, "round": int(t) if isinstance(t, int) else
+                                  int(m["round"]),
                                   "i": ii.ravel(), "j": jj.ravel(), "value": M.ravel()}))
     if not rows:
         return None
