@@ -99,12 +99,18 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | None,
                      checks: pd.DataFrame | None,
-                     cross: pd.DataFrame | None = None) -> list[Section]:
+                     cross: pd.DataFrame | None = None,
+                     saved_notes: list[str] | None = None) -> list[Section]:
+    """The theory-check table (with ``saved_notes``: why a run's saved ``checks.json`` is not
+    what is shown), the dynamics figures and the final-round table; sweeps where a study
+    variable varies."""
     secs = []
     if checks is not None and not checks.empty:
         counts = checks["status"].value_counts()
         summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-        secs.append(Section(f"{title}: theory checks", [
+        saved = [f"Saved verdicts not shown: {n}. The verdicts here are computed from the "
+                 "run's current rows." for n in saved_notes or []]
+        secs.append(Section(f"{title}: theory checks", [*saved,
             f"{len(checks)} checks: {summary}. ratio = bound ÷ measured of the pooled seed "
             "sums (≥ 1 when an upper bound holds, ≈ 1 for an identity) with its interval "
             "ratio ± threshold × stderr; z = (1 − ratio) / stderr beside its threshold; mde = "
@@ -279,7 +285,7 @@ def report_sections(runs: list[Run], checks_fn: CheckFn | None = None,
         if labels:
             metrics = metrics.assign(cmp=metrics["run"].map(labels))
         metrics = _with_p(metrics, group)
-        checks, bounds = None, None
+        checks, bounds, notes = None, None, []
         if checks_fn is not None:
             parts = [(checks_fn(r), r) for r in group]
             parts = [(p, r) for p, r in parts if p is not None]
@@ -288,12 +294,15 @@ def report_sections(runs: list[Run], checks_fn: CheckFn | None = None,
                                    ignore_index=True)
                 bl = [p[1] for p, _ in parts if p[1] is not None]
                 bounds = pd.concat(bl, ignore_index=True) if bl and not labels else None
+                from adflora_analysis.reports.checks import saved_note
+
+                notes = [n for _, r in parts if (n := saved_note(r))]
         cross = None
         if len(group) == 1:
             from adflora_analysis.reports.cross import cross_matrices
 
             cross = cross_matrices(group[0].path, group[0].metrics)
-        secs += dynamics_section(title, metrics, bounds, checks, cross)
+        secs += dynamics_section(title, metrics, bounds, checks, cross, notes)
         from adflora_analysis.reports.async_figures import async_sections
 
         secs += async_sections(title, metrics, [r.path for r in group],
@@ -381,8 +390,7 @@ def summary_lines(runs: list[Run], sections: list[Section], note: str | None = N
         lines.append("Theory checks: none evaluated (no synthetic or GLUE metrics).")
     lines.append(_headline_synthetic(runs) or "Synthetic testbed: not in these runs.")
     lines.append(_headline_glue(runs) or "GLUE: no evaluation in these runs.")
-    bad = [f"{r.name} is {r.meta.get('status')}" for r in runs
-           if r.meta.get("status") not in (None, "done")]
+    bad = [f"{r.name} is {r.status}" for r in runs if r.status not in ("unknown", "done")]
     tail = (note + " ") if note else ""
     lines.append(tail + ("Partial: " + "; ".join(bad) + " (figures show the rounds written)."
                          if bad else "Every run completed."))

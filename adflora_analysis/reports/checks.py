@@ -28,11 +28,32 @@ def report_checks(run: Run) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
     except (AdfloraError, KeyError) as e:  # a run without what the checks read
         return pd.DataFrame([{"no": "", "check": "not evaluated", "method": "", "variant": "",
                               "status": "n/a", "held": None, "note": str(e)}]), None
+    except Exception as e:  # noqa: BLE001 - rows the checks cannot take (a run killed early)
+        # the report still shows the run's figures; the failure is a visible 'error' row
+        note = f"the checks failed on this run's rows ({type(e).__name__}: {str(e)[:160]})"
+        return pd.DataFrame([{"no": "", "check": "not evaluated", "method": "", "variant": "",
+                              "status": "error", "held": None, "note": note}]), None
     _CURVES[str(run.path)] = check_curves(results)
     return checks_table(results), consensus_bounds(results)
 
 
 _CURVES: dict[str, pd.DataFrame | None] = {}
+
+
+def saved_note(run: Run) -> str | None:
+    """Why the run's saved ``checks.json`` is not what the report shows (stale: the run went
+    on after the check, its status or config changed; damaged; unverified old format), read
+    only through :func:`adflora_analysis.synthetic.checks.load_saved_checks`; None where there
+    is no such file or it still describes the run. The report's verdicts are always computed
+    from the run's current rows."""
+    if not (run.path / "checks.json").is_file():
+        return None
+    try:
+        from adflora_analysis.synthetic.checks import load_saved_checks
+    except ImportError:      # a checks layer without saved verdicts
+        return None
+    _, reason = load_saved_checks(run.path)
+    return reason
 
 
 def overlay_sections(title: str, runs: list[Run]) -> list:

@@ -12,6 +12,8 @@ drawing (:func:`verify_measures`) and the section says what the check found.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -35,17 +37,32 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 MIN_ROWS = 4
 
 
-def measures_rows(run_dirs: list, metas: list[dict]) -> pd.DataFrame | None:
+def measures_rows(run_dirs: list, metas: list[dict], skipped: list[str] | None = None
+                  ) -> pd.DataFrame | None:
     """One row per variant over the runs whose ``meta.json`` variants carry the effective
     number of neighbours (column ``run`` added); None when fewer than :data:`MIN_ROWS` rows or
-    a single topology (nothing to compare)."""
+    a single topology (nothing to compare). A run without ``metrics.parquet`` (one that did
+    not finish) is left out, its name appended to ``skipped``; a ``meta.json`` that lacks what
+    the table reads is one :class:`AdfloraError` naming it."""
+    from adflora_analysis.errors import AdfloraError
+
     parts = []
     for d, meta in zip(run_dirs, metas, strict=True):
         variants = (meta or {}).get("variants") or {}
         if not any("effective_neighbours" in (v.get("topology") or {})
                    for v in variants.values()):
             continue
-        parts.append(measures_table(d).assign(run=d.name))
+        if not (Path(d) / "metrics.parquet").is_file():
+            if skipped is not None:
+                skipped.append(Path(d).name)
+            continue
+        try:
+            parts.append(measures_table(d).assign(run=Path(d).name))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise AdfloraError(f"{str(Path(d) / 'meta.json')!r} or its metrics lack what the "
+                               f"topology-measures table reads ({type(e).__name__}: "
+                               f"{str(e)[:80]})", "it was not written by adflora or was "
+                               "altered: run the study again") from None
     if not parts:
         return None
     df = pd.concat(parts, ignore_index=True)
@@ -137,13 +154,28 @@ def best_measures(fit: pd.DataFrame) -> dict[str, tuple[str, float]]:
     return out
 
 
+def _would_draw(metas: list[dict]) -> bool:
+    """Whether the runs' ``meta.json`` variants alone (finished or not) hold enough
+    topologies for the measures section (:data:`MIN_ROWS` variants, two (graph, n))."""
+    topos = [(v.get("topology") or {}) for meta in metas
+             for v in ((meta or {}).get("variants") or {}).values()]
+    topos = [t for t in topos if "effective_neighbours" in t]
+    return len(topos) >= MIN_ROWS and len({(str(t.get("graph")), str(t.get("n")))
+                                           for t in topos}) >= 2
+
+
 def measures_sections(run_dirs: list, metas: list[dict]) -> list[Section]:
     """The topology-measures section over every run that has the measures (none otherwise):
     the variants' measures and outcomes, the pooled fit and the fit within each n, and the
     figure with its read-back check."""
-    df = measures_rows(run_dirs, metas)
+    skipped: list[str] = []
+    df = measures_rows(run_dirs, metas, skipped)
     if df is None:
-        return []
+        if not (skipped and _would_draw(metas)):
+            return []
+        return [Section("Which topology measure predicts consensus", [
+            f"Not drawn: {', '.join(skipped)} did not finish (no metrics.parquet), and the "
+            "topology-measures fit needs finished runs."])]
     fit = measure_fit(df)
     by_n = measure_fit_by_n(df)
     fig = measures_figure(df, fit)
@@ -159,6 +191,8 @@ def measures_sections(run_dirs: list, metas: list[dict]) -> list[Section]:
         "Best pooled predictor: " + "; ".join(
             f"{LABELS[y]}: {LABELS[m]} (R² = {r2:.3f})" for y, (m, r2) in best.items()) + ".",
         figure_check_line(verify_measures(fig, df), "points of every panel")]
+    if skipped:
+        lines.append(f"Left out: {', '.join(skipped)} (did not finish: no metrics.parquet).")
     keep = ["run", "variant", "graph", "n", *MEASURES, *OUTCOMES]
     return [Section("Which topology measure predicts consensus", lines,
                     figures={"outcomes against topology measures": fig},
