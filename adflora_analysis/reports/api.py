@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
-from adflora_analysis import fileio
-from adflora_analysis.errors import AdfloraError
 from adflora_analysis.reports.build import report_sections
-from adflora_analysis.reports.collect import collect_run
-from adflora_analysis.reports.render import write_report
-from adflora_analysis.rundir import RunDir, os_error, read_json
+from adflora_analysis.reports.collect import Run, collect_run
+from adflora_analysis.reports.outputs import (
+    REPORT_FILES,
+    check_folder,
+    interruptible,
+    report_folder,
+)
+from adflora_analysis.reports.render import layout, write_report
+from adflora_analysis.rundir import os_error
+
+__all__ = ["REPORT_FILES", "make_report", "partial_banner"]
 
 
 def _checks_fn():
@@ -19,6 +23,33 @@ def _checks_fn():
     from adflora_analysis.reports.checks import report_checks
 
     return report_checks
+
+
+def partial_banner(runs: list[Run]) -> str | None:
+    """The warning above a report of runs that did not finish (None if all did): each such
+    run's status (a killed run is ``stopped``) and the rounds its files cover.
+
+    >>> import pandas as pd
+    >>> r = Run(Path("q"), "synthetic", {"rounds": 8}, {}, pd.DataFrame({"round": [0, 1, 2]}),
+    ...         status="stopped")
+    >>> print(partial_banner([r]))  # doctest: +NORMALIZE_WHITESPACE
+    Not a finished result: q is stopped (partial: rounds 0–2 of 8 written). Figures, tables
+    and verdicts cover only the rounds written.
+    """
+    bad = []
+    for r in runs:
+        if r.status in ("done", "unknown"):
+            continue
+        got = r.rounds()
+        cover = ("no rounds written" if got is None else
+                 f"rounds 0–{got[0]}" + (f" of {got[1]}" if got[1] > 0 else "") + " written")
+        err = r.meta.get("error")
+        bad.append(f"{r.name} is {r.status} (partial: {cover})"
+                   + (f" ({' '.join(str(err).split())[:200]})" if err else ""))
+    if not bad:
+        return None
+    return ("Not a finished result: " + "; ".join(bad) + ". Figures, tables and verdicts cover "
+            "only the rounds written.")
 
 
 def make_report(run_dirs: list[str | Path], out: str | Path,
@@ -29,66 +60,34 @@ def make_report(run_dirs: list[str | Path], out: str | Path,
     ``compare``: draw runs of one kind whose configs differ in the same figures, labelled by
     the keys that differ (default: when every run is of one kind and none is a sweep).
     ``note``: a sentence for the opening summary (e.g. "Demo setting: ...").
+
+    ``out`` must be new, empty, or hold only an earlier report's files (see
+    :mod:`adflora_analysis.reports.outputs`); a run that did not finish gets a "partial"
+    banner; a damaged file in a run directory, a full disk or a read-only folder is one
+    :class:`~adflora_analysis.errors.AdfloraError` line, and an interrupted report leaves no
+    temp file.
     """
     from adflora_analysis.progress import status
     from adflora_analysis.reports.build import summary_lines
 
-    if Path(out).exists() and not Path(out).is_dir():   # before any work
-        raise AdfloraError(f"--out {str(out)!r} is a file, not a folder",
-                           "choose a new folder path")
-    with status(f"report: loading {len(run_dirs)} run(s)"):
-        runs = [collect_run(p) for p in run_dirs]
-    with status("report: theory checks and figures"):
-        sections = report_sections(runs, _checks_fn(), compare=compare)
-    bad = []
-    for r in runs:   # the run directory's own status: a killed run says "stopped"
-        st = RunDir(r.path, writer=False).status
-        if st not in ("done", "unknown"):
-            bad.append(f"{r.name} is {st}"
-                       + (f" ({r.meta.get('error')})" if r.meta.get("error") else ""))
-    banner = ("Not a finished result: " + "; ".join(bad) + ".") if bad else None
-    preamble = [f"Runs: {', '.join(str(r.path) for r in runs)}."]
-    with status(f"report: writing {out}"), report_outputs(out):
-        return write_report(out, title, sections, preamble,
-                            summary=summary_lines(runs, sections, note), banner=banner)
-
-
-REPORT_FILES = "report_files.json"
-
-
-@contextlib.contextmanager
-def report_outputs(out: str | Path) -> Iterator[Path]:
-    """The folder a report writes into: a previous report there is replaced completely (the
-    files it listed in ``report_files.json`` are removed first, nothing else), and the files
-    this report writes are listed for the next one. ``out`` naming a file is one line.
-
-    >>> import tempfile
-    >>> d = Path(tempfile.mkdtemp())
-    >>> with report_outputs(d):
-    ...     _ = (d / "figures").mkdir(), (d / "figures" / "old.png").write_text("x")
-    >>> (d / "mine.txt").write_text("user")
-    4
-    >>> with report_outputs(d):
-    ...     pass
-    >>> sorted(p.name for p in d.rglob("*") if p.is_file())
-    ['mine.txt', 'report_files.json']
-    """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise AdfloraError(f"--out {str(out)!r} is a file, not a folder",
-                           "choose a new folder path")
+    keep = [Path(p) for p in run_dirs]
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        check_folder(out, keep)   # before any work
     except OSError as e:
         raise os_error(out, e) from None
-    listed = out / REPORT_FILES
-    if listed.exists():
-        for rel in read_json(listed, REPORT_FILES):
-            f = (out / rel).resolve()
-            if out.resolve() in f.parents and f.is_file():
-                f.unlink()
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    yield out
-    written = [p for p in out.rglob("*") if p.is_file() and p != listed
-               and before.get(p) != p.stat().st_mtime_ns]
-    fileio.write_json(listed, sorted(str(p.relative_to(out)) for p in written))
+    with interruptible("report"):
+        with status(f"report: loading {len(run_dirs)} run(s)"):
+            runs = [collect_run(p) for p in run_dirs]
+        with status("report: theory checks and figures"):
+            sections = report_sections(runs, _checks_fn(), compare=compare)
+        banner = partial_banner(runs)
+        preamble = [f"Runs: {', '.join(str(r.path) for r in runs)}."]
+        with status(f"report: writing {out}"):
+            try:
+                with report_folder(out, layout(sections).files(), keep):
+                    return write_report(out, title, sections, preamble,
+                                        summary=summary_lines(runs, sections, note),
+                                        banner=banner)
+            except OSError as e:
+                raise os_error(out, e) from None

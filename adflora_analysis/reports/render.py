@@ -4,6 +4,7 @@ URIs, so it opens from disk with no server), the figures as PNG and the tables a
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import re
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from adflora_analysis import fileio
+from adflora_analysis.errors import AdfloraError
 
 _NUM = re.compile(r"<td>(-?(?:\d[\d.,]*(?:e[-+]?\d+)?|nan|inf))</td>")
 
@@ -42,8 +44,82 @@ def figure_check_line(problems: list[str], what: str) -> str:
     return f"Figure check: the {what} drawn were read back and match the run's tables."
 
 
-def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")
+def _hash8(s: str) -> str:
+    return hashlib.sha256(s.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def _slug(s: str, limit: int = 60) -> str:
+    """A title as a safe file-name part: ASCII letters and digits, everything else ``-``;
+    a long one is cut and gets 8 hex digits of its SHA-256 (titles hold run and variant names,
+    which come from data).
+
+    >>> _slug("toy: frozen block"), _slug("../../x"), len(_slug("a" * 500))
+    ('toy--frozen-block', 'x', 69)
+    """
+    slug = "".join(c if c.isascii() and c.isalnum() else "-" for c in s.lower()).strip("-")
+    if len(slug) > limit or not slug:
+        slug = f"{slug[:limit]}-{_hash8(s)}".strip("-")
+    return slug
+
+
+@dataclass
+class Layout:
+    """The file names of a report: per section its HTML id and, per table and figure, its
+    file name (unique in the report: a name two titles share gets a hash suffix)."""
+
+    ids: list[str]
+    tables: list[dict[str, str]]
+    figures: list[dict[str, str]]
+
+    def files(self) -> list[str]:
+        """Every path the report writes, relative to its folder."""
+        out = ["report.md", "index.html"]
+        for t in self.tables:
+            out += [f"tables/{f}" for f in t.values()]
+        for f in self.figures:
+            out += [g for p in f.values() for g in (f"figures/{p}", f"figures/{p[:-4]}.pdf")]
+        return out
+
+
+def layout(sections: list[Section]) -> Layout:
+    """The :class:`Layout` of ``sections`` (what :func:`write_report` writes).
+
+    >>> secs = [Section("a b", tables={"t": None}), Section("a-b", tables={"t": None})]
+    >>> t = layout(secs).tables
+    >>> t[0]["t"], t[1]["t"] != t[0]["t"]
+    ('a-b-t.csv', True)
+    """
+    used: set[str] = set()
+
+    def unique(base: str, key: str, ext: str = "") -> str:
+        name = base
+        if name + ext in used:
+            name = f"{base}-{_hash8(key)}"
+        k = 2
+        while name + ext in used:
+            name, k = f"{base}-{_hash8(f'{key}/{k}')}", k + 1
+        used.add(name + ext)
+        return name + ext
+
+    ids, tables, figs = [], [], []
+    for sec in sections:
+        sid = unique(_slug(sec.title), sec.title)
+        ids.append(sid)
+        tables.append({n: unique(f"{sid}-{_slug(n)}", f"{sec.title}/{n}", ".csv")
+                       for n in sec.tables})
+        figs.append({n: unique(f"{sid}-{_slug(n)}", f"{sec.title}/{n}", ".png")
+                     for n in sec.figures})
+    return Layout(ids, tables, figs)
+
+
+def inside(out: Path, path: Path) -> Path:
+    """``path`` if, resolved, it lies inside the resolved ``out``; else one
+    :class:`AdfloraError` (a name built from data must never reach outside the report)."""
+    root, p = out.resolve(), path.resolve()
+    if p != root and root not in p.parents:
+        raise AdfloraError(f"refusing to write {str(path)!r}: it lies outside {str(out)!r}",
+                           "a report writes only inside --out: choose an empty --out")
+    return path
 
 
 def _png(fig: plt.Figure) -> bytes:
@@ -108,6 +184,7 @@ def write_report(out: str | Path, title: str, sections: list[Section],
     above the summary (a partial or diverged run). Every figure is written as PNG (embedded
     in the page) and PDF (for papers)."""
     out = Path(out)
+    names = layout(sections)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     md = [f"# {title}", ""]
@@ -123,8 +200,8 @@ def write_report(out: str | Path, title: str, sections: list[Section],
     body += [f'<p class="note">{html.escape(p)}</p>' for p in preamble or []]
     toc = []
     head = len(body)
-    for sec in sections:
-        sid = _slug(sec.title)
+    for sec, sid, tnames, fnames in zip(sections, names.ids, names.tables, names.figures,
+                                        strict=True):
         toc.append(f'<li><a href="#{sid}">{html.escape(sec.title)}</a></li>')
         md += [f"## {sec.title}", ""]
         body.append(f'<h2 id="{sid}">{html.escape(sec.title)}</h2>')
@@ -132,8 +209,8 @@ def write_report(out: str | Path, title: str, sections: list[Section],
             md += [p, ""]
             body.append(f"<p>{html.escape(p)}</p>")
         for name, df in sec.tables.items():
-            fname = f"{sid}-{_slug(name)}.csv"
-            fileio.write_csv(out / "tables" / fname, df)
+            fname = tnames[name]
+            fileio.write_csv(inside(out, out / "tables" / fname), df)
             md += [f"**{name}** ([csv](tables/{fname}))", "", _md_table(df), ""]
             note = sec.table_notes.get(name)
             if note:
@@ -148,11 +225,11 @@ def write_report(out: str | Path, title: str, sections: list[Section],
                         + f'<div class="table" data-table="{_slug(name)}">{table_html}</div>'
                         + f'<p class="note"><a href="tables/{fname}">CSV</a></p>')
         for name, fig in sec.figures.items():
-            fname = f"{sid}-{_slug(name)}.png"
+            fname = fnames[name]
             data = _png(fig)
-            fileio.atomic_write(out / "figures" / fname, lambda f, d=data: f.write(d))
+            fileio.atomic_write(inside(out, out / "figures" / fname), lambda f, d=data: f.write(d))
             pdf = fname[:-4] + ".pdf"
-            fileio.save_figure(out / "figures" / pdf, fig, dpi=110)
+            fileio.save_figure(inside(out, out / "figures" / pdf), fig, dpi=110)
             md += [f"![{name}](figures/{fname}) ([PDF](figures/{pdf}))", ""]
             b64 = base64.b64encode(data).decode()
             body.append(f'<figure><img class="figure" alt="{html.escape(name)}" '
