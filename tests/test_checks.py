@@ -160,11 +160,11 @@ def test_user_checks_run_like_builtins_and_bad_ones_are_one_line_each(tmp_path):
     assert any("'raises'" in e and "boom" in e for e in errs)
     assert any("'missing-column'" in e and "no_such_column" in e for e in errs)
     assert any("'nonsense'" in e and "int" in e for e in errs)
-    items = json.loads(r.stdout)
+    items = json.loads(r.stdout)["results"]
     mine = [i for i in items if i["check"] == "loss-below-double-start"]
     assert mine and mine[0]["status"] in ("held", "underpowered") and mine[0]["ratio"] > 1
     assert any(i["number"] == "2" for i in items)          # built-ins still ran
-    saved = json.loads((out / "checks.json").read_text())
+    saved = json.loads((out / "checks.json").read_text())["results"]
     assert any(i["check"] == "loss-below-double-start" for i in saved)
     import pandas as pd
 
@@ -177,7 +177,7 @@ def test_cli_check_json_fields_and_strict(tmp_path):
     run_study(small(methods=["adf-lora", "rolora"], seeds=4, rounds=8), out, progress=False)
     r = _cli("synthetic", "check", str(out), "--json")
     assert r.returncode == 0, r.stderr
-    items = json.loads(r.stdout)
+    items = json.loads(r.stdout)["results"]
     assert all(JSON_FIELDS <= set(i) for i in items)
     r = _cli("synthetic", "check", str(out), "--strict")
     bad = [i for i in items if i["status"] in ("violated", "error") and i["expected"] == "hold"]
@@ -206,7 +206,7 @@ def test_glue_run_directory_is_checked_by_the_same_command(tiny, tmp_path):
     assert eta.tolist() == pytest.approx([5e-3 / (1 + t / 2.0) for t in range(4)])
     r = _cli("synthetic", "check", str(tmp_path / "run"), "--json")
     assert r.returncode == 0, r.stderr
-    items = json.loads(r.stdout)
+    items = json.loads(r.stdout)["results"]
     got = {(i["number"], i["method"]) for i in items}
     for need in [("2", "adf-lora"), ("3", "adf-lora"), ("6i", "lora"), ("6a", "lora"),
                  ("6d", "adf-lora")]:

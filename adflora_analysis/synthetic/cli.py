@@ -2,12 +2,13 @@
 
     adflora synthetic run synthetic/bounds.toml --out runs/bounds [key=value ...]
     adflora synthetic run --resume runs/bounds
-    adflora synthetic check runs/bounds [--json] [--strict]
+    adflora synthetic check runs/bounds [--json] [--strict] [--checks FILE.py]
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -67,10 +68,19 @@ def run(
         typer.echo(f"wrote {where} ({n} method-seed-rounds)")
 
 
+def _positive(name: str, value: float, example: str) -> None:
+    """Refuse a non-positive or non-finite option value in one line."""
+    if not (math.isfinite(value) and value > 0):
+        raise AdfloraError(f"{name} {value} must be a positive finite number",
+                           f"use e.g. {name} {example}")
+
+
 @app.command("check")
 def check(
     run_dir: str = typer.Argument(..., help="A run directory written by `synthetic run`."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object: the run's state "
+                                 "(status, complete, rounds covered, config hash) and the "
+                                 "results."),
     strict: bool = typer.Option(False, "--strict",
                                 help="Exit 1 if a check that should hold is violated."),
     z: float = typer.Option(3.0, help="One-sided normal level of every test, in standard "
@@ -79,7 +89,12 @@ def check(
                                  "with 80% power; otherwise it says underpowered."),
     checks: list[str] = typer.Option(None, "--checks", help="Python file registering user "
                                      "checks (repeatable); entry points of group "
-                                     "adflora_analysis.checks are loaded too."),
+                                     "adflora_analysis.checks are loaded too. They run in a "
+                                     "child process: a failure, hang or exit is that check's "
+                                     "error."),
+    check_timeout: float = typer.Option(60.0, "--check-timeout", metavar="SECONDS",
+                                        help="Time limit of each user check (and of "
+                                        "importing each --checks file)."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write checks.json and "
                               "check_curves.parquet into the run directory."),
 ) -> None:
@@ -87,11 +102,12 @@ def check(
 
     Example: adflora synthetic check runs/bounds --json --checks my_checks.py
     """
-    from adflora_analysis.rundir import CHECK_OUTPUTS, RunDir, load_run, require_complete
-    from adflora_analysis.synthetic.checks import format_results, run_checks
+    from adflora_analysis.rundir import load_run, require_complete
+    from adflora_analysis.synthetic.checks import check_run, format_results
 
-    if z <= 0:
-        raise AdfloraError(f"--z {z} must be positive", "use e.g. --z 3")
+    _positive("--z", z, "3")
+    _positive("--effect", effect, "0.1")
+    _positive("--check-timeout", check_timeout, "60")
     rd = load_run(run_dir)
     if rd.kind not in (None, "synthetic", "glue"):
         raise AdfloraError(f"{run_dir!r} holds a {rd.kind} run; the checks read synthetic "
@@ -100,19 +116,29 @@ def check(
     banner = require_complete(rd, strict=strict, what="the checks")
     if banner:
         typer.echo(f"warning: {banner}", err=True)
-    if effect <= 0:
-        raise AdfloraError(f"--effect {effect} must be positive", "use e.g. --effect 0.1")
     from adflora_analysis.progress import status
 
     with status(f"checks: evaluating the theory checks on {run_dir}"):
-        results = run_checks(run_dir, z=z, effect=effect, check_files=checks or [])
+        results, state = check_run(run_dir, z=z, effect=effect, check_files=checks or [],
+                                   check_timeout=check_timeout)
+    save_error, saved = None, False
     if save:
         from adflora_analysis.synthetic.checks import save_results
 
-        save_results(run_dir, results)
-        RunDir(run_dir).record(*CHECK_OUTPUTS)
+        if state["status"] == "running" or rd.status != state["status"]:
+            typer.echo(f"note: checks.json not saved: run {run_dir!r} is "
+                       f"{'still running' if state['status'] == 'running' else 'changing'} "
+                       "(its rows grow); check it again when it has finished", err=True)
+        else:
+            try:
+                save_results(run_dir, results, state=state, z=z, effect=effect)
+                saved = True
+            except AdfloraError as e:   # read-only, full disk: after the results are printed
+                save_error = e
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
+        typer.echo(json.dumps({"run": {**state, "note": banner}, "z": z, "effect": effect,
+                               "saved": saved, "results": [r.to_dict() for r in results]},
+                              indent=1))
     else:
         typer.echo(format_results(results))
         counts = {s: sum(r.status == s for r in results) for s in
@@ -122,8 +148,10 @@ def check(
                    + f"; {sum(r.unexpected_violation for r in results)} unexpected")
     errors = [r for r in results if r.status == "error"]
     for r in errors:
-        typer.echo(f"error: {r.note} (hint: fix the check; the other checks ran and were "
-                   "written)", err=True)
+        typer.echo(f"error: {r.note} (hint: fix the check; the other checks ran"
+                   + (" and were written)" if saved else ")"), err=True)
+    if save_error is not None:
+        raise save_error
     if errors:
         raise typer.Exit(2)
     if strict and any(r.unexpected_violation for r in results):

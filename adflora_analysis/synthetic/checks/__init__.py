@@ -16,7 +16,9 @@ no.    module                      what
 
 Statuses: held / violated / finding (fails as the method is expected to) / underpowered (the
 seeds could not have shown a violation of the size the check guards against) / n/a / error.
-``--strict`` fails on violated or errored checks that should hold.
+``--strict`` fails on violated or errored checks that should hold. User checks (``--checks``
+files, entry points) run in a child process with a time limit (:mod:`.isolate`);
+``checks.json`` records the run state it covers (:mod:`.saved`, :func:`load_saved_checks`).
 
 >>> {"gossip-contraction", "stationarity", "cross-term"} <= set(REGISTRY)
 True
@@ -26,8 +28,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-
-import pandas as pd
+from typing import Any
 
 from adflora_analysis.synthetic.checks.async_rate import check_async_rate
 from adflora_analysis.synthetic.checks.consensus import check_consensus, kappa
@@ -35,6 +36,11 @@ from adflora_analysis.synthetic.checks.cross_term import check_cross_term
 from adflora_analysis.synthetic.checks.data import Context, RunData, Series, check_data, contexts
 from adflora_analysis.synthetic.checks.frozen import check_frozen, fit_geometric_rate
 from adflora_analysis.synthetic.checks.gossip import check_gossip
+from adflora_analysis.synthetic.checks.isolate import (
+    CHECK_TIMEOUT_DEFAULT,
+    run_user_checks,
+    user_sources,
+)
 from adflora_analysis.synthetic.checks.mixing import check_mixing
 from adflora_analysis.synthetic.checks.registry import (
     REGISTRY,
@@ -45,12 +51,19 @@ from adflora_analysis.synthetic.checks.registry import (
     run_check,
 )
 from adflora_analysis.synthetic.checks.result import CheckResult
+from adflora_analysis.synthetic.checks.saved import (
+    load_saved_checks,
+    rounds_covered,
+    run_state,
+    save_results,
+)
 from adflora_analysis.synthetic.checks.stationarity import check_stationarity
 from adflora_analysis.synthetic.checks.stats import EFFECT_DEFAULT, Z_DEFAULT
 
-__all__ = ["REGISTRY", "CheckResult", "Context", "RunData", "Series", "bound_check",
-           "contexts", "fit_geometric_rate", "format_results", "kappa", "load_check_file",
-           "check_data", "register_check", "run_checks", "save_results"]
+__all__ = ["CHECK_TIMEOUT_DEFAULT", "REGISTRY", "CheckResult", "Context", "RunData", "Series",
+           "bound_check", "check_data", "check_run", "contexts", "fit_geometric_rate",
+           "format_results", "kappa", "load_check_file", "load_entry_points", "load_saved_checks",
+           "register_check", "rounds_covered", "run_checks", "run_state", "save_results"]
 
 for _name, _fn, _kinds in (
     ("mixing-validity", check_mixing, ("synthetic", "glue")),
@@ -64,42 +77,46 @@ for _name, _fn, _kinds in (
     register_check(_name, kinds=_kinds, builtin=True)(_fn)
 
 
-def run_checks(run_dir: str | Path, *, z: float = Z_DEFAULT, effect: float = EFFECT_DEFAULT,
-               check_files: list[str] | None = None, entry_points: bool = True,
-               data: RunData | None = None) -> list[CheckResult]:
-    """Every registered check (built-in, from ``check_files``, from entry points) for every
-    (variant, method) of a run directory (synthetic or GLUE)."""
-    for f in check_files or []:
-        load_check_file(f)
-    if entry_points:
-        load_entry_points()
-    data = data if data is not None else check_data(run_dir)
-    out: list[CheckResult] = []
-    for ctx in contexts(data, z=z, effect=effect):
+def check_run(run_dir: str | Path, *, z: float = Z_DEFAULT, effect: float = EFFECT_DEFAULT,
+              check_files: list[str] | None = None, entry_points: bool = True,
+              data: RunData | None = None, check_timeout: float = CHECK_TIMEOUT_DEFAULT,
+              ) -> tuple[list[CheckResult], dict[str, Any]]:
+    """:func:`run_checks` and the run state the results cover (:func:`run_state`: status,
+    completeness, last round of every job, config hash), read with the same rows."""
+    from adflora_analysis.rundir import RunDir
+
+    status = RunDir(run_dir, writer=False).status if data is None else None
+    sources = user_sources(check_files, entry_points,
+                           {n for n, c in REGISTRY.items() if not c.builtin})
+    planted = data is not None
+    data = data if planted else check_data(run_dir)
+    ctxs = contexts(data, z=z, effect=effect)
+    per_ctx: list[list[CheckResult]] = [[] for _ in ctxs]
+    for i, ctx in enumerate(ctxs):
         for check in list(REGISTRY.values()):
             if ctx.kind in check.kinds or not check.builtin:
-                out.extend(run_check(check, ctx))
-    return out
+                per_ctx[i].extend(run_check(check, ctx))
+    loose: list[CheckResult] = []
+    if sources:
+        user, loose = run_user_checks(sources, [(c.method, c.variant) for c in ctxs],
+                                      run_dir=run_dir, z=z, effect=effect,
+                                      timeout=check_timeout, data=data if planted else None)
+        for i, rs in user.items():
+            per_ctx[i].extend(rs)
+    state = run_state(run_dir, data.metrics, status=status)
+    return [r for rs in per_ctx for r in rs] + loose, state
 
 
-def save_results(run_dir: str | Path, results: list[CheckResult]) -> None:
-    """Write ``checks.json`` (the summaries) and ``check_curves.parquet`` (every check's
-    measured curve and bound, columns number, check, method, variant, ...) atomically."""
-    from adflora_analysis import fileio
-
-    parts = []
-    for r in results:
-        if len(r.curve):
-            c = r.curve.copy()
-            c.insert(0, "number", r.number)
-            c.insert(1, "check", r.check)
-            c.insert(2, "method", r.method)
-            c.insert(3, "variant", r.variant)
-            parts.append(c)
-    if parts:
-        fileio.write_parquet(Path(run_dir) / "check_curves.parquet",
-                             pd.concat(parts, ignore_index=True))
-    fileio.write_json(Path(run_dir) / "checks.json", [r.to_dict() for r in results])
+def run_checks(run_dir: str | Path, *, z: float = Z_DEFAULT, effect: float = EFFECT_DEFAULT,
+               check_files: list[str] | None = None, entry_points: bool = True,
+               data: RunData | None = None, check_timeout: float = CHECK_TIMEOUT_DEFAULT,
+               ) -> list[CheckResult]:
+    """Every registered check (built-in, from ``check_files``, from entry points) for every
+    (variant, method) of a run directory (synthetic or GLUE). The checks of ``check_files``
+    and entry points run in a child process, each within ``check_timeout`` seconds
+    (:mod:`.isolate`); checks registered in this process run here."""
+    return check_run(run_dir, z=z, effect=effect, check_files=check_files,
+                     entry_points=entry_points, data=data, check_timeout=check_timeout)[0]
 
 
 def _f(x: float, fmt: str = ".3g") -> str:
@@ -114,8 +131,9 @@ def format_results(results: list[CheckResult]) -> str:
             f"{'mde':>6}  note")
     lines = [head]
     for r in results:
-        ci = f"{_f(r.ratio_ci[0])}, {_f(r.ratio_ci[1])}"
-        rat = f"{_f(r.ratio, '.4g')} [{ci}]"
+        ci = (f" [{_f(r.ratio_ci[0])}, {_f(r.ratio_ci[1])}]"
+              if all(math.isfinite(v) for v in r.ratio_ci) else "")   # none with one seed
+        rat = f"{_f(r.ratio, '.4g')}{ci}"
         zt = f"{_f(r.z, '.2f')} ({_f(r.threshold, '.2f')})"
         lines.append(f"{r.number:<4} {r.check[:26]:<26} {r.method[:9]:<9} "
                      f"{r.variant[:14]:<14} {r.status:<13} {_f(r.measured):>9} "

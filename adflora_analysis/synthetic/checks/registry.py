@@ -14,7 +14,10 @@ turns a measured curve and its bound into a result with the built-ins' statistic
                            ctx.run.mat("loss_start")[:, :1] + 0 * ctx.run.mat("loss"))
 
 A user check that raises, returns something that is not a result, or names a missing column
-gives one ``error`` result naming the check and the problem; the other checks still run.
+gives one ``error`` result naming the check and the problem; the other checks still run. The
+checks of ``--checks`` files and entry points run in a child process with a time limit
+(:mod:`.isolate`): ``sys.exit``, ``KeyboardInterrupt``, a hang or a crash is that check's
+``error``, never the command's exit status.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import pandas as pd
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.synthetic.checks.data import Context
 from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import pooled_test
+from adflora_analysis.synthetic.checks.stats import ONE_SEED, pooled_test
 
 ENTRY_POINT_GROUP = "adflora_analysis.checks"
 CheckFn = Callable[[Context], "CheckResult | list[CheckResult] | None"]
@@ -63,21 +66,31 @@ def register_check(name: str, *, kinds: tuple[str, ...] = ("synthetic", "glue"),
     return deco
 
 
+def exec_check_file(p: Path) -> list[str]:
+    """Import the Python file ``p`` (its exceptions propagate); the check names it registered
+    or replaced."""
+    before = dict(REGISTRY)
+    spec = importlib.util.spec_from_file_location(f"adflora_user_checks_{p.stem}", p)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{str(p)!r} is not a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return [n for n, c in REGISTRY.items() if before.get(n) is not c]
+
+
 def load_check_file(path: str | Path) -> list[str]:
-    """Import a Python file that registers checks; returns the names it added."""
+    """Import a Python file that registers checks into this process; returns the names it
+    added. (``run_checks`` runs ``--checks`` files in a child process instead:
+    :mod:`.isolate`.)"""
     p = Path(path)
     if not p.is_file():
         raise AdfloraError(f"check file {str(p)!r} does not exist",
                            "pass a Python file that calls register_check")
-    before = set(REGISTRY)
-    spec = importlib.util.spec_from_file_location(f"adflora_user_checks_{p.stem}", p)
-    mod = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(mod)
+        added = exec_check_file(p)
     except Exception as e:  # noqa: BLE001 - any failure of user code is bad input
         raise AdfloraError(f"check file {str(p)!r} failed to import: {type(e).__name__}: {e}",
                            "fix the file; it must run with `python FILE.py`") from None
-    added = [n for n in REGISTRY if n not in before]
     if not added:
         raise AdfloraError(f"check file {str(p)!r} registers no check",
                            "decorate a function with @register_check(\"name\")")
@@ -141,11 +154,20 @@ def _validate(name: str, out: object) -> list[CheckResult]:
     return items
 
 
+def _one_seed(results: list[CheckResult], ctx: Context) -> list[CheckResult]:
+    """Say why a one-seed run's tests are underpowered (no spread, so no test at all)."""
+    if getattr(ctx.run, "S", 2) < 2:
+        for r in results:
+            if r.status == "underpowered" and ONE_SEED not in r.note:
+                r.note = f"{r.note}; {ONE_SEED}" if r.note else ONE_SEED
+    return results
+
+
 def run_check(check: Check, ctx: Context) -> list[CheckResult]:
     """Run one check on one context. A built-in that lacks a column says n/a; a user check
     that fails in any way becomes one ``error`` result naming it and the problem."""
     try:
-        return _validate(check.name, check.fn(ctx))
+        return _one_seed(_validate(check.name, check.fn(ctx)), ctx)
     except AdfloraError as e:
         if check.builtin:
             return [CheckResult(check.name, "-", ctx.method, ctx.variant, "n/a",

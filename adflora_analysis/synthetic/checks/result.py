@@ -72,6 +72,69 @@ class CheckResult:
         return clean({**base, **{(f"detail_{k}" if k in base else k): v
                                  for k, v in self.details.items()}})
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], curve: pd.DataFrame | None = None) -> CheckResult:
+        """The result of a :meth:`to_dict` summary (None back to NaN, other keys to
+        ``details``); a summary that is not one is a ``ValueError``.
+
+        >>> r = CheckResult("c", "u1", "lora", "base", "held", ratio=1.5, details={"k": 2})
+        >>> back = CheckResult.from_dict(r.to_dict())
+        >>> back.ratio, back.details, math.isnan(back.measured)
+        (1.5, {'k': 2}, True)
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a result is a dict, not a {type(d).__name__}")
+        for k in ("check", "number", "method", "variant", "status"):
+            if not isinstance(d.get(k), str):
+                raise ValueError(f"a result's {k!r} is not a string")
+        if d["status"] not in STATUSES:
+            raise ValueError(f"unknown status {d['status']!r}")
+
+        def num(k: str) -> float:
+            v = d.get(k)
+            if v is None:
+                return math.nan
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ValueError(f"a result's {k!r} is not a number")
+            return float(v)
+
+        ci = d.get("ratio_ci") or [None, None]
+        if not isinstance(ci, list | tuple) or len(ci) != 2:
+            raise ValueError("a result's 'ratio_ci' is not a pair")
+        lo, hi = (math.nan if v is None else float(v) for v in ci)
+        seeds = d.get("seeds", 0)
+        known = {"check", "number", "method", "variant", "status", "measured", "bound", "ratio",
+                 "ratio_ci", "threshold", "z", "mde", "seeds", "test", "expected", "source",
+                 "note"}
+        details = {(k[7:] if k.startswith("detail_") and k[7:] in known else k): v
+                   for k, v in d.items() if k not in known}
+        return cls(d["check"], d["number"], d["method"], d["variant"], d["status"],
+                   num("measured"), num("bound"), num("ratio"), (lo, hi), num("threshold"),
+                   num("z"), num("mde"), int(seeds) if isinstance(seeds, int) else 0,
+                   str(d.get("test", "")), str(d.get("expected", "hold")),
+                   str(d.get("source", "")), str(d.get("note", "")), details,
+                   curve if curve is not None else pd.DataFrame())
+
+
+def curve_to_records(df: pd.DataFrame) -> dict[str, Any]:
+    """A curve as plain JSON data: ``{"columns": [...], "rows": [[...], ...]}``.
+
+    >>> curve_to_records(pd.DataFrame({"round": [0, 1], "measured": [1.0, float("nan")]}))
+    {'columns': ['round', 'measured'], 'rows': [[0, 1.0], [1, None]]}
+    """
+    return {"columns": [str(c) for c in df.columns],
+            "rows": [clean(list(row)) for row in df.itertuples(index=False, name=None)]}
+
+
+def curve_from_records(rec: Any) -> pd.DataFrame:
+    """The curve of :func:`curve_to_records` (an empty frame for anything else)."""
+    if not (isinstance(rec, dict) and isinstance(rec.get("columns"), list)
+            and isinstance(rec.get("rows"), list)):
+        return pd.DataFrame()
+    cols = [str(c) for c in rec["columns"]]
+    rows = [r for r in rec["rows"] if isinstance(r, list) and len(r) == len(cols)]
+    return pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
+
 
 def clean(o: Any) -> Any:
     """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
