@@ -15,6 +15,9 @@ Then: ``tensorboard --logdir D``.
 
 from __future__ import annotations
 
+import contextlib
+import re
+import sys
 from pathlib import Path
 
 import typer
@@ -41,41 +44,143 @@ def _numeric(df) -> list[str]:
             and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
 
 
-def _run_name(keys: dict) -> str:
-    parts = [str(keys["variant"])] if keys.get("variant") is not None else []
-    return "/".join([*parts, str(keys["method"]), f"seed{keys['seed']}"]).replace(" ", "_")
+#: top-level folders of the export itself, never given to a method or variant
+RESERVED = ("checks", "notes")
+
+
+def safe_part(name: object) -> str:
+    """``name`` (a method, variant, seed from the run's rows: data) as one safe path part:
+    kept as is when it is already a plain name (letters, digits, ``_.=+-``; not starting with
+    a dot); otherwise sanitized, cut to 80 characters, and given 8 hex digits of its SHA-256,
+    so two names never share a folder (``x y`` and ``x_y``).
+
+    >>> safe_part("adf-lora"), safe_part("x y"), safe_part("x_y")
+    ('adf-lora', 'x_y-887fcea6', 'x_y')
+    >>> safe_part("../../../escape")
+    '_._.._.._escape-aaec11ca'
+    """
+    import hashlib
+
+    s = str(name)
+    clean = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", s)[:80]
+    if clean == s and s and not s.startswith("."):
+        return s
+    clean = "_" + clean[1:] if clean.startswith(".") else clean
+    return f"{clean}-{hashlib.sha256(s.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def run_names(groups: list[dict]) -> list[str]:
+    """The TensorBoard run folder (relative to the logdir) of each group of keys
+    (``variant``, ``method``, ``seed``): ``[<variant>/]<method>/seed<k>``, every part
+    :func:`safe_part`, none a folder of the export itself (:data:`RESERVED`), all distinct.
+
+    >>> run_names([{"method": "x y", "seed": 0}, {"method": "x_y", "seed": 0},
+    ...            {"method": "checks", "seed": 1}])
+    ['x_y-887fcea6/seed0', 'x_y/seed0', 'checks-961f787b/seed1']
+    """
+    import hashlib
+
+    out: list[str] = []
+    for keys in groups:
+        parts = [safe_part(keys["variant"])] if keys.get("variant") is not None else []
+        parts += [safe_part(keys["method"]), safe_part(f"seed{keys['seed']}")]
+        if parts[0] in RESERVED:
+            parts[0] += "-" + hashlib.sha256(parts[0].encode()).hexdigest()[:8]
+        out.append("/".join(parts))
+    if len(set(out)) != len(out):
+        dup = next(n for n in out if out.count(n) > 1)
+        raise AdfloraError(f"two groups of rows map to the TensorBoard run {dup!r}",
+                           "the run's rows were altered: their method, variant and seed "
+                           "names collide")
+    return out
+
+
+def _inside(root: Path, path: Path) -> Path:
+    """``path`` if, resolved, it lies inside the resolved ``root`` (else one line)."""
+    p = path.resolve()
+    if p != root and root not in p.parents:
+        raise AdfloraError(f"refusing to write {str(path)!r}: it lies outside --logdir "
+                           f"{str(root)!r}", "a symbolic link in the logdir points out of it: "
+                           "pass an empty --logdir")
+    return path
+
+
+def partial_note(run) -> str | None:
+    """The note an export of a run that did not finish carries (None for a finished run)."""
+    from adflora_analysis.reports.api import partial_banner
+
+    return partial_banner([run])
 
 
 def export_tensorboard(run_dir: str | Path, logdir: str | Path | None = None) -> Path:
     """Write ``run_dir``'s metrics, evaluation and check verdicts as TensorBoard event files
     under ``logdir`` (default ``RUN_DIR/tensorboard``); returns ``logdir``. A ``logdir`` that
-    already holds event files is refused (a second export would draw every curve twice)."""
-    import pandas as pd
+    already holds event files is refused (a second export would draw every curve twice).
 
+    Folder names built from the rows are sanitized (:func:`run_names`) and every path is
+    checked to lie inside the resolved ``logdir``. A run that did not finish is exported with
+    a one-line warning on stderr and the same note as a text (run ``notes``, tag
+    ``partial run``). All or nothing: a failure (a full disk: one line) or an interrupt
+    removes the event files this export wrote."""
     from adflora_analysis.reports.collect import collect_run
-    from adflora_analysis.tbevents import EventWriter
+    from adflora_analysis.reports.outputs import interruptible
+    from adflora_analysis.rundir import os_error
 
     run = collect_run(run_dir)
     if run.metrics is None or run.metrics.empty:
         raise AdfloraError(f"{str(run_dir)!r} has no metrics to export",
                            "pass a synthetic or GLUE run directory")
     logdir = Path(logdir) if logdir is not None else run.path / "tensorboard"
+    if logdir.is_symlink() and logdir.parent.resolve() == run.path.resolve():
+        raise AdfloraError(f"{str(logdir)!r} is a symbolic link (inside the run directory)",
+                           "a run directory holds only its own files: pass --logdir")
+    if logdir.exists() and not logdir.is_dir():
+        raise AdfloraError(f"--logdir {str(logdir)!r} is a file, not a folder",
+                           "pass a folder path")
     if logdir.exists() and any(logdir.rglob("events.out.tfevents.*")):
         raise AdfloraError(f"{str(logdir)!r} already holds TensorBoard event files",
                            "pass another --logdir, or delete that folder first")
+    note = partial_note(run)
+    with interruptible("export"):
+        groups = _event_groups(run)
+        names = run_names([g[0] for g in groups])
+        table = _checks_markdown(run)
+        try:
+            root = logdir.resolve()
+            targets = [_inside(root, logdir / n) for n in names]
+            _inside(root, logdir / "checks")
+            _inside(root, logdir / "notes")
+            if note:
+                print(f"warning: {note}", file=sys.stderr)
+            _write_events(logdir, list(zip(targets, [g[1] for g in groups], strict=True)),
+                          table, note)
+        except OSError as e:
+            raise os_error(logdir, e) from None
+    return logdir
+
+
+def _event_groups(run) -> list[tuple[dict, dict[int, dict[str, float]]]]:
+    """Per (variant,) method and seed: its keys and its scalars per round."""
+    import pandas as pd
+
     m = run.metrics
     multi = "variant" in m and m["variant"].nunique() > 1
     keys = (["variant"] if multi else []) + ["method", "seed"]
+    missing = [k for k in keys if k not in m]
+    if missing or "round" not in m:
+        raise AdfloraError(f"the metrics of {str(run.path)!r} have no "
+                           f"{(missing or ['round'])[0]!r} column",
+                           "pass a synthetic or GLUE run directory")
     ev = run.eval
     ev_groups = {}
-    if ev is not None and not ev.empty:
+    if ev is not None and not ev.empty and {"client", "metric", "value", "round"} <= set(ev):
         ev = ev[ev["client"].astype(str).isin(["mean", "averaged"])]
         ekeys = [k for k in keys if k in ev]
         for k, g in ev.groupby(ekeys, sort=False):
             ev_groups[k if isinstance(k, tuple) else (k,)] = g
+    out = []
     for k, g in m.groupby(keys, sort=False):
         k = k if isinstance(k, tuple) else (k,)
-        names = dict(zip(keys, k, strict=True))
         cols = _numeric(g)
         per_round: dict[int, dict[str, float]] = {}
         for layer, lg in (g.groupby("layer", sort=False) if "layer" in g else [("all", g)]):
@@ -91,23 +196,49 @@ def export_tensorboard(run_dir: str | Path, logdir: str | Path | None = None) ->
                 tag = f"eval/{r.client}/{r.metric}" + (
                     "" if split in (None, "validation") else f"/{split}")
                 per_round.setdefault(int(r.round), {})[tag] = float(r.value)
-        with EventWriter(logdir / _run_name(names)) as w:
-            for t in sorted(per_round):
-                w.scalars(t, per_round[t])
-    table = _checks_markdown(run)
-    if table:
-        with EventWriter(logdir / "checks") as w:
-            w.text(0, "theory checks", table)
-    return logdir
+        out.append((dict(zip(keys, k, strict=True)), per_round))
+    return out
+
+
+def _write_events(logdir: Path, runs: list[tuple[Path, dict[int, dict[str, float]]]],
+                  table: str | None, note: str | None) -> None:
+    """Write every event file; on any failure remove those written (and the folders made)."""
+    from adflora_analysis.tbevents import EventWriter
+
+    made = [d for d in (logdir, *(p for t, _ in runs for p in (t, *t.parents)))
+            if not d.exists()]
+    written: list[Path] = []
+    try:
+        for target, per_round in runs:
+            with EventWriter(target) as w:
+                for t in sorted(per_round):
+                    w.scalars(t, per_round[t])
+            written.append(w.path)
+        for sub, tag, text in (("checks", "theory checks", table), ("notes", "partial run",
+                                                                      note)):
+            if text:
+                with EventWriter(logdir / sub) as w:
+                    w.text(0, tag, text)
+                written.append(w.path)
+    except BaseException:
+        for f in written:
+            f.unlink(missing_ok=True)
+        for d in sorted({*made, logdir / "checks", logdir / "notes"},
+                        key=lambda q: -len(q.parts)):
+            with contextlib.suppress(OSError):
+                if d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
+                    d.rmdir()
+        raise
 
 
 def _checks_markdown(run) -> str | None:
     """The check verdicts as a Markdown table (None where no check applies)."""
-    from adflora_analysis.reports.checks import report_checks
+    from adflora_analysis.reports.checks import report_checks, saved_note
 
     got = report_checks(run)
     if got is None or got[0].empty:
         return None
+    note = saved_note(run)
     df = got[0]
     cols = [c for c in ("no", "check", "method", "variant", "status", "measured", "bound",
                         "note") if c in df]
@@ -115,6 +246,9 @@ def _checks_markdown(run) -> str | None:
     for r in df[cols].itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
                                        for v in r) + " |")
+    if note:
+        lines = [f"Saved verdicts not shown: {note}. These are computed from the run's "
+                 "current rows.", "", *lines]
     return "\n".join(lines)
 
 

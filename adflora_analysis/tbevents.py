@@ -10,6 +10,7 @@ tensorboard is installed, and with :func:`read_events` everywhere).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -112,22 +113,40 @@ def _record(data: bytes) -> bytes:
 class EventWriter:
     """Append scalar and text events to a new event file in ``logdir``.
 
+    The events go to a temp file beside it, renamed to :attr:`path` when the writer closes
+    without an error: an interrupted or failed write (a full disk) leaves no file behind.
+
     >>> import tempfile
     >>> d = tempfile.mkdtemp()
     >>> with EventWriter(d) as w:
     ...     w.scalars(0, {"loss": 1.5}); w.text(0, "checks", "held")
     >>> [(e["step"], e["values"]) for e in read_events(w.path)][1:]
     [(0, {'loss': 1.5}), (0, {'checks': 'held'})]
+    >>> with EventWriter(d) as w:
+    ...     w.scalars(0, {"loss": 1 / 0})
+    Traceback (most recent call last):
+    ZeroDivisionError: division by zero
+    >>> sorted(p.name.startswith(".") for p in Path(d).iterdir())  # the failed one is gone
+    [False]
     """
 
     def __init__(self, logdir: str | Path):
+        from adflora_analysis.fileio import atomic_path
+
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         name = (f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
                 f"{os.getpid()}.adflora")
         self.path = self.logdir / name
-        self._f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._f.write(_record(_event(0, file_version="brain.Event:2")))
+        self._atomic = atomic_path(self.path)   # the temp file, renamed by close()
+        self._tmp = self._atomic.__enter__()
+        self._f = None
+        try:
+            self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/discard()
+            self._f.write(_record(_event(0, file_version="brain.Event:2")))
+        except BaseException:
+            self.discard()
+            raise
 
     def scalars(self, step: int, values: dict[str, float], wall: float | None = None) -> None:
         """One event holding every ``tag: value`` of round ``step``."""
@@ -140,15 +159,29 @@ class EventWriter:
         self._f.write(_record(_event(step, [_text_value(tag, text)])))
 
     def close(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        """Flush, fsync and rename the temp file to :attr:`path` (removed on failure)."""
+        try:
+            self._f.close()
+            self._atomic.__exit__(None, None, None)   # fsync, rename
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Close and remove the temp file (nothing of this writer is left)."""
+        if self._f is not None and not self._f.closed:
+            with contextlib.suppress(OSError):
+                self._f.close()
+        self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> EventWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 # -- reading back (checks every CRC)
