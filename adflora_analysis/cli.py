@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover - older typer uses click itself
         from click import exceptions as click
     abort = getattr(click, "Abort", KeyboardInterrupt)  # typer's vendored click has no Abort
-
+    _interrupt_once()
+    interrupted = ("error: interrupted (hint: a run stopped this way continues with "
+                   "--resume DIR)")
     try:
         rc = app(args=argv, standalone_mode=False)
     except AdfloraError as e:
@@ -171,10 +173,30 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {_usage_line(e)}", file=sys.stderr)
         sys.exit(2)
     except (abort, KeyboardInterrupt):
-        print("error: interrupted (hint: a run stopped this way continues with --resume DIR)",
-              file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         sys.exit(130)
+    if rc == 130:   # typer turns a KeyboardInterrupt (Ctrl-C during set-up) into Exit(130)
+        print(interrupted, file=sys.stderr)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _interrupt_once() -> None:
+    """The first SIGINT raises KeyboardInterrupt as usual; any further one is ignored while
+    the command winds down (writes its status, prints its one line), so a second Ctrl-C never
+    ends the process in a traceback or with no line."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return   # ignored by the parent (a background job) or set by a host program
+
+    def once(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, once)
 
 
 def _usage_line(e) -> str:

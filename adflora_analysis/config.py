@@ -42,6 +42,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise AdfloraError(f"config file {str(p)!r} is not valid TOML: {e}",
                            "fix the syntax at the position named") from None
+    except RecursionError:
+        raise AdfloraError(f"config file {str(p)!r} nests tables or arrays too deeply",
+                           "a study config is a few levels deep: flatten it") from None
+    except OSError as e:
+        raise AdfloraError(f"cannot read config file {str(p)!r} ({e.strerror})",
+                           "check the path and its permissions") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

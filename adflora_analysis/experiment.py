@@ -175,6 +175,8 @@ def _stop_on_signals() -> Iterator[None]:
         return
 
     def handler(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):   # a second signal while the stop
+            signal.signal(sig, signal.SIG_IGN)        # writes the run's status is ignored
         raise _Stop(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

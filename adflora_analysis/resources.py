@@ -3,6 +3,8 @@
 The estimates are rough but honest upper-order figures (the dominant tensors and tables, not
 every temporary): a run whose estimate exceeds what psutil reports as available memory, or
 the free space of its output folder, is refused with one line saying how much it would need.
+Available memory is the least of the machine's, the cgroup's and the process's
+(:func:`available_memory`).
 """
 
 from __future__ import annotations
@@ -75,9 +77,7 @@ class Need:
                        disk_free: float | None = None) -> None:
         """Raise one :class:`AdfloraError` line if the memory or disk estimate exceeds what is
         available (psutil's available memory; free space at ``out`` or its nearest parent)."""
-        import psutil
-
-        mem_avail = psutil.virtual_memory().available if mem_avail is None else mem_avail
+        mem_avail = available_memory() if mem_avail is None else mem_avail
         disk_free = free_disk(out) if disk_free is None else disk_free
         for what, parts, have in (("memory", self.memory, mem_avail),
                                   ("disk", self.disk, disk_free)):
@@ -89,6 +89,52 @@ class Need:
                                    f"({top}); {_fmt(have)} is available",
                                    "lower rounds, seeds, n_clients or the model/batch sizes, "
                                    "or split the study")
+
+
+def _cgroup_room() -> float | None:
+    """Bytes the process's cgroup may still allocate (v2 ``memory.max - memory.current``, or
+    v1 ``limit - usage``), None without a limit."""
+    try:
+        line = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for entry in line:
+        _, ctrl, rel = entry.split(":", 2)
+        base = (Path("/sys/fs/cgroup") / rel.lstrip("/") if ctrl == "" else
+                Path("/sys/fs/cgroup/memory") / rel.lstrip("/") if "memory" in ctrl.split(",")
+                else None)
+        if base is None:
+            continue
+        names = (("memory.max", "memory.current") if ctrl == "" else
+                 ("memory.limit_in_bytes", "memory.usage_in_bytes"))
+        for folder in (base, *base.parents):
+            try:
+                limit = (folder / names[0]).read_text().strip()
+                used = float((folder / names[1]).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if limit.isdigit() and float(limit) < 2 ** 60:
+                return max(float(limit) - used, 0.0)
+            break
+    return None
+
+
+def available_memory() -> float:
+    """Bytes this process can still allocate: the least of psutil's available memory, the
+    cgroup's remaining room (containers, systemd slices) and the address-space limit
+    (``ulimit -v``) less what the process already maps."""
+    import resource
+
+    import psutil
+
+    room = [float(psutil.virtual_memory().available)]
+    cg = _cgroup_room()
+    if cg is not None:
+        room.append(cg)
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft not in (resource.RLIM_INFINITY, -1):
+        room.append(max(float(soft) - psutil.Process().memory_info().vms, 0.0))
+    return min(room)
 
 
 def free_disk(out: str | Path) -> float:

@@ -157,9 +157,14 @@ class FederationConfig:
         except TypeError as e:
             raise AdfloraError(f"seeds: {e}", "write seeds = 3 or seeds = [0, 1, 2]") from None
         need(len(set(seeds)) == len(seeds), "seeds lists a seed twice", "list each seed once")
+        count = max(1, len(self.variants)) if isinstance(self.variants, list) else 1
         for k, v in self.sweep.items():
             need(isinstance(v, list) and len(v) >= 1, f"sweep.{k} must be a non-empty list",
                  f'write e.g. sweep = {{"{k}" = [1, 2]}}')
+            count *= len(v)
+            need(count <= MAX_VARIANTS, f"the sweep and variants make {count:,} or more "
+                 f"variants, more than {MAX_VARIANTS:,}", "split the study into several runs, "
+                 "or sweep fewer values")
             need(k not in NOT_VARIED, f"sweep over {k!r} is not supported",
                  "sweep a problem, method or topology key")
         for v in self.variants:
@@ -226,6 +231,11 @@ class FederationConfig:
         from adflora_analysis.config import to_dict
 
         return to_dict(self)
+
+
+#: the most variants (sweep values x [[variants]]) one study may expand to; refused before
+#: any variant is built
+MAX_VARIANTS = 2_000
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -701,7 +701,43 @@ class Lock:
 
 
 # ------------------------------------------------------------------------------ claiming
+def check_out_path(out: str | Path, what: str = "--out") -> Path:
+    """``out`` if the file system can hold its name: each part at most ``NAME_MAX`` bytes
+    (255 here), the whole at most ``PATH_MAX``; otherwise one :class:`AdfloraError`.
+
+    >>> check_out_path("runs/a").name
+    'a'
+    >>> check_out_path("x" * 300)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: ... is 300 bytes long, more than the 255 ...
+    """
+    p = Path(out)
+    absolute = p.absolute()
+    try:
+        name_max = os.pathconf(_existing_parent(absolute), "PC_NAME_MAX")
+        path_max = os.pathconf(_existing_parent(absolute), "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in absolute.parts:
+        n = len(os.fsencode(part))
+        if n > name_max:
+            raise AdfloraError(f"{what} {part[:40]!r}... is {n} bytes long, more than the "
+                               f"{name_max} a file name may have here",
+                               f"choose a shorter {what} name")
+    if len(os.fsencode(str(absolute))) >= path_max:
+        raise AdfloraError(f"{what} is longer than the {path_max} bytes a path may have here",
+                           f"choose a shorter {what} path")
+    return p
+
+
+def _existing_parent(p: Path) -> Path:
+    while not p.is_dir() and p != p.parent:
+        p = p.parent
+    return p
+
+
 def _ensure_folder(out: Path) -> None:
+    check_out_path(out)
     if out.is_symlink() and not out.exists():
         raise AdfloraError(f"--out {str(out)!r} is a symbolic link to a missing folder "
                            f"({os.readlink(out)!r})", "choose a real folder path")
@@ -814,7 +850,7 @@ def load_run(path: str | Path, kind: str | None = None) -> RunDir:
     """The run directory at ``path`` (optionally required to be of ``kind``); a missing
     folder, a folder that is not a run, damaged ``meta.json``/``config.toml`` or another kind
     is one :class:`AdfloraError` line."""
-    p = Path(path)
+    p = check_out_path(path, "run directory")
     if not p.is_dir():
         raise AdfloraError(f"run directory {str(p)!r} does not exist"
                            + (" (it is a file)" if p.exists() else ""),
@@ -906,6 +942,9 @@ def run_target(args: list[str], out: str | Path | None, resume: str | Path | Non
 shipped config name (adflora configs list), or --resume DIR)
     """
     config, overrides = split_args(list(args or []))
+    for p in (out, resume):
+        if p is not None:
+            check_out_path(p)
     if resume is not None:
         if overwrite:
             raise AdfloraError("--resume and --overwrite exclude each other",

@@ -71,6 +71,10 @@ def int_seed(seed: int, stream: str, *counters: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF)
 
 
+#: the most seeds one study may run (a larger count is refused before anything is built)
+MAX_SEEDS = 100_000
+
+
 def expand_seeds(seeds: int | list[int]) -> list[int]:
     """Config ``seeds``: a count n means ``[0, .., n-1]``; a list is taken as given.
 
@@ -81,13 +85,20 @@ def expand_seeds(seeds: int | list[int]) -> list[int]:
     """
     if isinstance(seeds, bool):
         raise TypeError("seeds must be an int count or a list of ints")
+    from adflora_analysis.errors import AdfloraError
+
     if isinstance(seeds, int):
         if seeds < 1:
-            from adflora_analysis.errors import AdfloraError
-
             raise AdfloraError(f"seeds = {seeds} is not a positive count", "use seeds = 1 or more")
+        if seeds > MAX_SEEDS:   # refused before a list of that size is built
+            raise AdfloraError(f"seeds = {seeds} is more than {MAX_SEEDS:,} seeds",
+                               "split the study into runs of fewer seeds")
         return list(range(seeds))
-    from adflora_analysis.errors import AdfloraError
+    if not isinstance(seeds, list | tuple):
+        raise TypeError("seeds must be an int count or a list of ints")
+    if len(seeds) > MAX_SEEDS:
+        raise AdfloraError(f"seeds lists {len(seeds):,} seeds, more than {MAX_SEEDS:,}",
+                           "split the study into runs of fewer seeds")
 
     if not seeds:
         raise AdfloraError("seeds = [] lists no seed", "use seeds = 1 or a non-empty list")

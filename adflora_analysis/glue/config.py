@@ -117,6 +117,11 @@ class GlueConfig(FederationConfig):
         need(self.gossip.speed_spread == 0,
              f"gossip.speed_spread = {self.gossip.speed_spread}: per-client local steps are "
              "implemented in the synthetic testbed only", "use gossip.speed_spread = 0 here")
+        need(self.batch_size <= 1 << 20 and self.eval_batch_size <= 1 << 20,
+             f"batch_size = {self.batch_size} / eval_batch_size = {self.eval_batch_size} is "
+             "more than 1,048,576 sentences", "use e.g. batch_size = 32")
+        need(self.max_length <= 1 << 16, f"max_length = {self.max_length} tokens is longer "
+             "than any supported model's context (65,536)", "use e.g. max_length = 128")
         need(self.batch_size >= 1, f"batch_size = {self.batch_size} must be at least 1",
              "use e.g. batch_size = 32")
         need(self.max_length >= 8, f"max_length = {self.max_length} is too short",

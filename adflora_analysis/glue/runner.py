@@ -112,6 +112,10 @@ class GlueStudy:
         self.data = load_data(cfg, fixture_dir=fixture_dir)
         self.gm = gm if gm is not None else build_model(cfg)
         tok = self.gm.tokenizer
+        ctx = getattr(self.gm.model.config, "max_position_embeddings", None)
+        if ctx is not None and cfg.max_length > ctx:   # before anything is tokenized
+            raise AdfloraError(f"max_length = {cfg.max_length} is longer than the model's "
+                               f"context ({ctx} positions)", f"use max_length <= {ctx}")
         self.train = encode(tok, self.task, self.data.train, cfg.max_length)
         self.val = {s: encode(tok, self.task, df, cfg.max_length)
                     for s, df in self.data.val.items()}

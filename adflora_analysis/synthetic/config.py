@@ -125,8 +125,9 @@ class SyntheticConfig(FederationConfig):
         need(self.constants_every >= 0 and self.power_iters >= 1,
              "constants_every must be >= 0 and power_iters >= 1",
              "use 0 to switch a measurement off")
-        need(self.topology_samples >= 100, "topology_samples must be at least 100",
-             "use e.g. 20000")
+        need(100 <= self.topology_samples <= 10_000_000,
+             f"topology_samples = {self.topology_samples} must lie in [100, 10,000,000]",
+             "use e.g. 20000 (the standard error of p shrinks as 1/sqrt(samples))")
 
     @property
     def scale(self) -> float:
