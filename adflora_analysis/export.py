@@ -131,18 +131,19 @@ def export_tensorboard(run_dir: str | Path, logdir: str | Path | None = None) ->
         raise AdfloraError(f"{str(run_dir)!r} has no metrics to export",
                            "pass a synthetic or GLUE run directory")
     logdir = Path(logdir) if logdir is not None else run.path / "tensorboard"
-    if logdir.is_symlink() and logdir.parent.resolve() == run.path.resolve():
-        raise AdfloraError(f"{str(logdir)!r} is a symbolic link (inside the run directory)",
-                           "a run directory holds only its own files: pass --logdir")
-    if logdir.exists() and not logdir.is_dir():
-        raise AdfloraError(f"--logdir {str(logdir)!r} is a file, not a folder",
-                           "pass a folder path")
-    if logdir.exists() and any(logdir.rglob("events.out.tfevents.*")):
-        raise AdfloraError(f"{str(logdir)!r} already holds TensorBoard event files",
-                           "pass another --logdir, or delete that folder first")
+    try:
+        _check_logdir(logdir, run.path)
+    except OSError as e:   # a name too long, a path through a file, ...
+        raise os_error(logdir, e) from None
     note = partial_note(run)
     with interruptible("export"):
-        groups = _event_groups(run)
+        try:
+            groups = _event_groups(run)
+        except (TypeError, ValueError) as e:   # rows of the wrong types (NaN rounds, ...)
+            raise AdfloraError(f"the metrics or eval rows of {str(run.path)!r} are damaged "
+                               f"({type(e).__name__}: {str(e)[:80]})",
+                               "they were not written by adflora: run the study again") \
+                from None
         names = run_names([g[0] for g in groups])
         table = _checks_markdown(run)
         try:
@@ -157,6 +158,23 @@ def export_tensorboard(run_dir: str | Path, logdir: str | Path | None = None) ->
         except OSError as e:
             raise os_error(logdir, e) from None
     return logdir
+
+
+def _check_logdir(logdir: Path, run_dir: Path) -> None:
+    """Refuse a logdir that is a link inside the run directory, a dangling link, a file, or
+    one that already holds event files."""
+    if logdir.is_symlink() and logdir.parent.resolve() == run_dir.resolve():
+        raise AdfloraError(f"{str(logdir)!r} is a symbolic link (inside the run directory)",
+                           "a run directory holds only its own files: pass --logdir")
+    if logdir.is_symlink() and not logdir.exists():
+        raise AdfloraError(f"--logdir {str(logdir)!r} is a symbolic link to a missing folder",
+                           "pass a real folder path")
+    if logdir.exists() and not logdir.is_dir():
+        raise AdfloraError(f"--logdir {str(logdir)!r} is a file, not a folder",
+                           "pass a folder path")
+    if logdir.exists() and any(logdir.rglob("events.out.tfevents.*")):
+        raise AdfloraError(f"{str(logdir)!r} already holds TensorBoard event files",
+                           "pass another --logdir, or delete that folder first")
 
 
 def _event_groups(run) -> list[tuple[dict, dict[int, dict[str, float]]]]:

@@ -239,6 +239,33 @@ def test_a_folder_of_an_earlier_report_takes_only_a_new_report(tmp_path, capsys)
     assert code == 2 and "'index.html' was changed" in line and snapshot(out) == before
 
 
+def test_a_folder_claimed_through_claim_outputs_is_an_earlier_report(tmp_path, capsys):
+    from adflora_analysis.rundir import claim_outputs
+
+    r = tiny_run(tmp_path / "tiny")
+    out, mine = tmp_path / "rep", tmp_path / "mine"
+    for d in (out, mine):
+        with claim_outputs(d):
+            (d / "index.html").write_text("<html>old report by adflora</html>")
+    (mine / "notes.md").write_text("the user's, written after")
+    before = snapshot(mine)
+    code, err = cli(capsys, "report", r, "--out", mine)
+    assert code == 2 and "'notes.md'" in one_error(err) and snapshot(mine) == before
+    assert cli(capsys, "report", r, "--out", out)[0] == 0
+    assert "old report" not in (out / "index.html").read_text()
+    assert not (out / "manifest.json").exists() and (out / "report_files.json").exists()
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_an_out_name_too_long_is_one_line(tmp_path, capsys, command):
+    r = tiny_run(tmp_path / "tiny")
+    long = tmp_path / ("r" * 300)
+    args = (["report", r, "--out", long] if command == "report"
+            else ["export", "tensorboard", r, "--logdir", long])
+    code, err = cli(capsys, *args)
+    assert code == 2 and "too long" in one_error(err)
+
+
 @pytest.mark.parametrize("what", ["link", "run-dir", "damaged-list"])
 def test_other_report_folders_are_refused(tmp_path, capsys, what):
     r = tiny_run(tmp_path / "tiny")

@@ -6,7 +6,10 @@ an earlier report's listed files, unchanged (and the run directories it reports 
 demo does); anything else there (a user's own ``index.html``, an edited ``report.md``, a
 symbolic link) is one :class:`AdfloraError` line and nothing is touched. The list is written
 before the first figure (names only), so a report killed half-way leaves a folder the next
-report recognises as its own; an interrupted write leaves no temp file behind.
+report recognises as its own; an interrupted write leaves no temp file behind. A report holds
+the folder's lock (``.adflora.lock``, :class:`adflora_analysis.rundir.Lock`) while it writes.
+A folder written through :func:`adflora_analysis.rundir.claim_outputs` (``manifest.json`` of
+kind ``report``) is an earlier report too: its listed files are replaced.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from adflora_analysis import fileio
 from adflora_analysis.errors import AdfloraError, StoppedError
 
 REPORT_FILES = "report_files.json"
+MANIFEST, META, LOCK = "manifest.json", "meta.json", ".adflora.lock"
 HINT = "choose an empty --out, or move those files away"
 
 
@@ -43,10 +47,33 @@ def _plain(rel: object) -> bool:
         "/" not in rel[-1:]
 
 
+def _manifest_list(out: Path) -> dict[str, str | None]:
+    """The files of an earlier writer through :func:`adflora_analysis.rundir.claim_outputs`
+    of kind ``report`` (its ``manifest.json``, which lists itself and ``meta.json``); ``{}``
+    where there is no such manifest (then its files count as not the report's)."""
+    p = out / MANIFEST
+    if not p.is_file() or p.is_symlink():
+        return {}
+    bad = AdfloraError(f"{str(p)!r} is damaged, so what an earlier report wrote in "
+                       f"{str(out)!r} is unknown", HINT)
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        raise bad from None
+    if not isinstance(m, dict) or m.get("kind") != "report":
+        return {}
+    files = m.get("files")
+    if not isinstance(files, list) or m.get("patterns") or not all(_plain(f) for f in files):
+        raise bad
+    return dict.fromkeys([*files, MANIFEST, META])
+
+
 def read_list(out: Path) -> dict[str, str | None]:
     """The files an earlier report listed in ``out`` (path -> SHA-256, None where unknown:
     an older list, or a report stopped before it finished); ``{}`` without a list. A damaged
-    list is one :class:`AdfloraError`.
+    list is one :class:`AdfloraError`. A folder written through
+    :func:`adflora_analysis.rundir.claim_outputs` (a ``manifest.json`` of kind ``report``)
+    counts as an earlier report too.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -56,7 +83,7 @@ def read_list(out: Path) -> dict[str, str | None]:
     """
     p = out / REPORT_FILES
     if not (p.exists() or p.is_symlink()):
-        return {}
+        return _manifest_list(out)
     bad = AdfloraError(f"{str(p)!r} is damaged, so what an earlier report wrote in "
                        f"{str(out)!r} is unknown", HINT)
     if p.is_symlink() or not p.is_file():
@@ -117,7 +144,7 @@ def check_folder(out: str | Path, keep: list[Path] | tuple = ()) -> dict[str, st
             rel = PurePosixPath(p.relative_to(out).as_posix())
             if p.is_symlink():
                 foreign.append(f"{rel} (a symbolic link)")
-            elif str(rel) == REPORT_FILES or _own_temp(rel, names):
+            elif str(rel) in (REPORT_FILES, LOCK) or _own_temp(rel, names):
                 continue
             elif str(rel) not in listed or not p.is_file():
                 foreign.append(str(rel))
@@ -153,22 +180,34 @@ def report_folder(out: str | Path, files: list[str], keep: list[Path] | tuple = 
     :func:`check_folder`, the earlier report's files removed, ``files`` listed before the block
     and listed with their SHA-256 after it. However the block ends, no temp file of a listed
     file is left behind."""
+    from adflora_analysis.rundir import Lock
+
     out = Path(out)
-    listed = check_folder(out, keep)
+    check_folder(out, keep)
     out.mkdir(parents=True, exist_ok=True)
-    names = {*listed, *files, REPORT_FILES}
-    _remove_temps(out, names)
-    for rel in listed:
-        p = out / rel
-        if p.is_file() and not p.is_symlink():
-            p.unlink()
-    _write_list(out, dict.fromkeys(files))
+    lock = Lock(out)    # a second report into the same folder meanwhile is one line
     try:
-        yield out
+        lock.acquire()
     except BaseException:
-        _remove_temps(out, names)
+        lock.release()
         raise
-    _write_list(out, {f: _sha256(out / f) for f in files if (out / f).is_file()})
+    try:
+        listed = check_folder(out, keep)   # again, now that no other report writes there
+        names = {*listed, *files, REPORT_FILES}
+        _remove_temps(out, names)
+        for rel in listed:
+            p = out / rel
+            if p.is_file() and not p.is_symlink() and rel != LOCK:
+                p.unlink()
+        _write_list(out, dict.fromkeys(files))
+        try:
+            yield out
+        except BaseException:
+            _remove_temps(out, names)
+            raise
+        _write_list(out, {f: _sha256(out / f) for f in files if (out / f).is_file()})
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
