@@ -163,3 +163,21 @@ def test_check_timeout_must_be_positive_and_finite(run, capsys):
         code, _, err = cli(capsys, "synthetic", "check", str(run), "--check-timeout", bad)
         assert code == 2 and len(errors(err)) == 1, err
         assert errors(err)[0].startswith("error: --check-timeout ") and "positive" in err
+
+
+def test_a_check_failing_on_every_method_is_one_error_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_study(load_config(SyntheticConfig, data={**SMALL, "methods": ["adf-lora", "lora"]}),
+              out, progress=False)
+    f = write(tmp_path, "exits.py", HEAD + '''
+@register_check("exits")
+def exits(ctx):
+    raise SystemExit(3)
+''')
+    code, out_, err = cli(capsys, "synthetic", "check", str(out), "--checks", f, "--json")
+    assert code == 2
+    errs = errors(err)
+    assert len(errs) == 1 and err.rstrip().splitlines()[-1] == errs[0], err
+    assert "sys.exit(3)" in errs[0] and "1 more method/variant(s)" in errs[0]
+    res = json.loads(out_)["results"]
+    assert sorted(r["method"] for r in res if r["check"] == "exits") == ["adf-lora", "lora"]

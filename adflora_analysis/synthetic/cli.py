@@ -146,9 +146,14 @@ def check(
         typer.echo(f"\n{len(results)} results: " + ", ".join(f"{v} {k}" for k, v in
                                                               counts.items() if v)
                    + f"; {sum(r.unexpected_violation for r in results)} unexpected")
-    errors = [r for r in results if r.status == "error"]
-    for r in errors:
-        typer.echo(f"error: {r.note} (hint: fix the check; the other checks ran"
+    errors: dict[str, list] = {}                 # one line per failed check
+    for r in results:
+        if r.status == "error":
+            errors.setdefault(r.check, []).append(r)
+    for rs in errors.values():
+        more = (f"; failed on {len(rs) - 1} more method/variant(s), see the table"
+                if len(rs) > 1 else "")
+        typer.echo(f"error: {rs[0].note}{more} (hint: fix the check; the other checks ran"
                    + (" and were written)" if saved else ")"), err=True)
     if save_error is not None:
         raise save_error

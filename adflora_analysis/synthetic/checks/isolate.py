@@ -71,10 +71,18 @@ def user_sources(check_files: list[str] | None, entry_points: bool = True,
     out = []
     for f in check_files or []:
         p = Path(f)
-        if not p.is_file():
-            raise AdfloraError(f"check file {str(p)!r} does not exist",
+        try:
+            ok, there = p.is_file(), p.exists()
+            where = str(p.resolve())
+        except OSError as e:   # a name too long, a loop of links, ...
+            raise AdfloraError(f"check file {str(p)[:120]!r} cannot be read "
+                               f"({e.strerror or type(e).__name__})",
+                               "pass a Python file that calls register_check") from None
+        if not ok:
+            raise AdfloraError(f"check file {str(p)!r} "
+                               + ("is not a file" if there else "does not exist"),
                                "pass a Python file that calls register_check")
-        out.append(Source("file", str(p.resolve())))
+        out.append(Source("file", where))
     if entry_points:
         from importlib.metadata import entry_points as eps
 
