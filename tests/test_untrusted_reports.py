@@ -379,6 +379,7 @@ def test_an_exception_while_writing_figures_leaves_no_temp_file(tmp_path, monkey
 # ---------------------------------------------------------------------------- 6. damaged files
 @pytest.mark.parametrize("name, content, words", [
     ("meta.json", "[1, 2]", "meta.json"),
+    ("config.toml", "", "config.toml"),
     ("manifest.json", "[1, 2]", "manifest.json"),
     ("label_counts.csv", "", "label_counts.csv"),
     ("label_counts.csv", "client,label,count\n0,a,many\n", "label_counts.csv"),

@@ -31,7 +31,8 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
 @dataclass
 class Run:
     """One run directory. ``kind`` is ``synthetic``, ``glue`` or ``topology-sweep``;
-    ``status`` the run directory's own (``done``, ``stopped``, ...; ``unknown`` if unsaid)."""
+    ``status`` the run directory's own (``done``, ``stopped``, ...; ``unknown`` if unsaid;
+    default: ``meta["status"]``)."""
 
     path: Path
     kind: str
@@ -41,7 +42,11 @@ class Run:
     eval: pd.DataFrame | None = None
     sweep: pd.DataFrame | None = None
     labels: pd.DataFrame | None = None
-    status: str = "unknown"
+    status: str = ""
+
+    def __post_init__(self) -> None:   # a Run built by hand: meta.json's word
+        if not self.status:
+            self.status = str(self.meta.get("status") or "unknown")
 
     @property
     def name(self) -> str:
@@ -120,6 +125,9 @@ def collect_run(path: str | Path) -> Run:
         raise AdfloraError(f"manifest.json {str(p / 'manifest.json')!r} is corrupt (not a JSON "
                            "object)", "it was not written by adflora: run the study again")
     config = run.config
+    if not config and (p / "config.toml").exists():
+        raise AdfloraError(f"config.toml {str(p / 'config.toml')!r} is empty",
+                           "it was damaged or not written by adflora: run the study again")
     sweep, metrics = run.table("sweep"), run.table("metrics")
     ev = run.table("eval")
     for stem in _EXTRA_TABLES:
