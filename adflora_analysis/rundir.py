@@ -536,7 +536,14 @@ class RunDir:
     def invalidate_checks(self) -> None:
         """Remove ``checks.json``/``check_curves.parquet`` (a resume changes the rows)."""
         for f in CHECK_OUTPUTS:
-            (self.path / f).unlink(missing_ok=True)
+            p = self.path / f
+            if p.is_dir() and not p.is_symlink():
+                raise AdfloraError(f"{str(p)!r} is a folder, not the checks' file",
+                                   "this run directory was altered: remove that folder")
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as e:
+                raise os_error(p, e) from None
 
     # -- resume
     def check_resume(self, config: dict[str, Any], world_size: int = 1,
@@ -861,6 +868,9 @@ def load_run(path: str | Path, kind: str | None = None) -> RunDir:
         raise AdfloraError(f"{str(p)!r} is not a run directory (no meta.json or config.toml)",
                            "pass a directory written with --out")
     _ = run.meta, run.config  # damaged files fail here, in one line
+    if run.kind in ("synthetic", "glue") and (p / CONFIG).exists() and not run.config:
+        raise AdfloraError(f"config.toml in {str(p)!r} is empty",
+                           "this run directory is damaged: run the study again")
     if kind is not None and run.kind not in (None, kind):
         raise AdfloraError(f"{str(p)!r} holds a {run.kind} run, not a {kind} run",
                            f"pass a directory written by `adflora {kind} run`")

@@ -25,7 +25,7 @@ def test_demo_quick_writes_every_part(tmp_path):
     const = json.loads((out / "topology" / "paper_default.json").read_text())
     assert const["graph"] == "encounter" and abs(const["p"] - 0.366) < 0.03
     # 2. synthetic bounds with the checks saved
-    checks = json.loads((out / "runs" / "bounds" / "checks.json").read_text())
+    checks = json.loads((out / "runs" / "bounds" / "checks.json").read_text())["results"]
     assert {c["method"] for c in checks} == {"adf-lora", "rolora", "ffa-lora", "lora"}
     assert any(c["expected"] == "fail" and c["method"] == "rolora" for c in checks)
     # 3. T ablation swept T

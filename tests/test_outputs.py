@@ -67,16 +67,18 @@ def test_report_replaces_its_previous_outputs_and_nothing_else(tmp_path):
     out = tmp_path / "rep"
     make_report([run], out)
     stale = out / "figures" / "from-an-earlier-report.png"
-    listed = json.loads((out / "report_files.json").read_text())
+    listed = json.loads((out / "report_files.json").read_text())["files"]
     assert "index.html" in listed
-    listed.append("figures/from-an-earlier-report.png")   # as if the last report wrote it
-    fileio.write_json(out / "report_files.json", listed)
+    listed["figures/from-an-earlier-report.png"] = None   # as if the last report wrote it
+    fileio.write_json(out / "report_files.json", {"files": listed})
     stale.write_bytes(b"old")
-    (out / "my-notes.md").write_text("mine")
     make_report([run], out)
-    assert not stale.exists()                      # the previous report's file is gone
-    assert (out / "my-notes.md").read_text() == "mine"   # the user's file is not
-    assert (out / "index.html").exists()
+    assert not stale.exists() and (out / "index.html").exists()  # the earlier report's file
+    # a file no report wrote: refused in one line, and the user's file is kept as it was
+    (out / "my-notes.md").write_text("mine")
+    with pytest.raises(AdfloraError, match="no earlier report wrote"):
+        make_report([run], out)
+    assert (out / "my-notes.md").read_text() == "mine"
 
 
 def test_report_out_naming_a_file_and_killed_run_banner(tmp_path, capsys):

@@ -264,7 +264,7 @@ def test_cli_run_check_json_strict(tmp_path):
                                      if ln.startswith(("error", "warning", "Traceback"))]
     r = _cli("synthetic", "check", str(out), "--json")
     assert r.returncode == 0, r.stderr
-    items = json.loads(r.stdout)
+    items = json.loads(r.stdout)["results"]
     assert {"check", "number", "method", "status", "ratio", "ratio_ci"} <= set(items[0])
     assert {i["method"] for i in items} == {"adf-lora", "rolora"}
     assert (out / "checks.json").exists() and (out / "check_curves.parquet").exists()

@@ -154,6 +154,9 @@ def _gamma_checks(ctx: Context, xi: dict[str, np.ndarray]) -> list[CheckResult]:
     t0 = run.R // 2
     tail = np.arange(t0 + 1, run.R)
     half = np.arange(t0, run.R)
+    if len(tail) == 0:   # the floor is read on the second half of the run, after t0
+        return [_na(ctx, "cross-term-floor", "6b",
+                    f"{run.R} rounds: the floor needs at least 3 (read after round R // 2)")]
 
     def V(b):
         def f(idx, pp):            # restarted at t0 with the measured Xi(t0), sup over (t0, t]
