@@ -193,3 +193,36 @@ def glue_need(cfg, hidden: int, layers: int, heads: int, adapter_bytes: int,
                         "eval activations": eval_act, "client adapters": adapters,
                         "metric rows": rows * ROW_MEMORY},
                 disk={"metric rows": rows * ROW_DISK, "checkpoints": ck})
+
+
+#: floating-point operations a second the time estimate assumes: a deliberately low figure
+#: for one CPU core running many small batched kernels (the synthetic engine measured 1-5
+#: GFLOP/s on this project's 2-core machine), so "beyond a day" is said early, not late
+CPU_FLOPS = 1e9
+DAY_S = 86_400.0
+
+
+def synthetic_seconds(cfg) -> float:
+    """A rough upper-order time of one synthetic variant: every method, seed, round, client,
+    layer and local step does its minibatch gradient (about ``6 b r (d_in + d_out)`` flops)
+    and the bookkeeping's full gradient (``4 m d_in d_out``), plus the ``topology_samples``
+    draws of p (``n^2`` each), at :data:`CPU_FLOPS`."""
+    S, n, L, K = len(cfg.seed_list), cfg.n_clients, cfg.n_layers, cfg.local_steps
+    di, do, r, m, b = cfg.d_in, cfg.d_out, cfg.rank, cfg.samples_per_client, cfg.batch_size
+    step = 6 * b * r * (di + do) + 4 * m * di * do
+    work = len(cfg.methods) * S * cfg.rounds * n * L * K * step + cfg.topology_samples * n * n
+    return work / CPU_FLOPS
+
+
+def say_if_beyond_a_day(seconds: float, what: str = "this study") -> str | None:
+    """The one-line note printed before a study whose estimated time is beyond a day (None
+    otherwise).
+
+    >>> say_if_beyond_a_day(100) is None, say_if_beyond_a_day(3 * 86400)[:40]
+    (True, 'note: this study may take about 3.0 day')
+    """
+    if seconds <= DAY_S:
+        return None
+    return (f"note: {what} may take about {seconds / DAY_S:.1f} days on this machine's CPU "
+            "(a rough estimate; --dry-run lists its jobs); stop it with Ctrl-C and resume "
+            "later with --resume, or split it")

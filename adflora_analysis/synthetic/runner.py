@@ -27,6 +27,7 @@ round loop. Files written (besides what :func:`~adflora_analysis.experiment.run_
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,13 @@ def gossip_meta(vcfg: SyntheticConfig, sampler) -> dict[str, Any]:
 
 def _refuse_what_does_not_fit(variants: list[tuple[str, SyntheticConfig]], out: Path) -> None:
     """Device and memory/disk estimate of the study, before anything is allocated."""
-    from adflora_analysis.resources import Need, check_device, synthetic_need
+    from adflora_analysis.resources import (
+        Need,
+        check_device,
+        say_if_beyond_a_day,
+        synthetic_need,
+        synthetic_seconds,
+    )
 
     need = Need()
     for _, vcfg in variants:
@@ -217,6 +224,9 @@ def _refuse_what_does_not_fit(variants: list[tuple[str, SyntheticConfig]], out: 
         one = synthetic_need(vcfg)
         need.add_variant(one)
     need.refuse_if_over(out)
+    note = say_if_beyond_a_day(sum(synthetic_seconds(v) for _, v in variants))
+    if note and variants[0][1].device == "cpu":
+        print(note, file=sys.stderr)
 
 
 def _run_study(cfg: SyntheticConfig, out: Path, *, mode: str, progress: bool | None,
