@@ -299,12 +299,19 @@ def check_entry(entry: Any, *, pattern: bool = False, where: str = "manifest.jso
 
 
 def find_links(folder: Path, limit: int = 1) -> list[Path]:
-    """Symbolic links at any depth inside ``folder`` (never followed), at most ``limit``."""
+    """Symbolic links, and files with a second hard link (whose other name may lie outside),
+    at any depth inside ``folder`` (never followed), at most ``limit``."""
+    import stat
+
     out: list[Path] = []
     for root, dirs, files in os.walk(folder, followlinks=False):
         for name in (*dirs, *files):
             p = Path(root) / name
-            if p.is_symlink():
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
                 out.append(p)
                 if len(out) >= limit:
                     return out
@@ -312,11 +319,17 @@ def find_links(folder: Path, limit: int = 1) -> list[Path]:
 
 
 def refuse_links(folder: Path) -> None:
-    """One :class:`AdfloraError` if ``folder`` holds a symbolic link anywhere: a run directory
-    holds only its own files, and the toolkit never follows a link out of it."""
+    """One :class:`AdfloraError` if ``folder`` holds a symbolic link or a hard-linked file
+    anywhere: a run directory holds only its own files, and the toolkit never writes through
+    a link to a file outside it."""
     links = find_links(folder)
     if links:
         rel = links[0].relative_to(folder)
+        if not links[0].is_symlink():
+            raise AdfloraError(f"{str(folder)!r} holds {str(rel)!r}, a file with another hard "
+                               "link (another name, maybe outside the folder)",
+                               "a run directory holds only its own files: copy the run with "
+                               "`cp -r` into a new folder")
         try:
             to = os.readlink(links[0])
         except OSError:
