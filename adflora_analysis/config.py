@@ -211,54 +211,40 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def dump_toml(data: dict[str, Any]) -> str:
-    """Serialize a nested dict of scalars, lists and tables as TOML (None values are omitted).
+    """Serialize a nested dict of scalars, lists and tables as TOML (with tomli-w).
 
-    >>> print(dump_toml({"n": 3, "t": {"q": 0.1, "g": "ring"}}).strip())
+    None values are omitted (at any depth); paths are written as strings, tuples as arrays.
+    Keys keep their order, scalars before tables; a list of tables is an array of inline
+    tables. Every string round-trips through :mod:`tomllib`, any Unicode included.
+
+    >>> print(dump_toml({"n": 3, "t": {"q": 0.1, "g": "ring"}, "skip": None}).strip())
     n = 3
     <BLANKLINE>
     [t]
     q = 0.1
     g = "ring"
+    >>> tomllib.loads(dump_toml({"label": "\U0001d702 small"}))["label"]
+    '\U0001d702 small'
     """
-    lines: list[str] = []
-    _dump_table(data, [], lines)
-    return "\n".join(lines).lstrip("\n") + "\n"
+    import tomli_w
+
+    return tomli_w.dumps(_plain(data, ""))
 
 
-def _dump_table(data: dict[str, Any], prefix: list[str], lines: list[str]) -> None:
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    if prefix and (scalars or not tables):
-        lines.append("")
-        lines.append("[" + ".".join(_key(k) for k in prefix) + "]")
-    for k, v in scalars.items():
-        lines.append(f"{_key(k)} = {_value(v)}")
-    for k, v in tables.items():
-        _dump_table(v, [*prefix, k], lines)
-
-
-def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else f'"{k}"'
-
-
-def _value(v: Any) -> str:
-    import json
-
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        if isinstance(v, float) and not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
+def _plain(v: Any, where: str) -> Any:
+    """``v`` with None values dropped from tables and paths/tuples made TOML-ready."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x, f"{where}.{k}" if where else str(k))
+                for k, x in v.items() if x is not None}
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
+        if any(x is None for x in v):
+            raise TypeError(f"cannot write None inside the array {where!r} to TOML")
+        return [_plain(x, f"{where}[{i}]") for i, x in enumerate(v)]
     if isinstance(v, Path):
-        return json.dumps(str(v))
-    if isinstance(v, dict):  # an inline table, e.g. an entry of [[variants]]
-        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+        return str(v)
+    if isinstance(v, bool | int | float | str):
+        return v
+    raise TypeError(f"cannot write {type(v).__name__} ({where!r}) to TOML")
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "",
