@@ -7,7 +7,9 @@ module only when one of its names is first used, so ``adflora --help`` stays fas
 - :func:`build_topology`, :func:`topology_constants`: a W^t sampler and its constants
   (p, second-moment rate, spectral gap, ...).
 - :func:`synthetic_config`, :func:`run_synthetic`: a synthetic study, run in memory into a
-  DataFrame, or into a run directory.
+  DataFrame, or into a run directory; ``callbacks=[...]`` see every round
+  (:class:`adflora_analysis.tracking.Callback`; ``track=["tensorboard", "mlflow"]`` the
+  built-in live trackers).
 - :func:`run_checks`: the theory checks of a synthetic run directory, as a DataFrame.
 - :func:`make_report`: Markdown + HTML report of run directories.
 """
@@ -118,7 +120,9 @@ def synthetic_config(path: str | Path | None = None, **keys: Any) -> SyntheticCo
 
 
 def run_synthetic(config: SyntheticConfig | str | Path | None = None, *,
-                  out: str | Path | None = None, **keys: Any) -> pd.DataFrame:
+                  out: str | Path | None = None, callbacks: list[Any] | None = None,
+                  track: list[str] | None = None, logdir: str | Path | None = None,
+                  **keys: Any) -> pd.DataFrame:
     """Run a synthetic study; return its metrics table.
 
     ``config`` is a :class:`~adflora_analysis.synthetic.config.SyntheticConfig`, a TOML path
@@ -127,6 +131,14 @@ def run_synthetic(config: SyntheticConfig | str | Path | None = None, *,
     nothing (no topology constants, checkpoints or theory-check inputs); with ``out`` it is
     ``adflora synthetic run`` into that run directory (then :func:`run_checks` and
     :func:`make_report` apply).
+
+    ``callbacks``: :class:`~adflora_analysis.tracking.Callback` objects; their
+    ``on_round_end(info)`` sees every round of every job (the rows just computed, wall-clock
+    time). One that raises stops the study with one
+    :class:`~adflora_analysis.tracking.CallbackError` (a run directory is left ``stopped``,
+    resumable with ``adflora synthetic run --resume``). ``track``: the built-in live trackers
+    (``"tensorboard"`` into ``<out>/tb`` or ``logdir``, ``"mlflow"`` into ``<out>/mlruns``),
+    added after ``callbacks``; they need ``out`` (TensorBoard: or ``logdir``).
 
     Returns
     -------
@@ -156,13 +168,18 @@ def run_synthetic(config: SyntheticConfig | str | Path | None = None, *,
             cfg = synthetic_config(None, **{**base, **keys})
     else:
         cfg = synthetic_config(config, **keys)
+    cbs = list(callbacks or [])
+    if track:
+        from adflora_analysis.tracking import make_trackers
+
+        cbs += make_trackers(track, logdir=logdir)
     if out is None:
         from adflora_analysis.synthetic.runner import study_rows
 
-        return study_rows(cfg)
+        return study_rows(cfg, callbacks=cbs)
     from adflora_analysis.synthetic.runner import run_study
 
-    return run_study(cfg, out, progress=False)
+    return run_study(cfg, out, progress=False, callbacks=cbs)
 
 
 def run_checks(run_dir: str | Path) -> pd.DataFrame:

@@ -14,7 +14,8 @@ dropped, so a killed and resumed run ends with exactly the rows of an uninterrup
 The run's status in ``meta.json`` (:mod:`adflora_analysis.rundir`) is ``running`` while it runs,
 then ``done``; ``diverged`` at the first non-finite factor, metric or extra-table value (e.g.
 an evaluation loss; no non-finite row is written); ``stopped`` on SIGINT/SIGTERM (one line,
-resumable) or ``stop_after``; ``failed`` on any other error. ``metrics.parquet`` (and one
+resumable), ``stop_after`` or a raising callback (one :class:`~adflora_analysis.tracking.
+CallbackError` line, resumable); ``failed`` on any other error. ``metrics.parquet`` (and one
 Parquet file per extra table) is written whenever the run ends.
 """
 
@@ -24,6 +25,7 @@ import contextlib
 import json
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +56,7 @@ from adflora_analysis.rundir import (
     os_error,
     read_json,
 )
+from adflora_analysis.tracking import CallbackError, Callbacks, RoundInfo, RunInfo
 
 
 @dataclass
@@ -66,6 +69,8 @@ class Job:
     is a server's exact average (message count, see :func:`~adflora_analysis.core.messages`).
     ``schedule`` and ``mixer``: the round's extension points (docs/architecture.md §9); None
     takes ``periodic(switch_interval)`` and synchronous gossip. Their state is checkpointed.
+    ``evaluates(t)``: whether the round hook does an evaluation after round ``t`` (the
+    progress ETA counts those rounds apart; None: no round is special).
     """
 
     key: str
@@ -77,6 +82,7 @@ class Job:
     server: bool = False
     schedule: SwitchSchedule | None = None
     mixer: Mixer | None = None
+    evaluates: Callable[[int], bool] | None = None
 
 
 OnRound = Callable[[Job, Problem, RoundResult], dict[str, list[dict]]]
@@ -136,7 +142,7 @@ def _save_checkpoint(ckpt_dir: Path, job: Job, res: RoundResult, problem: Proble
 def run_jobs(run_dir: str | Path | RunDir, jobs: list[Job], rounds: int, *,
              checkpoint_every: int = 0, resume: bool = False, on_round: OnRound | None = None,
              progress: bool | None = None, stop_after: int | None = None,
-             backend: Backend = LOCAL) -> pd.DataFrame:
+             backend: Backend = LOCAL, callbacks: list[Any] | None = None) -> pd.DataFrame:
     """Run every job for ``rounds`` rounds; return the metrics table.
 
     ``run_dir``: a :class:`~adflora_analysis.rundir.RunDir` its runner has claimed, or a path,
@@ -149,14 +155,17 @@ def run_jobs(run_dir: str | Path | RunDir, jobs: list[Job], rounds: int, *,
 
     ``on_round(job, problem, result)`` may return extra rows by table name (e.g. ``"eval"``).
     ``stop_after`` (testing) ends the run after that many rounds in total, as a kill would.
+    ``callbacks``: :class:`~adflora_analysis.tracking.Callback` objects (rank 0 only); one
+    that raises stops the run (status ``stopped``, resumable) with one
+    :class:`~adflora_analysis.tracking.CallbackError` line.
     """
     if isinstance(run_dir, RunDir):
         return _Driver(run_dir, rounds, checkpoint_every, resume, on_round, progress,
-                       stop_after, backend).run(jobs)
+                       stop_after, backend, callbacks).run(jobs)
     with claim(run_dir, None, "resume" if resume else "new",
                writer=backend.rank == 0) as run:
         return _Driver(run, rounds, checkpoint_every, resume, on_round, progress, stop_after,
-                       backend).run(jobs)
+                       backend, callbacks).run(jobs)
 
 
 class _Stop(BaseException):
@@ -192,7 +201,7 @@ class _Driver:
 
     def __init__(self, run: RunDir, rounds: int, checkpoint_every: int, resume: bool,
                  on_round: OnRound | None, progress: bool | None, stop_after: int | None,
-                 backend: Backend):
+                 backend: Backend, callbacks: list[Any] | None = None):
         self.run_dir, self.rounds, self.every = run, rounds, checkpoint_every
         self.resume, self.on_round, self.stop_after = resume, on_round, stop_after
         self.backend = backend
@@ -206,6 +215,8 @@ class _Driver:
         self.done: list[str] = []
         self.rounds_run = 0
         self.where = "before the first round"
+        self.callbacks = Callbacks(callbacks if self.writer else None, run.path)
+        self.ended = False   # on_run_end called
 
     # -- the run
     def run(self, jobs: list[Job]) -> pd.DataFrame:
@@ -213,44 +224,79 @@ class _Driver:
         self._prepare(jobs)
         try:
             with _stop_on_signals(), self._log(jobs):
+                self._run_start(jobs)
                 for job in jobs:
                     if job.key not in self.done and self._run_job(job):
                         return self._end("stopped")
                 return self._end("done")
+        except CallbackError as e:
+            if self.ended:   # on_run_end raised: the run's status stands
+                raise
+            self._finish()
+            run.set_status("stopped", error=str(e))
+            self.callbacks.run_end("stopped", quiet=True)
+            raise
         except DivergenceError as e:
             run.set_status("diverged", error=str(e))
             self._finish()
+            self.callbacks.run_end("diverged", quiet=True)
             raise
         except _Stop as e:
             name = signal.Signals(e.signum).name
             self._finish()
             run.set_status("stopped", error=f"{name} {self.where}")
+            self.callbacks.run_end("stopped", quiet=True)
             raise StoppedError(f"stopped by {name} {self.where}; rows up to the last "
                                "completed round are kept",
                                f"continue it with --resume {run.path}", e.signum) from None
         except OSError as e:
             with contextlib.suppress(OSError):
                 run.set_status("failed", error=f"{type(e).__name__}: {e}")
+            self.callbacks.run_end("failed", quiet=True)
             raise os_error(run.path, e) from None
         except RuntimeError as e:
             if "overflow" not in str(e):  # e.g. AdamW: "cannot be converted ... overflow"
                 run.set_status("failed", error=f"{type(e).__name__}: {e}")
+                self.callbacks.run_end("failed", quiet=True)
                 raise
             div = DivergenceError(f"numerical overflow {self.where} ({e})",
                                   "lower the step size (lr); metrics up to the previous "
                                   "round are kept")
             run.set_status("diverged", error=str(div))
             self._finish()
+            self.callbacks.run_end("diverged", quiet=True)
             raise div from None
         except BaseException as e:
             with contextlib.suppress(Exception):
                 run.set_status("failed", error=f"{type(e).__name__}: {e}")
+            self.callbacks.run_end("failed", quiet=True)
             raise
+
+    def _run_start(self, jobs: list[Job]) -> None:
+        """Every callback's ``on_run_start`` (writer only)."""
+        if not self.callbacks:
+            return
+        from adflora_analysis.tracking import _read_config
+
+        self.callbacks.run_start(RunInfo(self.run_dir.path, _read_config(self.run_dir.path),
+                                         [j.key for j in jobs], self.rounds, self.resume,
+                                         self.run_dir.meta.get("kind")))
+        self._record_callback_files()
+
+    def _record_callback_files(self) -> None:
+        """Add the files the callbacks wrote in the run directory to its manifest."""
+        for cb in self.callbacks.items:
+            files = getattr(cb, "run_files", None)
+            if callable(files):
+                self.run_dir.record(*files())
 
     def _end(self, status: str) -> pd.DataFrame:
         """Write the tables, then the status: ``done`` only once they are all on disk."""
         df = self._finish()
         self.run_dir.set_status(status, error=None)
+        self.ended = True
+        self.callbacks.run_end(status)
+        self._record_callback_files()
         return df
 
     def _prepare(self, jobs: list[Job]) -> None:
@@ -293,7 +339,8 @@ class _Driver:
         self.run_dir.record("log.txt")
         self.log = RunLog([j.key for j in jobs], self.rounds, bar=self.progress,
                           log_path=self.run_dir.path / "log.txt", enabled=self.writer,
-                          done=self.done)
+                          done=self.done,
+                          evaluates={j.key: j.evaluates for j in jobs if j.evaluates})
         return self.log
 
     def _run_job(self, job: Job) -> bool:
@@ -302,20 +349,30 @@ class _Driver:
         start, state, carry = self._restore(job, problem, state)
         self.log.job_start(job.key, start)
         self.where = f"in round {start} of job {job.key!r}"
+        t0 = time.perf_counter()
         for res in run_rounds(problem, job.method, state, mixing, rounds=self.rounds,
                               switch_interval=job.switch_interval, schedule=job.schedule,
                               mixer=job.mixer, carry=carry, start_round=start,
                               backend=self.backend, server=job.server):
             self.where = f"in round {res.t} of job {job.key!r}"
             check_finite_metrics(res, job)
+            h0 = time.perf_counter()
             extra = self.on_round(job, problem, res) if self.on_round else {}
+            hook_s = time.perf_counter() - h0
             check_finite_rows(extra, res.t, job)
-            self._write_rows(job, res, extra)
+            rows = self._write_rows(job, res, extra)
+            if self.callbacks:
+                now = time.perf_counter()
+                self.callbacks.round_end(RoundInfo(
+                    job.key, job.method.name, list(job.seeds), res.t, rows, extra,
+                    time.time(), now - t0, dict(job.extra)))
+                self._record_callback_files()
+                t0 = now
             if self.every and ((res.t + 1) % self.every == 0 or res.t == self.rounds - 1):
                 _save_checkpoint(self.ckpt_dir, job, res, problem, self.backend,
                                  self.fingerprint)
             self.where = f"in round {res.t + 1} of job {job.key!r}"
-            self.log.round_done(res.t)
+            self.log.round_done(res.t, hook_s=hook_s)
             self.rounds_run += 1
             if self.stop_after is not None and self.rounds_run >= self.stop_after:
                 return True
@@ -346,9 +403,11 @@ class _Driver:
             problem.load_state_dict(ck[1]["problem"])
         return ck[0] + 1, saved, _to_device(ck[1].get("carry"), state.A[0].device)
 
-    def _write_rows(self, job: Job, res: RoundResult, extra: dict[str, list[dict]]) -> None:
+    def _write_rows(self, job: Job, res: RoundResult, extra: dict[str, list[dict]]
+                    ) -> list[dict]:
+        """Append the round's metrics rows and extra tables (rank 0); return the rows."""
         if not self.writer:
-            return
+            return []
         rows = round_rows(res, job.method.name, job.seeds, {"job": job.key, **job.extra})
         self.run_dir.append_jsonl("metrics.jsonl", rows)
         for name, extra_rows in extra.items():
@@ -357,6 +416,7 @@ class _Driver:
                 r.setdefault("job", job.key)
                 r.setdefault("round", res.t)
             self.run_dir.append_jsonl(f"{name}.jsonl", extra_rows)
+        return rows
 
     def _finish(self) -> pd.DataFrame:
         out = pd.DataFrame()

@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _ACTIVE: RunLog | None = None
@@ -62,6 +62,26 @@ class RunLog:
     every : a line every this many rounds when there is no bar (default ``ceil(rounds/10)``).
     log_path : ``log.txt`` to append to (None: none).
     enabled : False on processes that do not write (torch.distributed rank > 0).
+    evaluates : job key -> ``f(t)``, whether round ``t`` of that job ends with an evaluation
+        (GLUE's ``eval_every``). The ETA then adds the rounds still to train times the mean
+        training round, and the evaluations still due times the mean measured evaluation
+        (the hook time :meth:`round_done` is given); before the first evaluation is timed it
+        says ``+ N evals``.
+
+    The ETA with evaluations (0.1 s training rounds, a 1 s evaluation every 5th round):
+
+    >>> import io
+    >>> from rich.console import Console
+    >>> log = RunLog(["a"], 20, evaluates={"a": lambda t: (t + 1) % 5 == 0},
+    ...              console=Console(file=io.StringIO()))
+    >>> log.job_start("a", 0)
+    >>> for t in range(4):
+    ...     log.round_done(t, seconds=0.1)
+    >>> log._eta()                      # 16 rounds to train, 4 evaluations not yet timed
+    '1.6s + 4 evals'
+    >>> log.round_done(4, seconds=1.1, hook_s=1.0)
+    >>> log._eta()                      # 15 x 0.1 s + 3 x 1 s
+    '4.5s'
 
     >>> import io, tempfile, pathlib
     >>> from rich.console import Console
@@ -81,7 +101,8 @@ class RunLog:
 
     def __init__(self, keys: list[str], rounds: int, *, bar: bool | None = None,
                  every: int | None = None, log_path: str | Path | None = None,
-                 enabled: bool = True, console=None, done: list[str] | None = None):
+                 enabled: bool = True, console=None, done: list[str] | None = None,
+                 evaluates: dict[str, Callable[[int], bool]] | None = None):
         self.keys, self.rounds, self.enabled = list(keys), rounds, enabled
         self.console = console if console is not None else _console()
         self.bar = self.console.is_terminal if bar is None else bar
@@ -91,6 +112,19 @@ class RunLog:
         self.lines: list[str] = []
         self.remaining = rounds * len([k for k in self.keys if k not in set(done or [])])
         self.rounds_run, self.t0 = 0, time.perf_counter()
+        # the ETA's parts: training time (s) over rounds, evaluation time (s) over evaluations
+        self.train_s, self.eval_s, self.evals_run = 0.0, 0.0, 0
+        self._last = self.t0
+        self.t = -1   # the current job's last finished round
+        # evaluations still due per job, from its round t on: _evals[key][t]
+        self._evals: dict[str, list[int]] = {}
+        for key, due in (evaluates or {}).items():
+            suffix = [0] * (rounds + 1)
+            for t in range(rounds - 1, -1, -1):
+                suffix[t] = suffix[t + 1] + bool(due(t))
+            self._evals[key] = suffix
+        self.evals_left = sum(self._evals[k][0] for k in self._evals
+                              if k in self.keys and k not in set(done or []))
         self.job_key, self.job_t0, self.k = "", 0.0, 0
         self._progress = None
         self._task = None
@@ -126,6 +160,9 @@ class RunLog:
         self.job_key, self.job_t0 = key, time.perf_counter()
         self.k = self.keys.index(key) + 1 if key in self.keys else self.k + 1
         self.remaining -= start
+        self._last = time.perf_counter()
+        if key in self._evals:
+            self.evals_left -= self._evals[key][0] - self._evals[key][start]
         what = "start" if start == 0 else "resume"
         self._line(f"{self._job()}: {what} at round {start} ({self.rounds} rounds)")
         if self._progress is not None:
@@ -134,10 +171,24 @@ class RunLog:
             self._task = self._progress.add_task(self._job(), total=self.rounds,
                                                  completed=start, eta=self._eta())
 
-    def round_done(self, t: int) -> None:
-        """Round ``t`` (0-based) of the current job is written."""
+    def round_done(self, t: int, *, hook_s: float = 0.0, seconds: float | None = None
+                   ) -> None:
+        """Round ``t`` (0-based) of the current job is written; ``hook_s``: seconds of it
+        spent in the round hook (an evaluation); ``seconds``: the round's duration (default:
+        measured since the previous round)."""
+        now = time.perf_counter()
+        seconds = now - self._last if seconds is None else seconds
+        self._last = now
         self.rounds_run += 1
         self.remaining -= 1
+        ev = self._evals.get(self.job_key)
+        if ev is not None and ev[t] - ev[t + 1]:   # an evaluation round
+            self.evals_left -= 1
+            self.evals_run += 1
+            self.eval_s += hook_s
+            self.train_s += max(seconds - hook_s, 0.0)
+        else:
+            self.train_s += seconds
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=t + 1, eta=self._eta())
         elif self.round_lines and ((t + 1) % self.every == 0 or t == self.rounds - 1):
@@ -159,8 +210,14 @@ class RunLog:
     def _eta(self) -> str:
         if self.rounds_run == 0:
             return "?"
-        per = (time.perf_counter() - self.t0) / self.rounds_run
-        return fmt_seconds(max(self.remaining, 0) * per)
+        if not self._evals:
+            per = (time.perf_counter() - self.t0) / self.rounds_run
+            return fmt_seconds(max(self.remaining, 0) * per)
+        left = max(self.remaining, 0) * self.train_s / self.rounds_run
+        evals = max(self.evals_left, 0)
+        if evals and not self.evals_run:
+            return f"{fmt_seconds(left)} + {evals} evals"
+        return fmt_seconds(left + (evals * self.eval_s / self.evals_run if evals else 0.0))
 
     def _line(self, text: str) -> None:
         if not self.enabled:

@@ -186,7 +186,7 @@ class GlueStudy:
             extra["switch_interval"] = schedule.interval
         return Job(job_key(method, seed, self.variant), get_method(method), [seed], build,
                    switch_interval=T, extra=extra, server=cfg.topology.weights == "server",
-                   schedule=schedule, mixer=mixer)
+                   schedule=schedule, mixer=mixer, evaluates=self.eval_due)
 
     def jobs(self) -> list[Job]:
         return [self.job(m, s) for m in self.cfg.methods for s in self.cfg.seed_list]
@@ -318,7 +318,7 @@ def summarize(run_dir: str | Path) -> pd.DataFrame:
 def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
              overwrite: bool = False, progress: bool | None = None,
              stop_after: int | None = None, log: bool = False, gm: GlueModel | None = None,
-             backend: Backend = LOCAL) -> pd.DataFrame:
+             backend: Backend = LOCAL, callbacks: list[Any] | None = None) -> pd.DataFrame:
     """Run (or resume) the study ``cfg`` (every variant x method x seed) into ``out``; return
     :func:`summarize`'s table.
 
@@ -328,7 +328,10 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
     :mod:`adflora_analysis.resources`) are checked before training starts.
     ``stop_after`` (testing) stops after that many rounds in total, as a kill would. Under
     torch.distributed (``backend``) every process trains its clients and rank 0 alone writes
-    the run directory (other processes return an empty table).
+    the run directory (other processes return an empty table). ``callbacks``:
+    :class:`~adflora_analysis.tracking.Callback` objects called every round (rank 0; the
+    ``eval`` rows in :attr:`RoundInfo.tables <adflora_analysis.tracking.RoundInfo>`); one that
+    raises stops the run, resumable (:func:`~adflora_analysis.experiment.run_jobs`).
     """
     from adflora_analysis.resources import check_device
 
@@ -373,7 +376,7 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
         run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
                  resume=resume, on_round=lambda job, problem, res: callbacks[job.key](
                      job, problem, res), progress=progress,
-                 stop_after=stop_after, backend=backend)
+                 stop_after=stop_after, backend=backend, callbacks=callbacks)
         if not writer:
             return pd.DataFrame()
         summary = summarize(out)

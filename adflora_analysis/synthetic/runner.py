@@ -28,6 +28,7 @@ round loop. Files written (besides what :func:`~adflora_analysis.experiment.run_
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from adflora_analysis.runconfig import expand_study
 from adflora_analysis.rundir import claim, init_run_dir, make_meta
 from adflora_analysis.schedule_config import schedule_and_mixer, topology_schedule
 from adflora_analysis.synthetic.config import SyntheticConfig
+from adflora_analysis.tracking import Callbacks, RoundInfo, RunInfo
 
 
 def expand_variants(cfg: SyntheticConfig) -> list[tuple[str, SyntheticConfig]]:
@@ -133,7 +135,8 @@ def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, 
 
 def run_study(cfg: SyntheticConfig, out: str | Path, *, resume: bool = False,
               overwrite: bool = False, progress: bool | None = None,
-              stop_after: int | None = None, backend: Backend = LOCAL):
+              stop_after: int | None = None, backend: Backend = LOCAL,
+              callbacks: list[Any] | None = None):
     """Run every variant x method of ``cfg`` into ``out``; return the metrics table.
 
     ``out`` must be new or empty, or an earlier run of the same config with ``resume``, or an
@@ -144,7 +147,8 @@ def run_study(cfg: SyntheticConfig, out: str | Path, *, resume: bool = False,
     A non-finite value stops the run with :class:`DivergenceError` naming the round and method;
     the rows written so far stay (and ``meta.json`` records ``status = "diverged"``). Under
     torch.distributed (``backend``), every process runs this with its clients and rank 0 alone
-    writes files.
+    writes files. ``callbacks``: :class:`~adflora_analysis.tracking.Callback` objects called
+    every round (:func:`~adflora_analysis.experiment.run_jobs`).
     """
     if resume and overwrite:
         raise AdfloraError("--resume and --overwrite exclude each other",
@@ -154,7 +158,7 @@ def run_study(cfg: SyntheticConfig, out: str | Path, *, resume: bool = False,
     torch.set_num_threads(cfg.n_threads())
     try:
         return _run_study(cfg, Path(out), mode=mode, progress=progress,
-                          stop_after=stop_after, backend=backend)
+                          stop_after=stop_after, backend=backend, callbacks=callbacks)
     finally:
         torch.set_num_threads(threads)
 
@@ -230,7 +234,8 @@ def _refuse_what_does_not_fit(variants: list[tuple[str, SyntheticConfig]], out: 
 
 
 def _run_study(cfg: SyntheticConfig, out: Path, *, mode: str, progress: bool | None,
-               stop_after: int | None, backend: Backend = LOCAL):
+               stop_after: int | None, backend: Backend = LOCAL,
+               callbacks: list[Any] | None = None):
     writer = backend.rank == 0
     config = to_dict(cfg)
     variants = expand_variants(cfg)
@@ -281,14 +286,16 @@ def _run_study(cfg: SyntheticConfig, out: Path, *, mode: str, progress: bool | N
 
         return run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
                         resume=mode == "resume", on_round=on_round, progress=progress,
-                        stop_after=stop_after, backend=backend)
+                        stop_after=stop_after, backend=backend, callbacks=callbacks)
 
 
-def study_rows(cfg: SyntheticConfig):
+def study_rows(cfg: SyntheticConfig, callbacks: list[Any] | None = None):
     """Run every variant x method of ``cfg`` in memory, writing nothing; return the metrics
     table: the rows :func:`run_study` writes to ``metrics.parquet`` (one per variant, method,
     seed, round and layer; layer ``all`` holds totals), without its other tables (no topology
-    constants, ``mixing``, ``constants`` or checkpoints).
+    constants, ``mixing``, ``constants`` or checkpoints). ``callbacks`` are called as by
+    :func:`~adflora_analysis.experiment.run_jobs` (with ``RunInfo.path`` None); one that
+    raises ends the study with its :class:`~adflora_analysis.tracking.CallbackError`.
 
     >>> from adflora_analysis.config import load_config
     >>> cfg = load_config(SyntheticConfig, data={"n_clients": 4, "rounds": 3, "seeds": 2,
@@ -312,14 +319,27 @@ def study_rows(cfg: SyntheticConfig):
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.n_threads())
     rows: list[dict] = []
+    cbs = Callbacks(callbacks)
+    pairs = build_jobs(variants, samplers)
+    status = "failed"
     try:
-        for job, vcfg in build_jobs(variants, samplers):
+        cbs.run_start(RunInfo(None, to_dict(cfg), [j.key for j, _ in pairs], cfg.rounds))
+        for job, vcfg in pairs:
             problem, state, mixing = job.build()
+            t0 = time.perf_counter()
             for res in run_rounds(problem, job.method, state, mixing, rounds=vcfg.rounds,
                                   switch_interval=job.switch_interval, server=job.server,
                                   schedule=job.schedule, mixer=job.mixer):
-                rows += round_rows(res, job.method.name, job.seeds,
-                                   {"job": job.key, **job.extra})
+                new = round_rows(res, job.method.name, job.seeds,
+                                 {"job": job.key, **job.extra})
+                rows += new
+                if cbs:
+                    now = time.perf_counter()
+                    cbs.round_end(RoundInfo(job.key, job.method.name, list(job.seeds), res.t,
+                                            new, {}, time.time(), now - t0, dict(job.extra)))
+                    t0 = now
+        status = "done"
     finally:
         torch.set_num_threads(threads)
+        cbs.run_end(status, quiet=status != "done")
     return pd.DataFrame(rows)
