@@ -35,6 +35,13 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No per-evaluation lines on stderr."),
     progress: opt.Progress = None,
     dry_run: opt.DryRun = False,
+    track: list[str] = typer.Option(None, "--track", metavar="tensorboard|mlflow",
+                                    help="Log every round live (repeatable): tensorboard "
+                                    "(event files in <run>/tb or --logdir), mlflow (an "
+                                    "offline file store in <run>/mlruns; needs the extra "
+                                    "adflora-analysis[mlflow])."),
+    logdir: Path = typer.Option(None, "--logdir", help="Where --track tensorboard writes "
+                                "(default <run>/tb)."),
 ) -> None:
     """Run a GLUE study (every variant x method x seed) into --out, or resume one with --resume.
 
@@ -60,9 +67,12 @@ def run(
 
         typer.echo(describe("glue", cfg, None if no_out else where, mode), nl=False)
         return
+    from adflora_analysis.tracking import make_trackers
+
+    trackers = make_trackers(track, logdir=logdir)
     backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
     summary = run_glue(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
-                       log=not quiet, backend=backend, progress=progress)
+                       log=not quiet, backend=backend, progress=progress, callbacks=trackers)
     shutdown(backend)
     if backend.rank != 0:
         return

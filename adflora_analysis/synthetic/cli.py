@@ -32,6 +32,13 @@ def run(
     overwrite: opt.Overwrite = False,
     progress: opt.Progress = None,
     dry_run: opt.DryRun = False,
+    track: list[str] = typer.Option(None, "--track", metavar="tensorboard|mlflow",
+                                    help="Log every round live (repeatable): tensorboard "
+                                    "(event files in <run>/tb or --logdir), mlflow (an "
+                                    "offline file store in <run>/mlruns; needs the extra "
+                                    "adflora-analysis[mlflow])."),
+    logdir: Path = typer.Option(None, "--logdir", help="Where --track tensorboard writes "
+                                "(default <run>/tb)."),
 ) -> None:
     """Run every method (and variant) of CONFIG on all its seeds, batched, into --out, or
     continue one with --resume DIR.
@@ -59,9 +66,12 @@ def run(
 
         typer.echo(describe("synthetic", cfg, None if no_out else where, mode), nl=False)
         return
+    from adflora_analysis.tracking import make_trackers
+
+    trackers = make_trackers(track, logdir=logdir)
     backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
     df = run_study(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
-                   progress=progress, backend=backend)
+                   progress=progress, backend=backend, callbacks=trackers)
     shutdown(backend)
     if backend.rank == 0 and sys.stdout.isatty():
         n = df[["method", "seed", "round"]].drop_duplicates().shape[0] if len(df) else 0
