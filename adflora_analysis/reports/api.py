@@ -54,12 +54,16 @@ def partial_banner(runs: list[Run]) -> str | None:
 
 def make_report(run_dirs: list[str | Path], out: str | Path,
                 title: str = "adflora-analysis report", compare: bool | None = None,
-                note: str | None = None) -> Path:
+                note: str | None = None, style: str = "screen") -> Path:
     """Write ``out/report.md`` and ``out/index.html`` for ``run_dirs``; return the HTML path.
 
     ``compare``: draw runs of one kind whose configs differ in the same figures, labelled by
     the keys that differ (default: when every run is of one kind and none is a sweep).
     ``note``: a sentence for the opening summary (e.g. "Demo setting: ...").
+    ``style``: the figures' preset: ``screen`` (the default), ``paper-column`` (3.5 in wide,
+    8 pt) or ``paper-text`` (7 in, 9 pt); every figure is also written as PDF (TrueType
+    fonts) and SVG, every table as LaTeX. matplotlib's rcParams and backend are left as they
+    were (figures are drawn inside ``rc_context``, never through pyplot).
 
     ``out`` must be new, empty, or hold only an earlier report's files (see
     :mod:`adflora_analysis.reports.outputs`); a run that did not finish gets a "partial"
@@ -68,15 +72,18 @@ def make_report(run_dirs: list[str | Path], out: str | Path,
     temp file.
     """
     from adflora_analysis.progress import status
-    from adflora_analysis.reports.build import summary_lines
+    from adflora_analysis.reports.build import report_verdict, summary_lines
+    from adflora_analysis.reports.figures import check_style
+    from adflora_analysis.reports.figures import style as figure_style
 
+    check_style(style)   # a typo is one line before any work
     out = Path(out)
     keep = [Path(p) for p in run_dirs]
     try:
         check_folder(out, keep)   # before any work
     except OSError as e:
         raise os_error(out, e) from None
-    with interruptible("report"):
+    with interruptible("report"), figure_style(style):
         with status(f"report: loading {len(run_dirs)} run(s)"):
             runs = [collect_run(p) for p in run_dirs]
         with status("report: theory checks and figures"):
@@ -88,6 +95,7 @@ def make_report(run_dirs: list[str | Path], out: str | Path,
                 with report_folder(out, layout(sections).files(), keep):
                     return write_report(out, title, sections, preamble,
                                         summary=summary_lines(runs, sections, note),
-                                        banner=banner)
+                                        banner=banner,
+                                        verdict=report_verdict(runs, sections))
             except OSError as e:
                 raise os_error(out, e) from None

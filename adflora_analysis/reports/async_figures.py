@@ -17,7 +17,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from adflora_analysis.reports.figures import BLOCK_COLORS, _order, method_style, plt
+from adflora_analysis.reports.figures import (
+    BLOCK_COLORS,
+    _order,
+    method_style,
+    styled,
+    subplots,
+)
 from adflora_analysis.reports.render import Section, figure_check_line
 
 #: Ribbon cell codes: the block a client trains in a round.
@@ -104,6 +110,7 @@ def ribbon_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True)
 
 
+@styled
 def phase_ribbon(metrics: pd.DataFrame) -> Figure | None:
     """Which block each method (row) trains at each round (column), first seed; rows per
     client where clients' phases differ (clock drift). Row labels carry the method's marker
@@ -118,11 +125,11 @@ def phase_ribbon(metrics: pd.DataFrame) -> Figure | None:
     mat[rows["label"].map({lab: i for i, lab in enumerate(labels)}).to_numpy(),
         np.searchsorted(rounds, rows["round"].to_numpy())] = codes.to_numpy()
     h = 1.8 + 0.24 * len(labels)
-    fig, ax = plt.subplots(figsize=(9.5, h))
+    fig, ax = subplots(figsize=(9.5, h))
     ax.imshow(mat, cmap=ListedColormap(RIBBON_COLORS), vmin=-0.5, vmax=len(BLOCKS) - 0.5,
               aspect="auto", interpolation="nearest",
               extent=(rounds[0] - 0.5, rounds[-1] + 0.5, len(labels) - 0.5, -0.5))
-    ax.set_yticks(range(len(labels)), labels, fontsize=8.5)
+    ax.set_yticks(range(len(labels)), labels, fontsize="small")
     method_of = dict(zip(rows["label"], rows["method"], strict=False))
     for tick, lab in zip(ax.get_yticklabels(), labels, strict=True):
         tick.set_color(method_style(method_of[lab])[0])
@@ -173,6 +180,7 @@ def verify_ribbon(fig: Figure, metrics: pd.DataFrame) -> list[str]:
 
 
 # ---------------------------------------------------------------- (b) T against q
+@styled
 def adaptive_figure(table: pd.DataFrame) -> Figure | None:
     """Mean phase length T (± s.e. over seeds) of the adaptive schedules against q, a panel per
     method; grey dotted: the fixed-T grid; star: the best fixed T at each q (lowest final
@@ -181,8 +189,8 @@ def adaptive_figure(table: pd.DataFrame) -> Figure | None:
     if ad.empty:
         return None
     methods = _order(ad["method"])
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.9 * len(methods) + 0.4, 3.4),
-                             squeeze=False, sharey=True)
+    fig, axes = subplots(1, len(methods), figsize=(3.9 * len(methods) + 0.4, 3.4),
+                         squeeze=False, sharey=True)
     grid = sorted({int(s[2:]) for s in table["schedule"] if str(s).startswith("T=")})
     for ax, m in zip(axes[0], methods, strict=True):
         color, marker = method_style(m)
@@ -248,6 +256,7 @@ def _shade(color: str, k: int, n: int) -> tuple[float, float, float]:
     return tuple(c + (1 - c) * f for c in to_rgb(color))
 
 
+@styled
 def rates_figure(table: pd.DataFrame) -> Figure | None:
     """Predicted (open markers, dashed) and fitted (filled, ± s.e.) frozen-block consensus rate
     against τ (a line per π) and against π (a line per τ), and fitted against predicted with
@@ -255,7 +264,7 @@ def rates_figure(table: pd.DataFrame) -> Figure | None:
     t = table.dropna(subset=["fitted_rate"])
     if t.empty:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(12.2, 3.8))
+    fig, axes = subplots(1, 3, figsize=(12.2, 3.8))
     for ax, (x, by, xl) in zip(axes[:2], (("staleness", "participation", "staleness τ"),
                                          ("participation", "staleness", "participation π")),
                                strict=True):
@@ -274,7 +283,7 @@ def rates_figure(table: pd.DataFrame) -> Figure | None:
         ax.set_xlabel(xl)
         ax.set_ylabel("consensus rate per round")
         ax.set_title(f"against {xl}")
-        ax.legend(fontsize=7.5, frameon=False)
+        ax.legend(frameon=False)
     ax = axes[2]
     lo = float(np.nanmin(np.r_[t["predicted_rate"], t["fitted_rate"]])) - 0.02
     ax.plot([lo, 1], [lo, 1], color="#888", lw=0.9, label="y = x")
@@ -287,9 +296,9 @@ def rates_figure(table: pd.DataFrame) -> Figure | None:
     ax.set_xlabel("predicted rate (meta.json async_rate)")
     ax.set_ylabel("fitted rate (frozen block)")
     ax.set_title("fitted against predicted")
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(frameon=False)
     fig.suptitle("frozen-block consensus rate: predicted (open, dashed) and fitted (filled, "
-                 "± s.e. over seeds)", fontsize=10.5)
+                 "± s.e. over seeds)")
     fig.tight_layout()
     return fig
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from adflora_analysis.reports import figures
+from adflora_analysis.reports.checks import compact_checks
 from adflora_analysis.reports.collect import Run
 from adflora_analysis.reports.paper import PAPER_DFL_AVERAGE, PAPER_T_ABLATION, PAPER_TASKS
 from adflora_analysis.reports.render import Section
@@ -94,7 +95,12 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
     out = g.mean().add_suffix(" mean").join(g.std().add_suffix(" sd"))
     out.insert(0, "seeds", last.groupby(keys)["seed"].nunique())
     out.insert(0, "round", last.groupby(keys)["round"].max())
-    return out.reset_index()
+    out = out.reset_index()
+    order = sorted(range(len(out)), key=lambda i: tuple(
+        figures.natural_key(out.iloc[i][k]) if k != "method" else
+        (figures.METHOD_ORDER.index(out.iloc[i][k]) if out.iloc[i][k] in figures.METHOD_ORDER
+         else 99, str(out.iloc[i][k])) for k in keys))
+    return out.iloc[order].reset_index(drop=True)
 
 
 def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | None,
@@ -118,7 +124,8 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
             "means no violation beyond Monte Carlo error and mde ≤ 20 %; otherwise "
             "'underpowered'. 'finding' marks a bound the method is not claimed to meet (rolora's "
             "frozen block); see docs/theory.md."],
-            tables={"theory checks": checks.drop(columns=["held"])}))
+            tables={"theory checks (compact)": compact_checks(checks),
+                    "theory checks": checks.drop(columns=["held"])}))
     frozen_src = metrics.assign(variant=metrics["cmp"]) if "cmp" in metrics else metrics
     loss_col = "loss_gap" if "loss_gap" in metrics and metrics["loss_gap"].notna().any() \
         else "loss"
@@ -134,7 +141,8 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
         "product consensus": figures.per_round(metrics, "product_consensus",
                                                "product consensus (1/n)Σ‖B_iA_i − P̄‖²"),
         "gradient norm": figures.per_round(metrics, "grad_norm_sq",
-                                           "‖∇f(Ā, B̄)‖² at the averaged model"),
+                                           r"$\|\nabla f(\bar A, \bar B)\|^2$ at the "
+                                           "averaged model"),
         "loss": figures.per_round(metrics, "loss", "loss"),
         "excess loss f − f*": figures.per_round(metrics, "loss_gap", "excess loss f − f*"),
         "local loss": figures.per_round(metrics, "local_loss",
@@ -163,7 +171,8 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
         # with different defaults, e.g. T = 5 for adf-lora and 1 for rolora in one GLUE run)
         if by in metrics and metrics.groupby("method")[by].nunique().max() > 1:
             for col in ("grad_norm_sq", "cross_term", loss_col):
-                f = figures.final_vs(metrics, by, col, f"final {col} against {by}")
+                f = figures.final_vs(metrics, by, col, f"final {figures.label(col)} "
+                                     f"against {figures.label(by)}")
                 if f is not None:
                     extra[f"{label}: {col}"] = f
     if extra:
@@ -186,18 +195,58 @@ def _with_p(metrics: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
 
 
 def glue_table(evals: pd.DataFrame, runs: list[Run]) -> tuple[pd.DataFrame, str]:
-    """Paper-shaped table: method x task of the final mean client metric (%), their average,
-    and the paper's decentralized average beside it, labelled."""
+    """Paper-shaped table: method x task of the final mean client metric (%, the mean over
+    seeds), their average, the standard deviation over seeds of each (``<task> sd``), the
+    number of seeds, and the paper's decentralized average beside it, labelled."""
+    tab, sd, seeds, note = _glue_parts(evals, runs)
+    out = tab.join(sd.add_suffix(" sd"))
+    out.insert(0, "seeds", seeds)
+    if "paper DFL average (roberta-large)" in tab:
+        out = out[[c for c in out if c != "paper DFL average (roberta-large)"]
+                  + ["paper DFL average (roberta-large)"]]
+    out.columns.name = None
+    return out.reset_index(), note
+
+
+def glue_pm_table(evals: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
+    """The GLUE table as a paper prints it: ``mean ± sd`` over seeds (%) per task and their
+    average, and the number of seeds (``± –``: one seed, no spread)."""
+    tab, sd, seeds, _ = _glue_parts(evals, runs)
+    out = pd.DataFrame(index=tab.index)
+    out["seeds"] = seeds
+    for c in tab:
+        if c in sd:
+            out[c] = [f"{m:.2f} ± " + ("–" if pd.isna(d) else f"{d:.2f}")
+                      for m, d in zip(tab[c], sd[c], strict=True)]
+        else:
+            out[c] = tab[c]
+    out.columns.name = None
+    return out.reset_index()
+
+
+def _glue_parts(evals: pd.DataFrame, runs: list[Run]):
     ev = evals[(evals["client"].astype(str) == "mean")]
     ev = ev[ev["round"] == ev.groupby(["method", "run"])["round"].transform("max")]
     task_of = {r.name: r.config.get("task", "?") for r in runs}
     by_run = ev["run"].map(task_of)  # a study over several tasks has a task column
     ev = ev.assign(task=ev["task"].fillna(by_run) if "task" in ev else by_run)
+    if "seed" not in ev:
+        ev = ev.assign(seed=0)
     primary = ev[ev["metric"].isin(["accuracy", "matched_accuracy", "mcc", "pearson"])]
     if primary.empty:
         primary = ev
-    tab = primary.groupby(["method", "task"])["value"].mean().unstack("task") * 100
-    tab["average"] = tab.mean(axis=1)
+    per_seed = primary.groupby(["method", "task", "seed"])["value"].mean().unstack("task") * 100
+    per_seed["average"] = per_seed.mean(axis=1)
+    g = per_seed.groupby(level="method")
+    tab, sd = g.mean(), g.std()
+    tasks = [c for c in tab.columns if c != "average"]
+    counts = primary.groupby(["method", "task"])["seed"].nunique().unstack("task")
+    seeds = [f"{int(lo)}" if lo == hi else f"{int(lo)}–{int(hi)}"
+             for lo, hi in zip(counts.min(axis=1), counts.max(axis=1), strict=True)]
+    seeds = pd.Series(seeds, index=counts.index).reindex(tab.index)
+    tab, sd = tab[tasks + ["average"]], sd[tasks + ["average"]]
+    order = figures._order(tab.index)
+    tab, sd, seeds = tab.loc[order], sd.loc[order], seeds.loc[order]
     models = {str(r.config.get("model")) for r in runs}
     ours = sorted(set(ev["task"]))
     if paper_setting_matches(runs, ours):
@@ -209,7 +258,7 @@ def glue_table(evals: pd.DataFrame, runs: list[Run]) -> tuple[pd.DataFrame, str]
         note = (f"Setting differs from the paper's (ours: model {', '.join(sorted(models))}; "
                 f"tasks {', '.join(ours)}; the paper: roberta-large on "
                 f"{', '.join(PAPER_TASKS)}), so its numbers are not shown beside these.")
-    return tab.reset_index(), note
+    return tab, sd, seeds, note
 
 
 def paper_setting_matches(runs: list[Run], tasks: list[str]) -> bool:
@@ -353,6 +402,9 @@ def _glue_sections(title: str, group: list[Run], labels: dict | None) -> list[Se
             "number, solid) and of the averaged adapter (dashed), at every evaluation round."],
             figures={"evaluation": fig} if fig is not None else {})
         tab, note = glue_table(evals, group)
+        pm = "GLUE table (mean ± sd over seeds, %)"
+        sec.tables[pm] = glue_pm_table(evals, group)
+        sec.table_notes[pm] = note + " Final evaluation round, mean over clients."
         sec.tables["GLUE table (%)"] = tab
         sec.table_notes["GLUE table (%)"] = note
         labs = [r.labels for r in group if r.labels is not None]
@@ -445,3 +497,40 @@ def _headline_glue(runs: list[Run]) -> str:
     return (f"{r.name} ({r.config.get('task')}, {r.config.get('model')}): mean-client "
             f"{metric} at round {int(ev['round'].max())}: "
             + ", ".join(f"{k} {last[k]:.3f}" for k in figures._order(last.index)) + ".")
+
+
+def report_verdict(runs: list[Run], sections: list[Section]) -> list[str]:
+    """The report's opening verdict (:mod:`adflora_analysis.reports.verdict`): per method the
+    check families by verdict, then each method against adf-lora at the final round (synthetic:
+    excess loss and consensus error; GLUE: the mean-client metric), paired by seed, and a
+    warning where compared methods ran at different settings."""
+    from adflora_analysis.reports.verdict import SETTINGS, verdict_lines
+
+    checks = [t for s in sections for n, t in s.tables.items() if n == "theory checks"]
+    studies: list[tuple[str, pd.DataFrame, dict[str, str]]] = []
+    for group in group_runs(runs):
+        name = group[0].name + (f" (+{len(group) - 1})" if len(group) > 1 else "")
+        m = _concat(group, "metrics")
+        if group[0].kind == "synthetic" and m is not None:
+            if "xi_A" in m and "xi_B" in m:
+                m = m.assign(xi_sum=m["xi_A"] + m["xi_B"])
+            studies.append((name, m, {"loss_gap": "final excess loss f − f*",
+                                      "xi_sum": "final consensus error Ξ_A + Ξ_B"}))
+        elif group[0].kind == "glue":
+            ev = _concat(group, "eval")
+            if ev is None or "metric" not in ev:
+                continue
+            ev = ev[ev["client"].astype(str) == "mean"]
+            metric = next((x for x in ("accuracy", "matched_accuracy", "mcc", "pearson")
+                           if x in set(ev["metric"])), None)
+            if metric is None:
+                continue
+            ev = ev[ev["metric"] == metric]
+            if m is not None:   # the settings each method ran with, for the warnings
+                for key in SETTINGS:
+                    if key in m and key not in ev:
+                        ev = ev.assign(**{key: ev["method"].map(
+                            m.dropna(subset=[key]).groupby("method")[key].first())})
+            studies.append((name, ev.assign(value=ev["value"] * 100),
+                            {"value": f"final mean-client {metric} (%)"}))
+    return verdict_lines(pd.concat(checks, ignore_index=True) if checks else None, studies)

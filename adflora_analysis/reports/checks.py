@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import matplotlib
 import pandas as pd
 
 from adflora_analysis.reports.collect import Run
@@ -117,33 +118,95 @@ def check_curves(results: list) -> pd.DataFrame | None:
 
 
 def check_overlays(curves: pd.DataFrame | None):
-    """One figure, a panel per check with a curve: the measured seed mean (solid) and its
-    bound (dashed) per method against the round (log scale where positive). None if empty."""
+    """One figure, a panel per check with a curve: the measured seed mean (the method's line
+    style and marker) and its bound (thin, no marker) per method against the round (log scale
+    where positive). Each method keeps its colour, marker and line style of every other
+    figure; study variants (e.g. T) are shades of it, in numeric order. None if empty."""
     if curves is None or curves.empty:
         return None
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    from adflora_analysis.reports import figures as F
+
+    with matplotlib.rc_context(F.rc()):
+        return _check_overlays(curves, F)
+
+
+def _check_overlays(curves: pd.DataFrame, F):
+    from matplotlib.lines import Line2D
 
     keys = list(dict.fromkeys(zip(curves["number"], curves["check"], strict=True)))
-    cols = 3
+    keys.sort(key=lambda k: F.natural_key(k[0]))
+    cols = min(len(keys), F.preset().max_cols)
     rows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
-    methods = list(dict.fromkeys(curves["method"]))
-    pal = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
+    fig, axes = F.subplots(rows, cols, figsize=(4.6 * cols, 3.1 * rows + 0.8), squeeze=False)
+    variants = sorted({str(v) for v in curves["variant"]}, key=F.natural_key)
+    methods = F._order(curves["method"])
     for ax, (num, name) in zip(axes.flat, keys, strict=False):
         part = curves[(curves["number"] == num) & (curves["check"] == name)]
-        for (m, v), g in part.groupby(["method", "variant"], sort=False):
-            g = g.sort_values("round")
-            lab = m if v == "base" else f"{m} [{v}]"
-            ax.plot(g["round"], g["measured"], color=pal[m], lw=1.2, label=lab)
-            ax.plot(g["round"], g["bound"], color=pal[m], lw=1.0, ls="--")
+        for m in methods:
+            for k, v in enumerate(variants):
+                g = part[(part["method"] == m) & (part["variant"].astype(str) == v)]
+                if g.empty:
+                    continue
+                g = g.sort_values("round")
+                kw = F.line_kw(m)
+                kw["color"] = F.shade(kw["color"], k, len(variants))
+                ax.plot(g["round"], g["measured"], **kw,
+                        markevery=max(1, len(g) // 8))
+                ax.plot(g["round"], g["bound"], **{**F.BOUND_KW, "color": kw["color"]})
         if (part[["measured", "bound"]] > 0).all().all():
             ax.set_yscale("log")
-        ax.set_title(f"check {num}: {name}", fontsize=9)
+        ax.set_title(f"check {num}: {name}")
         ax.set_xlabel("round")
-        ax.legend(fontsize=6)
+        ax.set_ylabel("measured and bound")
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
-    fig.suptitle("theory checks: measured (solid) and bound (dashed), seed means")
-    fig.tight_layout()
+    handles = [Line2D([], [], **F.line_kw(m), label=m) for m in methods]
+    if len(variants) > 1:
+        handles += [Line2D([], [], color=F.shade("#333333", k, len(variants)), lw=4,
+                           label=v) for k, v in enumerate(variants)]
+    handles += [Line2D([], [], color="#333", **F.BOUND_KW, label="bound"),
+                Line2D([], [], color="none", label="lines: seed means")]
+    fig.suptitle("theory checks: measured (marked line) and bound (thin), seed means")
+    F._legend(fig, [], None, handles)
     return fig
+
+
+STATUS_ORDER = ("violated", "error", "finding", "underpowered", "held", "n/a")
+
+
+def compact_checks(checks: pd.DataFrame) -> pd.DataFrame:
+    """The theory checks on one page: a row per check (and variant where several), a column
+    per method, each cell ``status (ratio)``; the worst status where a cell has several rows.
+
+    >>> t = pd.DataFrame({"no": ["2", "2"], "check": ["g", "g"], "method": ["lora", "rolora"],
+    ...                   "variant": ["base", "base"], "status": ["held", "violated"],
+    ...                   "ratio": [1.234, 0.5]})
+    >>> compact_checks(t).to_dict("records")
+    [{'check': '2 g', 'rolora': 'violated (0.5)', 'lora': 'held (1.23)'}]
+    """
+    from adflora_analysis.reports.figures import _order, natural_key
+
+    df = checks[checks["method"].astype(str) != ""]
+    if df.empty:
+        return pd.DataFrame()
+    many = "variant" in df and df["variant"].nunique() > 1
+    rows = []
+    keys = ["no", "check"] + (["variant"] if many else [])
+    for key, g in df.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = {"check": f"{key[0]} {key[1]}".strip()}
+        if many:
+            row["variant"] = str(key[2])
+        for m, c in g.groupby("method", sort=False):
+            worst = min(c["status"], key=lambda s: STATUS_ORDER.index(s)
+                        if s in STATUS_ORDER else len(STATUS_ORDER))
+            r = c[c["status"] == worst]["ratio"] if "ratio" in c else pd.Series(dtype=float)
+            r = r.dropna()
+            row[m] = worst + (f" ({r.iloc[0]:.3g})" if len(r) else "")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out = out.iloc[sorted(range(len(out)), key=lambda i: natural_key(
+        " ".join(str(out.iloc[i][k]) for k in out.columns[:2 if many else 1])))]
+    lead = ["check"] + (["variant"] if many else [])
+    return out[lead + _order(c for c in out.columns if c not in lead)].fillna("").reset_index(
+        drop=True)

@@ -15,14 +15,19 @@ def report(
                                  "configs differ in the same figures, labelled by the keys "
                                  "that differ (default: when all runs are of one kind and "
                                  "none is a sweep)."),
+    style: str = typer.Option("screen", "--style", help="Figure preset: screen, "
+                              "paper-column (3.5 in, 8 pt) or paper-text (7 in, 9 pt); "
+                              "figures come as PNG, PDF (TrueType fonts) and SVG."),
 ) -> None:
     """Write OUT/report.md and OUT/index.html (opens from disk) from finished runs.
 
     Example: adflora report runs/bounds runs/smoke --out reports/study
 
     Comparison: adflora report runs/q01 runs/q02 --out reports/q --compare
+
+    For a paper: adflora report runs/bounds --out reports/paper --style paper-column
     """
     from adflora_analysis.reports.api import make_report
 
-    path = make_report(run_dirs, out, title=title, compare=compare)
+    path = make_report(run_dirs, out, title=title, compare=compare, style=style)
     typer.echo(f"report written: {path}")

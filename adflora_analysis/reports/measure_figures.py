@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from adflora_analysis.reports.figures import plt
+from adflora_analysis.reports.figures import styled, subplots
 from adflora_analysis.reports.render import Section, figure_check_line
 from adflora_analysis.topology.fit import (
     MEASURES,
@@ -71,16 +72,17 @@ def measures_rows(run_dirs: list, metas: list[dict], skipped: list[str] | None =
     return df
 
 
+@styled
 def measures_figure(df: pd.DataFrame, fit: pd.DataFrame) -> Figure:
     """Outcomes (rows) against measures (columns), log-log: a colour per graph, a marker per
     n, the fitted line and R² of each panel. Each panel's points carry the gid
     ``measures:<outcome>:<measure>`` (what :func:`verify_measures` reads back)."""
     graphs = sorted(df["graph"].astype(str).unique())
     ns = sorted(df["n"].unique())
-    cmap = plt.get_cmap("tab10" if len(graphs) <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if len(graphs) <= 10 else "tab20"]
     color = {g: cmap(i % cmap.N) for i, g in enumerate(graphs)}
     marker = {n: MARKERS[i % len(MARKERS)] for i, n in enumerate(ns)}
-    fig, axes = plt.subplots(len(OUTCOMES), len(MEASURES), figsize=(3.2 * len(MEASURES),
+    fig, axes = subplots(len(OUTCOMES), len(MEASURES), figsize=(3.2 * len(MEASURES),
                                                                     3.0 * len(OUTCOMES)),
                              squeeze=False)
     fit = fit.set_index(["outcome", "measure"])
@@ -99,7 +101,7 @@ def measures_figure(df: pd.DataFrame, fit: pd.DataFrame) -> Figure:
                 b, a = np.polyfit(lx, ly, 1)
                 xs = np.linspace(lx.min(), lx.max(), 20)
                 ax.plot(np.exp(xs), np.exp(a + b * xs), color="0.3", lw=1, ls="--")
-                ax.set_title(f"R² = {r['r2']:.2f}, slope {r['slope']:.2f}", fontsize=9)
+                ax.set_title(f"R² = {r['r2']:.2f}, slope {r['slope']:.2f}", fontsize="medium")
             ax.set_xscale("log")
             ax.set_yscale("log")
             if i == len(OUTCOMES) - 1:
@@ -109,7 +111,7 @@ def measures_figure(df: pd.DataFrame, fit: pd.DataFrame) -> Figure:
     handles = [Line2D([], [], color=color[g], marker="o", ls="none", label=g) for g in graphs]
     handles += [Line2D([], [], color="0.4", marker=marker[n], ls="none", label=f"n = {n:,}")
                 for n in ns]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)
     fig.tight_layout()
     return fig

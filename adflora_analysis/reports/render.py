@@ -1,5 +1,6 @@
 """Write a report: ``report.md``, a self-contained ``index.html`` (figures embedded as data
-URIs, so it opens from disk with no server), the figures as PNG and the tables as CSV."""
+URIs, so it opens from disk with no server), every figure as PNG, PDF (TrueType fonts) and
+SVG, every table as CSV and LaTeX (booktabs)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+import matplotlib
 import pandas as pd
+from matplotlib.figure import Figure
 
 from adflora_analysis import fileio
 from adflora_analysis.errors import AdfloraError
@@ -26,7 +28,7 @@ class Section:
 
     title: str
     text: list[str] = field(default_factory=list)
-    figures: dict[str, plt.Figure] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     table_notes: dict[str, str] = field(default_factory=dict)
 
@@ -75,10 +77,14 @@ class Layout:
         """Every path the report writes, relative to its folder."""
         out = ["report.md", "index.html"]
         for t in self.tables:
-            out += [f"tables/{f}" for f in t.values()]
+            out += [g for f in t.values() for g in (f"tables/{f}", f"tables/{f[:-4]}.tex")]
         for f in self.figures:
-            out += [g for p in f.values() for g in (f"figures/{p}", f"figures/{p[:-4]}.pdf")]
+            out += [f"figures/{p[:-4]}{ext}" for p in f.values() for ext in FIGURE_EXTS]
         return out
+
+
+#: The files written per figure (the PNG is also embedded in the HTML page).
+FIGURE_EXTS = (".png", ".pdf", ".svg")
 
 
 def layout(sections: list[Section]) -> Layout:
@@ -122,10 +128,70 @@ def inside(out: Path, path: Path) -> Path:
     return path
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _save_kw() -> dict:
+    """``savefig`` keywords: on screen cropped to the drawing; a paper preset keeps the
+    figure's exact width (3.5 or 7 in) and saves the PNG at print resolution."""
+    from adflora_analysis.reports.figures import preset
+
+    if preset().width is None:
+        return {"dpi": 110, "bbox_inches": "tight"}
+    return {"dpi": 300, "bbox_inches": None}
+
+
+def _figure_bytes(fig: Figure, fmt: str) -> bytes:
+    """``fig`` as ``fmt`` bytes, saved under the report's figure settings (TrueType fonts in
+    PDF) inside an ``rc_context``: the global rcParams are untouched."""
+    from adflora_analysis.reports.figures import rc
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with matplotlib.rc_context(rc()):
+        fig.savefig(buf, format=fmt, **_save_kw(),
+                    metadata={"Creator": "adflora-analysis"} if fmt != "png" else None)
     return buf.getvalue()
+
+
+def _close(fig: Figure) -> None:
+    """Release a figure pyplot holds (report figures are not pyplot's; a caller's may be)."""
+    if getattr(fig.canvas, "manager", None) is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}", "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$",
+        "−": "-", "×": r"$\times$", "÷": r"$\div$", "Ξ": r"$\Xi$", "≈": r"$\approx$",
+        "≡": r"$\equiv$", "‖": r"$\|$", "∇": r"$\nabla$", "–": "--"}
+_TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX))
+
+
+def tex_escape(text: object) -> str:
+    """``text`` safe in a LaTeX table cell (specials escaped, a few symbols as math).
+
+    >>> print(tex_escape("grad_norm_sq 5% & #1 ± 2"))
+    grad\\_norm\\_sq 5\\% \\& \\#1 $\\pm$ 2
+    """
+    return _TEX_RE.sub(lambda m: _TEX[m.group(0)], str(text))
+
+
+def latex_table(df: pd.DataFrame, note: str | None = None) -> str:
+    """``df`` as a booktabs ``tabular`` (``\\toprule``, ``\\midrule``, ``\\bottomrule``; needs
+    ``\\usepackage{booktabs}``): numbers right-aligned as the HTML shows them, text escaped;
+    ``note`` as a comment above it."""
+    shown = _fmt(df).map(lambda v: "" if v is None or (isinstance(v, float) and v != v)
+                         else str(v))
+    num = [bool(len(df)) and (pd.api.types.is_numeric_dtype(df[c])
+                              and not pd.api.types.is_bool_dtype(df[c])) for c in df.columns]
+    lines = [f"% {' '.join(note.split())}"] if note else []
+    lines += ["\\begin{tabular}{" + "".join("r" if n else "l" for n in num) + "}",
+              "\\toprule",
+              " & ".join(tex_escape(c) for c in df.columns) + r" \\",
+              "\\midrule"]
+    lines += [" & ".join(tex_escape(v) for v in row) + r" \\"
+              for row in shown.itertuples(index=False, name=None)]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(df: pd.DataFrame) -> pd.DataFrame:
@@ -157,6 +223,9 @@ td.held,span.held{color:#176b2c;font-weight:600}td.violated,span.violated{color:
 font-weight:600}img{max-width:100%;display:block;margin:0.6em 0}
 figure{margin:1em 0 2.4em}
 .note{color:#555;font-size:0.9em}div.table{overflow-x:auto}
+div.table td{white-space:normal;max-width:34em;overflow-wrap:anywhere;vertical-align:top}
+div.verdict{background:#f3f7ee;border-left:4px solid #009E73;padding:0.6em 1em;margin:1em 0}
+div.verdict p{margin:0.25em 0}div.verdict ul{margin:0.2em 0 0.4em 1.2em;padding:0}
 div.summary{background:#f6f8fa;border-left:4px solid #0072B2;padding:0.6em 1em;margin:1em 0}
 div.summary p{margin:0.25em 0}
 div.banner{background:#fff4e5;border-left:4px solid #E69F00;padding:0.6em 1em;margin:1em 0;
@@ -177,12 +246,13 @@ window.addEventListener('load', function () {
 
 def write_report(out: str | Path, title: str, sections: list[Section],
                  preamble: list[str] | None = None, summary: list[str] | None = None,
-                 banner: str | None = None) -> Path:
+                 banner: str | None = None, verdict: list[str] | None = None) -> Path:
     """Write the report files under ``out``; returns the path of ``index.html``.
 
-    ``summary``: the opening lines (a box above everything else); ``banner``: a warning shown
-    above the summary (a partial or diverged run). Every figure is written as PNG (embedded
-    in the page) and PDF (for papers)."""
+    ``verdict``: the opening lines (per method which claims held; comparisons with their
+    intervals; warnings), a box above everything else; ``summary``: lines below it;
+    ``banner``: a warning shown first (a partial or diverged run). Every figure is written as
+    PNG (embedded in the page), PDF (TrueType fonts) and SVG, every table as CSV and LaTeX."""
     out = Path(out)
     names = layout(sections)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -192,6 +262,11 @@ def write_report(out: str | Path, title: str, sections: list[Section],
     if banner:
         md += [f"> **{banner}**", ""]
         body.append(f'<div class="banner">{html.escape(banner)}</div>')
+    if verdict:
+        md += ["**Verdict**", ""] + [f"- {line}" for line in verdict] + [""]
+        body.append('<div class="verdict"><p><b>Verdict</b></p><ul>'
+                    + "".join(f"<li>{html.escape(line)}</li>" for line in verdict)
+                    + "</ul></div>")
     if summary:
         md += ["**Summary**", ""] + [f"- {line}" for line in summary] + [""]
         body.append('<div class="summary">' + "".join(f"<p>{html.escape(line)}</p>"
@@ -211,8 +286,11 @@ def write_report(out: str | Path, title: str, sections: list[Section],
         for name, df in sec.tables.items():
             fname = tnames[name]
             fileio.write_csv(inside(out, out / "tables" / fname), df)
-            md += [f"**{name}** ([csv](tables/{fname}))", "", _md_table(df), ""]
             note = sec.table_notes.get(name)
+            tex = fname[:-4] + ".tex"
+            fileio.write_text(inside(out, out / "tables" / tex), latex_table(df, note))
+            md += [f"**{name}** ([csv](tables/{fname}), [LaTeX](tables/{tex}))", "",
+                   _md_table(df), ""]
             if note:
                 md += [f"*{note}*", ""]
             table_html = _fmt(df).to_html(index=False, escape=True, border=0)
@@ -223,20 +301,26 @@ def write_report(out: str | Path, title: str, sections: list[Section],
             body.append(f"<h3>{html.escape(name)}</h3>"
                         + (f'<p class="note">{html.escape(note)}</p>' if note else "")
                         + f'<div class="table" data-table="{_slug(name)}">{table_html}</div>'
-                        + f'<p class="note"><a href="tables/{fname}">CSV</a></p>')
+                        + f'<p class="note"><a href="tables/{fname}">CSV</a>, '
+                        f'<a href="tables/{tex}">LaTeX</a></p>')
         for name, fig in sec.figures.items():
             fname = fnames[name]
-            data = _png(fig)
-            fileio.atomic_write(inside(out, out / "figures" / fname), lambda f, d=data: f.write(d))
-            pdf = fname[:-4] + ".pdf"
-            fileio.save_figure(inside(out, out / "figures" / pdf), fig, dpi=110)
-            md += [f"![{name}](figures/{fname}) ([PDF](figures/{pdf}))", ""]
+            data = b""
+            for ext in FIGURE_EXTS:
+                raw = _figure_bytes(fig, ext[1:])
+                data = raw if ext == ".png" else data
+                fileio.atomic_write(inside(out, out / "figures" / (fname[:-4] + ext)),
+                                    lambda f, d=raw: f.write(d))
+            pdf, svg = fname[:-4] + ".pdf", fname[:-4] + ".svg"
+            md += [f"![{name}](figures/{fname}) ([PDF](figures/{pdf}), [SVG](figures/{svg}))",
+                   ""]
             b64 = base64.b64encode(data).decode()
             body.append(f'<figure><img class="figure" alt="{html.escape(name)}" '
                         f'src="data:image/png;base64,{b64}"><figcaption class="note">'
                         f'{html.escape(name)} (<a href="figures/{fname}">PNG</a>, '
-                        f'<a href="figures/{pdf}">PDF</a>)</figcaption></figure>')
-            plt.close(fig)
+                        f'<a href="figures/{pdf}">PDF</a>, <a href="figures/{svg}">SVG</a>)'
+                        '</figcaption></figure>')
+            _close(fig)
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{CSS}</style>"
             f"<script>{ONLOAD}</script></head><body>"

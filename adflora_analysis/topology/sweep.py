@@ -105,17 +105,27 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, n: int | None = None) -> Path
     Error bars are ±2 standard errors (often smaller than the markers).
     """
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import seaborn as sns
+
+    from adflora_analysis.reports.figures import BASE_RC
+
+    # its own style, never a global theme: the caller's rcParams and backend stay as they were
+    with sns.axes_style("whitegrid"), matplotlib.rc_context(BASE_RC):
+        return _draw_sweep(df, path, n)
+
+
+def _draw_sweep(df: pd.DataFrame, path: str | Path, n: int | None) -> Path:
+    """:func:`plot_sweep`'s drawing (object API, no pyplot), inside its style context."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
 
     enc = df[df["graph"] == "encounter"].copy()
     enc["rule"] = [r + (" (row-stochastic only)" if f else "") for r, f in
                    zip(enc["rule"], enc["flag"], strict=True)]
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(9.0, 4.8))
-    sns.lineplot(data=enc, x="q", y="p", hue="rule", marker="o", ax=ax)
+    fig = Figure(figsize=(9.0, 4.8))
+    ax = fig.subplots()
+    sns.lineplot(data=enc, x="q", y="p", hue="rule", style="rule", markers=True, dashes=True,
+                 palette="colorblind", ax=ax)
     for _, r in enc.iterrows():
         ax.errorbar(r["q"], r["p"], yerr=2 * r["p_stderr"], fmt="none", ecolor="gray", lw=0.8)
     refs = df[df["graph"] != "encounter"]
@@ -132,9 +142,7 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, n: int | None = None) -> Path
     ax.set_ylim(-0.02, 1.05)
     ax.legend(title="encounter rule / reference", fontsize=8, title_fontsize=8,
               loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    out = fileio.save_figure(path, fig)
-    plt.close(fig)
-    return out
+    return fileio.save_figure(path, fig)
 
 
 def check_sweep_args(n: int, samples: int) -> tuple[int, int]:
