@@ -134,12 +134,39 @@ def callback_name(cb: Any) -> str:
     return getattr(cb, "name", None) or getattr(cb, "__name__", None) or type(cb).__name__
 
 
+class _FunctionCallback(Callback):
+    """A plain function ``f(info)`` as a callback's ``on_round_end``."""
+
+    def __init__(self, fn: Any):
+        self.fn, self.name = fn, callback_name(fn)
+
+    def on_round_end(self, info: RoundInfo) -> None:
+        self.fn(info)
+
+
+def _as_callback(cb: Any) -> Any:
+    """``cb`` if it has a hook, a plain function as its ``on_round_end``; else one line.
+
+    >>> _as_callback("tensorboard")
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: callback 'tensorboard' is not a Callback ...
+    """
+    if any(hasattr(cb, h) for h in ("on_run_start", "on_round_end", "on_run_end")):
+        return cb
+    if callable(cb):
+        return _FunctionCallback(cb)
+    raise AdfloraError(f"callback {cb!r} is not a Callback (it has none of on_run_start, "
+                       "on_round_end, on_run_end) and is not a function",
+                       "pass Callback objects or functions f(info); built-in trackers by "
+                       "name go to track=[...]")
+
+
 class Callbacks:
     """The callbacks of one run, called in order; an exception of one becomes one
     :class:`CallbackError` line."""
 
     def __init__(self, callbacks: Iterable[Any] | None, run_dir: Path | None = None):
-        self.items = list(callbacks or [])
+        self.items = [_as_callback(cb) for cb in (callbacks or [])]
         self.run_dir = run_dir
 
     def __bool__(self) -> bool:
@@ -207,6 +234,41 @@ def numeric(row: dict[str, Any], skip: Iterable[str] = ()) -> dict[str, float]:
     return {k: float(v) for k, v in row.items()
             if k not in skip and isinstance(v, int | float) and not isinstance(v, bool)
             and math.isfinite(v)}
+
+
+def table_values(name: str, rows: list[dict[str, Any]], seed: int, skip: Iterable[str] = ()
+                 ) -> dict[str, float]:
+    """The values of an extra table's rows of ``seed`` (rows without a seed count for every
+    seed) as ``{tag: value}``. A wide row gives ``<name>/<column>``; a long row (a ``value``
+    column, e.g. GLUE's ``eval``) gives ``<name>/<its text columns>`` with ``client<c>`` last
+    (the ``mean`` client left out).
+
+    >>> table_values("eval", [{"seed": 0, "client": "mean", "split": "validation",
+    ...                        "metric": "accuracy", "value": 0.75},
+    ...                       {"seed": 0, "client": "1", "split": "validation",
+    ...                        "metric": "accuracy", "value": 0.5}], 0)
+    {'eval/validation/accuracy': 0.75, 'eval/validation/accuracy/client1': 0.5}
+    >>> table_values("constants", [{"seed": 1, "L": 2.0, "mu": 0.5}], 1)
+    {'constants/L': 2.0, 'constants/mu': 0.5}
+    """
+    skip = set(skip)
+    out: dict[str, float] = {}
+    for r in rows:
+        if r.get("seed", seed) != seed:
+            continue
+        v = r.get("value")
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if not math.isfinite(v):
+                continue
+            parts = [str(x) for k, x in r.items() if isinstance(x, str) and k not in _KEYS
+                     and k not in skip and k != "client"]
+            client = r.get("client")
+            if client is not None and str(client) != "mean":
+                parts.append(f"client{client}")
+            out["/".join([name, *parts])] = float(v)
+        else:
+            out.update({f"{name}/{k}": x for k, x in numeric(r, skip).items()})
+    return out
 
 
 def _safe_part(s: str) -> str:
@@ -339,17 +401,23 @@ class LiveEventFile:
 
 class TensorBoardTracker(Callback):
     """Live TensorBoard event files: ``<logdir>/<job>/seed<s>/`` per job and seed (the
-    ``layer == "all"`` metrics as ``metrics/<column>``, extra tables as ``<table>/<column>``,
+    ``layer == "all"`` metrics as ``metrics/<column>``, extra tables as :func:`table_values`
+    names them (``eval/validation/accuracy``, ``constants/<column>``),
     step = round, the round's real wall-clock time), and at ``<logdir>/`` the resolved config
     (text ``config``) and, at the end, the theory checks of ``checks.json`` if there is one.
 
-    ``logdir``: default ``<run>/tb``.
+    ``logdir``: default ``<run>/tb``. ``checks``: when the run ends ``done``, evaluate the
+    theory checks (:func:`adflora_analysis.synthetic.checks.check_run`, both runners; nothing
+    is saved in the run directory) and log them: a ``checks`` table text, ``checks/<status>``
+    counts and ``checks/<check>/<method>/<variant>/ratio`` (measured / bound). Without it
+    (or when the run did not finish) a ``checks.json`` already there is logged instead.
     """
 
     name = "tensorboard"
 
-    def __init__(self, logdir: str | Path | None = None):
+    def __init__(self, logdir: str | Path | None = None, *, checks: bool = True):
         self.logdir = Path(logdir) if logdir is not None else None
+        self.checks = checks
         self._files: dict[tuple[str, int], LiveEventFile] = {}
         self._root: LiveEventFile | None = None
         self._run: RunInfo | None = None
@@ -398,9 +466,7 @@ class TensorBoardTracker(Callback):
                       if r.get("seed") == seed and r.get("layer", "all") == "all"
                       for k, v in numeric(r, skip).items()}
             for name, rows in info.tables.items():
-                for r in rows:
-                    if r.get("seed", seed) == seed:
-                        values.update({f"{name}/{k}": v for k, v in numeric(r, skip).items()})
+                values.update(table_values(name, rows, seed, skip))
             self._file(info, seed).scalars(info.round, values, info.wall_time)
 
     def on_run_end(self, status: str) -> None:
@@ -413,7 +479,17 @@ class TensorBoardTracker(Callback):
         self._files.clear()
         if self._root is None:
             return
-        results = _checks(self._run.path if self._run else None)
+        path = self._run.path if self._run else None
+        results = _checks(path)
+        if self.checks and status == "done" and path is not None and self._run.kind in (
+                "synthetic", "glue"):
+            try:
+                from adflora_analysis.synthetic.checks import check_run
+
+                results = [r.to_dict() for r in check_run(path)[0]]
+            except Exception as e:   # the checks never fail the run they follow
+                self._root.text(0, "checks", f"the checks could not run: "
+                                f"{type(e).__name__}: {e}")
         if results:
             lines = ["| check | method | variant | status |", "|---|---|---|---|"]
             lines += [f"| {r.get('check')} | {r.get('method')} | {r.get('variant')} | "
@@ -423,6 +499,10 @@ class TensorBoardTracker(Callback):
             for r in results:
                 counts[f"checks/{r.get('status')}"] = counts.get(f"checks/{r.get('status')}",
                                                                  0.0) + 1
+                ratio = r.get("ratio")
+                if isinstance(ratio, int | float) and math.isfinite(ratio):
+                    counts[f"checks/{r.get('check')}/{r.get('method')}/{r.get('variant')}"
+                           "/ratio"] = float(ratio)
             self._root.write(0, [_scalar_value(k, v) for k, v in counts.items()])
         self._root.text(0, "status", status)
         self._root.close()
@@ -436,7 +516,8 @@ class MlflowTracker(Callback):
     """An MLflow run per job and seed in a local ``file:`` store (default
     ``<run>/mlruns``; no server, no network), experiment ``experiment`` (default the run
     directory's name): params = the flattened config plus ``job``, ``method``, ``seed``;
-    metrics = the ``layer == "all"`` columns and ``<table>.<column>`` of the extra tables,
+    metrics = the ``layer == "all"`` columns and the extra tables' values (as
+    :func:`table_values` names them, e.g. ``eval/validation/accuracy``),
     step = round, timestamp = the round's wall-clock time (ms). A resumed run continues the
     MLflow runs of its jobs (tag ``adflora.job``). A ``file:`` store sets
     ``MLFLOW_ALLOW_FILE_STORE=true`` (unless set), which MLflow 3 asks of it. Needs the extra
@@ -524,9 +605,7 @@ class MlflowTracker(Callback):
                       if r.get("seed") == seed and r.get("layer", "all") == "all"
                       for k, v in numeric(r, skip).items()}
             for name, rows in info.tables.items():
-                for r in rows:
-                    if r.get("seed", seed) == seed:
-                        values.update({f"{name}.{k}": v for k, v in numeric(r, skip).items()})
+                values.update(table_values(name, rows, seed, skip))
             metrics = [Metric(k, v, ms, info.round) for k, v in values.items()]
             run_id = self._run_id(info, seed)
             for i in range(0, len(metrics), 1000):

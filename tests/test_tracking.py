@@ -76,10 +76,11 @@ def test_callback_sees_every_round_of_every_job_in_order(tmp_path):
 
 
 def test_in_memory_study_calls_back_too():
-    rec = Recorder()
-    df = af.run_synthetic(**SMALL, callbacks=[rec])
+    rec, fn = Recorder(), []
+    df = af.run_synthetic(**SMALL, callbacks=[rec, fn.append])   # a plain function too
     assert [e[1:] for e in rec.events if e[0] == "round"] == [
         (m, t) for m in ("adf-lora", "lora") for t in range(4)]
+    assert [(i.job, i.round) for i in fn] == [(i.job, i.round) for i in rec.rounds]
     assert rec.events[-1] == ("end", "done")
     assert len(df) == sum(len(i.rows) for i in rec.rounds)
 
@@ -146,7 +147,7 @@ def _scalars(path: Path) -> dict[str, list[tuple[int, float, float]]]:
 
 
 def test_live_tensorboard_holds_the_metrics_rows(tmp_path):
-    tb = TensorBoardTracker()
+    tb = TensorBoardTracker(checks=False)
     probe = LiveProbe(tb)
     df = af.run_synthetic(out=tmp_path / "run", callbacks=[tb, probe], **SMALL)
     assert probe.checked == 8
@@ -195,6 +196,14 @@ def test_tensorboard_reads_scalars_and_hparams(tmp_path):
     assert start.hparams["seed"].number_value == 1
     end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
     assert end.status == 1   # SUCCESS
+    # the theory checks after the run: the same verdicts `adflora synthetic check` gives
+    root = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"tensors": 0})
+    root.Reload()
+    table = root.Tensors("checks")[0].tensor_proto.string_val[0].decode()
+    checks = af.run_checks(tmp_path / "run")
+    assert len(table.splitlines()) == 2 + len(checks)
+    for status, n in checks.status.value_counts().items():
+        assert root.Scalars(f"checks/{status}")[0].value == n
 
 
 def test_mlflow_holds_the_metrics_rows(tmp_path):
@@ -231,3 +240,26 @@ def test_eta_counts_the_evaluations(tmp_path):
     assert all("+ 2 evals" in ln for ln in first[:4]), first
     assert not any("evals" in ln for ln in first[5:] + lines[6:]), lines
     json.dumps(lines)
+
+
+def test_glue_run_calls_back_with_eval_rows_and_logs_them(tiny, tmp_path):
+    from test_glue_runs import small
+
+    from adflora_analysis.glue.runner import run_glue
+
+    rec, tb = Recorder(), TensorBoardTracker(checks=False)
+    out = tmp_path / "run"
+    run_glue(small(tiny, methods=["adf-lora"], rounds=4, eval_every=2), out,
+             callbacks=[rec, tb])
+    assert [(i.round, sorted(i.tables)) for i in rec.rounds] == [
+        (0, []), (1, ["eval"]), (2, []), (3, ["eval"])]
+    assert rec.events[-1] == ("end", "done")
+    ev = pd.read_parquet(out / "eval.parquet")
+    mean = ev[ev.client == "mean"]
+    job = rec.rounds[0].job
+    sc = _scalars(next((out / "tb" / job / "seed0").glob("events.out.*")))
+    for (split, metric), g in mean.groupby(["split", "metric"]):
+        steps, vals, _ = zip(*sc[f"eval/{split}/{metric}"], strict=True)
+        assert list(steps) == [1, 3]
+        np.testing.assert_array_equal(np.float32(g.sort_values("round")["value"]),
+                                      np.float32(vals))

@@ -367,14 +367,14 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
                 init_run_dir(run, config, _study_meta(studies))
             run.write_csv("label_counts.csv",
                           pd.concat([st.label_counts() for st in studies], ignore_index=True))
-        jobs, callbacks = [], {}
+        jobs, hooks = [], {}
         for st in studies:
             cb = st.on_round(log)
             for job in st.jobs():
                 jobs.append(job)
-                callbacks[job.key] = cb
+                hooks[job.key] = cb
         run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
-                 resume=resume, on_round=lambda job, problem, res: callbacks[job.key](
+                 resume=resume, on_round=lambda job, problem, res: hooks[job.key](
                      job, problem, res), progress=progress,
                  stop_after=stop_after, backend=backend, callbacks=callbacks)
         if not writer:
