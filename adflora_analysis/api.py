@@ -170,7 +170,12 @@ def run_synthetic(config: SyntheticConfig | str | Path | None = None, *,
         cfg = synthetic_config(config, **keys)
     cbs = list(callbacks or [])
     if track:
+        from adflora_analysis.errors import AdfloraError
         from adflora_analysis.tracking import make_trackers
+
+        if out is None and (logdir is None or "mlflow" in track):
+            raise AdfloraError(f"track={list(track)} needs a run directory (out=...)",
+                               "pass out=DIR (TensorBoard alone: or logdir=DIR)")
 
         cbs += make_trackers(track, logdir=logdir)
     if out is None:
