@@ -29,7 +29,7 @@ RESETTING_KEYS = ("topology.graph", "topology.matrix")
 """A variant that sets one of these replaces the whole ``[topology]`` table: keys it does not
 set take their defaults (so an encounter base's ``q`` does not leak into a ring variant)."""
 
-NOT_VARIED = ("sweep", "variants", "seeds", "rounds", "checkpoint_every")
+NOT_VARIED = ("sweep", "variants", "seeds", "rounds", "checkpoint_every", "plugins")
 """Keys a study may not vary: every job of a run directory shares them."""
 
 
@@ -81,7 +81,10 @@ class FederationConfig:
     frozen block's Xi fell by switch_eps or the trained block stalls, within switch_min ..
     switch_max rounds; core/schedules.py), gossip (``[gossip]``: staleness, participation,
     speed_spread, clock_drift; see :class:`GossipConfig`), seeds (a count n -> seeds 0..n-1,
-    or a list), methods (names in :data:`adflora_analysis.core.methods.METHODS`), topology
+    or a list), methods (names in :data:`adflora_analysis.core.methods.METHODS`), plugins
+    (Python files that register methods, imported before ``methods`` is checked; the resolved
+    config records each as ``"/abs/path.py#sha256=<hex>"``, which a resume verifies;
+    :mod:`adflora_analysis.plugins`), topology
     (``[topology]``: graph, weights, q, params, matrix), checkpoint_every (rounds between
     checkpoints, 0 = none), device, threads (torch CPU threads; 0 = the layer's automatic
     choice), backend (``auto``: torch.distributed exactly when launched by torchrun;
@@ -114,6 +117,7 @@ class FederationConfig:
     seeds: int | list[int] = 1
     methods: list[str] = field(default_factory=lambda: ["adf-lora", "rolora", "ffa-lora",
                                                         "lora"])
+    plugins: list[str] = field(default_factory=list)
     topology: TopologyConfig = field(default_factory=paper_topology)
     checkpoint_every: int = 0
     device: str = "cpu"
@@ -130,8 +134,15 @@ class FederationConfig:
             if not ok:
                 raise AdfloraError(problem, hint)
 
+        from adflora_analysis.plugins import resolve_plugins
+
+        self.plugins = resolve_plugins(self.plugins)   # first: methods may name their methods
+
         need(self.n_clients >= 1, f"n_clients = {self.n_clients} must be at least 1",
              "use n_clients = 2 or more")
+        need(self.n_clients <= MAX_CLIENTS, f"n_clients = {self.n_clients:,} is more than "
+             f"{MAX_CLIENTS:,}", "the synthetic testbed is measured up to 100,000 clients; "
+             "split the federation")
         need(self.rounds >= 1, f"rounds = {self.rounds} must be at least 1", "use rounds >= 1")
         need(self.local_steps >= 1, f"local_steps = {self.local_steps} must be at least 1",
              "use local_steps = 1 or more")
@@ -167,9 +178,17 @@ class FederationConfig:
                  "or sweep fewer values")
             need(k not in NOT_VARIED, f"sweep over {k!r} is not supported",
                  "sweep a problem, method or topology key")
+        need(count <= MAX_VARIANTS, f"the study lists {count:,} variants, more than "
+             f"{MAX_VARIANTS:,}", "split the study into several runs")
         for v in self.variants:
             need(isinstance(v, dict), "each [[variants]] entry must be a table",
                  "write [[variants]] then key = value lines")
+            label = v.get("label") if isinstance(v, dict) else None
+            need(label is None or (isinstance(label, str) and label.isprintable()
+                                   and 0 < len(label) <= 200),
+                 f"variant label {str(label)[:60]!r} must be a printable string of 1 to 200 "
+                 "characters (no newline or control character)", "write a short one-line "
+                 "label")
             bad = [k for k in _flatten(v) if k in NOT_VARIED]
             need(not bad, f"a variant sets {', '.join(bad)}, which every job must share",
                  "set it once at the top of the file")
@@ -236,6 +255,8 @@ class FederationConfig:
 #: the most variants (sweep values x [[variants]]) one study may expand to; refused before
 #: any variant is built
 MAX_VARIANTS = 2_000
+#: the most clients one study may simulate (refused before any state is built)
+MAX_CLIENTS = 1_000_000
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """Method specs: which LoRA blocks train and which are gossiped in each phase (docs/architecture.md
 §2).
 
-A method is data, not code: adding one is adding a :class:`MethodSpec` to :data:`METHODS`.
-The same specs drive the synthetic testbed and the GLUE runner through
-:func:`adflora_analysis.core.loop.run_rounds`. Centralized (server) variants are the same specs
-run with the ``server`` topology (W^t = J).
+A method is data, not code: adding one is :func:`register_method` with a :class:`MethodSpec`,
+from your own file or package (:mod:`adflora_analysis.plugins`: a config's ``plugins = [...]``,
+``ADFLORA_PLUGINS``, or entry point group ``adflora_analysis.methods``, loaded on the registry's
+first use; docs/methods.md "A method of your own"). The same specs drive the synthetic testbed
+and the GLUE runner through :func:`adflora_analysis.core.loop.run_rounds`. Centralized (server)
+variants are the same specs run with the ``server`` topology (W^t = J).
 
 >>> [get_method("adf-lora").trained_blocks(t, 2) for t in range(5)]
 [('B',), ('B',), ('A',), ('A',), ('B',)]
@@ -14,8 +16,9 @@ run with the ``server`` topology (W^t = J).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -24,18 +27,49 @@ from adflora_analysis.core.schedules import phase
 from adflora_analysis.errors import AdfloraError, unknown_name
 
 BlockRule = Literal["phase", "A", "B", "AB"]
+RULES = ("phase", "A", "B", "AB")
+#: a rule per phase, ``(("A", rule in phase A), ("B", rule in phase B))``; a
+#: :class:`MethodSpec` takes it as a mapping ``{"A": ..., "B": ...}`` too
+PhaseRule = tuple[tuple[str, BlockRule], tuple[str, BlockRule]]
+Rule = BlockRule | PhaseRule
 
 
-def _blocks(rule: BlockRule, ph: str) -> tuple[str, ...]:
+def _blocks(rule: Rule, ph: str) -> tuple[str, ...]:
+    if isinstance(rule, tuple):
+        rule = dict(rule)[ph]
     if rule == "phase":
         return (ph,)
     return tuple(rule)
 
 
-def _masks(rule: BlockRule, phase_A: Tensor) -> dict[str, Tensor]:
+def _masks(rule: Rule, phase_A: Tensor) -> dict[str, Tensor]:
+    if isinstance(rule, tuple):
+        in_A, in_B = _blocks(rule, "A"), _blocks(rule, "B")
+        return {b: torch.where(phase_A, b in in_A, b in in_B) for b in ("A", "B")}
     if rule == "phase":
         return {"A": phase_A.clone(), "B": ~phase_A}
     return {b: torch.full_like(phase_A, b in rule) for b in ("A", "B")}
+
+
+def _rule(name: Any, field: str, rule: Any) -> Rule:
+    """``rule`` checked and made hashable: a :data:`BlockRule` or, per phase, a
+    :data:`PhaseRule`; anything else is one :class:`AdfloraError`."""
+    hint = ('blocks are "A" and "B": use "phase", "A", "B" or "AB", or one per phase, '
+            'e.g. {"A": "A", "B": "AB"}')
+    if isinstance(rule, Mapping):
+        if set(rule) != {"A", "B"}:
+            raise AdfloraError(f"method {name!r}: {field} = {dict(rule)!r} names phases "
+                               f"{', '.join(map(repr, rule)) or 'none'}; the phases are "
+                               "'A' and 'B'", hint)
+        return (("A", _rule(name, f"{field}['A']", rule["A"])),
+                ("B", _rule(name, f"{field}['B']", rule["B"])))
+    if isinstance(rule, tuple) and len(rule) == 2 and all(
+            isinstance(x, tuple) and len(x) == 2 for x in rule):
+        return _rule(name, field, dict(rule))
+    if rule not in RULES:
+        raise AdfloraError(f"method {name!r}: {field} = {rule!r} declares a block that does "
+                           "not exist", hint)
+    return rule
 
 
 @dataclass(frozen=True)
@@ -46,17 +80,43 @@ class MethodSpec:
     ----------
     name : registry name used in configs (``methods = [...]``).
     train : which blocks take local steps: ``"phase"`` (alternating by :func:`phase`), ``"A"``,
-        ``"B"`` or ``"AB"``.
-    mix : which blocks are gossiped every round (same vocabulary).
+        ``"B"`` or ``"AB"``; or one of these per phase, ``{"A": ..., "B": ...}`` (stored as a
+        :data:`PhaseRule`).
+    mix : which blocks are gossiped in a round (same vocabulary; per phase, e.g.
+        ``{"A": "A", "B": "AB"}``: with T = 1 the frozen factor is gossiped every other round).
     default_switch_interval : T used when the config gives none.
     summary : one line for tables and reports.
+
+    A rule that names another block, or a phase other than "A"/"B", is one
+    :class:`AdfloraError`:
+
+    >>> MethodSpec("x", "phase", "C", 1, "")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: method 'x': mix = 'C' declares a block that does not ...
+    >>> MethodSpec("x", "phase", {"A": "A", "B": "AB"}, 1, "").mixed_in("B")
+    ('A', 'B')
     """
 
     name: str
-    train: BlockRule
-    mix: BlockRule
+    train: Rule
+    mix: Rule
     default_switch_interval: int
     summary: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip() or self.name != \
+                self.name.strip() or any(c in self.name for c in ',"\'[]=#'):
+            raise AdfloraError(f"method name {self.name!r} is not a plain name",
+                               'use letters, digits and dashes, e.g. "my-lora"')
+        object.__setattr__(self, "train", _rule(self.name, "train", self.train))
+        object.__setattr__(self, "mix", _rule(self.name, "mix", self.mix))
+        T = self.default_switch_interval
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise AdfloraError(f"method {self.name!r}: default_switch_interval = {T!r} must be "
+                               "an integer >= 1", "use 1 (switch every round) or more")
+        if not isinstance(self.summary, str):
+            raise AdfloraError(f"method {self.name!r}: summary must be a string",
+                               "give one line for tables and reports")
 
     def trained_in(self, ph: str) -> tuple[str, ...]:
         """Blocks updated by local steps in a round of phase ``ph`` ("A" or "B").
@@ -108,11 +168,76 @@ class MethodSpec:
 
     @property
     def alternates(self) -> bool:
-        """Whether the trained block switches with the phase (T matters)."""
-        return self.train == "phase"
+        """Whether the phase changes what the method trains or gossips (T matters).
+
+        >>> [get_method(m).alternates for m in ("adf-lora", "rolora", "ffa-lora", "lora")]
+        [True, True, False, False]
+        """
+        return (self.trained_in("A") != self.trained_in("B")
+                or self.mixed_in("A") != self.mixed_in("B"))
+
+    def gossips_frozen(self, block: str) -> bool:
+        """Whether ``block`` is gossiped in every phase in which it is frozen (True when it is
+        never frozen); what check 3 (frozen-block-consensus) expects.
+
+        >>> [get_method(m).gossips_frozen("A") for m in ("adf-lora", "rolora", "ffa-lora")]
+        [True, False, False]
+        >>> half = MethodSpec("x", "phase", {"A": "A", "B": "AB"}, 1, "")
+        >>> half.gossips_frozen("A"), half.gossips_frozen("B")
+        (True, False)
+        """
+        return all(block in self.mixed_in(ph) for ph in ("A", "B")
+                   if block not in self.trained_in(ph))
 
 
-METHODS: dict[str, MethodSpec] = {
+class _Registry(dict):
+    """The method registry: a dict that loads the installed plugins (entry points of group
+    ``adflora_analysis.methods`` and ``ADFLORA_PLUGINS`` files) once, on its first read."""
+
+    def _ready(self) -> None:
+        if not _LOADED[0]:
+            _LOADED[0] = True
+            from adflora_analysis.plugins import load_installed
+
+            load_installed()
+
+    def __getitem__(self, key: str) -> MethodSpec:
+        self._ready()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._ready()
+        return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._ready()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._ready()
+        return super().__len__()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._ready()
+        return super().get(key, default)
+
+    def keys(self):  # noqa: D102
+        self._ready()
+        return super().keys()
+
+    def values(self):  # noqa: D102
+        self._ready()
+        return super().values()
+
+    def items(self):  # noqa: D102
+        self._ready()
+        return super().items()
+
+
+_LOADED = [False]   # whether the installed plugins were loaded (plugins.load_installed)
+_ORIGIN_NOW: str | None = None   # the plugin file being imported (set by plugins.py)
+
+METHODS: dict[str, MethodSpec] = _Registry({
     s.name: s
     for s in (
         MethodSpec("adf-lora", "phase", "AB", 5,
@@ -122,7 +247,12 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("ffa-lora", "B", "B", 1, "train and gossip B; A frozen at its shared init"),
         MethodSpec("lora", "AB", "AB", 1, "train and gossip both factors (FedAvg-LoRA)"),
     )
-}
+})
+BUILTIN = tuple(dict.keys(METHODS))
+"""The built-in method names."""
+
+#: where each registered method came from (``"built in"``, ``"plugin file '...'"``, ...)
+ORIGIN: dict[str, str] = dict.fromkeys(BUILTIN, "built in")
 
 
 def get_method(name: str) -> MethodSpec:
@@ -141,8 +271,11 @@ def get_method(name: str) -> MethodSpec:
         raise unknown_name("method", name, METHODS) from None
 
 
-def register_method(spec: MethodSpec) -> MethodSpec:
-    """Add a method spec to :data:`METHODS` (refuses to overwrite a name).
+def register_method(spec: MethodSpec, origin: str | None = None) -> MethodSpec:
+    """Add a method spec to :data:`METHODS`: the public way to add a method (from a plugin
+    file, a package's entry point or a notebook). Refuses anything but a :class:`MethodSpec`
+    and a name that is taken (built in or registered before); ``origin`` says where it came
+    from in later errors (the plugin loader sets it).
 
     >>> spec = register_method(MethodSpec("b-only-gossip-ab", "B", "AB", 1, "doc example"))
     >>> get_method("b-only-gossip-ab").mixed_blocks(0)
@@ -150,9 +283,31 @@ def register_method(spec: MethodSpec) -> MethodSpec:
     >>> register_method(spec)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     adflora_analysis.errors.AdfloraError: method 'b-only-gossip-ab' is already registered ...
-    >>> del METHODS["b-only-gossip-ab"]  # the registry is global: leave it as it was
+    >>> register_method(MethodSpec("lora", "AB", "AB", 1, "mine"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: method 'lora' is already registered (built in) ...
+    >>> register_method({"name": "x"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: register_method got a dict, not a MethodSpec ...
+    >>> unregister_method("b-only-gossip-ab")  # the registry is global: leave it as it was
     """
+    if not isinstance(spec, MethodSpec):
+        raise AdfloraError(f"register_method got a {type(spec).__name__}, not a MethodSpec",
+                           "pass MethodSpec(name, train, mix, default_switch_interval, "
+                           "summary) from adflora_analysis.core.methods")
     if spec.name in METHODS:
-        raise AdfloraError(f"method {spec.name!r} is already registered", "pick another name")
+        raise AdfloraError(f"method {spec.name!r} is already registered "
+                           f"({ORIGIN.get(spec.name, 'registered before')})",
+                           "pick another name")
     METHODS[spec.name] = spec
+    ORIGIN[spec.name] = origin or _ORIGIN_NOW or "register_method"
     return spec
+
+
+def unregister_method(name: str) -> None:
+    """Remove a registered (not built-in) method, e.g. at the end of a test or notebook."""
+    if name in BUILTIN:
+        raise AdfloraError(f"method {name!r} is built in", "remove only methods you registered")
+    get_method(name)
+    del METHODS[name]
+    ORIGIN.pop(name, None)
