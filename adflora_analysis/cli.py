@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
@@ -41,9 +42,10 @@ def load_command(name: str):
     module, attr = target.split(":")
     obj = getattr(importlib.import_module(module), attr)
     if not isinstance(obj, typer.Typer):
-        single = typer.Typer()
+        single = typer.Typer(add_completion=False)
         single.command(name)(obj)
         obj = single
+    obj._add_completion = False   # completion is offered once, by `adflora` itself
     cmd = typer.main.get_command(obj)
     cmd.name = name
     return cmd
@@ -84,7 +86,7 @@ app = typer.Typer(
     "reports.\n\nExample: adflora demo --quick",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},   # inherited by every command
 )
 
 
@@ -97,7 +99,8 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True,
+                                        callback=_version,
                                         help="Print the version and exit.")) -> None:
     """Root options (the group's help is the Typer's)."""
 
@@ -107,15 +110,23 @@ configs_app = typer.Typer(help="The shipped study configs (package data): list, 
 
 
 @configs_app.command("list")
-def configs_list() -> None:
-    """List the shipped configs (GROUP/NAME and the first line of each file's comment).
+def configs_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON array: "
+                                              "name, group, path and the full description "
+                                              "of each config.")) -> None:
+    """List the shipped configs (GROUP/NAME and the first sentence of each file's comment).
 
     Example: adflora configs list
     """
-    from adflora_analysis.configs import list_configs
+    from adflora_analysis.configs import list_configs, short_summary
 
+    if as_json:
+        import json
+
+        typer.echo(json.dumps([{"name": c.qualified, "group": c.group, "path": str(c.path),
+                                "description": c.summary} for c in list_configs()], indent=1))
+        return
     for c in list_configs():
-        typer.echo(f"{c.qualified:28s} {c.summary}")
+        typer.echo(f"{c.qualified:28s} {short_summary(c.summary)}")
 
 
 @configs_app.command("show")
@@ -146,6 +157,23 @@ def configs_copy(
 
 
 app.add_typer(configs_app, name="configs")
+
+
+def resume_done(where: Path, kind: str, config: str | None, overrides: list[str]) -> bool:
+    """For ``adflora KIND run --resume DIR`` (no CONFIG, no overrides) on a run whose status is
+    ``done``: print so in one line on stderr and return True (the caller exits 0, writing
+    nothing)."""
+    if config is not None or overrides:
+        return False   # the runner compares them with the run's config and says what differs
+    from adflora_analysis.rundir import load_run
+
+    if load_run(where, kind).status != "done":
+        return False
+    nxt = (f"adflora synthetic check {where}" if kind == "synthetic"
+           else f"adflora report {where} --out reports/NAME")
+    typer.echo(f"run {where} is already done: nothing to resume (hint: read it with `{nxt}`, "
+               "or run it again with --overwrite)", err=True)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

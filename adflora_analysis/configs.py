@@ -12,6 +12,7 @@ takes a CONFIG accepts a path, or a shipped config by name from any directory: `
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ GROUPS = ("synthetic", "glue_runs")
 
 @dataclass(frozen=True)
 class ShippedConfig:
-    """One shipped TOML: ``group/name`` and the first line of its leading comment."""
+    """One shipped TOML: ``group/name`` and the first paragraph of its leading comment."""
 
     group: str
     name: str
@@ -51,16 +52,50 @@ def list_configs() -> list[ShippedConfig]:
 
 
 def _summary(path: Path) -> str:
+    """The first paragraph of the file's leading comment, joined into one line (it ends at a
+    blank comment line, an indented example command or the first setting)."""
+    lines: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         s = line.strip()
         if not s:
+            if lines:
+                break
             continue
         if not s.startswith("#"):
-            return ""
-        s = s.lstrip("#").strip()
-        if s:
-            return s
-    return ""
+            break
+        body = s[1:]
+        if not body.strip() or (lines and body.startswith("   ")):
+            if lines:
+                break
+            continue
+        lines.append(body.strip())
+    return " ".join(lines)
+
+
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]][.?!])\s+(?=[A-Z(`])")
+
+
+def short_summary(text: str, width: int = 80) -> str:
+    """``text``'s first sentence if it fits in ``width`` characters, else its words up to the
+    width and an ellipsis: never a word cut in two.
+
+    >>> short_summary("Scale: 1,000 clients, two methods. Encounter with q = 0.01.")
+    'Scale: 1,000 clients, two methods.'
+    >>> short_summary("one two three four", width=12)
+    'one two…'
+    >>> short_summary("A study (issue 12; the theory) of many words", width=22)
+    'A study…'
+    """
+    text = " ".join(text.split())
+    first = _SENTENCE_END.split(text, maxsplit=1)[0]
+    if len(first) <= width:
+        return first
+    head = first[: width]
+    clause = max(head.rfind(sep) for sep in (", ", "; ", ": ", " ("))
+    cut = head[:clause] if clause > width // 2 else head.rsplit(" ", 1)[0]
+    if cut.count("(") > cut.count(")"):   # no parenthesis left open
+        cut = cut[:cut.rfind("(")]
+    return cut.rstrip(",;:=(-— ") + "…"
 
 
 def find_shipped(name: str) -> ShippedConfig:

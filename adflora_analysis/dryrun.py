@@ -26,30 +26,65 @@ def _seeds(seeds: list[int]) -> str:
 
 
 def job_table(kind: str, cfg: Any) -> list[dict[str, Any]]:
-    """The jobs a run of ``cfg`` would do, in order: key, method, variant, T, seeds.
+    """The jobs a run of ``cfg`` would do, in order: key, method, variant, T, seeds and the
+    estimated seconds (None where there is no estimate).
 
     ``kind``: ``"synthetic"`` (one job per variant and method, all seeds batched) or
-    ``"glue"`` (one job per variant, method and seed). The keys are the runners' own.
+    ``"glue"`` (one job per variant, method and seed). The keys are the runners' own; nothing
+    here imports torch (a job's T under a non-periodic ``switch_schedule`` is its name).
     """
     from adflora_analysis.runconfig import expand_study
 
     variants = expand_study(cfg)
-    if kind == "synthetic":
-        from adflora_analysis.synthetic.runner import build_jobs
-
-        return [{"key": job.key, "method": job.method.name, "variant": job.extra["variant"],
-                 "T": job.switch_interval, "seeds": job.seeds}
-                for job, _ in build_jobs(variants, {})]
-    from adflora_analysis.glue.runner import job_key
-
     multi = len(variants) > 1
-    return [{"key": job_key(m, s, label if multi else None), "method": m, "variant": label,
-             "T": v.switch_for(m), "seeds": [s]}
+    if kind == "synthetic":
+        from adflora_analysis.resources import synthetic_seconds
+
+        jobs = []
+        for label, v in variants:
+            each = synthetic_seconds(v) / max(1, len(v.methods))
+            for m in v.methods:
+                T = v.switch_for(m) if v.switch_schedule == "periodic" else v.switch_schedule
+                jobs.append({"key": f"{label}/{m}" if multi else m, "method": m,
+                             "variant": label, "T": T, "seeds": list(v.seed_list),
+                             "seconds": each})
+        return jobs
+    return [{"key": f"{label + '/' if multi else ''}{m}/seed={s}", "method": m,
+             "variant": label, "T": v.switch_for(m), "seeds": [s], "seconds": None}
             for label, v in variants for m in v.methods for s in v.seed_list]
 
 
+def dry_run_json(kind: str, cfg: Any, where: Path | None, mode: str) -> str:
+    """``--dry-run --json``: the run directory, mode, resolved config and jobs (with their
+    estimated seconds, null where there is none) as one JSON object and a newline."""
+    import json
+
+    return json.dumps({"kind": kind, "run_dir": None if where is None else str(where),
+                       "mode": mode, "config": cfg.as_dict(), "jobs": job_table(kind, cfg)},
+                      default=str) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    """``0.04`` -> ``'< 0.1 s'``, ``95`` -> ``'1.6 min'``, ``7200`` -> ``'2.0 h'``.
+
+    >>> _duration(0.04), _duration(28.7), _duration(95), _duration(7200), _duration(3e5)
+    ('< 0.1 s', '28.7 s', '1.6 min', '2.0 h', '3.5 days')
+    """
+    if seconds < 0.1:
+        return "< 0.1 s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 86_400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} days"
+
+
 def describe(kind: str, cfg: Any, where: Path | None, mode: str) -> str:
-    """The ``--dry-run`` text: a header, the resolved config as TOML, the jobs as comments."""
+    """The ``--dry-run`` text: a header, the resolved config as TOML, the jobs as comments,
+    then each job's estimated time (synthetic: a flop count at
+    :data:`~adflora_analysis.resources.CPU_FLOPS`; GLUE: none without loading the model)."""
     from adflora_analysis.config import dump_toml
 
     jobs = job_table(kind, cfg)
@@ -62,4 +97,16 @@ def describe(kind: str, cfg: Any, where: Path | None, mode: str) -> str:
     for k, j in enumerate(jobs, 1):
         lines.append(f"#   job {k}/{len(jobs)}  {j['key']:{width}s}  T = {j['T']}  "
                      f"seeds {_seeds(j['seeds'])}")
+    if kind == "synthetic":
+        from adflora_analysis.resources import CPU_FLOPS
+
+        total = sum(j["seconds"] for j in jobs)
+        lines.append(f"# Estimated time: {_duration(total)} in all (a rough flop count at "
+                     f"{CPU_FLOPS / 1e9:g} GFLOP/s; this machine may differ), per job:")
+        for k, j in enumerate(jobs, 1):
+            lines.append(f"#   time {k}/{len(jobs)}  {j['key']:{width}s}  "
+                         f"{_duration(j['seconds'])}")
+    else:
+        lines.append("# Estimated time: none without loading the model (the first evaluation "
+                     "line of the run gives its pace)")
     return "\n".join(lines) + "\n"
