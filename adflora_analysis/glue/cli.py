@@ -35,6 +35,9 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No per-evaluation lines on stderr."),
     progress: opt.Progress = None,
     dry_run: opt.DryRun = False,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as a JSON object "
+                                 "(run directory and one record per job) instead of a table "
+                                 "(with --dry-run: the resolved config and the jobs)."),
     track: list[str] = typer.Option(None, "--track", metavar="tensorboard|mlflow",
                                     help="Log every round live (repeatable): tensorboard "
                                     "(event files in <run>/tb or --logdir), mlflow (an "
@@ -49,24 +52,30 @@ def run(
     """
     from adflora_analysis.config import load_config
     from adflora_analysis.configs import resolve_config
-    from adflora_analysis.distributed import make_backend, shutdown
     from adflora_analysis.glue.config import GlueConfig
-    from adflora_analysis.glue.runner import run_glue
     from adflora_analysis.rundir import CONFIG, run_target
 
     no_out = dry_run and out is None and resume is None   # a dry run needs no --out
     if no_out:
         out = Path("unused")
     config, overrides, where, mode = run_target(args, out, resume, overwrite)
+    from adflora_analysis.cli import resume_done
+
+    if (mode == "resume" and not dry_run and not data_dir
+            and resume_done(where, "glue", config, overrides)):
+        return
     if data_dir:
         overrides.append(f"data_dir={_toml_str(data_dir)}")
     cfg = load_config(GlueConfig, resolve_config(config) if config else where / CONFIG,
                       overrides)
     if dry_run:
-        from adflora_analysis.dryrun import describe
+        from adflora_analysis.dryrun import describe, dry_run_json
 
-        typer.echo(describe("glue", cfg, None if no_out else where, mode), nl=False)
+        typer.echo(dry_run_json("glue", cfg, None if no_out else where, mode) if as_json
+                   else describe("glue", cfg, None if no_out else where, mode), nl=False)
         return
+    from adflora_analysis.distributed import make_backend, shutdown
+    from adflora_analysis.glue.runner import run_glue
     from adflora_analysis.tracking import make_trackers
 
     trackers = make_trackers(track, logdir=logdir)
@@ -76,7 +85,12 @@ def run(
     shutdown(backend)
     if backend.rank != 0:
         return
-    if not summary.empty:
+    if as_json:
+        import json
+
+        records = json.loads(summary.to_json(orient="records")) if not summary.empty else []
+        print(json.dumps({"run_dir": str(where), "summary": records}))
+    elif not summary.empty:
         import pandas as pd
 
         with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -91,13 +105,22 @@ def _toml_str(s: str) -> str:
 
 
 @app.command("tasks")
-def tasks() -> None:
+def tasks(as_json: bool = typer.Option(False, "--json", help="Print a JSON array (one "
+                                       "object per task).")) -> None:
     """List the tasks, their text columns, labels and metrics.
 
     Example: adflora glue tasks
     """
     from adflora_analysis.glue.tasks import TASKS
 
+    if as_json:
+        import json
+
+        print(json.dumps([{"name": t.name, "text": list(t.text),
+                           "labels": list(t.label_names) if t.label_names else None,
+                           "metrics": list(t.metrics), "validation": list(t.val_splits)}
+                          for t in TASKS.values()], indent=1))
+        return
     for t in TASKS.values():
         labels = ", ".join(t.label_names) if t.label_names else "regression score"
         print(f"{t.name:16s} text: {' + '.join(t.text):22s} labels: {labels:42s} "

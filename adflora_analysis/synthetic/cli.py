@@ -32,6 +32,9 @@ def run(
     overwrite: opt.Overwrite = False,
     progress: opt.Progress = None,
     dry_run: opt.DryRun = False,
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of text: "
+                                 "the run's directory, status and row count (with --dry-run: "
+                                 "the resolved config and the jobs)."),
     track: list[str] = typer.Option(None, "--track", metavar="tensorboard|mlflow",
                                     help="Log every round live (repeatable): tensorboard "
                                     "(event files in <run>/tb or --logdir), mlflow (an "
@@ -50,22 +53,27 @@ def run(
     """
     from adflora_analysis.config import load_config
     from adflora_analysis.configs import resolve_config
-    from adflora_analysis.distributed import make_backend, shutdown
     from adflora_analysis.rundir import CONFIG, run_target
     from adflora_analysis.synthetic.config import SyntheticConfig
-    from adflora_analysis.synthetic.runner import run_study
 
     no_out = dry_run and out is None and resume is None   # a dry run needs no --out
     if no_out:
         out = Path("unused")
     config, overrides, where, mode = run_target(args, out, resume, overwrite)
+    from adflora_analysis.cli import resume_done
+
+    if mode == "resume" and not dry_run and resume_done(where, "synthetic", config, overrides):
+        return
     source = resolve_config(config) if config else where / CONFIG
     cfg = load_config(SyntheticConfig, source, overrides)
     if dry_run:
-        from adflora_analysis.dryrun import describe
+        from adflora_analysis.dryrun import describe, dry_run_json
 
-        typer.echo(describe("synthetic", cfg, None if no_out else where, mode), nl=False)
+        typer.echo(dry_run_json("synthetic", cfg, None if no_out else where, mode) if as_json
+                   else describe("synthetic", cfg, None if no_out else where, mode), nl=False)
         return
+    from adflora_analysis.distributed import make_backend, shutdown
+    from adflora_analysis.synthetic.runner import run_study
     from adflora_analysis.tracking import make_trackers
 
     trackers = make_trackers(track, logdir=logdir)
@@ -73,8 +81,13 @@ def run(
     df = run_study(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
                    progress=progress, backend=backend, callbacks=trackers)
     shutdown(backend)
-    if backend.rank == 0 and sys.stdout.isatty():
-        n = df[["method", "seed", "round"]].drop_duplicates().shape[0] if len(df) else 0
+    n = df[["method", "seed", "round"]].drop_duplicates().shape[0] if len(df) else 0
+    if backend.rank == 0 and as_json:
+        from adflora_analysis.rundir import RunDir
+
+        typer.echo(json.dumps({"run_dir": str(where), "status": RunDir(where).status,
+                               "method_seed_rounds": n, "rows": len(df)}))
+    elif backend.rank == 0 and sys.stdout.isatty():
         typer.echo(f"wrote {where} ({n} method-seed-rounds)")
 
 

@@ -132,6 +132,8 @@ def sweep(
     seed: int = typer.Option(0, help="Seed of every random draw."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier sweep in "
                                    "--out (removes only the files adflora wrote there)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object: p per rule "
+                                  "and q, the static references and the files written."),
 ) -> None:
     """p against the encounter probability q (0.01 to 0.5) per rule, with static references.
 
@@ -147,6 +149,15 @@ def sweep(
     with status(f"topology sweep: p against q at n = {n} ({samples} draws per point)"):
         paths = run_sweep(out, n=n, samples=samples, seed=seed, overwrite=overwrite)
     df = pd.read_parquet(paths["parquet"])
+    if json_out:
+        table = p_table(df)
+        refs = df[df["graph"] != "encounter"][["graph", "n", "p", "second_moment_rate"]]
+        print(json.dumps({"n": n, "samples": samples,
+                          "p": {str(rule): {f"{q:g}": v for q, v in row.items()}
+                                for rule, row in table.iterrows()},
+                          "references": json.loads(refs.to_json(orient="records")),
+                          "files": {k: str(v) for k, v in paths.items()}}))
+        return
     console = Console()
     with pd.option_context("display.width", 120, "display.precision", 4):
         console.print(f"expected consensus rate p (n = {n}, {samples} samples):")
