@@ -48,5 +48,5 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> AdfloraError:
     """
     valid = sorted(valid)
     close = difflib.get_close_matches(str(name), valid, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else None
-    return AdfloraError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}", hint)
+    hint = f"did you mean {close[0]!r}?" if close else f"use one of the valid {kind}s"
+    return AdfloraError(f"unknown {kind} {str(name)[:80]!r}; valid: {', '.join(valid)}", hint)

@@ -227,6 +227,10 @@ def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict], int | None]:
     p = Path(path)
     if not p.exists():
         return rows, None
+    if p.is_dir():
+        raise AdfloraError(f"{str(p)!r} is a folder, not a file of rows",
+                           "this run directory was altered: remove that folder, or start "
+                           "again with --overwrite")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -154,7 +154,14 @@ def config_hash(config: dict[str, Any]) -> str:
     """
     import hashlib
 
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    def plain(o: Any) -> Any:   # what config.toml keeps: no None values, tables as dicts
+        if isinstance(o, dict):
+            return {str(k): plain(v) for k, v in o.items() if v is not None}
+        if isinstance(o, list | tuple):
+            return [plain(v) for v in o]
+        return o
+
+    text = json.dumps(plain(config), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -582,7 +589,13 @@ class RunDir:
             if not isinstance(prog, dict) or not isinstance(prog.get("done"), list):
                 raise AdfloraError(f"progress.json in {where!r} is damaged",
                                    "start again with --overwrite")
-        diff = config_diff(self.config, json.loads(json.dumps(config)),
+        saved = self.config
+        if meta.get("config_hash") and config_hash(saved) != meta["config_hash"]:
+            raise AdfloraError(f"cannot resume {where!r}: its config.toml is not the config "
+                               f"this run started with (hash {config_hash(saved)}, the run "
+                               f"recorded {meta['config_hash']})", "restore the run's own "
+                               "config.toml, or start again with --overwrite")
+        diff = config_diff(saved, json.loads(json.dumps(config)),
                            defaults=json.loads(json.dumps(defaults)) if defaults else None)
         if diff:
             raise AdfloraError(f"cannot resume {where!r}: the config differs in "
@@ -822,7 +835,10 @@ def claim(out: str | Path, kind: str | None, mode: Mode = "new", *,
                   f"no longer running; taken over", file=sys.stderr)
         run = RunDir(out)
         _check_mode(run, kind, mode)
-        yield run
+        try:
+            yield run
+        except OSError as e:   # a full disk or a read-only folder anywhere in the block
+            raise os_error(out, e) from None
     finally:
         lock.release()
 

@@ -132,6 +132,10 @@ def _static_p(W: Any) -> float:
     return float(1.0 - np.linalg.svd(B, compute_uv=False)[0] ** 2)
 
 
+#: the most Monte Carlo draws of W^t one estimate of p may take (refused before drawing)
+MAX_SAMPLES = 10_000_000
+
+
 def consensus_rate(obj: Any, *, samples: int = 20000, seed: int = 0, method: str = "auto"
                    ) -> RateEstimate:
     """Expected consensus rate p of Koloskova et al. (2020), Assumption 4.
@@ -164,6 +168,12 @@ def consensus_rate(obj: Any, *, samples: int = 20000, seed: int = 0, method: str
     """
     if method not in RATE_METHODS:
         raise unknown_name("rate method", method, RATE_METHODS)
+    if not (isinstance(samples, int) and 1 <= samples <= MAX_SAMPLES):
+        from adflora_analysis.errors import AdfloraError
+
+        raise AdfloraError(f"samples = {samples} must be a whole number in [1, "
+                           f"{MAX_SAMPLES:,}]", "use e.g. 20000 (p's standard error shrinks "
+                           "as 1/sqrt(samples))")
     if not isinstance(obj, Sampler):
         W = as_matrix(obj)
         if method in ("auto", "exact"):
