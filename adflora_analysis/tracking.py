@@ -384,6 +384,14 @@ class LiveEventFile:
             self._f.write(_record(_event(step, values, wall)))
             self._f.flush()
 
+    def session_start(self, step: int) -> None:
+        """A ``SessionLog{status: START}`` event at ``step``: TensorBoard drops what earlier
+        files of this folder hold from ``step`` on (the rounds a resume runs again)."""
+        from adflora_analysis.tbevents import _event, _field, _record, _varint
+
+        self._f.write(_record(_event(step) + _field(7, 2, _field(1, 0, _varint(1)))))
+        self._f.flush()
+
     def scalars(self, step: int, values: dict[str, float], wall: float | None = None) -> None:
         from adflora_analysis.tbevents import _scalar_value
 
@@ -451,8 +459,12 @@ class TensorBoardTracker(Callback):
         key = (info.job, seed)
         if key not in self._files:
             for k in [k for k in self._files if k[0] != info.job]:   # the previous job ended
-                self._files.pop(k).close()
+                f = self._files.pop(k)
+                f.write(0, [hparams_end("done", time.time())])
+                f.close()
             f = self._new_file(self.logdir / _safe_part(info.job) / f"seed{seed}")
+            if self._run is not None and self._run.resume:
+                f.session_start(info.round)
             hp = {**self._hp, "job": info.job, "method": info.method, "seed": seed,
                   **{k: v for k, v in info.labels.items() if not isinstance(v, dict | list)}}
             f.write(info.round, [hparams_start(hp, info.job, time.time())])
@@ -484,9 +496,13 @@ class TensorBoardTracker(Callback):
         if self.checks and status == "done" and path is not None and self._run.kind in (
                 "synthetic", "glue"):
             try:
+                import warnings
+
                 from adflora_analysis.synthetic.checks import check_run
 
-                results = [r.to_dict() for r in check_run(path)[0]]
+                with warnings.catch_warnings():   # numpy's notes on short runs: not ours
+                    warnings.simplefilter("ignore")
+                    results = [r.to_dict() for r in check_run(path)[0]]
             except Exception as e:   # the checks never fail the run they follow
                 self._root.text(0, "checks", f"the checks could not run: "
                                 f"{type(e).__name__}: {e}")
@@ -519,9 +535,11 @@ class MlflowTracker(Callback):
     metrics = the ``layer == "all"`` columns and the extra tables' values (as
     :func:`table_values` names them, e.g. ``eval/validation/accuracy``),
     step = round, timestamp = the round's wall-clock time (ms). A resumed run continues the
-    MLflow runs of its jobs (tag ``adflora.job``). A ``file:`` store sets
-    ``MLFLOW_ALLOW_FILE_STORE=true`` (unless set), which MLflow 3 asks of it. Needs the extra
-    ``mlflow``
+    MLflow runs of its jobs (tags ``adflora.job``, ``adflora.seed``) and skips the rounds they
+    already hold (a resume recomputes them to the same values). A job's runs end
+    ``FINISHED`` when the next job starts; the last ones with the run's status. A ``file:``
+    store sets ``MLFLOW_ALLOW_FILE_STORE=true`` (unless set), which MLflow 3 asks of it.
+    Needs the extra ``mlflow``
     (``pip install 'adflora-analysis[mlflow]'``).
     """
 
@@ -535,6 +553,7 @@ class MlflowTracker(Callback):
                                "pip install 'adflora-analysis[mlflow]'") from None
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self._runs: dict[tuple[str, int], str] = {}
+        self._logged: dict[tuple[str, int], set[int] | None] = {}  # a resumed run's steps
         self._hp: dict[str, Any] = {}
         self._inside: Path | None = None
 
@@ -577,15 +596,20 @@ class MlflowTracker(Callback):
         key = (info.job, seed)
         if key in self._runs:
             return self._runs[key]
+        for k in [k for k in self._runs if k[0] != info.job]:   # the previous job ended
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(self._runs.pop(k), "FINISHED")
         tags = {"adflora.job": info.job, "adflora.seed": str(seed)}
         if self._resume:
             found = self.client.search_runs(
                 [self.experiment_id], f"tags.`adflora.job` = '{info.job}' and "
                 f"tags.`adflora.seed` = '{seed}'", max_results=1)
             if found:
-                self._runs[key] = found[0].info.run_id
-                self.client.update_run(found[0].info.run_id, "RUNNING")
-                return self._runs[key]
+                run_id = self._runs[key] = found[0].info.run_id
+                self.client.update_run(run_id, "RUNNING")
+                # rounds after the checkpoint run again (to the same values): log them once
+                self._logged[key] = None   # read at its first round
+                return run_id
         r = self.client.create_run(self.experiment_id, tags=tags,
                                    run_name=f"{info.job}/seed{seed}")
         hp = {**self._hp, "job": info.job, "method": info.method, "seed": str(seed)}
@@ -608,6 +632,13 @@ class MlflowTracker(Callback):
                 values.update(table_values(name, rows, seed, skip))
             metrics = [Metric(k, v, ms, info.round) for k, v in values.items()]
             run_id = self._run_id(info, seed)
+            key = (info.job, seed)
+            if key in self._logged and metrics:
+                if self._logged[key] is None:
+                    self._logged[key] = {m.step for m in self.client.get_metric_history(
+                        run_id, metrics[0].key)}
+                if info.round in self._logged[key]:
+                    continue
             for i in range(0, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
 

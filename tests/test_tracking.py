@@ -263,3 +263,35 @@ def test_glue_run_calls_back_with_eval_rows_and_logs_them(tiny, tmp_path):
         assert list(steps) == [1, 3]
         np.testing.assert_array_equal(np.float32(g.sort_values("round")["value"]),
                                       np.float32(vals))
+
+
+def test_resume_after_a_raising_callback_logs_each_round_once(tmp_path):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from adflora_analysis.synthetic.runner import run_study
+    from adflora_analysis.tracking import MlflowTracker
+
+    cfg = af.synthetic_config(**{**SMALL, "rounds": 6, "checkpoint_every": 2, "seeds": 1})
+    run = tmp_path / "run"
+    with pytest.raises(CallbackError):
+        run_study(cfg, run, progress=False, callbacks=[
+            TensorBoardTracker(checks=False), MlflowTracker(), Boom("lora", 3)])
+    df = run_study(cfg, run, resume=True, progress=False,
+                   callbacks=[TensorBoardTracker(checks=False), MlflowTracker()])
+    g = df[(df.layer == "all") & (df.job == "lora")].sort_values("round")
+    # round 3 was logged before the stop, rounds 2.. run again from the checkpoint of round 1
+    acc = EventAccumulator(str(run / "tb" / "lora" / "seed0"), size_guidance={"scalars": 0})
+    acc.Reload()
+    loss = acc.Scalars("metrics/loss")
+    assert [e.step for e in loss] == list(range(6))
+    np.testing.assert_allclose([e.value for e in loss], g["loss"], rtol=1e-6)
+    client = MlflowClient(tracking_uri=(run / "mlruns").resolve().as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("run").experiment_id])
+    assert {r.info.run_name: r.info.status for r in runs} == {
+        "adf-lora/seed0": "FINISHED", "lora/seed0": "FINISHED"}
+    r = next(r for r in runs if r.info.run_name == "lora/seed0")
+    hist = sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in hist] == list(zip(g["round"], g["loss"], strict=True))
