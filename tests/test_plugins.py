@@ -324,3 +324,36 @@ def test_cli_resume_verifies_the_plugin_file(tmp_path):
     code, _, err = _cli("synthetic", "run", "--resume", str(run))
     assert code == 0, err
     assert get_method("half-gossip").mix == (("A", "A"), ("B", "AB"))
+
+
+USER_CHECK = '''
+from adflora_analysis.core.methods import get_method
+from adflora_analysis.synthetic.checks import register_check
+from adflora_analysis.synthetic.checks.result import CheckResult
+
+@register_check("spec-known")
+def spec_known(ctx):
+    mix = get_method(ctx.method).mixed_in("A")
+    return CheckResult("spec-known", "user", ctx.method, ctx.variant, "n/a", note=f"mix {mix}")
+'''
+
+
+def test_user_checks_child_knows_env_plugins_not_config_plugins(plugin_run, tmp_path,
+                                                                monkeypatch):
+    """``--checks`` files run in a child process, which imports ADFLORA_PLUGINS files and entry
+    points (its registry's first read) but not the run's ``plugins`` key (a run directory is
+    untrusted input: nothing it names is executed)."""
+    uc = tmp_path / "uc.py"
+    uc.write_text(USER_CHECK)
+
+    def notes() -> dict[str, str]:
+        code, out, err = _cli("synthetic", "check", str(plugin_run), "--json", "--no-save",
+                              "--checks", str(uc))
+        return {i["method"]: i["note"] for i in json.loads(out)["results"]
+                if i["check"] == "spec-known"}
+
+    got = notes()
+    assert got["adf-lora"] == "mix ('A', 'B')"
+    assert "unknown method 'half-gossip'" in got["half-gossip"]
+    monkeypatch.setenv(plugins.ENV, str(EXAMPLE))
+    assert notes()["half-gossip"] == "mix ('A',)"
