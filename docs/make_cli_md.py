@@ -188,7 +188,10 @@ def first_difference(old: str, new: str) -> str | None:
     a, b = masked(old), masked(new)
     for i, (x, y) in enumerate(zip(a, b, strict=False), 1):
         if x != y:
-            return f"line {i}: committed {x[:70]!r}, now {y[:70]!r}"
+            k = next((j for j, (c, d) in enumerate(zip(x, y, strict=False)) if c != d),
+                     min(len(x), len(y)))
+            lo = max(0, k - 25)
+            return f"line {i}: committed {x[lo:k + 45]!r}, now {y[lo:k + 45]!r}"
     if len(a) != len(b):
         return f"the committed page has {len(a)} lines, the output {len(b)}"
     return None
