@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -10,7 +11,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 import torch
 
@@ -27,10 +27,19 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def torchrun(nproc: int, *args: str, **kw) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, *args: str, launch: tuple[str, ...] = (), **kw
+             ) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node=NPROC LAUNCH... -m adflora_analysis ARGS...``"""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "adflora_analysis", *args]
+           f"--nproc-per-node={nproc}", *launch, "-m", "adflora_analysis", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300, **kw)
+
+
+def rank_stderr(logs: Path, nproc: int) -> list[str]:
+    """Each rank's stderr of a ``torchrun(..., launch=("--log-dir", LOGS, "--redirects",
+    "2"))``: one file per process, so lines of two processes never interleave as on one
+    pipe (a ``print`` is two writes, the text and its newline)."""
+    return [next(logs.glob(f"*/attempt_0/{r}/stderr.log")).read_text() for r in range(nproc)]
 
 
 def inprocess(*args: str) -> subprocess.CompletedProcess:
@@ -69,46 +78,138 @@ def test_synthetic_matches_in_process(tmp_path, nproc, exchange):
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)
 
 
-def test_killed_rank_stops_run_and_resume_matches(tmp_path):
-    """SIGKILL one rank mid-run: the other stops within 60 s naming the lost rank; a resume
-    with the same number of processes ends with the uninterrupted run's metrics; another number
-    of processes is refused."""
-    args = [BOUNDS, "seeds=2", "rounds=120", "methods=['adf-lora','rolora']",
-            "checkpoint_every=5", "constants_every=1"]
-    full = torchrun(2, "synthetic", "run", *args, "--out", str(tmp_path / "full"))
+def _lose_rank_worker(rank: int, after: int, argv: list[str]) -> None:
+    """Run under torchrun: ``adflora ARGV``, where the process of ``rank`` dies by SIGKILL at
+    its first collective after its ``after``-th checkpoint file, once the other processes
+    wait in that collective (it sleeps 1 s first), as a crashed machine would."""
+    import signal
+
+    from adflora_analysis import fileio
+    from adflora_analysis.cli import main
+    from adflora_analysis.distributed.backend import TorchDistBackend
+
+    if int(os.environ["RANK"]) == rank:
+        saved = [0]
+        save = fileio.save_torch
+
+        def counted(*a, **kw):
+            out = save(*a, **kw)
+            saved[0] += 1
+            return out
+        fileio.save_torch = counted
+        for name in ("mix", "gather", "all_sum", "all_max"):
+            def dying(self, *a, _orig=getattr(TorchDistBackend, name), **kw):
+                if saved[0] >= after:
+                    time.sleep(1.0)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return _orig(self, *a, **kw)
+            setattr(TorchDistBackend, name, dying)
+    main(argv)
+
+
+def test_lost_rank_is_one_error_line_and_resume_matches(tmp_path):
+    """Rank 1 dies by SIGKILL after its second checkpoint: the survivor prints exactly one
+    line naming the lost rank and the way to resume and exits 2 (torchrun itself exits 1 and
+    names rank 0's exit code 2); the run is not ``done``; a resume with another number of
+    processes is refused; with the same number it ends with the rows of an uninterrupted
+    run, exactly."""
+    args = ["synthetic", "run", BOUNDS, "seeds=2", "rounds=20",
+            "methods=['adf-lora','rolora']", "checkpoint_every=5"]
+    full = torchrun(2, *args, "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr[-2000:]
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "adflora_analysis", "synthetic", "run", *args, "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
-    jsonl = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not jsonl.exists() or jsonl.stat().st_size < 40_000):
-        time.sleep(0.1)
-    victim = None
-    for c in psutil.Process(proc.pid).children(recursive=True):
-        try:
-            if c.environ().get("LOCAL_RANK") == "1":
-                victim = c
-        except psutil.Error:
-            pass
-    assert victim is not None and proc.poll() is None, "run ended before the kill"
-    victim.kill()
+    out = tmp_path / "lost"
     t0 = time.time()
-    _, err = proc.communicate(timeout=120)
-    assert time.time() - t0 < 60
-    assert proc.returncode != 0
-    # Whoever notices first names the dead rank: the surviving process ("error: rank 0: lost
-    # contact with rank 1 ...") or, when torchrun's agent stops it first, the agent's summary.
-    ours = "error: rank 0: lost contact with rank 1" in err
-    agent = re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s*\n\s*exitcode\s*:\s*-9", err)
-    assert ours or agent, err[-2000:]
-    refused = torchrun(3, "synthetic", "run", *args, "--resume", str(out))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           __file__, "lose-rank", "1", "2", "--", *args, "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    took = time.time() - t0
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert len(errors) == 1, run.stderr[-3000:]
+    assert re.fullmatch(r"error: process rank 1 was lost: rank 0's (all-reduce|all-gather|"
+                        r"neighbor exchange) failed \([^)]+\); this process stopped \(hint: "
+                        r".*resume with --resume DIR .*--nproc-per-node\)", errors[0]), errors
+    assert re.search(r"rank\s*:\s*0 \(local_rank: 0\)\s*\n\s*exitcode\s*:\s*2 ", run.stderr)
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s*\n\s*exitcode\s*:\s*-9 ", run.stderr)
+    assert run.stderr.count("Traceback (most recent call last)") == 1   # torchrun's own
+    status = json.loads((out / "meta.json").read_text())["status"]
+    assert status in ("failed", "stopped"), status
+    print(f"lost-rank run: {took:.1f} s; {errors[0]}")
+    refused = torchrun(3, *args, "--resume", str(out))
     assert refused.returncode != 0 and "run by 2 process(es), this run has 3" in refused.stderr
-    resumed = torchrun(2, "synthetic", "run", *args, "--resume", str(out))
+    resumed = torchrun(2, *args, "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_same(metrics(tmp_path / "full"), metrics(out))
+    assert json.loads((out / "meta.json").read_text())["status"] == "done"
+    a, b = metrics(tmp_path / "full"), metrics(out)
+    num = [c for c in a.columns if a[c].dtype.kind == "f" and c not in ("wall_s", "time_s")]
+    pd.testing.assert_frame_equal(a[KEY + num], b[KEY + num], check_exact=True)
+
+
+def test_sigterm_while_stopping_with_an_error_is_ignored(tmp_path):
+    """torchrun sends SIGTERM to every survivor once one process has exited: a process that
+    is stopping with its own error (a lost peer; an AdfloraError being handled) still prints
+    its line and exits 2; any other SIGTERM ends the process as by default."""
+    code = """if True:
+        import os, signal, sys
+        from adflora_analysis.distributed import backend as B
+        from adflora_analysis.errors import AdfloraError
+        B._guard_sigterm()
+        case = sys.argv[1]
+        if case == "lost":
+            B._STOPPING = True
+        try:
+            if case == "handling":
+                raise AdfloraError("diverged", "lower lr")
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))
+            print("survived")
+        except AdfloraError as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    """
+    runs = {case: subprocess.run([sys.executable, "-c", code, case], capture_output=True,
+                                 text=True, env=_env(), timeout=120)
+            for case in ("lost", "handling", "running")}
+    assert runs["lost"].returncode == 2 and runs["lost"].stdout == "survived\n"
+    assert runs["handling"].returncode == 2
+    assert runs["handling"].stderr == "error: diverged (hint: lower lr)\n"
+    assert runs["running"].returncode == -15 and runs["running"].stdout == ""
+
+
+def test_lost_peer_message_names_the_dead_rank_and_the_cause():
+    """The error of a failed collective: the rank whose process ended (seen on this host),
+    the gist of gloo's message without source paths, a timeout named as such."""
+    from adflora_analysis.distributed.backend import PeerLostError, TorchDistBackend, _reason
+
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537]"
+                        " Read error [127.0.0.1]:8609: Connection reset by peer. This is "
+                        "typically caused by a remote peer crashing")
+    assert _reason(gloo) == "connection reset by peer"
+    slow = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed "
+                        "out waiting 60000ms for recv operation to complete")
+    assert _reason(slow) == "timed out waiting 60000ms for recv operation to complete"
+    assert _reason(RuntimeError("[a/b.cc:3] Something odd. More")) == "Something odd"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = __import__("socket").gethostname()
+    b = TorchDistBackend.__new__(TorchDistBackend)
+    b.rank, b.world_size = 0, 3
+    b._where = [(host, os.getpid()), (host, os.getpid()), (host, dead.pid)]
+    err = b._lost([1, 2], "all-reduce", gloo)
+    assert isinstance(err, PeerLostError) and err.exit_code == 2
+    assert err.problem == ("process rank 2 was lost: rank 0's all-reduce failed (connection "
+                           "reset by peer); this process stopped")
+    assert "resume with --resume DIR" in err.hint
+    b._where[2] = (host, os.getpid())   # everyone alive: a timeout names the silent peers
+    assert b._lost([1, 2], "neighbor exchange", slow).problem == (
+        "a process of ranks 1, 2 did not answer within dist_timeout_s: rank 0's neighbor "
+        "exchange failed (timed out waiting 60000ms for recv operation to complete); this "
+        "process stopped")
+    b._where[1] = b._where[2] = (host, dead.pid)
+    assert b._lost([1, 2], "all-gather", gloo).problem.startswith(
+        "processes of ranks 1, 2 were lost: rank 0's all-gather failed")
 
 
 def test_backend_torch_without_torchrun_is_refused(tmp_path):
@@ -173,14 +274,24 @@ def test_glue_tiny_matches_in_process(tiny, tmp_path, nproc, extra):
 
 
 def test_glue_divergence_stops_every_process(tiny, tmp_path):
-    """A non-finite loss on any process stops all of them with the same one-line message
-    naming round, client and method, and meta.json records the divergence."""
+    """A non-finite loss on any process stops all of them, each with the same one-line
+    message naming round, client and method and exit code 2, and meta.json records the
+    divergence (rank 0 writes it although torchrun sends it SIGTERM as soon as rank 1 has
+    exited: distributed.backend ignores that while an error is being handled)."""
     cfg = _glue_config(tiny, tmp_path, lr="1e30", methods='["lora"]')
-    run = torchrun(2, "glue", "run", str(cfg), "--out", str(tmp_path / "div"), "--quiet")
-    assert run.returncode != 0
-    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 2 and errors[0] == errors[1]
-    assert "non-finite loss at round 0, client 0 (method lora, seed 0)" in errors[0]
+    logs = tmp_path / "logs"
+    run = torchrun(2, "glue", "run", str(cfg), "--out", str(tmp_path / "div"), "--quiet",
+                   launch=("--log-dir", str(logs), "--redirects", "2"))
+    assert run.returncode == 1, run.stderr[-3000:]
+    per_rank = [[ln for ln in err.splitlines() if ln.startswith("error:")]
+                for err in rank_stderr(logs, 2)]
+    assert [len(e) for e in per_rank] == [1, 1], per_rank
+    assert per_rank[0] == per_rank[1]
+    assert per_rank[0][0].startswith("error: non-finite loss at round 0, client 0 (method "
+                                     "lora, seed 0) (hint: lower lr"), per_rank
+    for r in (0, 1):
+        assert re.search(rf"rank\s*:\s*{r} \(local_rank: {r}\)\s*\n\s*exitcode\s*:\s*2 ",
+                         run.stderr), run.stderr[-3000:]
     assert '"status": "diverged"' in (tmp_path / "div" / "meta.json").read_text()
 
 
@@ -437,3 +548,5 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "exchange-wor
     _exchange_worker(sys.argv[2], sys.argv[3])
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "problem-worker":
     _problem_worker(sys.argv[2], sys.argv[3])
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "lose-rank":
+    _lose_rank_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[sys.argv.index("--") + 1:])

@@ -20,10 +20,23 @@ no n x n tensor and no full state is formed. Both apply the same products to the
 as :func:`adflora_analysis.core.gossip.gossip_`, so results match the in-process run to
 rounding. The client axis of every block is ``-3`` (``A: (*batch, n, r, d_in)``,
 ``B: (*batch, n, d_out, r)``).
+
+When a process dies or stops answering, a collective of every other process fails (gloo:
+connection closed or reset, or the timeout ``dist_timeout_s``); each survivor raises one
+:class:`PeerLostError` naming the lost rank (a process on the same host is seen to have ended)
+and the way to resume, and from then on ignores the SIGTERM torchrun sends the survivors, so
+that its error line and the run's status are written before it exits (``adflora`` exits 2).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -35,19 +48,47 @@ from adflora_analysis.core.sparse import SparseMix
 from adflora_analysis.errors import AdfloraError
 
 EXCHANGES = ("auto", "allgather", "neighbor")
+_STOPPING = False   # set when a collective lost a peer: this process is on its way out
+_TIMEOUT_S: float | None = None   # the collectives' timeout, when init_distributed set it
 
 
 class PeerLostError(AdfloraError):
-    """A collective failed: another process died or stopped answering within the timeout."""
+    """A collective failed: another process died or stopped answering within the timeout.
+    Each surviving process raises it naming the lost rank(s); the checkpoints every rank
+    completed stay valid, so the run is resumable."""
 
 
-def _peer_lost(rank: int, peers: list[int], what: str, err: Exception) -> PeerLostError:
-    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-    who = f"rank {peers[0]}" if len(peers) == 1 else f"one of ranks {peers}"
-    return PeerLostError(
-        f"rank {rank}: lost contact with {who} during {what} ({first}); stopping",
-        "torchrun's summary names the failed rank; the last complete checkpoint stays valid: "
-        "rerun with --resume and the same --nproc-per-node")
+def _reason(err: Exception) -> str:
+    """The gist of a gloo/c10d error in a few words (no source paths), e.g. ``connection
+    reset by peer`` or ``timed out waiting 60000ms for recv operation to complete``."""
+    text = " ".join(str(err).split())
+    known = re.search(r"(connection (?:reset|closed) by peer|broken pipe|connection refused|"
+                      r"timed out[^.;\]]*)", text, re.IGNORECASE)
+    if known:
+        return known.group(1).lower()
+    text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", text)   # "[.../pair.cc:537] "
+    return (text.split(". ")[0][:100] or type(err).__name__).rstrip(".")
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM of a torchrun'd process outside the run loop (whose own handler stops the run
+    resumably). torchrun sends it to every survivor as soon as one process has exited: a
+    process that is already stopping with its own error (a lost peer, or an
+    :class:`AdfloraError` being handled: divergence, bad input) ignores it, so its error line,
+    status and tables are written before it exits (torchrun sends SIGKILL 30 s later if it
+    never does). Any other SIGTERM terminates the process, as by default."""
+    if _STOPPING or isinstance(sys.exc_info()[1], AdfloraError):
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _guard_sigterm() -> None:
+    """Route SIGTERM through :func:`_on_sigterm` (main thread; only over the default
+    disposition, never over a handler someone else installed)."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _on_sigterm):
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def split_clients(n: int, world_size: int) -> list[tuple[int, int]]:
@@ -89,6 +130,9 @@ class TorchDistBackend:
         self.ranges = split_clients(n_clients, self.world_size)
         self.bytes_sent = 0
         self._plan: tuple[object, dict] | None = None   # (W, what is derived from it)
+        where: list[tuple[str, int] | None] = [None] * self.world_size
+        dist.all_gather_object(where, (socket.gethostname(), os.getpid()))
+        self._where: list[tuple[str, int]] = where   # (host, pid) of every rank
 
     def client_slice(self, n: int) -> slice:
         if n != self.n:
@@ -106,7 +150,7 @@ class TorchDistBackend:
         try:
             dist.all_gather(parts, pad)
         except (RuntimeError, dist.DistError) as e:
-            raise _peer_lost(self.rank, self._others(), "all-gather", e) from None
+            raise self._lost(self._others(), "all-gather", e) from None
         self.bytes_sent += Xc.numel() * Xc.element_size() * (self.world_size - 1)
         full = torch.cat([p[: b - a] for p, (a, b) in zip(parts, self.ranges, strict=True)])
         return full.movedim(0, -3)
@@ -114,12 +158,63 @@ class TorchDistBackend:
     def _others(self) -> list[int]:
         return [r for r in range(self.world_size) if r != self.rank]
 
+    # -- a lost peer ---------------------------------------------------------------------------
+    def lost_ranks(self, wait_s: float = 0.0) -> list[int]:
+        """Ranks on this host whose process has ended (gone or a zombie), polled for up to
+        ``wait_s`` seconds until one shows (a process that just died may still be exiting).
+        Ranks on other hosts are not seen."""
+        import psutil
+
+        host = socket.gethostname()
+        deadline = time.monotonic() + wait_s
+        while True:
+            gone = []
+            for r, (h, pid) in enumerate(getattr(self, "_where", [])):
+                if r == self.rank or h != host:
+                    continue
+                try:
+                    if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                        gone.append(r)
+                except psutil.NoSuchProcess:
+                    gone.append(r)
+                except psutil.Error:
+                    pass
+            if gone or time.monotonic() >= deadline:
+                return gone
+            time.sleep(0.02)
+
+    def _lost(self, peers: list[int], what: str, err: Exception) -> PeerLostError:
+        """The one-line error for a collective with ``peers`` that raised ``err``; from here
+        on this process ignores torchrun's SIGTERM (:func:`_on_sigterm`) while it stops."""
+        global _STOPPING
+        _STOPPING = True
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        reason = _reason(err)
+        timed_out = reason.startswith("timed out")
+        dead = self.lost_ranks(0.0 if timed_out else 2.0)
+        names = ", ".join(map(str, dead or peers))
+        if dead:
+            who = f"process rank {names} was lost" if len(dead) == 1 else \
+                f"processes of ranks {names} were lost"
+        elif timed_out:
+            limit = f"{_TIMEOUT_S:g} s (dist_timeout_s)" if _TIMEOUT_S else "dist_timeout_s"
+            who = (f"process rank {names}" if len(peers) == 1 else
+                   f"a process of ranks {names}") + f" did not answer within {limit}"
+        else:
+            who = f"process rank {names} was lost" if len(peers) == 1 else \
+                f"a process of ranks {names} was lost"
+        return PeerLostError(
+            f"{who}: rank {self.rank}'s {what} failed ({reason}); this process stopped",
+            "the checkpoints every rank completed are kept: once the cause is fixed, resume "
+            "with --resume DIR (the run's --out) and the same --nproc-per-node")
+
     def all_sum(self, x: Tensor) -> Tensor:
         y = x.clone()
         try:
             dist.all_reduce(y)
         except (RuntimeError, dist.DistError) as e:
-            raise _peer_lost(self.rank, self._others(), "all-reduce", e) from None
+            raise self._lost(self._others(), "all-reduce", e) from None
         return y
 
     def all_max(self, x: Tensor) -> Tensor:
@@ -127,7 +222,7 @@ class TorchDistBackend:
         try:
             dist.all_reduce(y, op=dist.ReduceOp.MAX)
         except (RuntimeError, dist.DistError) as e:
-            raise _peer_lost(self.rank, self._others(), "all-reduce", e) from None
+            raise self._lost(self._others(), "all-reduce", e) from None
         return y
 
     def exchange_for(self, W: Tensor | SparseMix) -> str:
@@ -260,7 +355,7 @@ class TorchDistBackend:
                 for req in dist.batch_isend_irecv(ops):
                     req.wait()
             except (RuntimeError, dist.DistError) as e:
-                raise _peer_lost(self.rank, peers, "neighbor exchange", e) from None
+                raise self._lost(peers, "neighbor exchange", e) from None
         own = (np.arange(B)[:, None] * n + np.arange(lo, hi)[None, :]).reshape(-1)
         idx = np.concatenate([own, *(i for i, _ in recv)])
         order = np.argsort(idx, kind="stable")
@@ -278,7 +373,6 @@ def init_distributed(backend: str | None = None, timeout_s: float = 60.0) -> boo
     long a collective waits for a dead peer before raising.
     """
     import datetime
-    import os
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
@@ -289,11 +383,12 @@ def init_distributed(backend: str | None = None, timeout_s: float = 60.0) -> boo
     if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    global _TIMEOUT_S
+    _TIMEOUT_S = timeout_s
+    _guard_sigterm()
     return True
 
 
 def launched_by_torchrun() -> bool:
     """Whether this process was started by torchrun (its environment variables are set)."""
-    import os
-
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
