@@ -156,6 +156,15 @@ def load_plugin_file(path: str | Path, expect_sha256: str | None = None,
     return where, digest, names
 
 
+#: plugin files the user named in this process (a CONFIG's ``plugins``, ADFLORA_PLUGINS):
+#: only those are imported again when a resolved config (from a run directory) names them
+_NAMED: set[str] = set()
+
+
+def _key(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
 def resolve_plugins(entries: list[str]) -> list[str]:
     """The config route: import each entry of a config's ``plugins`` (a path, or a path with
     the ``#sha256=<hex>`` a resolved config records, which must still match) and then the
@@ -166,11 +175,21 @@ def resolve_plugins(entries: list[str]) -> list[str]:
     []
     """
     out: dict[str, str] = {}
+    named = {_key(e) for e in env_plugins()}
     for entry in [*entries, *env_plugins()]:
         if not isinstance(entry, str) or not entry.strip():
             raise AdfloraError(f"plugins entry {entry!r} is not a file name",
                                'write plugins = ["path/to/my_method.py"]')
         path, digest = split_entry(entry)
+        if digest is None:
+            _NAMED.add(_key(path))   # the user named it (a study CONFIG, an override)
+        elif _key(path) not in _NAMED | named:
+            # a recorded entry comes from a run directory's config.toml: untrusted input,
+            # which never makes the toolkit import code on its own
+            raise AdfloraError(f"the run's config names the plugin file {path!r}, which this "
+                               "command was not given", f"a run directory never runs code on "
+                               f"its own: name the file yourself, e.g. {ENV}={path} adflora "
+                               "... --resume DIR")
         where, sha, _ = load_plugin_file(path, digest)
         out.setdefault(where, f"{where}{_SHA}{sha}")
     return list(out.values())

@@ -300,7 +300,7 @@ def test_cli_report_mentions_the_plugin_method(plugin_run, tmp_path):
     assert "half-gossip" in md and "| frozen-block-consensus | half-gossip |" in md
 
 
-def test_cli_resume_verifies_the_plugin_file(tmp_path):
+def test_cli_resume_verifies_the_plugin_file(tmp_path, monkeypatch):
     from adflora_analysis.rundir import update_meta
 
     p = Path(shutil.copy(EXAMPLE, tmp_path / "my_method.py"))
@@ -313,6 +313,15 @@ def test_cli_resume_verifies_the_plugin_file(tmp_path):
     methods._LOADED[0] = False
     dict.pop(METHODS, "half-gossip")
     plugins._FILES.clear()                              # as in a new process
+    plugins._NAMED.clear()
+    # a run directory is untrusted: the plugin its config.toml names is not imported unless
+    # the user names the file too
+    code, _, err = _cli("synthetic", "run", "--resume", str(run))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: the run's config names the plugin file {str(p)!r}, which "
+                          "this command was not given")
+    assert "half-gossip" not in METHODS and not plugins._FILES
+    monkeypatch.setenv("ADFLORA_PLUGINS", str(p))
     original = p.read_text()
     p.write_text(original.replace("every other round", "sometimes"))
     code, _, err = _cli("synthetic", "run", "--resume", str(run))
