@@ -124,8 +124,9 @@ def dynamics_section(title: str, metrics: pd.DataFrame, bounds: pd.DataFrame | N
             "means no violation beyond Monte Carlo error and mde ≤ 20 %; otherwise "
             "'underpowered'. 'finding' marks a bound the method is not claimed to meet (rolora's "
             "frozen block); see docs/theory.md."],
-            tables={"theory checks (compact)": compact_checks(checks),
-                    "theory checks": checks.drop(columns=["held"])}))
+            tables={k: v for k, v in (("theory checks (compact)", compact_checks(checks)),
+                                      ("theory checks", checks.drop(columns=["held"])))
+                    if k == "theory checks" or not v.empty}))
     frozen_src = metrics.assign(variant=metrics["cmp"]) if "cmp" in metrics else metrics
     loss_col = "loss_gap" if "loss_gap" in metrics and metrics["loss_gap"].notna().any() \
         else "loss"

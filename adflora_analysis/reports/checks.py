@@ -135,12 +135,11 @@ def _check_overlays(curves: pd.DataFrame, F):
 
     keys = list(dict.fromkeys(zip(curves["number"], curves["check"], strict=True)))
     keys.sort(key=lambda k: F.natural_key(k[0]))
-    cols = min(len(keys), F.preset().max_cols)
-    rows = (len(keys) + cols - 1) // cols
-    fig, axes = F.subplots(rows, cols, figsize=(4.6 * cols, 3.1 * rows + 0.8), squeeze=False)
+    fig, panels = F._grid(len(keys), h=3.1)
+    cols = F.preset().max_cols if len(keys) > 1 else 1
     variants = sorted({str(v) for v in curves["variant"]}, key=F.natural_key)
     methods = F._order(curves["method"])
-    for ax, (num, name) in zip(axes.flat, keys, strict=False):
+    for i, (ax, (num, name)) in enumerate(zip(panels, keys, strict=True)):
         part = curves[(curves["number"] == num) & (curves["check"] == name)]
         for m in methods:
             for k, v in enumerate(variants):
@@ -157,9 +156,9 @@ def _check_overlays(curves: pd.DataFrame, F):
             ax.set_yscale("log")
         ax.set_title(f"check {num}: {name}")
         ax.set_xlabel("round")
-        ax.set_ylabel("measured and bound")
-    for ax in list(axes.flat)[len(keys):]:
-        ax.set_visible(False)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if i % cols == 0:
+            ax.set_ylabel("measured, bound")
     handles = [Line2D([], [], **F.line_kw(m), label=m) for m in methods]
     if len(variants) > 1:
         handles += [Line2D([], [], color=F.shade("#333333", k, len(variants)), lw=4,
@@ -186,6 +185,8 @@ def compact_checks(checks: pd.DataFrame) -> pd.DataFrame:
     """
     from adflora_analysis.reports.figures import _order, natural_key
 
+    if not {"no", "check", "method", "status"} <= set(checks):
+        return pd.DataFrame()
     df = checks[checks["method"].astype(str) != ""]
     if df.empty:
         return pd.DataFrame()

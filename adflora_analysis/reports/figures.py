@@ -261,7 +261,7 @@ def _grid(n: int, ncols: int | None = None, sharey: bool | str = False, h: float
         size = (width, h * nrows + 0.6)
     else:   # the preset's width; panels keep a 4:3 shape
         shape = 0.62 if ncols == 1 else 0.78
-        size = (pre.width, min(9.0, shape * pre.width / ncols * nrows + 0.7))
+        size = (pre.width, min(11.0, (shape * pre.width / ncols + 0.45) * nrows + 0.6))
     fig, axes = subplots(nrows, ncols, figsize=size, scale=False, squeeze=False,
                          sharex=True, sharey=sharey)
     for ax in axes.flat[n:]:
@@ -340,7 +340,7 @@ def _legend(fig, methods: list[str], df: pd.DataFrame | None = None, extra=None,
         fig.legend(handles=handles, loc="upper center", ncol=ncol, frameon=False,
                    bbox_to_anchor=(0.5, y))
         row = 0.28 * _fs() / 9.5
-        top = 0.05 + row * (1 + (len(handles) - 1) // ncol) + 0.25 * sup
+        top = 0.05 + row * (1 + (len(handles) - 1) // ncol) + 0.25 * sup * _fs() / 9.5
     foot = 0.0
     if band:
         fig.text(0.5, 0.01, band, ha="center", va="bottom", fontsize="small", color="#333")
@@ -359,16 +359,18 @@ def _wrap_titles(fig) -> None:
 
     if preset().width is None:
         return
-    pt = float(matplotlib.rcParams["font.size"])
-    chars = lambda inches: max(12, int(inches * 72 / (0.55 * pt)))  # noqa: E731
+    def chars(inches: float, text) -> int:
+        return max(12, int(inches * 72 / (0.56 * text.get_fontsize())))
+
     if fig._suptitle is not None:
         t = fig._suptitle
-        t.set_text(textwrap.fill(t.get_text().replace("\n", " "), chars(fig.get_figwidth())))
+        t.set_text(textwrap.fill(t.get_text().replace("\n", " "),
+                                 chars(0.96 * fig.get_figwidth(), t), break_on_hyphens=False))
     for ax in fig.axes:
         w = ax.get_position().width * fig.get_figwidth()
         t = ax.title
         if t.get_text() and "$" not in t.get_text():
-            t.set_text(textwrap.fill(t.get_text(), chars(w)))
+            t.set_text(textwrap.fill(t.get_text(), chars(w + 0.3, t), break_on_hyphens=False))
 
 
 def _suptitle_lines(fig) -> int:

@@ -145,9 +145,18 @@ def _figure_bytes(fig: Figure, fmt: str) -> bytes:
 
     buf = io.BytesIO()
     with matplotlib.rc_context(rc()):
-        fig.savefig(buf, format=fmt, **_save_kw(),
-                    metadata={"Creator": "adflora-analysis"} if fmt != "png" else None)
+        fig.savefig(buf, format=fmt, **_save_kw())
     return buf.getvalue()
+
+
+def _save_file(fig: Figure, path: Path) -> None:
+    """``fig`` saved to ``path`` (format from the suffix) atomically, under the report's
+    figure settings inside an ``rc_context``."""
+    from adflora_analysis.reports.figures import rc
+
+    with matplotlib.rc_context(rc()):
+        fileio.save_figure(path, fig, **_save_kw(),
+                           metadata={"Creator": "adflora-analysis"})
 
 
 def _close(fig: Figure) -> None:
@@ -305,13 +314,11 @@ def write_report(out: str | Path, title: str, sections: list[Section],
                         f'<a href="tables/{tex}">LaTeX</a></p>')
         for name, fig in sec.figures.items():
             fname = fnames[name]
-            data = b""
-            for ext in FIGURE_EXTS:
-                raw = _figure_bytes(fig, ext[1:])
-                data = raw if ext == ".png" else data
-                fileio.atomic_write(inside(out, out / "figures" / (fname[:-4] + ext)),
-                                    lambda f, d=raw: f.write(d))
+            data = _figure_bytes(fig, "png")
+            fileio.atomic_write(inside(out, out / "figures" / fname), lambda f, d=data: f.write(d))
             pdf, svg = fname[:-4] + ".pdf", fname[:-4] + ".svg"
+            for f in (pdf, svg):     # written through a temp file, removed if interrupted
+                _save_file(fig, inside(out, out / "figures" / f))
             md += [f"![{name}](figures/{fname}) ([PDF](figures/{pdf}), [SVG](figures/{svg}))",
                    ""]
             b64 = base64.b64encode(data).decode()

@@ -44,6 +44,8 @@ def family_verdicts(checks: pd.DataFrame) -> dict[str, dict[str, str]]:
     {'rolora': {'gossip contraction': 'held', 'consensus bound': 'underpowered'}}
     """
     out: dict[str, dict[str, str]] = {}
+    if not {"no", "method", "status"} <= set(checks):
+        return out
     df = checks[checks["status"].isin(PRECEDENCE) & (checks["method"].astype(str) != "")]
     for m in _order(df["method"]):
         part = df[df["method"] == m]
