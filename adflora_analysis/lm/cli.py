@@ -1,0 +1,116 @@
+"""``adflora lm``: decentralized LoRA on causal language models, logging consensus, cross term
+and perplexity.
+
+Examples::
+
+    adflora lm run lm_runs/tiny_llama.toml --out runs/tiny_llama
+    adflora lm run lm_runs/tiny_llama.toml --out runs/qwen model=Qwen/Qwen2.5-0.5B \\
+        dtype=bfloat16 gradient_checkpointing=true device=cuda
+    adflora lm run --resume runs/tiny_llama
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from adflora_analysis import run_options as opt
+
+app = typer.Typer(help="Causal-LM testbed: ADF-LoRA and baselines on any causal LM (tiny "
+                  "offline Llama/Qwen2/Mistral/GPT-2, or a hub model), logging consensus, "
+                  "cross term and perplexity.", no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    args: list[str] = typer.Argument(None, metavar="[CONFIG] [KEY=VALUE]...",
+                                     help="An lm_runs/*.toml file, then key=value overrides "
+                                     "(e.g. rounds=20 model=tiny-qwen2)."),
+    out: opt.Out = None,
+    resume: opt.Resume = None,
+    overwrite: opt.Overwrite = False,
+    quiet: bool = typer.Option(False, "--quiet", help="No per-evaluation lines on stderr."),
+    progress: opt.Progress = None,
+    dry_run: opt.DryRun = False,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as a JSON object "
+                                 "(with --dry-run: the resolved config and the jobs)."),
+) -> None:
+    """Run a causal-LM study (every variant x method x seed) into --out, or resume one.
+
+    Example: adflora lm run lm_runs/tiny_llama.toml --out runs/tiny rounds=5
+    """
+    from adflora_analysis.config import load_config
+    from adflora_analysis.lm.config import LmConfig
+    from adflora_analysis.rundir import CONFIG, run_target
+
+    no_out = dry_run and out is None and resume is None
+    if no_out:
+        out = Path("unused")
+    config, overrides, where, mode = run_target(args, out, resume, overwrite)
+    from adflora_analysis.cli import resume_done
+
+    if mode == "resume" and not dry_run and resume_done(where, "lm", config, overrides):
+        return
+    cfg = load_config(LmConfig, Path(config) if config else where / CONFIG, overrides)
+    if dry_run:
+        from adflora_analysis.dryrun import describe, dry_run_json
+        from adflora_analysis.lm.model import preflight
+        from adflora_analysis.runconfig import expand_study
+
+        for _, v in expand_study(cfg):
+            preflight(v)   # model config, targets, context: no weights
+        typer.echo(dry_run_json("lm", cfg, None if no_out else where, mode) if as_json
+                   else describe("lm", cfg, None if no_out else where, mode), nl=False)
+        return
+    from adflora_analysis.distributed import make_backend, shutdown
+    from adflora_analysis.lm.runner import run_lm
+
+    backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
+    summary = run_lm(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
+                     log=not quiet, backend=backend, progress=progress)
+    shutdown(backend)
+    if backend.rank != 0:
+        return
+    if as_json:
+        import json
+
+        records = json.loads(summary.to_json(orient="records")) if not summary.empty else []
+        print(json.dumps({"run_dir": str(where), "summary": records}))
+    elif not summary.empty:
+        import pandas as pd
+
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {where}", file=sys.stderr)
+
+
+@app.command("families")
+def families() -> None:
+    """List the model families with default LoRA targets (attention; + MLP with lora_mlp).
+
+    Example: adflora lm families
+    """
+    from adflora_analysis.lm.model import DEFAULT_TARGETS
+
+    for fam, (attn, mlp) in DEFAULT_TARGETS.items():
+        print(f"{fam:8s} {','.join(attn):28s} lora_mlp adds: {','.join(mlp)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``app`` with one-line errors (as ``adflora``'s entry point does); the exit code."""
+    from adflora_analysis.errors import AdfloraError
+
+    try:
+        app(argv, standalone_mode=False)
+    except AdfloraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+if __name__ == "__main__":   # python -m adflora_analysis.lm.cli run ... (also under torchrun)
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Run a causal-LM study into a run directory (kind ``lm``), with the GLUE runner's machinery:
+:class:`LmStudy` is a :class:`~adflora_analysis.glue.runner.GlueStudy` (the same jobs, mixers,
+schedules, samplers, checkpoints, resume and torch.distributed handling through
+:func:`adflora_analysis.experiment.run_jobs`) whose data are texts, whose model is a
+:class:`~adflora_analysis.lm.model.LmModel` and whose evaluation is next-token loss and
+perplexity. The run directory holds what a GLUE run's does (``config.toml``, ``meta.json``,
+``label_counts.csv`` (per-client counts of the skewed column), ``metrics``, ``eval``,
+``summary.csv``, ``checkpoints/``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from adflora_analysis.core.backend import LOCAL, Backend
+from adflora_analysis.errors import AdfloraError
+from adflora_analysis.experiment import run_jobs
+from adflora_analysis.glue.partition import label_count_table, partition_indices
+from adflora_analysis.glue.runner import GlueStudy, _eval_line, summarize
+from adflora_analysis.lm.config import LmConfig
+from adflora_analysis.lm.data import LmTask, encode_lm, load_lm_data
+from adflora_analysis.lm.model import LmModel, Resolved, model_facts, preflight
+from adflora_analysis.lm.problem import eval_rows
+from adflora_analysis.runconfig import expand_study
+from adflora_analysis.rundir import claim, init_run_dir
+
+__all__ = ["LmStudy", "run_lm", "summarize"]
+
+
+def _model_key(cfg: LmConfig) -> tuple:
+    """Variants with equal keys share one loaded base model."""
+    return (cfg.model, cfg.rank, cfg.lora_alpha, cfg.dropout, tuple(cfg.lora_targets),
+            cfg.lora_mlp, cfg.dtype, cfg.gradient_checkpointing, cfg.device)
+
+
+class LmStudy(GlueStudy):
+    """Data, encodings, partitions and the shared model of one variant of an LM study."""
+
+    def __init__(self, cfg: LmConfig, gm: LmModel | None = None, backend: Backend = LOCAL,
+                 variant: str | None = None, res: Resolved | None = None):
+        self.cfg, self.backend, self.variant = cfg, backend, variant
+        self.task = LmTask()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        res = res or preflight(cfg)         # every bad input before data or weights
+        self.data = load_lm_data(cfg)
+        self.gm = gm if gm is not None else LmModel(cfg, res)
+        tok = self.gm.tokenizer
+        self.train = encode_lm(tok, self.data.train, cfg.max_length)
+        self.val = {s: encode_lm(tok, df, cfg.max_length) for s, df in self.data.val.items()}
+        y, C = self.data.skew, len(self.data.skew_names)
+        self.parts = {s: partition_indices(y, cfg.n_clients, cfg.partition, s, n_classes=C,
+                                           alpha=cfg.dirichlet_alpha,
+                                           examples_per_client=cfg.examples_per_client)
+                      for s in cfg.seed_list}
+        for s, parts in self.parts.items():
+            empty = [i for i, p in enumerate(parts) if len(p) == 0]
+            if empty:
+                raise AdfloraError(f"partition {cfg.partition!r} (seed {s}) left client(s) "
+                                   f"{empty} without texts", "use more texts or fewer clients")
+
+    def label_counts(self) -> pd.DataFrame:
+        """Per seed and client: texts of each value of the skewed column (topic or label)."""
+        df = pd.concat([label_count_table(self.data.skew, p, len(self.data.skew_names),
+                                          self.data.skew_names, seed=s)
+                        for s, p in self.parts.items()], ignore_index=True)
+        if self.variant is not None:
+            df.insert(0, "variant", self.variant)
+        return df
+
+    def on_round(self, log: bool = False):
+        def cb(job, problem, res) -> dict[str, list[dict]]:
+            if not self.eval_due(res.t):
+                return {}
+            rows = eval_rows(problem, res.state, self.val, t=res.t,
+                             batch_size=self.cfg.eval_batch_size)
+            if self.variant is not None:
+                rows = [{"variant": self.variant, **r} for r in rows]
+            if log and self.backend.rank == 0:
+                from adflora_analysis.progress import echo
+
+                echo(_eval_line(job.key, res, rows, "perplexity"))
+            return {"eval": rows}
+
+        return cb
+
+    def meta(self) -> dict[str, Any]:
+        meta = super().meta()
+        meta["kind"] = "lm"
+        meta["model"].update(model_facts(self.gm))
+        meta["data"].update(skew_by=self.cfg.skew_by, skew_values=self.data.skew_names,
+                            train_tokens=self.train.tokens(),
+                            val_tokens={k: v.tokens() for k, v in self.val.items()})
+        return meta
+
+
+def _studies(cfg: LmConfig, gm: LmModel | None, backend: Backend) -> list[LmStudy]:
+    """One :class:`LmStudy` per variant; variants that need the same model share one. Every
+    variant is checked (:func:`preflight`) before any is built."""
+    variants = expand_study(cfg)
+    if backend.world_size > 1 and {v.n_clients for _, v in variants} != {cfg.n_clients}:
+        raise AdfloraError("a torch.distributed run needs one n_clients for every variant",
+                           "run variants with other client counts separately")
+    checked = [(label, v, preflight(v)) for label, v in variants]
+    models: dict[tuple, LmModel] = {} if gm is None else {_model_key(cfg): gm}
+    out = []
+    for label, v, res in checked:
+        st = LmStudy(v, models.get(_model_key(v)), backend,
+                     label if len(variants) > 1 else None, res)
+        models.setdefault(_model_key(v), st.gm)
+        out.append(st)
+    return out
+
+
+def run_lm(cfg: LmConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+           progress: bool | None = None, stop_after: int | None = None, log: bool = False,
+           gm: LmModel | None = None, backend: Backend = LOCAL,
+           callbacks: list[Any] | None = None) -> pd.DataFrame:
+    """Run (or resume) the LM study ``cfg`` into ``out``; return
+    :func:`~adflora_analysis.glue.runner.summarize`'s table (per method and seed: the last
+    round's xi_A, xi_B, cross_term, ... and ``mean_perplexity`` / ``averaged_perplexity``).
+
+    Arguments as :func:`adflora_analysis.glue.runner.run_glue` (``stop_after``: stop after
+    that many rounds in total, as a kill would; rank 0 alone writes under torch.distributed).
+    """
+    from adflora_analysis.resources import check_device
+
+    if resume and overwrite:
+        raise AdfloraError("--resume and --overwrite exclude each other",
+                           "continue the run with --resume, or replace it with --overwrite")
+    out = Path(out)
+    config = cfg.as_dict()
+    writer = backend.rank == 0
+    check_device(cfg.device)
+    for _, v in expand_study(cfg):   # bad input: one line before the run directory is touched
+        preflight(v)
+    with claim(out, "lm", "resume" if resume else "overwrite" if overwrite else "new",
+               writer=writer) as run:
+        if resume:
+            run.check_resume(config, backend.world_size, defaults=type(cfg)().as_dict())
+        studies = _studies(cfg, gm, backend)
+        if writer:
+            if resume:
+                import datetime as dt
+
+                run.update_meta(resumed_utc=dt.datetime.now(dt.UTC).isoformat(
+                    timespec="seconds"))
+            else:
+                metas = [st.meta() for st in studies]
+                if len(studies) > 1:
+                    metas[0]["variants"] = {st.variant: {k: m.get(k) for k in (
+                        "data", "model", "switch_interval", "topology", "p")}
+                        for st, m in zip(studies, metas, strict=True)}
+                init_run_dir(run, config, metas[0])
+            run.write_csv("label_counts.csv",
+                          pd.concat([st.label_counts() for st in studies], ignore_index=True))
+        jobs, hooks = [], {}
+        for st in studies:
+            cb = st.on_round(log)
+            for job in st.jobs():
+                jobs.append(job)
+                hooks[job.key] = cb
+        run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every, resume=resume,
+                 on_round=lambda job, problem, res: hooks[job.key](job, problem, res),
+                 progress=progress, stop_after=stop_after, backend=backend,
+                 callbacks=callbacks)
+        if not writer:
+            return pd.DataFrame()
+        summary = summarize(out)
+        if not summary.empty:
+            run.write_csv("summary.csv", summary)
+        return summary
