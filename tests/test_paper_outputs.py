@@ -47,16 +47,34 @@ def report(tmp_path_factory):
     """One report of the hand-written run, the rcParams and backend before and after."""
     root = tmp_path_factory.mktemp("paper")
     run = glue_run(root / "glue")
-    before = (dict(matplotlib.rcParams), matplotlib.get_backend())
+    import matplotlib.pyplot as plt
+
+    before = (dict(matplotlib.rcParams), matplotlib.get_backend(), plt.get_fignums())
     html = make_report([run], root / "rep", style="paper-column")
-    after = (dict(matplotlib.rcParams), matplotlib.get_backend())
+    after = (dict(matplotlib.rcParams), matplotlib.get_backend(), plt.get_fignums())
     return html.parent, before, after
 
 
 def test_rcparams_and_backend_unchanged_after_a_report(report):
-    _, (rc0, backend0), (rc1, backend1) = report
+    _, (rc0, backend0, figs0), (rc1, backend1, figs1) = report
     changed = {k for k in rc0 if rc0[k] != rc1.get(k)}
     assert not changed and backend0 == backend1
+    assert figs0 == figs1            # pyplot never held a report figure (plt.show() is yours)
+
+
+def test_the_topology_sweep_figure_sets_no_global_theme(tmp_path):
+    from adflora_analysis.topology.sweep import plot_sweep
+
+    df = pd.DataFrame([{"graph": "encounter", "rule": r, "flag": "", "q": q, "p": q * k,
+                        "p_stderr": 0.01, "n": 8} for k, r in ((1, "metropolis"),
+                                                               (0.5, "pairwise"))
+                       for q in (0.1, 0.5)]
+                      + [{"graph": "ring", "rule": "metropolis", "flag": "", "q": None,
+                          "p": 0.2, "p_stderr": 0.0, "n": 8}])
+    before = dict(matplotlib.rcParams)
+    out = plot_sweep(df, tmp_path / "sweep.pdf")
+    assert dict(matplotlib.rcParams) == before
+    assert b"/Subtype /Type3" not in out.read_bytes()
 
 
 def test_pdf_fonts_are_truetype_and_svg_beside_png(report):
