@@ -10,21 +10,25 @@ For a notebook, the package root gives the few functions of :mod:`adflora_analys
 
 >>> import adflora_analysis as af
 >>> sorted(af.__all__)  # doctest: +NORMALIZE_WHITESPACE
-['__version__', 'build_topology', 'make_report', 'run_checks', 'run_synthetic',
- 'synthetic_config', 'topology_constants']
+['MethodSpec', '__version__', 'build_topology', 'make_report', 'register_method',
+ 'run_checks', 'run_synthetic', 'synthetic_config', 'topology_constants']
 >>> round(af.topology_constants(af.build_topology("complete", 5))["p"], 6)
 1.0
 """
 
 __version__ = "0.1.0"
 
-_API = ("build_topology", "make_report", "run_checks", "run_synthetic", "synthetic_config",
-        "topology_constants")
+_API = ("MethodSpec", "build_topology", "make_report", "register_method", "run_checks",
+        "run_synthetic", "synthetic_config", "topology_constants")
 
 __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str):
+    if name in ("MethodSpec", "register_method"):   # methods as plugins (imports torch)
+        from adflora_analysis.core import methods
+
+        return getattr(methods, name)
     if name in _API:
         from adflora_analysis import api
 

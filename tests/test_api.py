@@ -24,7 +24,7 @@ def test_import_is_lazy_and_names_are_few():
     subprocess.run([sys.executable, "-c", code], check=True)
     assert set(af.__all__) == {"__version__", "build_topology", "topology_constants",
                                "synthetic_config", "run_synthetic", "run_checks",
-                               "make_report"}
+                               "make_report", "MethodSpec", "register_method"}
     assert set(af.__all__) <= set(dir(af))
     with pytest.raises(AttributeError, match="no attribute 'run_glue'"):
         af.run_glue  # noqa: B018

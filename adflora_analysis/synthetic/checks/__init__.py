@@ -135,7 +135,7 @@ def format_results(results: list[CheckResult]) -> str:
               if all(math.isfinite(v) for v in r.ratio_ci) else "")   # none with one seed
         rat = f"{_f(r.ratio, '.4g')}{ci}"
         zt = f"{_f(r.z, '.2f')} ({_f(r.threshold, '.2f')})"
-        lines.append(f"{r.number:<4} {r.check[:26]:<26} {r.method[:9]:<9} "
+        lines.append(f"{r.number:<4} {r.check[:26]:<26} {r.method[:14]:<14} "
                      f"{r.variant[:14]:<14} {r.status:<13} {_f(r.measured):>9} "
                      f"{_f(r.bound):>9} {rat:>24} {zt:>13} {_f(r.mde, '.2g'):>6}  {r.note}")
     return "\n".join(lines)

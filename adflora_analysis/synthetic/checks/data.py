@@ -200,7 +200,7 @@ def drift_not_applicable(ctx: Context, name: str, number: str, why: str, *,
     spec = METHODS.get(ctx.method)
     if not d > 0 or spec is None or not spec.alternates:   # NaN (no drift column) too
         return None
-    if phase_mixed_only and spec.mix != "phase":
+    if phase_mixed_only and (spec.mixed_in("A"), spec.mixed_in("B")) != (("A",), ("B",)):
         return None
     return CheckResult(name, number, ctx.method, ctx.variant, "n/a",
                        note=f"clock drift {d:g}: clients in different phases in the same round, "

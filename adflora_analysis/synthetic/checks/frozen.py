@@ -82,7 +82,7 @@ def _declared_mixed(method: str, block: str) -> bool | None:
     spec = METHODS.get(method)
     if spec is None:
         return None
-    return spec.mix == "AB" or spec.mix == block
+    return spec.gossips_frozen(block)
 
 
 def async_gossip(vmeta: dict) -> tuple[int, float]:
