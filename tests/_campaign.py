@@ -1344,13 +1344,13 @@ add("usercheck-keyboardinterrupt-at-import", "user checks",
 add("usercheck-baseexception-subclass", "user checks",
     _user_check("raise GeneratorExit('x')"), REFUSE())
 add("usercheck-loop-forever", "user checks", _user_check("while True: pass", "", *_T),
-    REFUSE(max_s=25, forbid=_NO_OPT), mode="subprocess", timeout=30)
+    REFUSE(max_s=80, forbid=_NO_OPT), mode="subprocess", timeout=90)
 add("usercheck-loop-forever-at-import", "user checks",
     _user_check("return None", "while True: pass", *_T),
-    REFUSE(max_s=25, forbid=_NO_OPT), mode="subprocess", timeout=30)
+    REFUSE(max_s=80, forbid=_NO_OPT), mode="subprocess", timeout=90)
 add("usercheck-sleep-ignoring-alarm", "user checks",
     _user_check("signal.signal(signal.SIGALRM, signal.SIG_IGN); time.sleep(600)", "", *_T),
-    REFUSE(max_s=25, forbid=_NO_OPT), mode="subprocess", timeout=30)
+    REFUSE(max_s=80, forbid=_NO_OPT), mode="subprocess", timeout=90)
 add("usercheck-os-exit-0", "user checks", _user_check("os._exit(0)"), REFUSE(),
     mode="subprocess", timeout=60)
 
