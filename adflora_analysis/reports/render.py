@@ -205,6 +205,7 @@ def latex_table(df: pd.DataFrame, note: str | None = None) -> str:
 
 def _fmt(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
+    out.columns.name = None    # a pivot's leftover name would be an empty header column
     for c in out.columns:
         if pd.api.types.is_float_dtype(out[c]):
             out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
