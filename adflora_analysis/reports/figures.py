@@ -660,9 +660,9 @@ def cross_heatmap(mats: pd.DataFrame) -> Figure | None:
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel("i (B_i)")
+                ax.set_ylabel("client i (row: B_i)")
             if r == len(methods) - 1:
-                ax.set_xlabel("j (A_j)")
+                ax.set_xlabel("client j (column: A_j)")
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.5, label="‖B_i A_j‖_F")
     fig.suptitle("‖B_i A_j‖_F: diagonal (outlined) = what client i computed; off-diagonal = "
