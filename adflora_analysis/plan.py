@@ -20,7 +20,8 @@ and formula is in docs/plan.md; in short (bytes, ``e`` = bytes per element of ``
 - logits: ``4 T V 4`` at the loss's backward (logits, saved log-softmax, their gradients;
   transformers computes the loss in fp32).
 
-Time per round: ``n K T F / (peak MFU)`` with ``F = 4 P + 6 A + 12 L s h_q`` FLOPs per token
+Time per round: ``n_p K T F / (peak MFU)`` (``n_p`` clients per process, processes in
+parallel) with ``F = 4 P + 6 A + 12 L s h_q`` FLOPs per token
 (forward 2P, backward through the frozen base 2P for the activations' gradients, 6A for the
 adapters, attention scores; ``+2P + 4 L s h_q`` with gradient checkpointing).
 """
@@ -86,8 +87,11 @@ GPU_RUNTIME_BYTES = 1 * GIB   # CUDA context, cuBLAS workspace, allocator slack
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
-DEFAULT_TARGETS = {"llama": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"),
-                   "mistral": ("q_proj", "v_proj"), "gpt2": ("c_attn",)}
+# the lm testbed's defaults (adflora_analysis.lm.model.DEFAULT_TARGETS): attention projections;
+# with ``lora_mlp`` also the MLP
+DEFAULT_TARGETS = {"llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
+                   "gpt2": ("c_attn", "c_proj")}
+MLP_TARGETS = {"llama": ("gate_proj", "up_proj", "down_proj"), "gpt2": ("c_fc",)}
 
 # saved activations per layer without LoRA, in units of T*e (measured with
 # torch.autograd.graph.saved_tensors_hooks, docs/plan.md): (c_h, c_qkv, c_I) for
@@ -205,6 +209,15 @@ def resolve_model(name: str) -> Arch:
             raise AdfloraError(f"cannot read model config {p}: {e}",
                                "pass a config.json file") from None
         return arch_from_config(cfg, str(p))
+    if name.lower().startswith("tiny-"):   # the lm testbed's locally built tiny models
+        try:
+            from adflora_analysis.lm.tiny import tiny_config, tiny_family
+
+            family = tiny_family(name)
+            if family is not None:
+                return arch_from_config(tiny_config(family).to_dict(), f"lm testbed {name}")
+        except ImportError:   # pragma: no cover - the lm testbed is not installed
+            pass
     if name.lower() in SHAPES:
         return arch_from_config(SHAPES[name.lower()], f"built-in shape {name.lower()}")
     if "/" in name and not name.startswith((".", "/")):
@@ -242,6 +255,7 @@ class PlanInput:
     local_steps: int = 1
     optimizer_reset: str = "round"
     mfu: float = 0.4
+    lora_mlp: bool = False
 
     def validate(self) -> None:
         """One :class:`AdfloraError` per bad value."""
@@ -284,8 +298,10 @@ class Plan:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["total_gib"] = self.total_bytes / GIB
-        d["device_gib"] = self.device_bytes / GIB
+        d["peak_memory_bytes"] = self.total_bytes
+        d["peak_memory_gib"] = self.total_bytes / GIB
+        d["device_memory_gib"] = self.device_bytes / GIB
+        d["tokens_per_s"] = (self.peak_flops * self.inp["mfu"] / self.flops_per_token)
         return d
 
 
@@ -315,8 +331,8 @@ def activation_bytes(a: Arch, b: int, s: int, e: int, gc: bool,
     outside = 2 * T * h * e                  # final norm
     if gc:   # layer inputs kept; one layer recomputed in backward (after the logits freed)
         kept = a.layers * T * h * e + outside
-        return kept + max(0, layer + 2 * T * h * e - logits), logits
-    return a.layers * layer + outside, logits
+        return int(kept + max(0, layer + 2 * T * h * e - logits)), int(logits)
+    return int(a.layers * layer + outside), int(logits)
 
 
 def cpu_peak_flops() -> float:
@@ -326,6 +342,7 @@ def cpu_peak_flops() -> float:
     import torch
 
     x = torch.randn(1024, 1024)
+    x @ x   # warm-up
     best = math.inf
     for _ in range(3):
         t0 = time.perf_counter()
@@ -340,8 +357,8 @@ def make_plan(inp: PlanInput, *, arch: Arch | None = None,
     ``device_bytes``/``peak_flops`` override the device's (cpu: available RAM, measured)."""
     inp.validate()
     a = arch or resolve_model(inp.model)
-    targets = tuple(inp.targets) if inp.targets else DEFAULT_TARGETS.get(
-        a.family, ("q_proj", "v_proj"))
+    targets = tuple(inp.targets) if inp.targets else (
+        DEFAULT_TARGETS[a.family] + (MLP_TARGETS[a.family] if inp.lora_mlp else ()))
     e = DTYPE_BYTES[inp.dtype]
     P, A = a.params(), a.adapter_params(targets, inp.rank)
     dev = DEVICES[inp.device]
@@ -373,7 +390,8 @@ def make_plan(inp: PlanInput, *, arch: Arch | None = None,
     F = 4 * P + 6 * A + 12 * L * inp.seq * hq
     if inp.gradient_checkpointing:
         F += 2 * P + 4 * L * inp.seq * hq
-    tokens = n * inp.local_steps * inp.batch * inp.seq
+    per_process = math.ceil(n / processes) if processes else n   # processes run in parallel
+    tokens = per_process * inp.local_steps * inp.batch * inp.seq
     secs = tokens * F / (peak_flops * inp.mfu)
     return Plan(inp=asdict(inp) | {"targets": list(targets)}, model_source=a.source,
                 params=P, adapter_params=A, memory=memory, total_bytes=total,
@@ -389,7 +407,8 @@ _TOML_KEYS = {"model": "model", "n_clients": "clients", "clients": "clients", "r
               "batch_size": "batch", "batch": "batch", "max_length": "seq", "seq": "seq",
               "dtype": "dtype", "gradient_checkpointing": "gradient_checkpointing",
               "device": "device", "lora_targets": "targets", "local_steps": "local_steps",
-              "optimizer_reset": "optimizer_reset"}
+              "optimizer_reset": "optimizer_reset",
+              "lora_mlp": "lora_mlp"}
 
 
 def _flat(d: dict, out: dict) -> dict:
@@ -436,7 +455,8 @@ LABELS = {"base_weights": "base weights (P e)", "adapter_in_model": "adapter in 
 
 
 def _gib(x: float) -> str:
-    return f"{x / GIB:9.2f} GiB"
+    """Bytes as GiB (MiB below 1 GiB), right-aligned."""
+    return f"{x / GIB:9.2f} GiB" if x >= GIB else f"{x / 2**20:9.1f} MiB"
 
 
 def format_plan(p: Plan) -> str:
@@ -451,12 +471,13 @@ def format_plan(p: Plan) -> str:
              f"A = {p.adapter_params:,}",
              f"memory of one process holding {here} client(s):"]
     lines += [f"  {LABELS[k]:38s}{_gib(v)}" for k, v in p.memory.items() if v]
-    lines += [f"  {'total':38s}{_gib(p.total_bytes)}  of {_gib(p.device_bytes).strip()} "
+    total, dev = _gib(p.total_bytes).strip(), _gib(p.device_bytes).strip()
+    lines += [f"  {'total':38s}{total:>13s}  of {dev} "
               f"({100 * p.total_bytes / p.device_bytes:.0f} %)",
               f"clients per device: {p.clients_per_device} (fixed {_gib(p.fixed_bytes).strip()}"
               f" + {p.per_client_bytes / 2**20:.1f} MiB per client); processes needed: "
               f"{p.processes}",
-              f"time per round: {p.seconds_per_round:.3g} s ({i['clients']} clients x "
+              f"time per round: {p.seconds_per_round:.3g} s ({here} clients one after another x "
               f"{i['local_steps']} step(s) x {i['batch'] * i['seq']:,} tokens x "
               f"{p.flops_per_token:.3g} FLOP/token at {p.peak_flops / 1e12:.3g} TFLOP/s x "
               f"MFU {i['mfu']})"]
@@ -471,8 +492,10 @@ def check_fits(p: Plan) -> None:
             f"plan needs {p.fixed_bytes / GIB:.1f} GiB for one client of {i['model']} "
             f"(batch {i['batch']}, seq {i['seq']}, {i['dtype']}) but {i['device']} has "
             f"{p.device_bytes / GIB:.1f} GiB",
-            "lower --batch or --seq, add --gradient-checkpointing, use bfloat16 or a larger "
-            "device, or pass --allow-over to print the plan anyway")
+            "lower --batch or --seq"
+            + ("" if i["gradient_checkpointing"] else ", add --gradient-checkpointing")
+            + (", use --dtype bfloat16" if i["dtype"] == "float32" else "")
+            + ", use a larger device, or pass --allow-over to print the plan anyway")
 
 
 def plan(
@@ -488,7 +511,8 @@ def plan(
     dtype: str = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 "
                               "[bfloat16]."),
     targets: str = typer.Option(None, "--targets", help="LoRA target modules, comma-"
-                                "separated [q_proj,v_proj; gpt2: c_attn]."),
+                                "separated [the lm testbed's: q_proj,k_proj,v_proj,o_proj; gpt2: "
+                                "c_attn,c_proj]."),
     gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/"
                                                 "--no-gradient-checkpointing",
                                                 help="Keep only layer inputs [off]."),
@@ -527,6 +551,14 @@ def plan(
         typer.echo(format_plan(p))
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover - `adflora plan` once registered in cli.py
+    import sys
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    typer.run(plan)
+    _app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    _app.command()(plan)
+    try:
+        _app(standalone_mode=False)
+    except AdfloraError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)

@@ -11,7 +11,7 @@ its own mmap and gives it back when freed (RSS then follows live tensors rather 
 high water, and per-thread arenas add no slack). torch's CPU allocator has no cache, so live
 tensors are what RSS holds.
 
-Usage: python benchmarks/plan_memory.py [--quick]
+Usage: python benchmarks/plan_memory.py [--quick] [--big [--only-big]]
 """
 
 from __future__ import annotations
@@ -120,6 +120,13 @@ CASES = [
 ]
 
 
+LLAMA_1B = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,
+            "num_attention_heads": 16, "num_key_value_heads": 16, "intermediate_size": 5504,
+            "vocab_size": 32000, "max_position_embeddings": 512}
+# with --big: the 1 B random Llama (about 4 GiB of fp32 weights, a few minutes)
+BIG = [("llama-1b h2048 L16 V32k", LLAMA_1B, 2, 8, 2, 128, ["q_proj", "v_proj"], False)]
+
+
 def run(cases=CASES) -> list[dict]:
     """Measure and predict every case; return rows (shape, predicted, measured, ratio)."""
     rows = []
@@ -136,6 +143,8 @@ def run(cases=CASES) -> list[dict]:
 
 def main() -> None:
     cases = CASES[:2] if "--quick" in sys.argv else CASES
+    if "--big" in sys.argv:
+        cases = [*cases, *BIG] if "--only-big" not in sys.argv else BIG
     rows = run(cases)
     print(f"{'shape':30s} {'n':>2s} {'r':>3s} {'b':>2s} {'s':>4s} {'predicted':>12s} "
           f"{'measured':>12s} {'ratio':>6s}")

@@ -106,7 +106,9 @@ def test_json_is_one_object(run_plan):
     d = json.loads(out)
     assert d["params"] == 6_738_415_616 and d["processes"] == 1
     assert d["total_bytes"] == sum(d["memory"].values())
-    assert d["inp"]["targets"] == ["q_proj", "v_proj"] and d["seconds_per_round"] > 0
+    assert d["inp"]["targets"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert d["adapter_params"] == 32 * 4 * 8 * 8192 and d["seconds_per_round"] > 0
+    assert d["peak_memory_bytes"] == d["total_bytes"] and d["tokens_per_s"] > 0
 
 
 def test_table_and_study_toml(run_plan, tmp_path):
@@ -159,6 +161,14 @@ def test_config_json_path_and_folder(tmp_path):
     (d / "config.json").write_text(json.dumps(SHAPES["llama-1b"]))
     assert resolve_model(str(d)).params() == resolve_model(str(d / "config.json")).params()
     assert resolve_model("llama-1b").params() == 940_640_256
+
+
+def test_lm_testbed_tiny_names_and_mlp_targets():
+    pytest.importorskip("adflora_analysis.lm.tiny")
+    a = resolve_model("tiny-llama")
+    assert a.family == "llama" and a.layers >= 1
+    p = make_plan(PlanInput(model="tiny-llama", device="h100", lora_mlp=True, rank=2))
+    assert "down_proj" in p.inp["targets"] and "o_proj" in p.inp["targets"]
 
 
 if __name__ == "__main__":   # pragma: no cover
