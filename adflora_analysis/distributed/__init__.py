@@ -2,6 +2,7 @@
 
 from adflora_analysis.distributed.backend import (
     EXCHANGES,
+    PeerLostError,
     TorchDistBackend,
     init_distributed,
     launched_by_torchrun,
@@ -9,5 +10,5 @@ from adflora_analysis.distributed.backend import (
 )
 from adflora_analysis.distributed.setup import BACKENDS, make_backend, shutdown
 
-__all__ = ["BACKENDS", "EXCHANGES", "TorchDistBackend", "init_distributed",
+__all__ = ["BACKENDS", "EXCHANGES", "PeerLostError", "TorchDistBackend", "init_distributed",
            "launched_by_torchrun", "make_backend", "shutdown", "split_clients"]
