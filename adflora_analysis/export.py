@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -285,4 +286,7 @@ def tensorboard(
 
     with status(f"export: TensorBoard events of {run_dir}"):
         out = export_tensorboard(run_dir, logdir)
-    typer.echo(f"wrote {out} (view: tensorboard --logdir {out})")
+    view = f"tensorboard --logdir {out}"
+    if shutil.which("tensorboard") is None:
+        view += " (tensorboard is not installed: pip install 'adflora-analysis[tensorboard]')"
+    typer.echo(f"wrote {out} (view: {view})")

@@ -8,10 +8,14 @@ uninterrupted run draw exactly the same numbers without saving generator states.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 import hashlib
 
 import numpy as np
-import torch
 
 SEED_BITS = 64
 
@@ -50,11 +54,14 @@ def torch_generator(seed: int, stream: str, *counters: int,
                     device: str | torch.device = "cpu") -> torch.Generator:
     """A torch.Generator seeded from the same counter-based key as :func:`numpy_rng`.
 
+    >>> import torch
     >>> a = torch.rand(2, generator=torch_generator(0, "init", 1))
     >>> torch.equal(a, torch.rand(2, generator=torch_generator(0, "init", 1)))
     True
     """
     ss = np.random.SeedSequence(_key(seed, stream, counters))
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF))
     return g

@@ -179,9 +179,6 @@ def test_dry_run_prints_a_time_estimate_per_job():
     assert "no" in out.split("# Estimated time:")[1].split("\n")[0]
 
 
-@pytest.mark.xfail(strict=True, reason="adflora_analysis.runconfig imports core.methods, whose "
-                   "module (and adflora_analysis.core/__init__) import torch: loading a study "
-                   "config imports torch until the method registry is torch-free")
 def test_dry_run_imports_no_torch():
     code = ("import sys\nfrom adflora_analysis.cli import main\n"
             "try:\n    main(['synthetic', 'run', 'bounds', '--dry-run'])\n"

@@ -301,7 +301,8 @@ def test_file_names_built_from_data_stay_inside_out_and_are_unique(tmp_path):
     out = tmp_path / "rep"
     write_report(out, "t", secs)
     files = layout(secs).files()
-    assert len(set(files)) == len(files) == 2 + 3 * len(titles)
+    # each table as CSV + LaTeX, each figure as PNG + PDF + SVG
+    assert len(set(files)) == len(files) == 2 + 5 * len(titles)
     for f in files:
         p = (out / f).resolve()
         assert p.is_file() and out.resolve() in p.parents

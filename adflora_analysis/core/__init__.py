@@ -10,29 +10,46 @@ states (:class:`LoraState`), gossip (:func:`gossip`, in place :func:`gossip_`,
 :func:`asynchronous`) and step sizes (:func:`lr_at`).
 """
 
-from adflora_analysis.core.backend import LOCAL, Backend, LocalBackend
-from adflora_analysis.core.displacement import DisplacementStats
-from adflora_analysis.core.gossip import gossip, gossip_, messages, mix_state, mixing_schedule
-from adflora_analysis.core.loop import Problem, RoundResult, check_finite, run_rounds
-from adflora_analysis.core.lr_schedules import lr_at
-from adflora_analysis.core.methods import METHODS, MethodSpec, get_method, register_method
-from adflora_analysis.core.metrics import (
-    consensus_error,
-    cross_term,
-    layer_metrics,
-    product_consensus,
-    total_over_layers,
-)
-from adflora_analysis.core.mixers import Mixer, asynchronous, synchronous
-from adflora_analysis.core.rows import round_rows
-from adflora_analysis.core.schedules import (
-    SwitchSchedule,
-    feedback,
-    periodic,
-    phase,
-    topology_aware,
-)
-from adflora_analysis.core.state import LoraState
+import importlib
+
+#: public name -> the module that defines it, imported on first use (PEP 562), so that
+#: reading a config or a method spec imports no torch
+_WHERE = {
+    'Backend': 'adflora_analysis.core.backend',
+    'DisplacementStats': 'adflora_analysis.core.displacement',
+    'LOCAL': 'adflora_analysis.core.backend',
+    'LocalBackend': 'adflora_analysis.core.backend',
+    'LoraState': 'adflora_analysis.core.state',
+    'METHODS': 'adflora_analysis.core.methods',
+    'MethodSpec': 'adflora_analysis.core.methods',
+    'Mixer': 'adflora_analysis.core.mixers',
+    'Problem': 'adflora_analysis.core.loop',
+    'RoundResult': 'adflora_analysis.core.loop',
+    'SwitchSchedule': 'adflora_analysis.core.schedules',
+    'asynchronous': 'adflora_analysis.core.mixers',
+    'check_finite': 'adflora_analysis.core.loop',
+    'consensus_error': 'adflora_analysis.core.metrics',
+    'cross_term': 'adflora_analysis.core.metrics',
+    'feedback': 'adflora_analysis.core.schedules',
+    'get_method': 'adflora_analysis.core.methods',
+    'gossip': 'adflora_analysis.core.gossip',
+    'gossip_': 'adflora_analysis.core.gossip',
+    'layer_metrics': 'adflora_analysis.core.metrics',
+    'lr_at': 'adflora_analysis.core.lr_schedules',
+    'messages': 'adflora_analysis.core.gossip',
+    'mix_state': 'adflora_analysis.core.gossip',
+    'mixing_schedule': 'adflora_analysis.core.gossip',
+    'periodic': 'adflora_analysis.core.schedules',
+    'phase': 'adflora_analysis.core.schedules',
+    'product_consensus': 'adflora_analysis.core.metrics',
+    'register_method': 'adflora_analysis.core.methods',
+    'round_rows': 'adflora_analysis.core.rows',
+    'run_rounds': 'adflora_analysis.core.loop',
+    'synchronous': 'adflora_analysis.core.mixers',
+    'topology_aware': 'adflora_analysis.core.schedules',
+    'total_over_layers': 'adflora_analysis.core.metrics',
+}
+
 
 __all__ = [
     "LOCAL", "Backend", "DisplacementStats", "LocalBackend", "METHODS", "LoraState",
@@ -42,3 +59,13 @@ __all__ = [
     "phase", "product_consensus", "register_method", "round_rows", "run_rounds", "synchronous",
     "topology_aware", "total_over_layers",
 ]
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'adflora_analysis.core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from torch import Tensor
-
-from adflora_analysis.core.schedules import phase
 from adflora_analysis.errors import AdfloraError, unknown_name
+
+if TYPE_CHECKING:   # torch is imported where masks are built: configs and dry runs need none
+    from torch import Tensor
 
 BlockRule = Literal["phase", "A", "B", "AB"]
 RULES = ("phase", "A", "B", "AB")
@@ -43,6 +42,8 @@ def _blocks(rule: Rule, ph: str) -> tuple[str, ...]:
 
 
 def _masks(rule: Rule, phase_A: Tensor) -> dict[str, Tensor]:
+    import torch
+
     if isinstance(rule, tuple):
         in_A, in_B = _blocks(rule, "A"), _blocks(rule, "B")
         return {b: torch.where(phase_A, b in in_A, b in in_B) for b in ("A", "B")}
@@ -139,6 +140,7 @@ class MethodSpec:
         docs/theory.md §9): ``phase_A`` (*batch, n) bool, True where a client is in phase A;
         returns ``{"A": (*batch, n) bool, "B": ...}``.
 
+        >>> import torch
         >>> m = get_method("rolora").trained_masks(torch.tensor([True, False]))
         >>> m["A"].tolist(), m["B"].tolist()
         ([True, False], [False, True])
@@ -151,6 +153,7 @@ class MethodSpec:
         """Which clients gossip each block when each client has its own phase (see
         :meth:`trained_masks`): rolora's client gossips only its phase's factor.
 
+        >>> import torch
         >>> get_method("rolora").mixed_masks(torch.tensor([True, False]))["B"].tolist()
         [False, True]
         >>> get_method("adf-lora").mixed_masks(torch.tensor([True, False]))["B"].tolist()
@@ -160,10 +163,14 @@ class MethodSpec:
 
     def trained_blocks(self, t: int, switch_interval: int | None = None) -> tuple[str, ...]:
         """Blocks updated by local steps at round ``t`` of the periodic schedule."""
+        from adflora_analysis.core.schedules import phase
+
         return self.trained_in(phase(t, switch_interval or self.default_switch_interval))
 
     def mixed_blocks(self, t: int, switch_interval: int | None = None) -> tuple[str, ...]:
         """Blocks gossiped with W^t at round ``t`` of the periodic schedule."""
+        from adflora_analysis.core.schedules import phase
+
         return self.mixed_in(phase(t, switch_interval or self.default_switch_interval))
 
     @property
