@@ -11,7 +11,8 @@ from adflora_analysis.reports.collect import Run
 
 
 def report_checks(run: Run) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
-    """``(table, bounds)`` for a synthetic run, None for other kinds.
+    """``(table, bounds)`` for a synthetic or GLUE run (the checks read both kinds; on GLUE
+    the ones whose columns it lacks say n/a), None for other kinds.
 
     ``table``: :func:`checks_table` (status held / violated / finding / underpowered / n/a /
     error, measured, bound, ratio with interval, z with threshold). ``bounds``: check 4b's
@@ -19,7 +20,7 @@ def report_checks(run: Run) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
     dashed lines of the consensus figure; :func:`check_curves` and :func:`check_overlays` give
     every check's curve and its figure.
     """
-    if run.kind != "synthetic":    # GLUE run directories: `adflora synthetic check RUN`
+    if run.kind not in ("synthetic", "glue"):
         return None
     from adflora_analysis.errors import AdfloraError
     from adflora_analysis.synthetic.checks import run_checks
