@@ -256,6 +256,7 @@ class PlanInput:
     optimizer_reset: str = "round"
     mfu: float = 0.4
     lora_mlp: bool = False
+    lora_dropout: float = 0.0
 
     def validate(self) -> None:
         """One :class:`AdfloraError` per bad value."""
@@ -267,6 +268,10 @@ class PlanInput:
         if not (isinstance(self.mfu, (int, float)) and math.isfinite(self.mfu)
                 and 0 < self.mfu <= 1):
             raise AdfloraError(f"mfu = {self.mfu!r} must lie in (0, 1]", "e.g. --mfu 0.4")
+        if not (isinstance(self.lora_dropout, (int, float))
+                and 0 <= self.lora_dropout < 1):
+            raise AdfloraError(f"lora_dropout = {self.lora_dropout!r} must lie in [0, 1)",
+                               "e.g. --lora-dropout 0.05")
         if self.device not in DEVICES:
             raise unknown_name("device", self.device, DEVICES)
         if self.dtype not in DTYPE_BYTES:
@@ -306,18 +311,24 @@ class Plan:
 
 
 def activation_bytes(a: Arch, b: int, s: int, e: int, gc: bool,
-                     targets: tuple[str, ...] = ("q_proj", "v_proj"), rank: int = 8
-                     ) -> tuple[int, int]:
+                     targets: tuple[str, ...] = ("q_proj", "v_proj"), rank: int = 8,
+                     lora_dropout: float = 0.0, cpu: bool = False) -> tuple[int, int]:
     """(saved activations of all layers, logits at the loss's backward) in bytes, for one
     local step of ``b`` rows of ``s`` tokens in a dtype of ``e`` bytes with LoRA of rank
-    ``rank`` on ``targets``."""
+    ``rank`` on ``targets``. With ``lora_dropout`` > 0 every adapted module keeps its own
+    dropped input and mask (the mask in the input's dtype on CPU, 1 byte on a GPU)."""
     T = b * s
     h, i_ = a.hidden, a.intermediate
     ch, cq, ci = ACT_CONSTANTS[a.family]
     width = ch * h + cq * (h + 2 * a.kv_dim) + ci * i_
-    groups = {LORA_INPUTS[t] for t in targets if t in LORA_INPUTS}
-    for _, w in groups:     # inputs kept for lora_A's gradient
-        width += {"h": h, "I": i_, "hI": h + i_}[w]
+    if lora_dropout > 0:    # each module: dropped input + mask, nothing shared
+        mask = e if cpu else 1
+        width += sum(di for name, di, _, _ in a.modules()
+                     if name.rsplit(".", 1)[1] in targets) * (e + mask) / e
+    else:                   # inputs kept for lora_A's gradient, shared within a group
+        groups = {LORA_INPUTS[t] for t in targets if t in LORA_INPUTS}
+        for _, w in groups:
+            width += {"h": h, "I": i_, "hI": h + i_}[w]
     n_lora = sum(2 if (a.family == "gpt2" and t == "c_proj") else 1 for t in targets)
     width += n_lora * rank  # lora_A's output, kept for lora_B's gradient
     layer = T * e * width
@@ -372,7 +383,7 @@ def make_plan(inp: PlanInput, *, arch: Arch | None = None,
     if peak_flops is None:
         peak_flops = dev["peak"][inp.dtype] if dev["peak"] else cpu_peak_flops()
     acts, logits = activation_bytes(a, inp.batch, inp.seq, e, inp.gradient_checkpointing,
-                                    targets, inp.rank)
+                                    targets, inp.rank, inp.lora_dropout, inp.device == "cpu")
     runtime = GPU_RUNTIME_BYTES if inp.device != "cpu" else 0
     fixed = {"base_weights": P * e, "adapter_in_model": 4 * A, "gradients": 4 * A,
              "optimizer_active": 2 * 4 * A, "activations": acts, "logits": logits,
@@ -408,7 +419,13 @@ _TOML_KEYS = {"model": "model", "n_clients": "clients", "clients": "clients", "r
               "dtype": "dtype", "gradient_checkpointing": "gradient_checkpointing",
               "device": "device", "lora_targets": "targets", "local_steps": "local_steps",
               "optimizer_reset": "optimizer_reset",
-              "lora_mlp": "lora_mlp"}
+              "lora_mlp": "lora_mlp", "dropout": "lora_dropout",
+              "lora_dropout": "lora_dropout"}
+# the lm testbed's defaults (LmConfig) for keys a study TOML leaves out
+LM_DEFAULTS = {"model": "tiny-llama", "dtype": "float32", "batch": 8, "seq": 128, "rank": 8,
+               "local_steps": 10, "lora_dropout": 0.05, "clients": 10,
+               "optimizer_reset": "round", "gradient_checkpointing": False,
+               "lora_mlp": False}
 
 
 def _flat(d: dict, out: dict) -> dict:
@@ -422,7 +439,8 @@ def _flat(d: dict, out: dict) -> dict:
 
 def read_study(path: Path) -> dict:
     """PlanInput fields from an lm study TOML (keys anywhere in its tables; unknown keys are
-    ignored; ``device = "cuda"`` means h100)."""
+    ignored; keys left out take the lm testbed's defaults, :data:`LM_DEFAULTS`;
+    ``device = "cuda"`` means h100)."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as e:
@@ -441,7 +459,7 @@ def read_study(path: Path) -> dict:
         out["targets"] = tuple(out["targets"])
     if str(out.get("device", "")).startswith("cuda"):
         out["device"] = "h100"
-    return out
+    return {**LM_DEFAULTS, **out}
 
 
 # --- printing -------------------------------------------------------------------------------
@@ -520,6 +538,9 @@ def plan(
                                     "[1]."),
     optimizer_reset: str = typer.Option(None, "--optimizer-reset", help="round (fresh AdamW "
                                         "per client per round) or never (kept) [round]."),
+    lora_dropout: float = typer.Option(None, "--lora-dropout", help="LoRA dropout p: each "
+                                       "adapted module then keeps its own dropped input [0; "
+                                       "a study TOML: its dropout, default 0.05]."),
     mfu: float = typer.Option(None, "--mfu", help="Assumed model FLOPs utilisation [0.4]."),
     allow_over: bool = typer.Option(False, "--allow-over", help="Print a plan that does "
                                     "not fit instead of failing."),
@@ -535,6 +556,7 @@ def plan(
     flags = {"model": model, "clients": clients, "rank": rank, "batch": batch, "seq": seq,
              "device": device, "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
              "local_steps": local_steps, "optimizer_reset": optimizer_reset, "mfu": mfu,
+             "lora_dropout": lora_dropout,
              "targets": tuple(t.strip() for t in targets.split(",") if t.strip())
              if targets else None}
     fields.update({k: v for k, v in flags.items() if v is not None})

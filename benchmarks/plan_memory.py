@@ -11,7 +11,7 @@ its own mmap and gives it back when freed (RSS then follows live tensors rather 
 high water, and per-thread arenas add no slack). torch's CPU allocator has no cache, so live
 tensors are what RSS holds.
 
-Usage: python benchmarks/plan_memory.py [--quick] [--big [--only-big]]
+Usage: python benchmarks/plan_memory.py [--quick | --last] [--big [--only-big]]
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ CHILD = textwrap.dedent(r"""
                 gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model = get_peft_model(model, LoraConfig(r=a["rank"], lora_alpha=2 * a["rank"],
-                                                 target_modules=targets, lora_dropout=0.0))
+                                                 target_modules=targets,
+                                                 lora_dropout=a["dropout"]))
         model.train()
         train = [p for p in model.parameters() if p.requires_grad]
         A = sum(p.numel() for p in train)
@@ -71,12 +72,12 @@ CHILD = textwrap.dedent(r"""
 
 
 def measure(config: dict, *, clients: int, rank: int, batch: int, seq: int, targets: list[str],
-            gc: bool = False) -> dict:
+            gc: bool = False, dropout: float = 0.0) -> dict:
     """Peak RSS growth (bytes) of one training step in a fresh subprocess (see module doc)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     arg = json.dumps({"config": config, "clients": clients, "rank": rank, "batch": batch,
-                      "seq": seq, "targets": targets, "gc": gc})
+                      "seq": seq, "targets": targets, "gc": gc, "dropout": dropout})
     r = subprocess.run([sys.executable, "-c", CHILD, arg], env=env, capture_output=True,
                        text=True, check=False)
     if r.returncode:
@@ -85,11 +86,11 @@ def measure(config: dict, *, clients: int, rank: int, batch: int, seq: int, targ
 
 
 def predict(config: dict, *, clients: int, rank: int, batch: int, seq: int,
-            targets: list[str], gc: bool = False) -> dict:
+            targets: list[str], gc: bool = False, dropout: float = 0.0) -> dict:
     """The planner's prediction (device cpu, float32) for the same shape."""
     p = make_plan(PlanInput(model="bench", clients=clients, rank=rank, batch=batch, seq=seq,
                             device="cpu", dtype="float32", targets=tuple(targets),
-                            gradient_checkpointing=gc),
+                            gradient_checkpointing=gc, lora_dropout=dropout),
                   arch=arch_from_config(config, "bench"), device_bytes=64 * 1024**3,
                   peak_flops=1e11)
     return {"predicted": p.total_bytes, "adapter_params": p.adapter_params}
@@ -107,7 +108,7 @@ MID_LLAMA = {"model_type": "llama", "hidden_size": 512, "num_hidden_layers": 8,
              "num_attention_heads": 8, "num_key_value_heads": 8, "intermediate_size": 1376,
              "vocab_size": 32000, "max_position_embeddings": 512}
 
-# (name, config, clients, rank, batch, seq, targets, gradient checkpointing)
+# (name, config, clients, rank, batch, seq, targets, gradient checkpointing[, LoRA dropout])
 CASES = [
     ("tiny-llama h128 L2 V8k", TINY_LLAMA, 1, 4, 2, 64, ["q_proj", "v_proj"], False),
     ("tiny-gpt2 h256 L4 V50k", TINY_GPT2, 2, 8, 2, 128, ["c_attn"], False),
@@ -117,6 +118,8 @@ CASES = [
     ("mid-llama h512 L8 V32k +gc", MID_LLAMA, 4, 8, 4, 256, ["q_proj", "v_proj"], True),
     ("mid-llama h512 L8 all-linear", MID_LLAMA, 2, 16, 8, 256,
      ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
+    ("mid-llama h512 L8 qkvo dropout .05", MID_LLAMA, 4, 8, 4, 256,
+     ["q_proj", "k_proj", "v_proj", "o_proj"], False, 0.05),
 ]
 
 
@@ -130,9 +133,10 @@ BIG = [("llama-1b h2048 L16 V32k", LLAMA_1B, 2, 8, 2, 128, ["q_proj", "v_proj"],
 def run(cases=CASES) -> list[dict]:
     """Measure and predict every case; return rows (shape, predicted, measured, ratio)."""
     rows = []
-    for name, cfg, n, r, b, s, tg, gc in cases:
-        m = measure(cfg, clients=n, rank=r, batch=b, seq=s, targets=tg, gc=gc)
-        p = predict(cfg, clients=n, rank=r, batch=b, seq=s, targets=tg, gc=gc)
+    for name, cfg, n, r, b, s, tg, gc, *rest in cases:
+        kw = {"clients": n, "rank": r, "batch": b, "seq": s, "targets": tg, "gc": gc,
+              "dropout": rest[0] if rest else 0.0}
+        m, p = measure(cfg, **kw), predict(cfg, **kw)
         assert m["adapter_params"] == p["adapter_params"], (name, m, p)
         rows.append({"shape": name, "clients": n, "rank": r, "batch": b, "seq": s,
                      "predicted_mib": p["predicted"] / 2**20,
@@ -143,13 +147,15 @@ def run(cases=CASES) -> list[dict]:
 
 def main() -> None:
     cases = CASES[:2] if "--quick" in sys.argv else CASES
+    if "--last" in sys.argv:
+        cases = CASES[-1:]
     if "--big" in sys.argv:
         cases = [*cases, *BIG] if "--only-big" not in sys.argv else BIG
     rows = run(cases)
-    print(f"{'shape':30s} {'n':>2s} {'r':>3s} {'b':>2s} {'s':>4s} {'predicted':>12s} "
+    print(f"{'shape':34s} {'n':>2s} {'r':>3s} {'b':>2s} {'s':>4s} {'predicted':>12s} "
           f"{'measured':>12s} {'ratio':>6s}")
     for w in rows:
-        print(f"{w['shape']:30s} {w['clients']:2d} {w['rank']:3d} {w['batch']:2d} "
+        print(f"{w['shape']:34s} {w['clients']:2d} {w['rank']:3d} {w['batch']:2d} "
               f"{w['seq']:4d} {w['predicted_mib']:8.1f} MiB {w['measured_mib']:8.1f} MiB "
               f"{w['ratio']:6.3f}")
     worst = max(abs(w["ratio"] - 1) for w in rows)

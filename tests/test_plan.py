@@ -116,10 +116,37 @@ def test_table_and_study_toml(run_plan, tmp_path):
     toml.write_text('name = "x"\nunknown_key = 3\n[model]\nmodel = "gpt2"\n'
                     'lora_targets = ["c_attn"]\n[train]\nn_clients = 3\nrank = 4\n'
                     'batch_size = 2\nmax_length = 64\ndtype = "float32"\ndevice = "cuda"\n')
-    assert read_study(toml)["clients"] == 3
+    study = read_study(toml)
+    assert study["clients"] == 3 and study["lora_dropout"] == 0.05   # LmConfig's default
     rc, out, err = run_plan(str(toml), "--rank", "16")
     assert rc == 0, err
     assert "gpt2" in out and "rank 16" in out and "3 clients" in out and "h100" in out
+
+
+def test_shipped_lm_study_takes_the_testbeds_defaults(run_plan):
+    """lm_runs/tiny_llama.toml: its keys (dropout = 0.0), LmConfig's defaults for the rest
+    (float32), a tiny-llama shape from the lm testbed."""
+    toml = ROOT / "adflora_analysis" / "configs" / "lm_runs" / "tiny_llama.toml"
+    if not toml.is_file():
+        pytest.skip("no shipped lm study")
+    pytest.importorskip("adflora_analysis.lm.tiny")
+    rc, out, err = run_plan(str(toml), "--device", "cpu", "--json")
+    assert rc == 0, err
+    d = json.loads(out)["inp"]
+    assert (d["clients"], d["rank"], d["batch"], d["seq"]) == (6, 4, 8, 48)
+    assert d["dtype"] == "float32" and d["lora_dropout"] == 0.0 and d["local_steps"] == 2
+
+
+def test_lora_dropout_keeps_a_copy_per_module():
+    base = dict(model="llama-1b", rank=8, batch=4, seq=256, device="h100",
+                targets=("q_proj", "k_proj", "v_proj", "o_proj"))
+    plain = make_plan(PlanInput(**base)).memory["activations"]
+    drop = make_plan(PlanInput(**base, lora_dropout=0.05)).memory["activations"]
+    # q, k, v, o each keep a dropped input (2 bytes) and a 1-byte mask instead of two shared
+    # inputs (q/k/v's and o's): 16 layers x T h (4 x 3 - 2 x 2) bytes more
+    assert drop - plain == 16 * 4 * 256 * 2048 * (4 * 3 - 2 * 2)
+    with pytest.raises(AdfloraError, match="lora_dropout"):
+        make_plan(PlanInput(**base, lora_dropout=1.0))
 
 
 def test_over_memory_is_one_error_line(run_plan):
