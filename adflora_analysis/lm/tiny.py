@@ -67,10 +67,39 @@ def train_tokenizer(folder: str | Path, vocab_size: int = VOCAB,
     return tok
 
 
+def pretrain(model, tok, steps: int, *, seed: int = 0, batch: int = 16, length: int = 48,
+             lr: float = 3e-3) -> float:
+    """``steps`` full-parameter AdamW steps of next-token loss on the tokenizer's corpus, so
+    that the tiny base knows some English before LoRA fine-tuning; returns the last loss."""
+    import numpy as np
+    import torch
+
+    from adflora_analysis.glue.tiny import corpus
+
+    ids = [r[:length] for r in tok(corpus())["input_ids"] if len(r) > 1]
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        rows = [ids[i] for i in rng.integers(0, len(ids), batch)]
+        L = max(map(len, rows))
+        x = torch.full((batch, L), tok.pad_token_id)
+        for j, r in enumerate(rows):
+            x[j, :len(r)] = torch.tensor(r)
+        y = x.masked_fill(x == tok.pad_token_id, -100)
+        loss = model(input_ids=x, attention_mask=(y != -100).long(), labels=y).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def build_tiny_causal_lm(folder: str | Path, family: str = "llama", *, seed: int = 0,
-                         **sizes) -> Path:
-    """Write a tiny ``family`` causal LM (random weights drawn from ``seed``) and its tokenizer
-    into ``folder``; return it. ``sizes``: :func:`tiny_config`'s keyword arguments."""
+                         pretrain_steps: int = 0, **sizes) -> Path:
+    """Write a tiny ``family`` causal LM (random weights drawn from ``seed``, then
+    ``pretrain_steps`` of :func:`pretrain`) and its tokenizer into ``folder``; return it.
+    ``sizes``: :func:`tiny_config`'s keyword arguments."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -83,24 +112,34 @@ def build_tiny_causal_lm(folder: str | Path, family: str = "llama", *, seed: int
     cfg = tiny_config(family, **{**sizes, "vocab_size": len(tok)})
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+        model = AutoModelForCausalLM.from_config(cfg)
+        if pretrain_steps:
+            pretrain(model, tok, pretrain_steps, seed=seed)
+        model.save_pretrained(folder)
     return folder
+
+
+#: pre-training steps of the tiny models a config names (``$ADFLORA_TINY_PRETRAIN``; tests: 0)
+PRETRAIN_STEPS = 300
 
 
 def tiny_folder(family: str, seed: int = 0) -> Path:
     """Where ``tiny-<family>`` lives (``$ADFLORA_TINY_DIR``, default
-    ``~/.cache/adflora-analysis/tiny``), built on first use (atomically: a temporary folder
-    renamed into place)."""
+    ``~/.cache/adflora-analysis/tiny``), built on first use with ``$ADFLORA_TINY_PRETRAIN``
+    (default :data:`PRETRAIN_STEPS`) pre-training steps (atomically: a temporary folder renamed
+    into place)."""
     import tempfile
+
+    steps = int(os.environ.get("ADFLORA_TINY_PRETRAIN", PRETRAIN_STEPS))
 
     root = Path(os.environ.get("ADFLORA_TINY_DIR")
                 or Path.home() / ".cache" / "adflora-analysis" / "tiny")
-    d = root / f"{family}-seed{seed}"
+    d = root / f"{family}-seed{seed}-pretrain{steps}"
     if (d / "config.json").is_file():
         return d
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{family}-"))
-    build_tiny_causal_lm(tmp, family, seed=seed)
+    build_tiny_causal_lm(tmp, family, seed=seed, pretrain_steps=steps)
     try:
         tmp.rename(d)
     except OSError:   # another process built it first
