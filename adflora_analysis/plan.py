@@ -16,7 +16,8 @@ and formula is in docs/plan.md; in short (bytes, ``e`` = bytes per element of ``
 - activations per layer ``T e (c_h h + c_q (h_q + 2 h_kv) + c_I I)`` plus, with attention
   dropout or eager attention, ``3 b a s^2 e`` (constants per family measured with
   ``torch.autograd.graph.saved_tensors_hooks``, see docs/plan.md); with gradient
-  checkpointing only each layer's input ``T h e`` plus one layer recomputed in backward;
+  checkpointing only each layer's input ``T h e`` plus one layer recomputed in backward; with
+  LoRA dropout every adapted module keeps its own dropped input and mask;
 - logits: ``4 T V 4`` at the loss's backward (logits, saved log-softmax, their gradients;
   transformers computes the loss in fp32).
 
@@ -520,28 +521,31 @@ def plan(
     config: Path = typer.Argument(None, help="An lm study TOML (model, n_clients, rank, "
                                   "batch_size, max_length, dtype, ...); flags override it."),
     model: str = typer.Option(None, "--model", help="config.json, a folder with one, a "
-                              f"built-in shape ({', '.join(SHAPES)}) or a cached hub name."),
-    clients: int = typer.Option(None, "--clients", help="Number of clients n [10]."),
-    rank: int = typer.Option(None, "--rank", help="LoRA rank r [8]."),
-    batch: int = typer.Option(None, "--batch", help="Rows per local step b [8]."),
-    seq: int = typer.Option(None, "--seq", help="Tokens per row s [512]."),
-    device: str = typer.Option(None, "--device", help="h100, h200, a100 or cpu [h100]."),
+                              f"built-in shape ({', '.join(SHAPES)}), tiny-llama etc. or a "
+                              "cached hub name."),
+    clients: int = typer.Option(None, "--clients", help="Number of clients n (default 10)."),
+    rank: int = typer.Option(None, "--rank", help="LoRA rank r (default 8)."),
+    batch: int = typer.Option(None, "--batch", help="Rows per local step b (default 8)."),
+    seq: int = typer.Option(None, "--seq", help="Tokens per row s (default 512)."),
+    device: str = typer.Option(None, "--device", help="h100, h200, a100 or cpu "
+                               "(default h100)."),
     dtype: str = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 "
-                              "[bfloat16]."),
+                              "(default bfloat16)."),
     targets: str = typer.Option(None, "--targets", help="LoRA target modules, comma-"
-                                "separated [the lm testbed's: q_proj,k_proj,v_proj,o_proj; gpt2: "
-                                "c_attn,c_proj]."),
+                                "separated (default: the lm testbed's q_proj,k_proj,v_proj,"
+                                "o_proj; gpt2: c_attn,c_proj)."),
     gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/"
                                                 "--no-gradient-checkpointing",
-                                                help="Keep only layer inputs [off]."),
+                                                help="Keep only layer inputs (default off)."),
     local_steps: int = typer.Option(None, "--local-steps", help="Local steps per round K "
-                                    "[1]."),
+                                    "(default 1)."),
     optimizer_reset: str = typer.Option(None, "--optimizer-reset", help="round (fresh AdamW "
-                                        "per client per round) or never (kept) [round]."),
+                                        "per client per round, the default) or never."),
     lora_dropout: float = typer.Option(None, "--lora-dropout", help="LoRA dropout p: each "
-                                       "adapted module then keeps its own dropped input [0; "
-                                       "a study TOML: its dropout, default 0.05]."),
-    mfu: float = typer.Option(None, "--mfu", help="Assumed model FLOPs utilisation [0.4]."),
+                                       "adapted module then keeps its own dropped input "
+                                       "(default 0; a study TOML: its dropout, else 0.05)."),
+    mfu: float = typer.Option(None, "--mfu", help="Assumed model FLOPs utilisation "
+                              "(default 0.4)."),
     allow_over: bool = typer.Option(False, "--allow-over", help="Print a plan that does "
                                     "not fit instead of failing."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
