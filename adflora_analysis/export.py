@@ -276,6 +276,8 @@ def tensorboard(
     run_dir: Path = typer.Argument(..., help="A run directory (synthetic or GLUE)."),
     logdir: Path = typer.Option(None, "--logdir", help="Where to write the event files "
                                 "(default RUN_DIR/tensorboard)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object: where the "
+                                 "event files are."),
 ) -> None:
     """Write RUN_DIR's scalars (per method, seed and layer), evaluation and check verdicts as
     TensorBoard event files; then view them with tensorboard --logdir D.
@@ -286,6 +288,11 @@ def tensorboard(
 
     with status(f"export: TensorBoard events of {run_dir}"):
         out = export_tensorboard(run_dir, logdir)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"logdir": str(out), "run": str(run_dir)}))
+        return
     view = f"tensorboard --logdir {out}"
     if shutil.which("tensorboard") is None:
         view += " (tensorboard is not installed: pip install 'adflora-analysis[tensorboard]')"

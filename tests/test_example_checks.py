@@ -34,3 +34,17 @@ def test_shipped_user_checks_run(tmp_path, capsys):
     assert {(r["check"], r["method"]) for r in mine} == {
         (c, m) for c in ("loss-below-start", "consensus-shrinks") for m in ("adf-lora", "lora")}
     assert all(r["status"] != "error" for r in mine)
+
+
+def test_report_and_export_print_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = _cli(capsys, "synthetic", "run", "bounds", "--out", str(run), *TINY)
+    assert code == 0, err
+    code, out, err = _cli(capsys, "export", "tensorboard", str(run), "--logdir",
+                          str(tmp_path / "tb"), "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"logdir": str(tmp_path / "tb"), "run": str(run)}
+    code, out, err = _cli(capsys, "report", str(run), "--out", str(tmp_path / "rep"), "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert Path(got["report"]).is_file() and got["runs"] == [str(run)]

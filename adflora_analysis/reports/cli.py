@@ -18,6 +18,8 @@ def report(
     style: str = typer.Option("screen", "--style", help="Figure preset: screen, "
                               "paper-column (3.5 in, 8 pt) or paper-text (7 in, 9 pt); "
                               "figures come as PNG, PDF (TrueType fonts) and SVG."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object: the report's "
+                                 "files and the runs it read."),
 ) -> None:
     """Write OUT/report.md and OUT/index.html (opens from disk) from finished runs.
 
@@ -30,4 +32,10 @@ def report(
     from adflora_analysis.reports.api import make_report
 
     path = make_report(run_dirs, out, title=title, compare=compare, style=style)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"report": str(path), "out": str(out),
+                               "runs": [str(r) for r in run_dirs], "style": style}))
+        return
     typer.echo(f"report written: {path}")
