@@ -26,6 +26,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "glue": ("adflora_analysis.glue.cli:app",
              "GLUE runner: ADF-LoRA and baselines on RoBERTa/MiniLM over simulated clients, "
              "logging consensus and cross-term errors."),
+    "lm": ("adflora_analysis.lm.cli:app",
+           "Causal-LM testbed: ADF-LoRA and baselines on any causal LM (tiny offline "
+           "models or hub names), logging consensus, cross term and perplexity."),
+    "plan": ("adflora_analysis.plan:plan",
+             "Plan an lm study before running it: memory per device, time per round, "
+             "clients per device, from the model's config alone."),
     "report": ("adflora_analysis.reports.cli:report",
                "Write OUT/report.md and OUT/index.html (opens from disk) from finished runs."),
     "export": ("adflora_analysis.export:app", "Export a run to other tools (TensorBoard)."),

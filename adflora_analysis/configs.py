@@ -20,7 +20,7 @@ from adflora_analysis.errors import AdfloraError
 
 #: Folder of the shipped configs (package data).
 SHIPPED = Path(__file__).resolve().parent / "configs"
-GROUPS = ("synthetic", "glue_runs")
+GROUPS = ("synthetic", "glue_runs", "lm_runs")
 
 
 @dataclass(frozen=True)
