@@ -19,7 +19,7 @@ import torch
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.experiment import run_jobs
-from adflora_analysis.glue.partition import label_count_table, partition_indices
+from adflora_analysis.glue.partition import partition_indices
 from adflora_analysis.glue.runner import GlueStudy, _eval_line, summarize
 from adflora_analysis.lm.config import LmConfig
 from adflora_analysis.lm.data import LmTask, encode_lm, load_lm_data
@@ -43,7 +43,7 @@ class LmStudy(GlueStudy):
     def __init__(self, cfg: LmConfig, gm: LmModel | None = None, backend: Backend = LOCAL,
                  variant: str | None = None, res: Resolved | None = None):
         self.cfg, self.backend, self.variant = cfg, backend, variant
-        self.task = LmTask()
+        self.task = LmTask()   # label_names: the skewed column's values, set below
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         res = res or preflight(cfg)         # every bad input before data or weights
@@ -53,6 +53,8 @@ class LmStudy(GlueStudy):
         self.train = encode_lm(tok, self.data.train, cfg.max_length)
         self.val = {s: encode_lm(tok, df, cfg.max_length) for s, df in self.data.val.items()}
         y, C = self.data.skew, len(self.data.skew_names)
+        self.partition_y, self.partition_classes = y, C   # GlueStudy.label_counts reads these
+        self.task.label_names = tuple(self.data.skew_names)
         self.parts = {s: partition_indices(y, cfg.n_clients, cfg.partition, s, n_classes=C,
                                            alpha=cfg.dirichlet_alpha,
                                            examples_per_client=cfg.examples_per_client)
@@ -62,15 +64,6 @@ class LmStudy(GlueStudy):
             if empty:
                 raise AdfloraError(f"partition {cfg.partition!r} (seed {s}) left client(s) "
                                    f"{empty} without texts", "use more texts or fewer clients")
-
-    def label_counts(self) -> pd.DataFrame:
-        """Per seed and client: texts of each value of the skewed column (topic or label)."""
-        df = pd.concat([label_count_table(self.data.skew, p, len(self.data.skew_names),
-                                          self.data.skew_names, seed=s)
-                        for s, p in self.parts.items()], ignore_index=True)
-        if self.variant is not None:
-            df.insert(0, "variant", self.variant)
-        return df
 
     def on_round(self, log: bool = False):
         def cb(job, problem, res) -> dict[str, list[dict]]:
