@@ -142,35 +142,44 @@ PYEOF
 fi
 
 if want plan; then
+  if [[ -z "${PLAN_DEVICE:-}" ]]; then   # the planner's name of the card that measured
+    PLAN_DEVICE=cpu
+    if [[ $DEVICE == cuda ]]; then
+      PLAN_DEVICE=$($PY -c 'import torch; n = torch.cuda.get_device_name().lower(); print(
+        "h200" if "h200" in n else "a100" if "a100" in n else "h100")')
+    fi
+  fi
+  PLAN_DTYPE=$([[ $DEVICE == cuda ]] && echo bfloat16 || echo float32)
   if ! $PY -m adflora_analysis plan --help >/dev/null 2>&1; then
     echo "plan: skipped: 'adflora plan' is not available in this checkout (the planner is not" \
          "registered yet); nothing to compare the measurement with"
   elif ! $PY -m adflora_analysis plan --model "$WORK/shape" --clients "$CLIENTS" \
-        --rank "$RANK" --batch "$BATCH" --seq "$SEQ" --device h100 --json \
-        > "$WORK/plan.json" 2> "$WORK/plan.err"; then
+        --rank "$RANK" --batch "$BATCH" --seq "$SEQ" --device "$PLAN_DEVICE" \
+        --dtype "$PLAN_DTYPE" --gradient-checkpointing --targets q_proj,k_proj,v_proj,o_proj \
+        --json > "$WORK/plan.json" 2> "$WORK/plan.err"; then
     echo "plan: 'adflora plan' failed: $(tail -1 "$WORK/plan.err")"
     exit 1
   else
-    $PY - "$WORK/plan.json" "$WORK/measure.json" <<'PYEOF'
+    $PY - "$WORK/plan.json" "$WORK/measure.json" "$PLAN_DEVICE" <<'PYEOF'
 import json, sys
 from pathlib import Path
 plan = json.loads(Path(sys.argv[1]).read_text())
 meas = json.loads(Path(sys.argv[2]).read_text()) if Path(sys.argv[2]).is_file() else {}
-def find(d, *words):   # the planner's key names are its own: match by words
-    flat = {}
-    def walk(x, pre=""):
-        if isinstance(x, dict):
-            for k, v in x.items():
-                walk(v, f"{pre}{k}.")
-        elif isinstance(x, (int, float)) and not isinstance(x, bool):
-            flat[pre[:-1]] = x
-    walk(d)
-    return {k: v for k, v in flat.items() if all(w in k.lower() for w in words)}
-print("plan: adflora plan --json:", json.dumps(plan)[:2000])
-for what, words, got in (("peak memory", ("mem",), meas.get("peak_gib")),
-                         ("throughput", ("token",), meas.get("tokens_per_s"))):
-    pred = find(plan, *words)
-    print(f"plan vs measured {what}: predicted {pred or 'no matching key'}; measured {got}")
+print(f"plan: adflora plan --device {sys.argv[3]} --json: peak_memory_gib "
+      f"{plan.get('peak_memory_gib')}, tokens_per_s {plan.get('tokens_per_s')}, params "
+      f"{plan.get('params')}, fits {plan.get('fits')}")
+for what, key, got in (("peak memory (GiB)", "peak_memory_gib", meas.get("peak_gib")),
+                       ("throughput (tokens/s)", "tokens_per_s", meas.get("tokens_per_s"))):
+    pred = plan.get(key)
+    if pred is None:
+        print(f"plan vs measured {what}: the plan has no {key!r} (keys: {', '.join(plan)})")
+    elif got is None:
+        print(f"plan vs measured {what}: predicted {pred:.4g}; not measured on this device")
+    else:
+        print(f"plan vs measured {what}: predicted {pred:.4g}, measured {got:.4g} "
+              f"(measured / predicted = {got / pred:.2f})")
+print("plan: note: the measured peak is torch.cuda.max_memory_allocated of one client's "
+      "steps (no CUDA context, no other clients' states); the plan's is the whole process")
 PYEOF
   fi
 fi

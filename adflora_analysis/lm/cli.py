@@ -36,6 +36,11 @@ def run(
     dry_run: opt.DryRun = False,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as a JSON object "
                                  "(with --dry-run: the resolved config and the jobs)."),
+    track: list[str] = typer.Option(None, "--track", metavar="tensorboard|mlflow",
+                                    help="Log every round live (repeatable), as in "
+                                    "`adflora glue run`."),
+    logdir: Path = typer.Option(None, "--logdir", help="Where --track tensorboard writes "
+                                "(default <run>/tb)."),
 ) -> None:
     """Run a causal-LM study (every variant x method x seed) into --out, or resume one.
 
@@ -66,10 +71,12 @@ def run(
         return
     from adflora_analysis.distributed import make_backend, shutdown
     from adflora_analysis.lm.runner import run_lm
+    from adflora_analysis.tracking import make_trackers
 
+    trackers = make_trackers(track, logdir=logdir)
     backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
     summary = run_lm(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
-                     log=not quiet, backend=backend, progress=progress)
+                     log=not quiet, backend=backend, progress=progress, callbacks=trackers)
     shutdown(backend)
     if backend.rank != 0:
         return
