@@ -316,30 +316,32 @@ def activation_bytes(a: Arch, b: int, s: int, e: int, gc: bool,
                      lora_dropout: float = 0.0, cpu: bool = False) -> tuple[int, int]:
     """(saved activations of all layers, logits at the loss's backward) in bytes, for one
     local step of ``b`` rows of ``s`` tokens in a dtype of ``e`` bytes with LoRA of rank
-    ``rank`` on ``targets``. With ``lora_dropout`` > 0 every adapted module keeps its own
-    dropped input and mask (the mask in the input's dtype on CPU, 1 byte on a GPU)."""
+    ``rank`` on ``targets``. LoRA's saved tensors are fp32 (peft casts inputs to the adapter's
+    dtype); with ``lora_dropout`` > 0 every adapted module keeps its own dropped input and
+    mask (a float mask on CPU, 1 byte on a GPU)."""
     T = b * s
     h, i_ = a.hidden, a.intermediate
     ch, cq, ci = ACT_CONSTANTS[a.family]
-    width = ch * h + cq * (h + 2 * a.kv_dim) + ci * i_
+    width = ch * h + cq * (h + 2 * a.kv_dim) + ci * i_   # in units of e
+    # LoRA's saved tensors are fp32 whatever e (peft casts the input to the adapter's dtype)
     if lora_dropout > 0:    # each module: dropped input + mask, nothing shared
-        mask = e if cpu else 1
-        width += sum(di for name, di, _, _ in a.modules()
-                     if name.rsplit(".", 1)[1] in targets) * (e + mask) / e
+        mask = 4 if cpu else 1
+        lora = sum(di for name, di, _, _ in a.modules()
+                   if name.rsplit(".", 1)[1] in targets) * (4 + mask)
     else:                   # inputs kept for lora_A's gradient, shared within a group
         groups = {LORA_INPUTS[t] for t in targets if t in LORA_INPUTS}
-        for _, w in groups:
-            width += {"h": h, "I": i_, "hI": h + i_}[w]
+        lora = 4 * sum({"h": h, "I": i_, "hI": h + i_}[w] for _, w in groups)
     n_lora = sum(2 if (a.family == "gpt2" and t == "c_proj") else 1 for t in targets)
-    width += n_lora * rank  # lora_A's output, kept for lora_B's gradient
-    layer = T * e * width
+    lora += 4 * n_lora * rank   # lora_A's output, kept for lora_B's gradient
+    layer = T * (e * width + lora)
     if e < 4 and a.family == "llama":
         layer += 2 * T * h * 4               # RMSNorm upcasts its input to fp32
     if a.attn_dropout > 0:                   # the math attention path keeps s x s tensors
         layer += 3 * b * a.heads * s * s * e
-    logits = 4 * T * a.vocab * 4             # logits, log-softmax, their gradients (fp32)
-    if e < 4:
-        logits += T * a.vocab * e            # the model's own 16-bit logits
+    # at the loss's backward: the logits, the saved log-softmax and their two gradients, fp32
+    # (4 T V 4); in 16-bit the model's logits are e bytes and their fp32 copy for the loss is
+    # not kept (3 T V 4 + T V e)
+    logits = 4 * T * a.vocab * 4 if e == 4 else 3 * T * a.vocab * 4 + T * a.vocab * e
     outside = 2 * T * h * e                  # final norm
     if gc:   # layer inputs kept; one layer recomputed in backward (after the logits freed)
         kept = a.layers * T * h * e + outside

@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(r"""
     a = json.loads(sys.argv[1])
 
     def step(cfg, targets, batch, seq, gc):
-        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=getattr(torch, a["dtype"]))
         if gc:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -72,12 +72,13 @@ CHILD = textwrap.dedent(r"""
 
 
 def measure(config: dict, *, clients: int, rank: int, batch: int, seq: int, targets: list[str],
-            gc: bool = False, dropout: float = 0.0) -> dict:
+            gc: bool = False, dropout: float = 0.0, dtype: str = "float32") -> dict:
     """Peak RSS growth (bytes) of one training step in a fresh subprocess (see module doc)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     arg = json.dumps({"config": config, "clients": clients, "rank": rank, "batch": batch,
-                      "seq": seq, "targets": targets, "gc": gc, "dropout": dropout})
+                      "seq": seq, "targets": targets, "gc": gc, "dropout": dropout,
+                      "dtype": dtype})
     r = subprocess.run([sys.executable, "-c", CHILD, arg], env=env, capture_output=True,
                        text=True, check=False)
     if r.returncode:
@@ -86,10 +87,11 @@ def measure(config: dict, *, clients: int, rank: int, batch: int, seq: int, targ
 
 
 def predict(config: dict, *, clients: int, rank: int, batch: int, seq: int,
-            targets: list[str], gc: bool = False, dropout: float = 0.0) -> dict:
-    """The planner's prediction (device cpu, float32) for the same shape."""
+            targets: list[str], gc: bool = False, dropout: float = 0.0,
+            dtype: str = "float32") -> dict:
+    """The planner's prediction (device cpu) for the same shape."""
     p = make_plan(PlanInput(model="bench", clients=clients, rank=rank, batch=batch, seq=seq,
-                            device="cpu", dtype="float32", targets=tuple(targets),
+                            device="cpu", dtype=dtype, targets=tuple(targets),
                             gradient_checkpointing=gc, lora_dropout=dropout),
                   arch=arch_from_config(config, "bench"), device_bytes=64 * 1024**3,
                   peak_flops=1e11)
@@ -108,7 +110,8 @@ MID_LLAMA = {"model_type": "llama", "hidden_size": 512, "num_hidden_layers": 8,
              "num_attention_heads": 8, "num_key_value_heads": 8, "intermediate_size": 1376,
              "vocab_size": 32000, "max_position_embeddings": 512}
 
-# (name, config, clients, rank, batch, seq, targets, gradient checkpointing[, LoRA dropout])
+# (name, config, clients, rank, batch, seq, targets, gradient checkpointing[, LoRA dropout,
+# dtype])
 CASES = [
     ("tiny-llama h128 L2 V8k", TINY_LLAMA, 1, 4, 2, 64, ["q_proj", "v_proj"], False),
     ("tiny-gpt2 h256 L4 V50k", TINY_GPT2, 2, 8, 2, 128, ["c_attn"], False),
@@ -120,6 +123,10 @@ CASES = [
      ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
     ("mid-llama h512 L8 qkvo dropout .05", MID_LLAMA, 4, 8, 4, 256,
      ["q_proj", "k_proj", "v_proj", "o_proj"], False, 0.05),
+    ("mid-llama h512 L8 V32k bfloat16", MID_LLAMA, 4, 8, 4, 256, ["q_proj", "v_proj"], False,
+     0.0, "bfloat16"),
+    ("mid-llama h512 L8 bfloat16 +gc", MID_LLAMA, 4, 8, 4, 256, ["q_proj", "v_proj"], True,
+     0.0, "bfloat16"),
 ]
 
 
@@ -135,7 +142,8 @@ def run(cases=CASES) -> list[dict]:
     rows = []
     for name, cfg, n, r, b, s, tg, gc, *rest in cases:
         kw = {"clients": n, "rank": r, "batch": b, "seq": s, "targets": tg, "gc": gc,
-              "dropout": rest[0] if rest else 0.0}
+              "dropout": rest[0] if rest else 0.0, "dtype": rest[1] if len(rest) > 1
+              else "float32"}
         m, p = measure(cfg, **kw), predict(cfg, **kw)
         assert m["adapter_params"] == p["adapter_params"], (name, m, p)
         rows.append({"shape": name, "clients": n, "rank": r, "batch": b, "seq": s,

@@ -142,9 +142,10 @@ def test_lora_dropout_keeps_a_copy_per_module():
                 targets=("q_proj", "k_proj", "v_proj", "o_proj"))
     plain = make_plan(PlanInput(**base)).memory["activations"]
     drop = make_plan(PlanInput(**base, lora_dropout=0.05)).memory["activations"]
-    # q, k, v, o each keep a dropped input (2 bytes) and a 1-byte mask instead of two shared
-    # inputs (q/k/v's and o's): 16 layers x T h (4 x 3 - 2 x 2) bytes more
-    assert drop - plain == 16 * 4 * 256 * 2048 * (4 * 3 - 2 * 2)
+    # q, k, v, o each keep a dropped fp32 input (peft casts to the adapter's dtype) and a
+    # 1-byte mask instead of two shared fp32 inputs (q/k/v's and o's): 16 layers x T h
+    # (4 x 5 - 2 x 4) bytes more
+    assert drop - plain == 16 * 4 * 256 * 2048 * (4 * 5 - 2 * 4)
     with pytest.raises(AdfloraError, match="lora_dropout"):
         make_plan(PlanInput(**base, lora_dropout=1.0))
 
