@@ -2,9 +2,10 @@
 on a causal language model, from the model's config alone (no weights are read).
 
 The model is a local ``config.json``, a folder holding one, a built-in shape
-(:data:`SHAPES`) or a hub name resolved only through the local Hugging Face cache. Every term
-and formula is in docs/plan.md; in short (bytes, ``e`` = bytes per element of ``dtype``,
-``T = b s`` tokens of one local step, ``A`` = adapter parameters of one client):
+(:data:`SHAPES`), an lm testbed tiny model or a hub name resolved only through the local
+Hugging Face cache. Every term and formula is in docs/plan.md; in short (bytes, ``e`` =
+bytes per element of ``dtype``, ``T = b s`` tokens of one local step, ``A`` = adapter
+parameters of one client):
 
 - base weights ``P e`` once per process (P counted from the config);
 - adapters ``A 4`` in the model (peft keeps LoRA factors in fp32) plus ``n A 4`` for the
@@ -13,13 +14,13 @@ and formula is in docs/plan.md; in short (bytes, ``e`` = bytes per element of ``
 - gradients ``A 4`` and AdamW moments ``2 A 4`` of the client that trains (clients train one
   after another on one device, as in the GLUE runner); with ``optimizer_reset = "never"``
   every client keeps its moments: ``n 2 A 4``;
-- activations per layer ``T e (c_h h + c_q (h_q + 2 h_kv) + c_I I)`` plus, with attention
-  dropout or eager attention, ``3 b a s^2 e`` (constants per family measured with
+- activations per layer ``T e (c_h h + c_q (h + 2 h_kv) + c_I I)`` plus the inputs LoRA keeps
+  (fp32) plus, with attention dropout, ``3 b a s^2 e`` (constants per family measured with
   ``torch.autograd.graph.saved_tensors_hooks``, see docs/plan.md); with gradient
   checkpointing only each layer's input ``T h e`` plus one layer recomputed in backward; with
   LoRA dropout every adapted module keeps its own dropped input and mask;
 - logits: ``4 T V 4`` at the loss's backward (logits, saved log-softmax, their gradients;
-  transformers computes the loss in fp32).
+  transformers computes the loss in fp32); ``3 T V 4 + T V e`` in 16-bit.
 
 Time per round: ``n_p K T F / (peak MFU)`` (``n_p`` clients per process, processes in
 parallel) with ``F = 4 P + 6 A + 12 L s h_q`` FLOPs per token
