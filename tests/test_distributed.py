@@ -27,18 +27,15 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def torchrun(nproc: int, *args: str, launch: tuple[str, ...] = (), **kw
-             ) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node=NPROC LAUNCH... -m adflora_analysis ARGS...``"""
+def torchrun(nproc: int, *args: str, **kw) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", *launch, "-m", "adflora_analysis", *args]
+           f"--nproc-per-node={nproc}", "-m", "adflora_analysis", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300, **kw)
 
 
 def rank_stderr(logs: Path, nproc: int) -> list[str]:
-    """Each rank's stderr of a ``torchrun(..., launch=("--log-dir", LOGS, "--redirects",
-    "2"))``: one file per process, so lines of two processes never interleave as on one
-    pipe (a ``print`` is two writes, the text and its newline)."""
+    """Each rank's stderr of a torchrun with ``--log-dir LOGS --redirects 2``: one file per
+    process."""
     return [next(logs.glob(f"*/attempt_0/{r}/stderr.log")).read_text() for r in range(nproc)]
 
 
@@ -78,17 +75,23 @@ def test_synthetic_matches_in_process(tmp_path, nproc, exchange):
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)
 
 
-def _lose_rank_worker(rank: int, after: int, argv: list[str]) -> None:
-    """Run under torchrun: ``adflora ARGV``, where the process of ``rank`` dies by SIGKILL at
-    its first collective after its ``after``-th checkpoint file, once the other processes
-    wait in that collective (it sleeps 1 s first), as a crashed machine would."""
+def _fault_worker(fault: str, rank: int, n: float, argv: list[str]) -> None:
+    """Run under torchrun: ``adflora ARGV`` with a fault in the process of ``rank``.
+
+    ``lose``: it dies by SIGKILL at its first collective after its ``n``-th checkpoint file,
+    once the other processes wait in that collective (it sleeps 1 s first), as a crashed
+    machine would. ``slow-stop``: recording a status other than running or done takes it ``n``
+    seconds more (a slow shared folder), so the SIGTERM torchrun sends once another process
+    has exited arrives while it is stopping with its error.
+    """
     import signal
 
     from adflora_analysis import fileio
     from adflora_analysis.cli import main
     from adflora_analysis.distributed.backend import TorchDistBackend
+    from adflora_analysis.rundir import RunDir
 
-    if int(os.environ["RANK"]) == rank:
+    if int(os.environ["RANK"]) == rank and fault == "lose":
         saved = [0]
         save = fileio.save_torch
 
@@ -99,11 +102,17 @@ def _lose_rank_worker(rank: int, after: int, argv: list[str]) -> None:
         fileio.save_torch = counted
         for name in ("mix", "gather", "all_sum", "all_max"):
             def dying(self, *a, _orig=getattr(TorchDistBackend, name), **kw):
-                if saved[0] >= after:
+                if saved[0] >= n:
                     time.sleep(1.0)
                     os.kill(os.getpid(), signal.SIGKILL)
                 return _orig(self, *a, **kw)
             setattr(TorchDistBackend, name, dying)
+    elif int(os.environ["RANK"]) == rank and fault == "slow-stop":
+        def slow(self, status, _orig=RunDir.set_status, **kw):
+            if status not in ("running", "done"):
+                time.sleep(n)
+            return _orig(self, status, **kw)
+        RunDir.set_status = slow
     main(argv)
 
 
@@ -120,7 +129,7 @@ def test_lost_rank_is_one_error_line_and_resume_matches(tmp_path):
     out = tmp_path / "lost"
     t0 = time.time()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           __file__, "lose-rank", "1", "2", "--", *args, "--out", str(out)]
+           __file__, "fault", "lose", "1", "2", "--", *args, "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     took = time.time() - t0
     errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
@@ -276,13 +285,18 @@ def test_glue_tiny_matches_in_process(tiny, tmp_path, nproc, extra):
 def test_glue_divergence_stops_every_process(tiny, tmp_path):
     """A non-finite loss on any process stops all of them, each with the same one-line
     message naming round, client and method and exit code 2, and meta.json records the
-    divergence (rank 0 writes it although torchrun sends it SIGTERM as soon as rank 1 has
-    exited: distributed.backend ignores that while an error is being handled)."""
+    divergence. Rank 0 records it slowly (1.5 s, a slow shared folder): torchrun's SIGTERM,
+    sent once rank 1 has exited, reaches it while it stops, and is ignored then. Each rank's
+    stderr is read from its own file (torchrun --redirects): on one pipe the lines of two
+    processes may interleave, a ``print`` being two writes (the text, then its newline)."""
     cfg = _glue_config(tiny, tmp_path, lr="1e30", methods='["lora"]')
     logs = tmp_path / "logs"
-    run = torchrun(2, "glue", "run", str(cfg), "--out", str(tmp_path / "div"), "--quiet",
-                   launch=("--log-dir", str(logs), "--redirects", "2"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "--log-dir", str(logs), "--redirects", "2", __file__, "fault", "slow-stop", "0",
+           "1.5", "--", "glue", "run", str(cfg), "--out", str(tmp_path / "div"), "--quiet"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert run.returncode == 1, run.stderr[-3000:]
+    assert "closing signal SIGTERM" in run.stderr   # torchrun stopped rank 0 while it wrote
     per_rank = [[ln for ln in err.splitlines() if ln.startswith("error:")]
                 for err in rank_stderr(logs, 2)]
     assert [len(e) for e in per_rank] == [1, 1], per_rank
@@ -548,5 +562,6 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "exchange-wor
     _exchange_worker(sys.argv[2], sys.argv[3])
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "problem-worker":
     _problem_worker(sys.argv[2], sys.argv[3])
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "lose-rank":
-    _lose_rank_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[sys.argv.index("--") + 1:])
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "fault":
+    _fault_worker(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]),
+                  sys.argv[sys.argv.index("--") + 1:])
