@@ -186,3 +186,13 @@ def test_gpu_check_cpu_fallback_measures_and_guards_the_planner(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "measure: " in r.stdout and "tokens/s" in r.stdout
     assert "plan: " in r.stdout   # the comparison, or one line saying the planner is missing
+
+
+def test_report_of_an_lm_run_shows_perplexity_not_a_glue_table(full_run, tmp_path):
+    from adflora_analysis.reports import make_report
+
+    out, _, _ = full_run
+    make_report([out], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "perplexity (final round; mean ± sd over seeds)" in md
+    assert "GLUE table" not in md and "| adf-lora | 1 | 1 |" in md

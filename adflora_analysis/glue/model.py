@@ -62,7 +62,7 @@ def resolve_model(name: str) -> tuple[str, str]:
             raise AdfloraError(f"model folder {str(p)!r} has no config.json",
                                "point model= at a save_pretrained folder")
         return str(p), "local"
-    if p.suffix or name.startswith((".", "/", "~")):
+    if name.startswith((".", "/", "~")) or p.exists() or name.count("/") > 1:
         raise AdfloraError(f"model {name!r} is neither a folder nor a hub name",
                            "check the path, or use model=minilm for the packaged offline model")
     return name, "hub"

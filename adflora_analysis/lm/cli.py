@@ -58,7 +58,10 @@ def run(
 
     if mode == "resume" and not dry_run and resume_done(where, "lm", config, overrides):
         return
-    cfg = load_config(LmConfig, Path(config) if config else where / CONFIG, overrides)
+    from adflora_analysis.configs import resolve_config
+
+    cfg = load_config(LmConfig, resolve_config(config) if config else where / CONFIG,
+                      overrides)
     if dry_run:
         from adflora_analysis.dryrun import describe, dry_run_json
         from adflora_analysis.lm.model import preflight

@@ -363,6 +363,8 @@ def report_sections(runs: list[Run], checks_fn: CheckFn | None = None,
             secs += overlay_sections(title, group)
         if kind == "glue":
             secs += _glue_sections(title, group, labels)
+        elif kind == "lm":
+            secs += _lm_sections(title, group)
     from adflora_analysis.reports.measure_figures import measures_sections
 
     syn = [r for r in runs if r.kind == "synthetic"]
@@ -389,6 +391,45 @@ def _sweep_section(title: str, group: list[Run]) -> Section:
         "Expected consensus rate p (Koloskova et al. 2020, Assumption 4) against the "
         "encounter probability q per combination rule; grey: static graphs of the same n."],
         figures={"p against q": fig} if fig is not None else {}, tables=tables)
+
+
+def lm_table(evals: pd.DataFrame) -> pd.DataFrame:
+    """Final-round perplexity of an lm run per method: the mean over clients and the averaged
+    adapter (mean ± sd over seeds, and the seed count); perplexity as it is, no % scaling.
+
+    >>> ev = pd.DataFrame({"method": ["lora"] * 4, "seed": [0, 0, 1, 1], "round": [2] * 4,
+    ...                    "client": ["mean", "averaged"] * 2, "metric": ["perplexity"] * 4,
+    ...                    "value": [10.0, 9.0, 12.0, 11.0]})
+    >>> lm_table(ev).to_dict("records")[0]["mean-client perplexity"]
+    '11.00 ± 1.41'
+    """
+    ev = evals[evals["metric"] == "perplexity"]
+    ev = ev[ev["round"] == ev["round"].max()]
+    rows = []
+    for m in figures._order(ev["method"].unique()):
+        e = ev[ev["method"] == m]
+        row = {"method": m, "round": int(e["round"].max()), "seeds": e["seed"].nunique()}
+        for who, col in (("mean", "mean-client perplexity"),
+                         ("averaged", "averaged-adapter perplexity")):
+            v = e[e["client"].astype(str) == who].groupby("seed")["value"].mean()
+            row[col] = (f"{v.mean():.2f} ± {v.std():.2f}" if len(v) > 1 else
+                        f"{v.mean():.2f}" if len(v) else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _lm_sections(title: str, group: list[Run]) -> list[Section]:
+    """The causal-LM evaluation: final perplexity per method (mean client and the averaged
+    adapter)."""
+    evals = _concat(group, "eval")
+    if evals is None or "metric" not in evals or "perplexity" not in set(evals["metric"]):
+        return []
+    name = "perplexity (final round; mean ± sd over seeds)"
+    sec = Section(f"{title}: evaluation", [
+        "Validation perplexity (exp of the token-weighted next-token loss) of each client's "
+        "adapter averaged over clients, and of the averaged adapter, at the final evaluation "
+        "round."], tables={name: lm_table(evals)})
+    return [sec]
 
 
 def _glue_sections(title: str, group: list[Run], labels: dict | None) -> list[Section]:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from adflora_analysis.errors import AdfloraError
 
-KINDS = ("synthetic", "glue", "topology-sweep")
+KINDS = ("synthetic", "glue", "lm", "topology-sweep")
 
 #: tables a report (or the theory checks it runs) reads besides metrics, eval and sweep:
 #: read once here so that a damaged one is one line naming it, not a traceback later
