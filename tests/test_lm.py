@@ -196,3 +196,16 @@ def test_report_of_an_lm_run_shows_perplexity_not_a_glue_table(full_run, tmp_pat
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "perplexity (final round; mean ± sd over seeds)" in md
     assert "GLUE table" not in md and "| adf-lora | 1 | 1 |" in md
+
+
+def test_checks_read_an_lm_run(full_run, capsys):
+    from adflora_analysis.cli import main
+
+    out, _, _ = full_run
+    with pytest.raises(SystemExit) as e:
+        main(["synthetic", "check", str(out), "--json", "--no-save"])
+    assert int(e.value.code or 0) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["run"]["kind"] == "lm"
+    checks = {r["check"] for r in got["results"]}
+    assert {"gossip-contraction", "cross-term-invariant"} <= checks

@@ -20,7 +20,7 @@ def report_checks(run: Run) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
     dashed lines of the consensus figure; :func:`check_curves` and :func:`check_overlays` give
     every check's curve and its figure.
     """
-    if run.kind not in ("synthetic", "glue"):
+    if run.kind not in ("synthetic", "glue", "lm"):
         return None
     from adflora_analysis.errors import AdfloraError
     from adflora_analysis.synthetic.checks import run_checks

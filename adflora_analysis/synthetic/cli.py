@@ -132,7 +132,7 @@ def check(
     _positive("--effect", effect, "0.1")
     _positive("--check-timeout", check_timeout, "60")
     rd = load_run(run_dir)
-    if rd.kind not in (None, "synthetic", "glue"):
+    if rd.kind not in (None, "synthetic", "glue", "lm"):
         raise AdfloraError(f"{run_dir!r} holds a {rd.kind} run; the checks read synthetic "
                            "and GLUE runs", "pass a directory written by `adflora synthetic "
                            "run` or `adflora glue run`")

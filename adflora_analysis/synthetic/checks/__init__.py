@@ -66,13 +66,13 @@ __all__ = ["CHECK_TIMEOUT_DEFAULT", "REGISTRY", "CheckResult", "Context", "RunDa
            "register_check", "rounds_covered", "run_checks", "run_state", "save_results"]
 
 for _name, _fn, _kinds in (
-    ("mixing-validity", check_mixing, ("synthetic", "glue")),
-    ("gossip-contraction", check_gossip, ("synthetic", "glue")),
-    ("frozen-block", check_frozen, ("synthetic", "glue")),
+    ("mixing-validity", check_mixing, ("synthetic", "glue", "lm")),
+    ("gossip-contraction", check_gossip, ("synthetic", "glue", "lm")),
+    ("frozen-block", check_frozen, ("synthetic", "glue", "lm")),
     ("consensus", check_consensus, ("synthetic",)),
     ("stationarity", check_stationarity, ("synthetic",)),
-    ("cross-term", check_cross_term, ("synthetic", "glue")),
-    ("stale-gossip-rate", check_async_rate, ("synthetic", "glue")),
+    ("cross-term", check_cross_term, ("synthetic", "glue", "lm")),
+    ("stale-gossip-rate", check_async_rate, ("synthetic", "glue", "lm")),
 ):
     register_check(_name, kinds=_kinds, builtin=True)(_fn)
 

@@ -139,7 +139,7 @@ def _load_source(src: Source) -> list[str]:
     if src.name in REGISTRY:
         return []
     fn = EntryPoint(src.name, src.value, ENTRY_POINT_GROUP).load()
-    REGISTRY[src.name] = Check(src.name, fn, ("synthetic", "glue"))
+    REGISTRY[src.name] = Check(src.name, fn, ("synthetic", "glue", "lm"))
     return [src.name]
 
 

@@ -53,7 +53,7 @@ class Check:
 REGISTRY: dict[str, Check] = {}
 
 
-def register_check(name: str, *, kinds: tuple[str, ...] = ("synthetic", "glue"),
+def register_check(name: str, *, kinds: tuple[str, ...] = ("synthetic", "glue", "lm"),
                    builtin: bool = False) -> Callable[[CheckFn], CheckFn]:
     """Decorator adding ``fn`` to :data:`REGISTRY` under ``name`` (a user check replaces a user
     check of the same name; built-in names are refused)."""
@@ -109,7 +109,7 @@ def load_entry_points() -> list[str]:
             fn = ep.load()
         except Exception as e:  # noqa: BLE001
             fn = _failing(f"entry point failed to load: {type(e).__name__}: {e}")
-        REGISTRY[ep.name] = Check(ep.name, fn, ("synthetic", "glue"))
+        REGISTRY[ep.name] = Check(ep.name, fn, ("synthetic", "glue", "lm"))
         names.append(ep.name)
     return names
 
