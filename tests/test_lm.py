@@ -128,6 +128,8 @@ def _cli(args, capsys) -> tuple[int, list[str]]:
      r"context \(256 positions\) \(hint: use max_length <= 256\)"),
     (["model=Qwen/Qwen2.5-0.5B", "dtype=bfloat16"], r"model 'Qwen/Qwen2.5-0.5B' is not in the "
      r"local cache .* \(hint: pass model=DIR"),
+    (["batch_size=100000", "max_length=256"], r"this lm study needs about .* GiB per process "
+     r"\(planner: 2 clients of tiny-llama.* GiB is available \(hint: see `adflora plan"),
 ])
 def test_bad_input_is_one_line_before_weights(overrides, says, tmp_path, capsys):
     import re

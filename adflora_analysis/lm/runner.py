@@ -109,6 +109,43 @@ def _studies(cfg: LmConfig, gm: LmModel | None, backend: Backend) -> list[LmStud
     return out
 
 
+def refuse_over_memory(cfg: LmConfig, res, world_size: int = 1) -> None:
+    """One :class:`AdfloraError` when the planner (:mod:`adflora_analysis.plan`, from the
+    model's config alone) predicts more memory than this process can have: the least of the
+    machine's, the cgroup's and ``ulimit -v``'s room on the CPU, the GPU's total memory on
+    CUDA. Each process holds ``ceil(n_clients / world_size)`` clients."""
+    import math
+
+    from adflora_analysis.plan import GIB, PlanInput, arch_from_config, make_plan
+
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        room = torch.cuda.get_device_properties(torch.device(cfg.device)).total_memory
+        device = "h100"
+    else:
+        from adflora_analysis.resources import available_memory
+
+        room, device = available_memory(), "cpu"
+    inp = PlanInput(model=cfg.model, clients=math.ceil(cfg.n_clients / world_size),
+                    rank=cfg.rank, batch=cfg.batch_size, seq=cfg.max_length, device=device,
+                    dtype=cfg.dtype, targets=tuple(res.targets),
+                    gradient_checkpointing=cfg.gradient_checkpointing,
+                    local_steps=cfg.local_steps, optimizer_reset=cfg.optimizer_reset,
+                    lora_dropout=cfg.dropout)
+    p = make_plan(inp, arch=arch_from_config(res.config.to_dict(), cfg.model),
+                  device_bytes=int(room), peak_flops=1e9)
+    need = p.fixed_bytes + inp.clients * p.per_client_bytes
+    if need > room:
+        raise AdfloraError(f"this lm study needs about {need / GIB:.1f} GiB per process "
+                           f"(planner: {inp.clients} clients of {cfg.model}, batch "
+                           f"{cfg.batch_size} x seq {cfg.max_length}, {cfg.dtype}) but "
+                           f"{room / GIB:.1f} GiB is available",
+                           "see `adflora plan CONFIG`; lower batch_size or max_length, set "
+                           "gradient_checkpointing = true, or spread the clients over "
+                           "processes (torchrun)")
+
+
 def run_lm(cfg: LmConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
            progress: bool | None = None, stop_after: int | None = None, log: bool = False,
            gm: LmModel | None = None, backend: Backend = LOCAL,
@@ -130,7 +167,7 @@ def run_lm(cfg: LmConfig, out: str | Path, *, resume: bool = False, overwrite: b
     writer = backend.rank == 0
     check_device(cfg.device)
     for _, v in expand_study(cfg):   # bad input: one line before the run directory is touched
-        preflight(v)
+        refuse_over_memory(v, preflight(v), backend.world_size)
     with claim(out, "lm", "resume" if resume else "overwrite" if overwrite else "new",
                writer=writer) as run:
         if resume:
