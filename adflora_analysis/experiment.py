@@ -210,13 +210,23 @@ class _Driver:
         self.progress = progress   # a bar (True), lines (False), a bar on a terminal (None)
         self.ckpt_dir = run.path / CHECKPOINTS
         #: the run's config hash (meta.json; None for a bare folder run_jobs claimed itself)
-        self.fingerprint: str | None = run.meta.get("config_hash")
+        self._fingerprint: str | None = None
         self.tables: set[str] = {"metrics"}
         self.done: list[str] = []
         self.rounds_run = 0
         self.where = "before the first round"
         self.callbacks = Callbacks(callbacks if self.writer else None, run.path)
         self.ended = False   # on_run_end called
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The run's config hash (``meta.json``; None for a bare folder run_jobs claimed
+        itself), read on first use, not when the driver is made: under torch.distributed
+        rank 0 writes meta.json while the other ranks may already be here, and every rank
+        passes a collective (so rank 0 has written it) before its first checkpoint."""
+        if self._fingerprint is None:
+            self._fingerprint = self.run_dir.meta.get("config_hash")
+        return self._fingerprint
 
     # -- the run
     def run(self, jobs: list[Job]) -> pd.DataFrame:
@@ -266,6 +276,18 @@ class _Driver:
             self._finish()
             self.callbacks.run_end("diverged", quiet=True)
             raise div from None
+        except AdfloraError as e:
+            if type(e).__name__ != "PeerLostError":   # a lost torch.distributed peer
+                with contextlib.suppress(Exception):
+                    run.set_status("failed", error=f"{type(e).__name__}: {e}")
+                self.callbacks.run_end("failed", quiet=True)
+                raise
+            with contextlib.suppress(Exception):
+                self._finish()
+                run.set_status("stopped", error=e.problem)
+            self.callbacks.run_end("stopped", quiet=True)
+            raise type(e)(e.problem, (e.hint or "").replace(
+                "--resume DIR (the run's --out)", f"--resume {run.path}")) from None
         except BaseException as e:
             with contextlib.suppress(Exception):
                 run.set_status("failed", error=f"{type(e).__name__}: {e}")
