@@ -5,8 +5,9 @@ declared once so the runners present one interface: where the run goes (``--out`
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,3 +25,25 @@ Progress = Annotated[bool | None, typer.Option(
 DryRun = Annotated[bool, typer.Option(
     "--dry-run", help="Print the resolved config (after overrides) and the jobs it would run; "
     "write nothing.")]
+Track = Annotated[list[str] | None, typer.Option(
+    "--track", metavar="tensorboard|mlflow", help="Log every round live (repeatable): "
+    "tensorboard (event files in <run>/tb or --logdir), mlflow (an offline file store in "
+    "<run>/mlruns; needs the extra adflora-analysis[mlflow]).")]
+Logdir = Annotated[Path | None, typer.Option(
+    "--logdir", help="Where --track tensorboard writes (default <run>/tb).")]
+
+
+def print_summary(summary: Any, where: Path, as_json: bool) -> None:
+    """A run's summary table (pandas) on stdout, as text or as one JSON object
+    ``{"run_dir", "summary": [records]}``; then ``wrote DIR`` on stderr (GLUE and lm runs)."""
+    if as_json:
+        import json
+
+        records = json.loads(summary.to_json(orient="records")) if not summary.empty else []
+        print(json.dumps({"run_dir": str(where), "summary": records}))
+    elif not summary.empty:
+        import pandas as pd
+
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {where}", file=sys.stderr)

@@ -36,11 +36,8 @@ def run(
     dry_run: opt.DryRun = False,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as a JSON object "
                                  "(with --dry-run: the resolved config and the jobs)."),
-    track: list[str] = typer.Option(None, "--track", metavar="tensorboard|mlflow",
-                                    help="Log every round live (repeatable), as in "
-                                    "`adflora glue run`."),
-    logdir: Path = typer.Option(None, "--logdir", help="Where --track tensorboard writes "
-                                "(default <run>/tb)."),
+    track: opt.Track = None,
+    logdir: opt.Logdir = None,
 ) -> None:
     """Run a causal-LM study (every variant x method x seed) into --out, or resume one.
 
@@ -83,17 +80,7 @@ def run(
     shutdown(backend)
     if backend.rank != 0:
         return
-    if as_json:
-        import json
-
-        records = json.loads(summary.to_json(orient="records")) if not summary.empty else []
-        print(json.dumps({"run_dir": str(where), "summary": records}))
-    elif not summary.empty:
-        import pandas as pd
-
-        with pd.option_context("display.width", 200, "display.max_columns", 30):
-            print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"wrote {where}", file=sys.stderr)
+    opt.print_summary(summary, where, as_json)
 
 
 @app.command("families")

@@ -35,13 +35,8 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of text: "
                                  "the run's directory, status and row count (with --dry-run: "
                                  "the resolved config and the jobs)."),
-    track: list[str] = typer.Option(None, "--track", metavar="tensorboard|mlflow",
-                                    help="Log every round live (repeatable): tensorboard "
-                                    "(event files in <run>/tb or --logdir), mlflow (an "
-                                    "offline file store in <run>/mlruns; needs the extra "
-                                    "adflora-analysis[mlflow])."),
-    logdir: Path = typer.Option(None, "--logdir", help="Where --track tensorboard writes "
-                                "(default <run>/tb)."),
+    track: opt.Track = None,
+    logdir: opt.Logdir = None,
 ) -> None:
     """Run every method (and variant) of CONFIG on all its seeds, batched, into --out, or
     continue one with --resume DIR.
