@@ -28,10 +28,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
              "logging consensus and cross-term errors."),
     "lm": ("adflora_analysis.lm.cli:app",
            "Causal-LM testbed: ADF-LoRA and baselines on any causal LM (tiny offline "
-           "models or hub names), logging consensus, cross term and perplexity."),
+           "Llama/Qwen2/Mistral/GPT-2, or a hub model), logging consensus, cross term and "
+           "perplexity."),
     "plan": ("adflora_analysis.plan:plan",
-             "Plan an lm study before running it: memory per device, time per round, "
-             "clients per device, from the model's config alone."),
+             "Predict memory per device, clients per device and time per round of an lm "
+             "study, from the model's config only (no weights are read; formulas in "
+             "docs/plan.md)."),
     "report": ("adflora_analysis.reports.cli:report",
                "Write OUT/report.md and OUT/index.html (opens from disk) from finished runs."),
     "export": ("adflora_analysis.export:app", "Export a run to other tools (TensorBoard)."),

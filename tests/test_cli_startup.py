@@ -63,7 +63,7 @@ def test_help_and_version_import_nothing_heavy():
 
 def test_the_probe_sees_a_heavy_import():
     """The planted defect: a module imported at start-up that pulls in torch is caught."""
-    found = _heavy_imports(preamble="import adflora_analysis.seeding")
+    found = _heavy_imports(preamble="import adflora_analysis.core.state")
     assert "torch" in found["root"]
 
 

@@ -11,6 +11,8 @@ states (:class:`LoraState`), gossip (:func:`gossip`, in place :func:`gossip_`,
 """
 
 import importlib
+import sys
+import types
 
 #: public name -> the module that defines it, imported on first use (PEP 562), so that
 #: reading a config or a method spec imports no torch
@@ -59,6 +61,20 @@ __all__ = [
     "phase", "product_consensus", "register_method", "round_rows", "run_rounds", "synchronous",
     "topology_aware", "total_over_layers",
 ]
+
+
+class _Core(types.ModuleType):
+    """The package module: importing the submodule ``core.gossip`` must not replace the
+    function ``core.gossip`` (the import system sets a package attribute per submodule; the
+    eager imports this file had rebound it afterwards)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return   # the name resolves to the function through __getattr__
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Core
 
 
 def __getattr__(name: str):
