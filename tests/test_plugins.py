@@ -289,7 +289,7 @@ def test_cli_check_lists_the_plugin_method(plugin_run, capsys):
     assert {"mixing-validity", "gossip-contraction", "frozen-block-consensus"} <= mine
     code, out, err = _cli("synthetic", "check", str(plugin_run), "--no-save")
     assert code == 0, err
-    rows = [ln for ln in out.splitlines() if ln.split()[2:3] == ["half-goss"]]
+    rows = [ln for ln in out.splitlines() if ln.split()[2:3] == ["half-gossip"]]
     assert len(rows) == sum(i["method"] == "half-gossip" for i in items) >= 3
 
 

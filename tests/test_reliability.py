@@ -542,6 +542,12 @@ def test_resume_of_a_run_written_before_a_config_key_existed(tmp_path, reference
     cfg = tomllib.loads((out / "config.toml").read_text())
     assert cfg.pop("lr_min") == SyntheticConfig().lr_min  # as if written before lr_min existed
     (out / "config.toml").write_text(dump_toml(cfg))
+    # ... by a toolkit older than the config hash too (a newer one records the hash of the
+    # config it wrote, which the edited config.toml would no longer match: refused, tested in
+    # the fault campaign as mix-config-of-other-lr)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["config_hash"]
+    fileio.write_json(out / "meta.json", meta)
     with pytest.raises(AdfloraError, match="the config differs in lr_min"):
         run_study(tiny(lr_min=SyntheticConfig().lr_min + 1e-3), out, progress=False,
                   resume=True)

@@ -38,6 +38,7 @@ standard error (std of ‖W_s U v‖² / √S at the top eigenvector v).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -168,10 +169,11 @@ def consensus_rate(obj: Any, *, samples: int = 20000, seed: int = 0, method: str
     """
     if method not in RATE_METHODS:
         raise unknown_name("rate method", method, RATE_METHODS)
-    if not (isinstance(samples, int) and 1 <= samples <= MAX_SAMPLES):
-        from adflora_analysis.errors import AdfloraError
+    if not (isinstance(samples, numbers.Integral) and not isinstance(samples, bool)
+            and 1 <= samples <= MAX_SAMPLES):
+        from adflora_analysis.errors import AdfloraError as _Error
 
-        raise AdfloraError(f"samples = {samples} must be a whole number in [1, "
+        raise _Error(f"samples = {samples} must be a whole number in [1, "
                            f"{MAX_SAMPLES:,}]", "use e.g. 20000 (p's standard error shrinks "
                            "as 1/sqrt(samples))")
     if not isinstance(obj, Sampler):
