@@ -4,7 +4,7 @@ For each shape, a fresh Python process builds the model from its config with ran
 (``AutoModelForCausalLM.from_config``, float32), attaches peft LoRA adapters, allocates the
 stacked adapters of ``n`` clients and a gossip buffer of the same size (what the GLUE runner
 keeps resident), and runs one forward + backward + AdamW step at batch ``b`` and sequence ``s``.
-Measured = peak RSS (``resource.getrusage(...).ru_maxrss``, the kernel's high-water mark, so
+Measured = peak RSS (``VmHWM`` of ``/proc/self/status``, the kernel's high-water mark, so
 no sampling can miss a short peak) minus the RSS after imports. The child runs with
 ``MALLOC_MMAP_THRESHOLD_=65536`` and one torch thread, so glibc serves every large tensor with
 its own mmap and gives it back when freed (RSS then follows live tensors rather than the heap's
@@ -66,7 +66,11 @@ CHILD = textwrap.dedent(r"""
     rss0 = psutil.Process().memory_info().rss
     torch.manual_seed(0)
     A = step(AutoConfig.for_model(**a["config"]), a["targets"], a["batch"], a["seq"], a["gc"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: the high-water mark of this process's own memory map. ru_maxrss is not: Linux
+    # carries the pre-exec map's peak into it, i.e. the parent's RSS when it started us (a
+    # 700 MB pytest made a 47 MB step read 670 MB)
+    with open("/proc/self/status") as f:
+        peak = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) * 1024
     print(json.dumps({"measured": peak - rss0, "adapter_params": A}))
 """)
 
