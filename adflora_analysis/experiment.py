@@ -298,9 +298,9 @@ class _Driver:
         """Every callback's ``on_run_start`` (writer only)."""
         if not self.callbacks:
             return
-        from adflora_analysis.tracking import _read_config
+        from adflora_analysis.tracking import read_config
 
-        self.callbacks.run_start(RunInfo(self.run_dir.path, _read_config(self.run_dir.path),
+        self.callbacks.run_start(RunInfo(self.run_dir.path, read_config(self.run_dir.path),
                                          [j.key for j in jobs], self.rounds, self.resume,
                                          self.run_dir.meta.get("kind")))
         self._record_callback_files()

@@ -287,7 +287,7 @@ def _own_dir(run: Path, name: str) -> Path:
     return p
 
 
-def _read_config(path: Path | None) -> dict[str, Any]:
+def read_config(path: Path | None) -> dict[str, Any]:
     from adflora_analysis.rundir import CONFIG
 
     if path is None or not (path / CONFIG).is_file():

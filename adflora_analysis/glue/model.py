@@ -107,6 +107,25 @@ def load_pretrained(name: str, num_labels: int):
     return model, tok, missing, path
 
 
+def pair_lora(model: nn.Module) -> tuple[list[str], list[nn.Parameter], list[nn.Parameter]]:
+    """Freeze ``model`` and pair its peft adapters by name: ``(layers, A, B)`` with
+    ``A[l]`` (r, d_in) and ``B[l]`` (d_out, r) of adapted layer ``layers[l]`` (the GLUE and
+    causal-LM models alike); a layer with only one of the two is one :class:`AdfloraError`."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    found: dict[str, dict[str, nn.Parameter]] = {}
+    for n, p in model.named_parameters():
+        m = _LORA.match(n)
+        if m:
+            found.setdefault(m["layer"], {})[m["block"]] = p
+    layers = list(found)
+    incomplete = [k for k, v in found.items() if set(v) != {"A", "B"}]
+    if not layers or incomplete:
+        raise AdfloraError(f"could not pair lora_A/lora_B parameters by name "
+                           f"(incomplete: {incomplete})", "check target_modules")
+    return layers, [found[k]["A"] for k in layers], [found[k]["B"] for k in layers]
+
+
 class GlueModel:
     """The one base model in memory, wrapped by peft, plus name-based access to its adapter.
 
@@ -165,20 +184,7 @@ class GlueModel:
                                f"target linear modules of the backbone: {', '.join(linear)}"
                                ) from None
         self.model.to(self.device)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        found: dict[str, dict[str, nn.Parameter]] = {}
-        for n, p in self.model.named_parameters():
-            m = _LORA.match(n)
-            if m:
-                found.setdefault(m["layer"], {})[m["block"]] = p
-        self.layers = list(found)
-        incomplete = [k for k, v in found.items() if set(v) != {"A", "B"}]
-        if not self.layers or incomplete:
-            raise AdfloraError(f"could not pair lora_A/lora_B parameters by name "
-                               f"(incomplete: {incomplete})", "check target_modules")
-        self.lora_A = [found[k]["A"] for k in self.layers]
-        self.lora_B = [found[k]["B"] for k in self.layers]
+        self.layers, self.lora_A, self.lora_B = pair_lora(self.model)
         named = dict(self.model.named_parameters())
         self.head: dict[str, nn.Parameter] = {}
         for hn in head_names:

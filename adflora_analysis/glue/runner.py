@@ -206,7 +206,7 @@ class GlueStudy:
             if log and self.backend.rank == 0:
                 from adflora_analysis.progress import echo
 
-                echo(_eval_line(job.key, res, rows, self.task.main_metric))  # through the bar
+                echo(eval_line(job.key, res, rows, self.task.main_metric))  # through the bar
             return {"eval": rows}
 
         return cb
@@ -282,7 +282,7 @@ def _study_meta(studies: list[GlueStudy]) -> dict[str, Any]:
     return meta
 
 
-def _eval_line(key: str, res, rows: list[dict], metric: str) -> str:
+def eval_line(key: str, res, rows: list[dict], metric: str) -> str:
     vals = {(r["client"], r["split"]): r["value"] for r in rows if r["metric"] == metric}
     parts = [f"{c} {metric} {v:.3f}" + (f" ({s})" if s != "validation" else "")
              for (c, s), v in vals.items() if c in ("mean", "averaged")]

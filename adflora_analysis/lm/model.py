@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.glue.model import _LORA, GlueModel, quiet_transformers
+from adflora_analysis.glue.model import GlueModel, pair_lora, quiet_transformers
 from adflora_analysis.lm.tiny import tiny_config, tiny_family, tiny_folder
 
 _ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -184,16 +184,7 @@ class LmModel(GlueModel):
             target_modules=res.targets, bias="none", task_type="CAUSAL_LM",
             fan_in_fan_out=res.config.model_type == "gpt2"))
         self.model.to(self.device)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        found: dict[str, dict[str, nn.Parameter]] = {}
-        for n, p in self.model.named_parameters():
-            m = _LORA.match(n)
-            if m:
-                found.setdefault(m["layer"], {})[m["block"]] = p
-        self.layers = list(found)
-        self.lora_A = [found[k]["A"] for k in self.layers]
-        self.lora_B = [found[k]["B"] for k in self.layers]
+        self.layers, self.lora_A, self.lora_B = pair_lora(self.model)
         self.head, self.head_missing, self._head_loaded = {}, set(), {}
         self.owner, self.cached = None, False
 

@@ -20,7 +20,7 @@ from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.experiment import run_jobs
 from adflora_analysis.glue.partition import partition_indices
-from adflora_analysis.glue.runner import GlueStudy, _eval_line, summarize
+from adflora_analysis.glue.runner import GlueStudy, eval_line, summarize
 from adflora_analysis.lm.config import LmConfig
 from adflora_analysis.lm.data import LmTask, encode_lm, load_lm_data
 from adflora_analysis.lm.model import LmModel, Resolved, model_facts, preflight
@@ -76,7 +76,7 @@ class LmStudy(GlueStudy):
             if log and self.backend.rank == 0:
                 from adflora_analysis.progress import echo
 
-                echo(_eval_line(job.key, res, rows, "perplexity"))
+                echo(eval_line(job.key, res, rows, "perplexity"))
             return {"eval": rows}
 
         return cb

@@ -19,7 +19,7 @@ from matplotlib.patches import Patch
 
 from adflora_analysis.reports.figures import (
     BLOCK_COLORS,
-    _order,
+    method_order,
     method_style,
     styled,
     subplots,
@@ -84,7 +84,7 @@ def ribbon_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     df = _seed0(_totals(metrics))
     df = df.assign(_key=_key(df), block=df["trained"] if "trained" in df else df["phase"])
     out = []
-    for m in _order(df["method"]):
+    for m in method_order(df["method"]):
         mdf = df[df["method"] == m]
         seqs = {k: g.sort_values("round") for k, g in mdf.groupby("_key", sort=False)}
         per_client = m in ALTERNATING and "phase_clients" in mdf
@@ -188,7 +188,7 @@ def adaptive_figure(table: pd.DataFrame) -> Figure | None:
     ad = table[table["schedule"].isin(ADAPTIVE)]
     if ad.empty:
         return None
-    methods = _order(ad["method"])
+    methods = method_order(ad["method"])
     fig, axes = subplots(1, len(methods), figsize=(3.9 * len(methods) + 0.4, 3.4),
                          squeeze=False, sharey=True)
     grid = sorted({int(s[2:]) for s in table["schedule"] if str(s).startswith("T=")})
@@ -269,7 +269,7 @@ def rates_figure(table: pd.DataFrame) -> Figure | None:
                                          ("participation", "staleness", "participation π")),
                                strict=True):
         levels = sorted(t[by].unique(), reverse=by == "participation")
-        for m in _order(t["method"]):
+        for m in method_order(t["method"]):
             color, marker = method_style(m)
             for k, lev in enumerate(levels):
                 g = t[(t["method"] == m) & (t[by] == lev)].sort_values(x)
@@ -287,7 +287,7 @@ def rates_figure(table: pd.DataFrame) -> Figure | None:
     ax = axes[2]
     lo = float(np.nanmin(np.r_[t["predicted_rate"], t["fitted_rate"]])) - 0.02
     ax.plot([lo, 1], [lo, 1], color="#888", lw=0.9, label="y = x")
-    for m in _order(t["method"]):
+    for m in method_order(t["method"]):
         g = t[t["method"] == m]
         color, marker = method_style(m)
         ax.errorbar(g["predicted_rate"], g["fitted_rate"], yerr=g["fitted_rate_se"].fillna(0),

@@ -246,7 +246,7 @@ def _glue_parts(evals: pd.DataFrame, runs: list[Run]):
              for lo, hi in zip(counts.min(axis=1), counts.max(axis=1), strict=True)]
     seeds = pd.Series(seeds, index=counts.index).reindex(tab.index)
     tab, sd = tab[tasks + ["average"]], sd[tasks + ["average"]]
-    order = figures._order(tab.index)
+    order = figures.method_order(tab.index)
     tab, sd, seeds = tab.loc[order], sd.loc[order], seeds.loc[order]
     models = {str(r.config.get("model")) for r in runs}
     ours = sorted(set(ev["task"]))
@@ -406,7 +406,7 @@ def lm_table(evals: pd.DataFrame) -> pd.DataFrame:
     ev = evals[evals["metric"] == "perplexity"]
     ev = ev[ev["round"] == ev["round"].max()]
     rows = []
-    for m in figures._order(ev["method"].unique()):
+    for m in figures.method_order(ev["method"].unique()):
         e = ev[ev["method"] == m]
         row = {"method": m, "round": int(e["round"].max()), "seeds": e["seed"].nunique()}
         for who, col in (("mean", "mean-client perplexity"),
@@ -518,7 +518,7 @@ def _headline_synthetic(runs: list[Run]) -> str:
     if "variant" in m and m["variant"].nunique() > 1:
         m = m[m["variant"] == m["variant"].iloc[0]]
     xi = _final(m, "xi_A") + _final(m, "xi_B")
-    order = figures._order(xi.index)
+    order = figures.method_order(xi.index)
     gap = _final(m, "loss_gap") if "loss_gap" in m else None
     return (f"{r.name}, final round: consensus error Ξ_A + Ξ_B "
             + ", ".join(f"{k} {xi[k]:.3g}" for k in order)
@@ -538,7 +538,7 @@ def _headline_glue(runs: list[Run]) -> str:
     last = ev[ev["round"] == ev["round"].max()].groupby("method")["value"].mean()
     return (f"{r.name} ({r.config.get('task')}, {r.config.get('model')}): mean-client "
             f"{metric} at round {int(ev['round'].max())}: "
-            + ", ".join(f"{k} {last[k]:.3f}" for k in figures._order(last.index)) + ".")
+            + ", ".join(f"{k} {last[k]:.3f}" for k in figures.method_order(last.index)) + ".")
 
 
 def report_verdict(runs: list[Run], sections: list[Section]) -> list[str]:

@@ -139,7 +139,7 @@ def _check_overlays(curves: pd.DataFrame, F):
     fig, panels = F._grid(len(keys), h=3.1)
     cols = F.preset().max_cols if len(keys) > 1 else 1
     variants = sorted({str(v) for v in curves["variant"]}, key=F.natural_key)
-    methods = F._order(curves["method"])
+    methods = F.method_order(curves["method"])
     for i, (ax, (num, name)) in enumerate(zip(panels, keys, strict=True)):
         part = curves[(curves["number"] == num) & (curves["check"] == name)]
         for m in methods:
@@ -184,7 +184,7 @@ def compact_checks(checks: pd.DataFrame) -> pd.DataFrame:
     >>> compact_checks(t).to_dict("records")
     [{'check': '2 g', 'rolora': 'violated (0.5)', 'lora': 'held (1.23)'}]
     """
-    from adflora_analysis.reports.figures import _order, natural_key
+    from adflora_analysis.reports.figures import method_order, natural_key
 
     if not {"no", "check", "method", "status"} <= set(checks):
         return pd.DataFrame()
@@ -210,5 +210,5 @@ def compact_checks(checks: pd.DataFrame) -> pd.DataFrame:
     out = out.iloc[sorted(range(len(out)), key=lambda i: natural_key(
         " ".join(str(out.iloc[i][k]) for k in out.columns[:2 if many else 1])))]
     lead = ["check"] + (["variant"] if many else [])
-    return out[lead + _order(c for c in out.columns if c not in lead)].fillna("").reset_index(
+    return out[lead + method_order(c for c in out.columns if c not in lead)].fillna("").reset_index(
         drop=True)

@@ -234,7 +234,7 @@ def band_text(df: pd.DataFrame | None, what: str = BAND) -> str:
     return f"lines: seed means; bands: {what} over {n} seeds"
 
 
-def _order(values) -> list[str]:
+def method_order(values) -> list[str]:
     present = list(dict.fromkeys(str(v) for v in values))
     return [m for m in METHOD_ORDER if m in present] + [m for m in present
                                                          if m not in METHOD_ORDER]
@@ -282,7 +282,7 @@ def _zero_methods(df: pd.DataFrame, col: str) -> list[str]:
         return []
     tiny = ZERO * top if top > 0 else 0.0
     mx = df.groupby("method")[col].apply(lambda v: v.abs().max())
-    return _order(m for m, v in mx.items() if v <= tiny)
+    return method_order(m for m, v in mx.items() if v <= tiny)
 
 
 def _band_lines(ax, df: pd.DataFrame, y: str, log: bool = False, x: str = "round",
@@ -424,7 +424,7 @@ def consensus(metrics: pd.DataFrame, bounds: pd.DataFrame | None = None) -> Figu
 
     extra = [Line2D([], [], color="#333", **BOUND_KW,
                     label="unrolled bound (check 4b)")] if drawn_bound else []
-    _legend(fig, _order(df["method"]), df, extra, band=band_text(df))
+    _legend(fig, method_order(df["method"]), df, extra, band=band_text(df))
     return fig
 
 
@@ -500,7 +500,7 @@ def per_round(metrics: pd.DataFrame, col: str, title: str, log: bool = True
         ax.set_ylabel(label(col))
     if len(parts) > 1:
         fig.suptitle(title, y=1.0)
-    _legend(fig, _order(df["method"]), df, band=band_text(df))
+    _legend(fig, method_order(df["method"]), df, band=band_text(df))
     return fig
 
 
@@ -540,7 +540,7 @@ def difference(metrics: pd.DataFrame, col: str, ref: str = "adf-lora",
                       else f"{what}: method − {ref}")
     fig.suptitle(f"{what}: each method minus {ref}, paired by seed (above 0: {ref} lower)",
                  y=1.0)
-    _legend(fig, _order(diff["method"]), diff, band=band_text(diff))
+    _legend(fig, method_order(diff["method"]), diff, band=band_text(diff))
     return fig
 
 
@@ -582,7 +582,7 @@ def evaluation(evals: pd.DataFrame) -> Figure | None:
                     label="averaged adapter")]
     _legend(fig, [], None, [*(Line2D([], [], color=method_style(m)[0],
                                      marker=method_style(m)[1], ls="none", label=m)
-                              for m in _order(df["method"])), *extra],
+                              for m in method_order(df["method"])), *extra],
             band=band_text(df, "min–max"))
     return fig
 
@@ -629,7 +629,7 @@ def cross_heatmap(mats: pd.DataFrame) -> Figure | None:
     round, i, j, value (seed means)."""
     if mats is None or mats.empty:
         return None
-    methods = _order(mats["method"])
+    methods = method_order(mats["method"])
     rounds = sorted(mats["round"].unique())
     from matplotlib.colors import LogNorm
 
@@ -752,5 +752,5 @@ def final_vs(metrics: pd.DataFrame, by: str, col: str, title: str) -> Figure | N
     ax.set_xlabel(label(by))
     ax.set_ylabel(f"final {label(col)}")
     ax.set_title(title)
-    _legend(fig, _order(last["method"]), last, band=band_text(last))
+    _legend(fig, method_order(last["method"]), last, band=band_text(last))
     return fig

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.reports.figures import _order, natural_key
+from adflora_analysis.reports.figures import method_order, natural_key
 
 #: Check families by the check's leading number (docs/theory.md).
 FAMILIES = {"1": "mixing matrix", "2": "gossip contraction", "3": "frozen-block consensus",
@@ -47,7 +47,7 @@ def family_verdicts(checks: pd.DataFrame) -> dict[str, dict[str, str]]:
     if not {"no", "method", "status"} <= set(checks):
         return out
     df = checks[checks["status"].isin(PRECEDENCE) & (checks["method"].astype(str) != "")]
-    for m in _order(df["method"]):
+    for m in method_order(df["method"]):
         part = df[df["method"] == m]
         fams: dict[str, list[str]] = {}
         for no in sorted(part["no"].astype(str).unique(), key=natural_key):
@@ -150,7 +150,7 @@ def method_comparisons(metrics: pd.DataFrame, cols: dict[str, str], ref: str = "
                        where: str = "") -> list[str]:
     """Comparison lines of every method with ``ref`` for each ``cols`` (column -> words),
     paired by seed at the final round, then the setting warnings."""
-    methods = _order(metrics["method"])
+    methods = method_order(metrics["method"])
     if ref not in methods or len(methods) < 2:
         return []
     lines = []
