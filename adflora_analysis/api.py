@@ -190,7 +190,7 @@ def run_synthetic(config: SyntheticConfig | str | Path | None = None, *,
 def run_checks(run_dir: str | Path) -> pd.DataFrame:
     """The theory checks (docs/architecture.md §5, docs/theory.md) of a synthetic run
     directory, one row per (check, method, variant): ``status`` (whether the bound held) and
-    the numbers behind it (see :class:`adflora_analysis.synthetic.checks.CheckResult`).
+    the numbers behind it (see :class:`adflora_analysis.theory.CheckResult`).
 
     Examples
     --------
@@ -208,7 +208,7 @@ def run_checks(run_dir: str | Path) -> pd.DataFrame:
     """
     import pandas as pd
 
-    from adflora_analysis.synthetic.checks import run_checks as _run_checks
+    from adflora_analysis.theory import run_checks as _run_checks
 
     return pd.DataFrame([r.to_dict() for r in _run_checks(run_dir)])
 

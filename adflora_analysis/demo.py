@@ -102,9 +102,9 @@ def run_demo(out: str | Path = "reports/demo", quick: bool = False, seed: int = 
     from adflora_analysis.glue.config import GlueConfig
     from adflora_analysis.glue.runner import run_glue
     from adflora_analysis.reports import make_report
-    from adflora_analysis.synthetic.checks import run_checks, save_results
     from adflora_analysis.synthetic.config import SyntheticConfig
     from adflora_analysis.synthetic.runner import run_study
+    from adflora_analysis.theory import run_checks, save_results
     from adflora_analysis.topology.sweep import run_topology_study
 
     root = Path(out)

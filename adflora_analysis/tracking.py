@@ -415,7 +415,7 @@ class TensorBoardTracker(Callback):
     (text ``config``) and, at the end, the theory checks of ``checks.json`` if there is one.
 
     ``logdir``: default ``<run>/tb``. ``checks``: when the run ends ``done``, evaluate the
-    theory checks (:func:`adflora_analysis.synthetic.checks.check_run`, both runners; nothing
+    theory checks (:func:`adflora_analysis.theory.check_run`, both runners; nothing
     is saved in the run directory) and log them: a ``checks`` table text, ``checks/<status>``
     counts and ``checks/<check>/<method>/<variant>/ratio`` (measured / bound). Without it
     (or when the run did not finish) a ``checks.json`` already there is logged instead.
@@ -498,7 +498,7 @@ class TensorBoardTracker(Callback):
             try:
                 import warnings
 
-                from adflora_analysis.synthetic.checks import check_run
+                from adflora_analysis.theory import check_run
 
                 with warnings.catch_warnings():   # numpy's notes on short runs: not ours
                     warnings.simplefilter("ignore")

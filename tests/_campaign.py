@@ -143,9 +143,9 @@ def build_templates(base: Path) -> dict[str, Path]:
     folder ``adflora report`` wrote for ``done``)."""
     from adflora_analysis.config import load_config
     from adflora_analysis.rundir import CHECK_OUTPUTS, RunDir
-    from adflora_analysis.synthetic.checks import run_checks, save_results
     from adflora_analysis.synthetic.config import SyntheticConfig
     from adflora_analysis.synthetic.runner import run_study
+    from adflora_analysis.theory import run_checks, save_results
 
     def cfg(**kw):
         return load_config(SyntheticConfig, data={**TINY, **kw, "topology": TOPOLOGY})
@@ -1322,7 +1322,7 @@ def _user_check(body: str, at_import: str = "", *more: str) -> Callable[[Ctx], l
         f = ctx.root / "my_checks.py"
         f.write_text(
             "import os, signal, sys, time\n"
-            "from adflora_analysis.synthetic.checks import register_check\n"
+            "from adflora_analysis.theory import register_check\n"
             f"{at_import}\n"
             "@register_check('campaign-user-check')\n"
             "def campaign_user_check(ctx):\n"
@@ -1570,7 +1570,7 @@ def watchdog(seconds: float) -> Iterator[None]:
 def run_inproc(case: Case, ctx: Ctx, argv: list[str], capsys) -> Result:
     reg = None
     with contextlib.suppress(ImportError):
-        from adflora_analysis.synthetic.checks import registry as reg
+        from adflora_analysis.theory import registry as reg
     saved = dict(reg.REGISTRY) if reg else None
     capsys.readouterr()
     t0 = time.perf_counter()

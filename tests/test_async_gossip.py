@@ -231,10 +231,10 @@ def test_predicted_rate_reduces_to_the_second_moment_rate_and_grows_with_stalene
 
 
 def test_check_7_holds_with_the_predicted_rate_and_catches_one_that_ignores_staleness(tmp_path):
-    from adflora_analysis.synthetic.checks import check_data
-    from adflora_analysis.synthetic.checks.async_rate import check_async_rate
-    from adflora_analysis.synthetic.checks.data import contexts
     from adflora_analysis.synthetic.runner import run_study
+    from adflora_analysis.theory import check_data
+    from adflora_analysis.theory.async_rate import check_async_rate
+    from adflora_analysis.theory.data import contexts
 
     cfg = load_config(SyntheticConfig, data={
         "n_clients": 6, "rounds": 50, "seeds": 8, "d_in": 4, "d_out": 4, "methods": ["adf-lora"],
@@ -261,14 +261,14 @@ def test_check_7_holds_with_the_predicted_rate_and_catches_one_that_ignores_stal
     assert any(r.status == "violated" for r in bad), [r.note for r in bad]
     ctx.vmeta["async_rate"] = good
     # check 3 (1 - p) does not apply to a stale run: n/a, pointing at check 7 ...
-    from adflora_analysis.synthetic.checks.frozen import check_frozen
+    from adflora_analysis.theory.frozen import check_frozen
 
     three = check_frozen(ctx)
     assert three and all(r.status == "n/a" and "check 7" in r.note for r in three)
     # so do checks 2, 4 (1 - p per step) and 5 (x̄ takes the averaged step): n/a
-    from adflora_analysis.synthetic.checks.consensus import check_consensus
-    from adflora_analysis.synthetic.checks.gossip import check_gossip
-    from adflora_analysis.synthetic.checks.stationarity import check_stationarity
+    from adflora_analysis.theory.consensus import check_consensus
+    from adflora_analysis.theory.gossip import check_gossip
+    from adflora_analysis.theory.stationarity import check_stationarity
 
     others = [check_gossip(ctx), *check_consensus(ctx), *check_stationarity(ctx)]
     assert [(r.number, r.status) for r in others] == [("2", "n/a"), ("4", "n/a"), ("5", "n/a")]
@@ -282,8 +282,8 @@ def test_checks_of_synchronous_gossip_are_not_applicable_under_partial_participa
     """Checks 2, 4, 5 say n/a on a partial-gossip run; the same run read as synchronous (the
     defect the n/a guards against) makes check 2 (a masked W^t contracts slower than 1 - p)
     and check 5 (idle clients' steps are discarded) read `violated`."""
-    from adflora_analysis.synthetic.checks import check_data, run_checks
     from adflora_analysis.synthetic.runner import run_study
+    from adflora_analysis.theory import check_data, run_checks
 
     cfg = load_config(SyntheticConfig, data={
         "n_clients": 10, "rounds": 40, "seeds": 6, "d_in": 6, "d_out": 6, "methods": ["lora"],

@@ -172,7 +172,7 @@ def test_topology_inspect_prints_the_exact_rate(capsys):
 
 
 def test_window_rates_and_check_7s_transient_range():
-    from adflora_analysis.synthetic.checks.async_rate import transient_range
+    from adflora_analysis.theory.async_rate import transient_range
     from adflora_analysis.topology.async_rates import window_rates
 
     s = make_sampler("encounter", 10, q=0.1)

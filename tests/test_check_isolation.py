@@ -12,16 +12,16 @@ import pytest
 
 from adflora_analysis.cli import main
 from adflora_analysis.config import load_config
-from adflora_analysis.synthetic.checks import run_checks
 from adflora_analysis.synthetic.config import SyntheticConfig
 from adflora_analysis.synthetic.runner import run_study
+from adflora_analysis.theory import run_checks
 
 SMALL = dict(n_clients=4, rounds=6, local_steps=1, lr=0.05, rank=2, seeds=4, d_in=5, d_out=4,
              target_rank=2, samples_per_client=8, batch_size=4, constants_every=0,
              topology_samples=200, switch_interval=2, methods=["adf-lora"],
              topology={"graph": "encounter", "weights": "metropolis", "q": 0.5})
 
-HEAD = "import os, sys\nfrom adflora_analysis.synthetic.checks import bound_check, register_check\n"
+HEAD = "import os, sys\nfrom adflora_analysis.theory import bound_check, register_check\n"
 OK = '''
 @register_check("{name}")
 def _ok_{name_}(ctx):

@@ -16,9 +16,9 @@ from adflora_analysis.cli import main
 from adflora_analysis.config import load_config
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.rundir import Lock, RunDir
-from adflora_analysis.synthetic.checks import load_saved_checks
 from adflora_analysis.synthetic.config import SyntheticConfig
 from adflora_analysis.synthetic.runner import run_study
+from adflora_analysis.theory import load_saved_checks
 
 SMALL = dict(n_clients=4, rounds=8, local_steps=1, lr=0.05, rank=2, seeds=3, d_in=5, d_out=4,
              target_rank=2, samples_per_client=8, batch_size=4, constants_every=0,

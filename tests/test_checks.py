@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from adflora_analysis.config import load_config
-from adflora_analysis.synthetic.checks import run_checks
-from adflora_analysis.synthetic.checks.stats import (
+from adflora_analysis.synthetic.config import SyntheticConfig
+from adflora_analysis.synthetic.runner import run_study
+from adflora_analysis.theory import run_checks
+from adflora_analysis.theory.stats import (
     fit_a_plus_b_over_R,
     log_mean_unbiased,
     pooled_test,
     threshold,
 )
-from adflora_analysis.synthetic.config import SyntheticConfig
-from adflora_analysis.synthetic.runner import run_study
 
 SMALL = dict(n_clients=4, rounds=12, local_steps=2, lr=0.05, rank=2, seeds=6, d_in=5, d_out=4,
              target_rank=2, samples_per_client=12, batch_size=4, constants_every=0,
@@ -121,7 +121,7 @@ def test_interpolation_regime_cross_term_vanishes(tmp_path):
 # --------------------------------------------------------------------------- user checks
 USER = '''
 import numpy as np
-from adflora_analysis.synthetic.checks import bound_check, register_check
+from adflora_analysis.theory import bound_check, register_check
 
 @register_check("loss-below-double-start")
 def ok(ctx):
@@ -242,10 +242,10 @@ def test_every_check_with_a_curve_gets_an_overlay_panel(run4):
 def test_entry_point_checks_are_registered_and_run(run4, tmp_path, monkeypatch):
     import importlib.metadata as md
 
-    from adflora_analysis.synthetic.checks import registry
+    from adflora_analysis.theory import registry
 
     (tmp_path / "ep_checks_mod.py").write_text(
-        "from adflora_analysis.synthetic.checks import bound_check\n"
+        "from adflora_analysis.theory import bound_check\n"
         "def gap(ctx):\n"
         "    m = ctx.run.mat('loss_gap')\n"
         "    return bound_check(ctx, 'ep-gap', 'e1', m, m + 1.0)\n")
@@ -254,7 +254,7 @@ def test_entry_point_checks_are_registered_and_run(run4, tmp_path, monkeypatch):
     monkeypatch.setattr(md, "entry_points", lambda group=None: [ep] if
                         group == registry.ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
-    import adflora_analysis.synthetic.checks as checks
+    import adflora_analysis.theory as checks
 
     monkeypatch.setattr(checks, "REGISTRY", registry.REGISTRY)
     res = run_checks(run4)

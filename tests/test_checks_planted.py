@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from adflora_analysis.config import load_config
-from adflora_analysis.synthetic.checks import run_checks
 from adflora_analysis.synthetic.config import SyntheticConfig
 from adflora_analysis.synthetic.runner import run_study
+from adflora_analysis.theory import run_checks
 
 SMALL = dict(n_clients=8, rounds=16, local_steps=2, lr=0.05, rank=2, seeds=20, d_in=5,
              d_out=4, target_rank=2, samples_per_client=12, batch_size=4, constants_every=0,

@@ -283,8 +283,8 @@ def test_checks_that_assume_one_phase_are_not_applicable_under_drift(tmp_path):
     (alternating methods: one phase per client) say n/a on a drift run; the same run read as
     synchronous (its clock_drift column dropped: the defect the n/a guards against) makes check
     2 for rolora and check 5 read `violated` for reasons the drift explains."""
-    from adflora_analysis.synthetic.checks import check_data, run_checks
     from adflora_analysis.synthetic.runner import run_study
+    from adflora_analysis.theory import check_data, run_checks
 
     cfg = load_config(SyntheticConfig, data={
         **SMALL, "n_clients": 10, "rounds": 40, "seeds": 4, "d_in": 8, "d_out": 8,

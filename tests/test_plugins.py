@@ -337,8 +337,8 @@ def test_cli_resume_verifies_the_plugin_file(tmp_path, monkeypatch):
 
 USER_CHECK = '''
 from adflora_analysis.core.methods import get_method
-from adflora_analysis.synthetic.checks import register_check
-from adflora_analysis.synthetic.checks.result import CheckResult
+from adflora_analysis.theory import register_check
+from adflora_analysis.theory.result import CheckResult
 
 @register_check("spec-known")
 def spec_known(ctx):

@@ -409,7 +409,7 @@ def test_meta_json_of_the_wrong_shape_is_one_line(tmp_path, capsys):
 
 
 def test_stale_saved_checks_show_the_reason_not_the_verdicts(tmp_path):
-    checks = pytest.importorskip("adflora_analysis.synthetic.checks")
+    checks = pytest.importorskip("adflora_analysis.theory")
     if not hasattr(checks, "load_saved_checks"):
         pytest.skip("the checks layer has no load_saved_checks")
     from adflora_analysis.reports.build import dynamics_section

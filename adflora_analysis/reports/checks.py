@@ -23,7 +23,7 @@ def report_checks(run: Run) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
     if run.kind not in ("synthetic", "glue", "lm"):
         return None
     from adflora_analysis.errors import AdfloraError
-    from adflora_analysis.synthetic.checks import run_checks
+    from adflora_analysis.theory import run_checks
 
     try:
         results = run_checks(run.path)
@@ -45,13 +45,13 @@ _CURVES: dict[str, pd.DataFrame | None] = {}
 def saved_note(run: Run) -> str | None:
     """Why the run's saved ``checks.json`` is not what the report shows (stale: the run went
     on after the check, its status or config changed; damaged; unverified old format), read
-    only through :func:`adflora_analysis.synthetic.checks.load_saved_checks`; None where there
+    only through :func:`adflora_analysis.theory.load_saved_checks`; None where there
     is no such file or it still describes the run. The report's verdicts are always computed
     from the run's current rows."""
     if not (run.path / "checks.json").is_file():
         return None
     try:
-        from adflora_analysis.synthetic.checks import load_saved_checks
+        from adflora_analysis.theory import load_saved_checks
     except ImportError:      # a checks layer without saved verdicts
         return None
     _, reason = load_saved_checks(run.path)

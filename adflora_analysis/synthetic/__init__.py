@@ -1,4 +1,4 @@
-"""Synthetic testbed: a quadratic LoRA problem with known constants, and the theory checks
+"""Synthetic testbed: a quadratic LoRA problem with known constants
 (docs/architecture.md §5, §6).
 
 - :class:`SyntheticConfig` (``config.py``): the ``synthetic/*.toml`` schema.
@@ -6,8 +6,9 @@
   computation; the :class:`~adflora_analysis.core.loop.Problem` of the round loop.
 - :func:`run_study` (into a run directory), :func:`study_rows` (in memory),
   :func:`expand_variants`, :func:`build_jobs` (``runner.py``).
-- :func:`run_checks`, :class:`CheckResult`, :func:`format_results`, :func:`save_results`
-  (``checks/``): the theory checks of a run directory.
+- :func:`run_checks`, :class:`CheckResult`, :func:`format_results`, :func:`save_results`:
+  the theory checks of a run directory, which live in :mod:`adflora_analysis.theory` (they
+  check every testbed's runs) and are re-exported here for the previous release's imports.
 
 Names load on first use (PEP 562), so importing the package loads no torch:
 
@@ -21,12 +22,12 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "SyntheticConfig": "config",
-    "QuadraticProblem": "problem",
-    "run_study": "runner", "study_rows": "runner", "expand_variants": "runner",
-    "build_jobs": "runner",
-    "run_checks": "checks", "CheckResult": "checks", "format_results": "checks",
-    "save_results": "checks",
+    "SyntheticConfig": ".config",
+    "QuadraticProblem": ".problem",
+    "run_study": ".runner", "study_rows": ".runner", "expand_variants": ".runner",
+    "build_jobs": ".runner",
+    "run_checks": "..theory", "CheckResult": "..theory", "format_results": "..theory",
+    "save_results": "..theory",
 }
 
 __all__ = sorted(_WHERE)
@@ -34,8 +35,7 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str):
     if name in _WHERE:
-        return getattr(importlib.import_module(f"adflora_analysis.synthetic.{_WHERE[name]}"),
-                       name)
+        return getattr(importlib.import_module(_WHERE[name], __name__), name)
     raise AttributeError(f"module 'adflora_analysis.synthetic' has no attribute {name!r}")
 
 

@@ -99,9 +99,9 @@ def async_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
     and method: predicted (``async_rate`` of meta.json; the second-moment rate for the
     synchronous variant) and fitted rate (adf-lora's frozen blocks, first τ + 1 rounds of each
     stretch dropped) with standard errors, grad_final and C with theirs."""
-    from adflora_analysis.synthetic.checks.async_rate import frozen_series
-    from adflora_analysis.synthetic.checks.data import check_data, contexts
-    from adflora_analysis.synthetic.checks.frozen import fit_geometric_rate
+    from adflora_analysis.theory.async_rate import frozen_series
+    from adflora_analysis.theory.data import check_data, contexts
+    from adflora_analysis.theory.frozen import fit_geometric_rate
 
     data = check_data(run_dir)
     per = _per_seed(data.metrics, last)

@@ -121,7 +121,7 @@ def check(
     Example: adflora synthetic check runs/bounds --json --checks my_checks.py
     """
     from adflora_analysis.rundir import load_run, require_complete
-    from adflora_analysis.synthetic.checks import check_run, format_results
+    from adflora_analysis.theory import check_run, format_results
 
     _positive("--z", z, "3")
     _positive("--effect", effect, "0.1")
@@ -141,7 +141,7 @@ def check(
                                    check_timeout=check_timeout)
     save_error, saved = None, False
     if save:
-        from adflora_analysis.synthetic.checks import save_results
+        from adflora_analysis.theory import save_results
 
         if state["status"] == "running" or rd.status != state["status"]:
             typer.echo(f"note: checks.json not saved: run {run_dir!r} is "

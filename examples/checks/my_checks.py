@@ -1,6 +1,6 @@
 """User theory checks for ``adflora synthetic check RUN --checks examples/checks/my_checks.py``.
 
-A check is a function of a :class:`~adflora_analysis.synthetic.checks.data.Context` (one
+A check is a function of a :class:`~adflora_analysis.theory.data.Context` (one
 method and variant of the run) returning a ``CheckResult``, a list of them, or None (does not
 apply). :func:`bound_check` turns a measured (seeds, rounds) curve and its bound into a result
 with the built-in checks' statistics (pooled ratio, interval, power). User checks run in a
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adflora_analysis.synthetic.checks import bound_check, register_check
+from adflora_analysis.theory import bound_check, register_check
 
 
 @register_check("loss-below-start")

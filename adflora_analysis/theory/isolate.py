@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.synthetic.checks.result import (
+from adflora_analysis.theory.result import (
     CheckResult,
     curve_from_records,
     curve_to_records,
@@ -43,7 +43,7 @@ from adflora_analysis.synthetic.checks.result import (
 
 CHECK_TIMEOUT_DEFAULT = 60.0
 SETUP_TIMEOUT = 900.0   # the child's start-up and loading the run (no user code)
-_CHILD = "from adflora_analysis.synthetic.checks.isolate import child_main; child_main()"
+_CHILD = "from adflora_analysis.theory.isolate import child_main; child_main()"
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def user_sources(check_files: list[str] | None, entry_points: bool = True,
     if entry_points:
         from importlib.metadata import entry_points as eps
 
-        from adflora_analysis.synthetic.checks.registry import ENTRY_POINT_GROUP
+        from adflora_analysis.theory.registry import ENTRY_POINT_GROUP
 
         seen = set(loaded)
         for ep in eps(group=ENTRY_POINT_GROUP):
@@ -114,7 +114,7 @@ def describe(e: BaseException) -> str:
 def _jsonable(o: Any) -> Any:
     import numpy as np
 
-    from adflora_analysis.synthetic.checks.result import clean
+    from adflora_analysis.theory.result import clean
 
     if isinstance(o, np.ndarray):
         return clean(o.tolist())
@@ -125,7 +125,7 @@ def _jsonable(o: Any) -> Any:
 
 def _load_source(src: Source) -> list[str]:
     """Import one source into the registry; the names it added."""
-    from adflora_analysis.synthetic.checks.registry import (
+    from adflora_analysis.theory.registry import (
         ENTRY_POINT_GROUP,
         REGISTRY,
         Check,
@@ -146,7 +146,7 @@ def _load_source(src: Source) -> list[str]:
 def _load_data(req: dict[str, Any]):
     import pandas as pd
 
-    from adflora_analysis.synthetic.checks.data import RunData, check_data
+    from adflora_analysis.theory.data import RunData, check_data
 
     if not req.get("data_dir"):
         return check_data(req["run_dir"])
@@ -176,8 +176,8 @@ def child_main() -> None:
         proto.flush()
 
     try:
-        from adflora_analysis.synthetic.checks import contexts
-        from adflora_analysis.synthetic.checks.registry import REGISTRY, run_check
+        from adflora_analysis.theory import contexts
+        from adflora_analysis.theory.registry import REGISTRY, run_check
 
         skip_src = set(req.get("skip_sources", []))
         for i, (kind, name, value) in enumerate(req["sources"]):

@@ -35,13 +35,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import (
+from adflora_analysis.theory.data import (
     Context,
     async_not_applicable,
     drift_not_applicable,
 )
-from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import fit_a_plus_b_over_R, pooled_test
+from adflora_analysis.theory.result import CheckResult
+from adflora_analysis.theory.stats import fit_a_plus_b_over_R, pooled_test
 
 SOURCE = ("Lian et al. 2017, Thm 1 (descent step); Koloskova et al. 2020, Thm 2; "
           "constants derived in docs/theory.md §3")

@@ -6,7 +6,7 @@ A check is a function ``fn(ctx: Context) -> CheckResult | list[CheckResult] | No
 ``adflora_analysis.checks`` (the entry point's name is the check's name). :func:`bound_check`
 turns a measured curve and its bound into a result with the built-ins' statistics::
 
-    from adflora_analysis.synthetic.checks import bound_check, register_check
+    from adflora_analysis.theory import bound_check, register_check
 
     @register_check("loss-below-start")
     def loss_below_start(ctx):
@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.synthetic.checks.data import Context
-from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import ONE_SEED, pooled_test
+from adflora_analysis.theory.data import Context
+from adflora_analysis.theory.result import CheckResult
+from adflora_analysis.theory.stats import ONE_SEED, pooled_test
 
 ENTRY_POINT_GROUP = "adflora_analysis.checks"
 CheckFn = Callable[[Context], "CheckResult | list[CheckResult] | None"]

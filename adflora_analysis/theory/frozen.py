@@ -21,10 +21,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
-from adflora_analysis.synthetic.checks.gossip import tiny
-from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import log_mean_unbiased, pm, pooled_test
+from adflora_analysis.theory.data import Context, drift_not_applicable
+from adflora_analysis.theory.gossip import tiny
+from adflora_analysis.theory.result import CheckResult
+from adflora_analysis.theory.stats import log_mean_unbiased, pm, pooled_test
 
 SOURCE = "Koloskova et al. 2020, Assumption 4 iterated; ADF-LoRA (arXiv 2511.18291)"
 

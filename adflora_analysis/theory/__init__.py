@@ -30,19 +30,19 @@ import math
 from pathlib import Path
 from typing import Any
 
-from adflora_analysis.synthetic.checks.async_rate import check_async_rate
-from adflora_analysis.synthetic.checks.consensus import check_consensus, kappa
-from adflora_analysis.synthetic.checks.cross_term import check_cross_term
-from adflora_analysis.synthetic.checks.data import Context, RunData, Series, check_data, contexts
-from adflora_analysis.synthetic.checks.frozen import check_frozen, fit_geometric_rate
-from adflora_analysis.synthetic.checks.gossip import check_gossip
-from adflora_analysis.synthetic.checks.isolate import (
+from adflora_analysis.theory.async_rate import check_async_rate
+from adflora_analysis.theory.consensus import check_consensus, kappa
+from adflora_analysis.theory.cross_term import check_cross_term
+from adflora_analysis.theory.data import Context, RunData, Series, check_data, contexts
+from adflora_analysis.theory.frozen import check_frozen, fit_geometric_rate
+from adflora_analysis.theory.gossip import check_gossip
+from adflora_analysis.theory.isolate import (
     CHECK_TIMEOUT_DEFAULT,
     run_user_checks,
     user_sources,
 )
-from adflora_analysis.synthetic.checks.mixing import check_mixing
-from adflora_analysis.synthetic.checks.registry import (
+from adflora_analysis.theory.mixing import check_mixing
+from adflora_analysis.theory.registry import (
     REGISTRY,
     bound_check,
     load_check_file,
@@ -50,15 +50,15 @@ from adflora_analysis.synthetic.checks.registry import (
     register_check,
     run_check,
 )
-from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.saved import (
+from adflora_analysis.theory.result import CheckResult
+from adflora_analysis.theory.saved import (
     load_saved_checks,
     rounds_covered,
     run_state,
     save_results,
 )
-from adflora_analysis.synthetic.checks.stationarity import check_stationarity
-from adflora_analysis.synthetic.checks.stats import EFFECT_DEFAULT, Z_DEFAULT
+from adflora_analysis.theory.stationarity import check_stationarity
+from adflora_analysis.theory.stats import EFFECT_DEFAULT, Z_DEFAULT
 
 __all__ = ["CHECK_TIMEOUT_DEFAULT", "REGISTRY", "CheckResult", "Context", "RunData", "Series",
            "bound_check", "check_data", "check_run", "contexts", "fit_geometric_rate",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.stats import RatioTest
+from adflora_analysis.theory.stats import RatioTest
 
 STATUSES = ("held", "violated", "finding", "underpowered", "n/a", "error")
 

@@ -24,14 +24,14 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import (
+from adflora_analysis.theory.data import (
     Context,
     async_not_applicable,
     drift_not_applicable,
 )
-from adflora_analysis.synthetic.checks.gossip import tiny
-from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import pooled_test
+from adflora_analysis.theory.gossip import tiny
+from adflora_analysis.theory.result import CheckResult
+from adflora_analysis.theory.stats import pooled_test
 
 SOURCE = ("docs/theory.md §2 (Young's inequality, weight p/2); Koloskova et al. 2020, "
           "consensus recursion")

@@ -30,11 +30,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.consensus import kappa, unrolled
-from adflora_analysis.synthetic.checks.data import Context
-from adflora_analysis.synthetic.checks.gossip import tiny
-from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import (
+from adflora_analysis.theory.consensus import kappa, unrolled
+from adflora_analysis.theory.data import Context
+from adflora_analysis.theory.gossip import tiny
+from adflora_analysis.theory.result import CheckResult
+from adflora_analysis.theory.stats import (
     bootstrap_ratio,
     interval,
     log_mean_unbiased,

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.synthetic.checks.stats import EFFECT_DEFAULT, Z_DEFAULT
+from adflora_analysis.theory.stats import EFFECT_DEFAULT, Z_DEFAULT
 
 
 @dataclass
@@ -193,7 +193,7 @@ def drift_not_applicable(ctx: Context, name: str, number: str, why: str, *,
     True
     """
     from adflora_analysis.core.methods import METHODS
-    from adflora_analysis.synthetic.checks.result import CheckResult
+    from adflora_analysis.theory.result import CheckResult
 
     d = ctx.vmeta.get("clock_drift")
     d = float(d) if d is not None else 0.0
@@ -223,8 +223,8 @@ def async_not_applicable(ctx: Context, name: str, number: str, why: str):
     >>> async_not_applicable(ctx, "stationarity", "5", "x̄ is not the clients' average") is None
     True
     """
-    from adflora_analysis.synthetic.checks.frozen import async_gossip
-    from adflora_analysis.synthetic.checks.result import CheckResult
+    from adflora_analysis.theory.frozen import async_gossip
+    from adflora_analysis.theory.result import CheckResult
 
     tau, pi = async_gossip(ctx.vmeta)
     if tau == 0 and pi == 1:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-from adflora_analysis.synthetic.checks.data import Context
-from adflora_analysis.synthetic.checks.result import CheckResult
+from adflora_analysis.theory.data import Context
+from adflora_analysis.theory.result import CheckResult
 
 TOL = 1e-9
 

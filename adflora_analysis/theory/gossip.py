@@ -16,13 +16,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.synthetic.checks.data import (
+from adflora_analysis.theory.data import (
     Context,
     async_not_applicable,
     drift_not_applicable,
 )
-from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import interval, pm, pooled_test
+from adflora_analysis.theory.result import CheckResult
+from adflora_analysis.theory.stats import interval, pm, pooled_test
 
 SOURCE = "Koloskova et al. 2020, Assumption 4; Boyd et al. 2006, Lemma 1"
 

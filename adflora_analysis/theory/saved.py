@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.synthetic.checks.result import CheckResult
+from adflora_analysis.theory.result import CheckResult
 
 FORMAT = "adflora-checks/2"
 CHECKS_JSON = "checks.json"

@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import scipy.stats as st
 
-from adflora_analysis.synthetic.checks.data import Context, drift_not_applicable
-from adflora_analysis.synthetic.checks.frozen import fit_geometric_rate, stretches
-from adflora_analysis.synthetic.checks.gossip import tiny
-from adflora_analysis.synthetic.checks.result import CheckResult
-from adflora_analysis.synthetic.checks.stats import pm
+from adflora_analysis.theory.data import Context, drift_not_applicable
+from adflora_analysis.theory.frozen import fit_geometric_rate, stretches
+from adflora_analysis.theory.gossip import tiny
+from adflora_analysis.theory.result import CheckResult
+from adflora_analysis.theory.stats import pm
 
 SOURCE = ("Boyd et al. 2006 (randomized gossip); Lian et al. 2018 (AD-PSGD); Assran et al. "
           "2019 (SGP): the augmented state's expected companion operator")
