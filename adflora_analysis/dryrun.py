@@ -33,7 +33,7 @@ def job_table(kind: str, cfg: Any) -> list[dict[str, Any]]:
     ``"glue"`` (one job per variant, method and seed). The keys are the runners' own; nothing
     here imports torch (a job's T under a non-periodic ``switch_schedule`` is its name).
     """
-    from adflora_analysis.runconfig import expand_study
+    from adflora_analysis.study.runconfig import expand_study
 
     variants = expand_study(cfg)
     multi = len(variants) > 1

@@ -1,6 +1,6 @@
 """Per-round callbacks and live experiment trackers (TensorBoard, MLflow) of a run.
 
-:func:`adflora_analysis.experiment.run_jobs` (and so ``adflora synthetic run``, ``adflora glue
+:func:`adflora_analysis.study.experiment.run_jobs` (and so ``adflora synthetic run``, ``adflora glue
 run``, :func:`adflora_analysis.api.run_synthetic`) calls every :class:`Callback` it is given,
 like the Hugging Face Trainer's ``TrainerCallback``:
 
@@ -55,7 +55,7 @@ class RunInfo:
     """What a run is, given to :meth:`Callback.on_run_start`.
 
     ``path``: the run directory; ``config``: the resolved config (``config.toml``; empty for a
-    bare :func:`~adflora_analysis.experiment.run_jobs` folder); ``jobs``: job keys in run order;
+    bare :func:`~adflora_analysis.study.experiment.run_jobs` folder); ``jobs``: job keys in run order;
     ``rounds``: rounds per job; ``resume``: continuing an earlier run; ``kind``: ``synthetic``,
     ``glue`` or None.
     """

@@ -52,7 +52,7 @@ def _cfg(model: str, n: int, K: int, R: int, method: str, bs: int, max_len: int)
 
 
 def _runner_time(study, method: str, R: int) -> tuple[float, float]:
-    from adflora_analysis.experiment import run_jobs
+    from adflora_analysis.study.experiment import run_jobs
 
     jobs = [study.job(method, 0)]
     with tempfile.TemporaryDirectory() as d:
@@ -117,8 +117,8 @@ def memory_child(model: str, n: int, rounds: int, bs: int, max_len: int) -> None
     RSS."""
     import torch
 
-    from adflora_analysis.experiment import run_jobs
     from adflora_analysis.glue.runner import GlueStudy
+    from adflora_analysis.study.experiment import run_jobs
 
     torch.set_num_threads(1)
     cfg = _cfg(model, n, 1, rounds, "lora", bs, max_len)

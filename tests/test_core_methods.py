@@ -270,7 +270,7 @@ def test_adf_lora_mixes_the_frozen_block_and_round_metrics():
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    from adflora_analysis.experiment import Job, run_jobs
+    from adflora_analysis.study.experiment import Job, run_jobs
 
     def build():
         return _ToyProblem(), _toy_state(), _mixing()

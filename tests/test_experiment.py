@@ -8,9 +8,9 @@ import torch
 
 from adflora_analysis.core import LoraState, Problem, get_method
 from adflora_analysis.errors import AdfloraError, DivergenceError
-from adflora_analysis.experiment import Job, run_jobs
 from adflora_analysis.rundir import RunDir, init_run_dir
 from adflora_analysis.seeding import torch_generator
+from adflora_analysis.study.experiment import Job, run_jobs
 
 
 class NoisyProblem(Problem):

@@ -214,7 +214,7 @@ def test_cli_run_prints_summary_and_errors_in_one_line(tiny, tmp_path):
 def test_shipped_configs_load(tmp_path):
     files = sorted((ROOT / "glue_runs").glob("*.toml"))
     assert any(f.name == "smoke.toml" for f in files) and len(files) >= 5
-    from adflora_analysis.runconfig import expand_study
+    from adflora_analysis.study.runconfig import expand_study
 
     for f in files:
         for _, cfg in expand_study(load_config(GlueConfig, f)):  # every variant validates

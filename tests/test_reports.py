@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from adflora_analysis import fileio
-from adflora_analysis.experiment import run_jobs
 from adflora_analysis.reports import make_report
 from adflora_analysis.reports.collect import collect_run
 from adflora_analysis.rundir import claim, init_run_dir, make_meta
+from adflora_analysis.study.experiment import run_jobs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_experiment import make_jobs  # noqa: E402

@@ -12,7 +12,7 @@ from adflora_analysis import fileio
 from adflora_analysis.config import load_config, parse_override
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.glue.config import GlueConfig
-from adflora_analysis.runconfig import expand_study
+from adflora_analysis.study.runconfig import expand_study
 from adflora_analysis.synthetic.config import SyntheticConfig
 
 ROOT = Path(__file__).resolve().parents[1]

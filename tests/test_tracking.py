@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 import adflora_analysis as af
-from adflora_analysis.experiment import run_jobs
 from adflora_analysis.rundir import RunDir
+from adflora_analysis.study.experiment import run_jobs
 from adflora_analysis.tbevents import read_events
 from adflora_analysis.tracking import Callback, CallbackError, TensorBoardTracker
 

@@ -18,7 +18,7 @@ from typing import Literal
 
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.glue.tasks import get_task
-from adflora_analysis.runconfig import FederationConfig
+from adflora_analysis.study.runconfig import FederationConfig
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Run a GLUE study into a run directory (docs/architecture.md §7, §8).
 
-A study's ``sweep``/``variants`` (:func:`adflora_analysis.runconfig.expand_study`) give its
+A study's ``sweep``/``variants`` (:func:`adflora_analysis.study.runconfig.expand_study`) give its
 variants (e.g. one per task); each variant loads its data once (:class:`GlueStudy`) and runs one
-job per (method, seed), driven by :func:`adflora_analysis.experiment.run_jobs` through the one
+job per (method, seed), driven by :func:`adflora_analysis.study.experiment.run_jobs` through the one
 round loop. A base model is loaded once and shared by every job of every variant that needs the
 same model (name, number of labels, LoRA shape, device). With more than one variant, job keys
 start with the variant label and the rows of ``metrics``, ``eval``, ``label_counts`` and
@@ -34,7 +34,6 @@ from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.lr_schedules import lr_at
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.experiment import Job, run_jobs
 from adflora_analysis.glue.config import GlueConfig
 from adflora_analysis.glue.data import encode, load_data
 from adflora_analysis.glue.evaluate import eval_rows
@@ -42,8 +41,9 @@ from adflora_analysis.glue.model import GlueModel
 from adflora_analysis.glue.partition import label_count_table, partition_indices, partition_labels
 from adflora_analysis.glue.problem import GlueProblem
 from adflora_analysis.glue.tasks import get_task
-from adflora_analysis.runconfig import expand_study
 from adflora_analysis.rundir import claim, init_run_dir, make_meta
+from adflora_analysis.study.experiment import Job, run_jobs
+from adflora_analysis.study.runconfig import expand_study
 
 
 def job_key(method: str, seed: int, variant: str | None = None) -> str:
@@ -176,7 +176,7 @@ class GlueStudy:
         extra = {"task": self.task.name, "switch_interval": T}
         if self.variant is not None:
             extra = {"variant": self.variant, **extra}
-        from adflora_analysis.schedule_config import schedule_and_mixer
+        from adflora_analysis.study.schedule_config import schedule_and_mixer
 
         schedule, mixer, more = schedule_and_mixer(
             cfg, self.sampler(seed) if cfg.switch_schedule == "topology" else None, [seed],
@@ -331,7 +331,7 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
     the run directory (other processes return an empty table). ``callbacks``:
     :class:`~adflora_analysis.tracking.Callback` objects called every round (rank 0; the
     ``eval`` rows in :attr:`RoundInfo.tables <adflora_analysis.tracking.RoundInfo>`); one that
-    raises stops the run, resumable (:func:`~adflora_analysis.experiment.run_jobs`).
+    raises stops the run, resumable (:func:`~adflora_analysis.study.experiment.run_jobs`).
     """
     from adflora_analysis.resources import check_device
 

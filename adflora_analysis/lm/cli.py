@@ -62,7 +62,7 @@ def run(
     if dry_run:
         from adflora_analysis.dryrun import describe, dry_run_json
         from adflora_analysis.lm.model import preflight
-        from adflora_analysis.runconfig import expand_study
+        from adflora_analysis.study.runconfig import expand_study
 
         for _, v in expand_study(cfg):
             preflight(v)   # model config, targets, context: no weights

@@ -1,7 +1,7 @@
 """Typed config of a causal-LM study (``lm_runs/*.toml``).
 
 The federation keys (clients, rounds, methods, seeds, topology, gossip, schedules, mixers,
-backend, sweep/variants) are :class:`~adflora_analysis.runconfig.FederationConfig`'s, as in
+backend, sweep/variants) are :class:`~adflora_analysis.study.runconfig.FederationConfig`'s, as in
 GLUE; the local-training and data keys mirror :class:`~adflora_analysis.glue.config.GlueConfig`.
 
 >>> cfg = LmConfig(model="tiny-gpt2", rounds=2)
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.runconfig import FederationConfig
+from adflora_analysis.study.runconfig import FederationConfig
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Run a causal-LM study into a run directory (kind ``lm``), with the GLUE runner's machinery:
 :class:`LmStudy` is a :class:`~adflora_analysis.glue.runner.GlueStudy` (the same jobs, mixers,
 schedules, samplers, checkpoints, resume and torch.distributed handling through
-:func:`adflora_analysis.experiment.run_jobs`) whose data are texts, whose model is a
+:func:`adflora_analysis.study.experiment.run_jobs`) whose data are texts, whose model is a
 :class:`~adflora_analysis.lm.model.LmModel` and whose evaluation is next-token loss and
 perplexity. The run directory holds what a GLUE run's does (``config.toml``, ``meta.json``,
 ``label_counts.csv`` (per-client counts of the skewed column), ``metrics``, ``eval``,
@@ -18,15 +18,15 @@ import torch
 
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.experiment import run_jobs
 from adflora_analysis.glue.partition import partition_indices
 from adflora_analysis.glue.runner import GlueStudy, eval_line, summarize
 from adflora_analysis.lm.config import LmConfig
 from adflora_analysis.lm.data import LmTask, encode_lm, load_lm_data
 from adflora_analysis.lm.model import LmModel, Resolved, model_facts, preflight
 from adflora_analysis.lm.problem import eval_rows
-from adflora_analysis.runconfig import expand_study
 from adflora_analysis.rundir import claim, init_run_dir
+from adflora_analysis.study.experiment import run_jobs
+from adflora_analysis.study.runconfig import expand_study
 
 __all__ = ["LmStudy", "run_lm", "summarize"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.runconfig import FederationConfig
+from adflora_analysis.study.runconfig import FederationConfig
 
 
 @dataclass
@@ -71,7 +71,7 @@ class SyntheticConfig(FederationConfig):
     exchange : gossip exchange under torch.distributed: "auto" (default: "neighbor" when W^t
         is sparse, else "allgather"), "allgather" or "neighbor".
     dist_timeout_s : seconds a process waits for a dead peer before it stops with an error.
-    sweep, variants : expand the study (:func:`adflora_analysis.runconfig.expand_study`); rows
+    sweep, variants : expand the study (:func:`adflora_analysis.study.runconfig.expand_study`); rows
         carry the ``variant`` label.
     """
 

@@ -7,8 +7,8 @@ once per variant from its first seed and shared by all seeds of the batch, so it
 
 A study is a :class:`SyntheticConfig`; its ``sweep``/``variants`` expand it into *variants*
 (e.g. T = 1, 2, 5, 10, 20), each a fully validated config. Every (variant, method) pair is one
-:class:`~adflora_analysis.experiment.Job` that runs **all seeds as one batch** through the shared
-round loop. Files written (besides what :func:`~adflora_analysis.experiment.run_jobs` writes):
+:class:`~.study.experiment.Job` that runs **all seeds as one batch** through the shared
+round loop. Files written (besides what :func:`~.study.experiment.run_jobs` writes):
 
 - ``config.toml``: the resolved config;
 - ``meta.json``: seeds, versions, git revision, and per variant the topology constants
@@ -39,16 +39,16 @@ from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.experiment import Job, run_jobs
-from adflora_analysis.runconfig import expand_study
 from adflora_analysis.rundir import claim, init_run_dir, make_meta
-from adflora_analysis.schedule_config import schedule_and_mixer, topology_schedule
+from adflora_analysis.study.experiment import Job, run_jobs
+from adflora_analysis.study.runconfig import expand_study
+from adflora_analysis.study.schedule_config import schedule_and_mixer, topology_schedule
 from adflora_analysis.synthetic.config import SyntheticConfig
 from adflora_analysis.tracking import Callbacks, RoundInfo, RunInfo
 
 
 def expand_variants(cfg: SyntheticConfig) -> list[tuple[str, SyntheticConfig]]:
-    """The (label, config) variants of a study: :func:`adflora_analysis.runconfig.expand_study`
+    """The (label, config) variants of a study: :func:`~.study.runconfig.expand_study`
     (``sweep`` and ``variants``, values kept typed; no sweep and no variants: one variant,
     label "base")."""
     return expand_study(cfg)
@@ -148,7 +148,7 @@ def run_study(cfg: SyntheticConfig, out: str | Path, *, resume: bool = False,
     the rows written so far stay (and ``meta.json`` records ``status = "diverged"``). Under
     torch.distributed (``backend``), every process runs this with its clients and rank 0 alone
     writes files. ``callbacks``: :class:`~adflora_analysis.tracking.Callback` objects called
-    every round (:func:`~adflora_analysis.experiment.run_jobs`).
+    every round (:func:`~adflora_analysis.study.experiment.run_jobs`).
     """
     if resume and overwrite:
         raise AdfloraError("--resume and --overwrite exclude each other",
@@ -294,7 +294,7 @@ def study_rows(cfg: SyntheticConfig, callbacks: list[Any] | None = None):
     table: the rows :func:`run_study` writes to ``metrics.parquet`` (one per variant, method,
     seed, round and layer; layer ``all`` holds totals), without its other tables (no topology
     constants, ``mixing``, ``constants`` or checkpoints). ``callbacks`` are called as by
-    :func:`~adflora_analysis.experiment.run_jobs` (with ``RunInfo.path`` None); one that
+    :func:`~adflora_analysis.study.experiment.run_jobs` (with ``RunInfo.path`` None); one that
     raises ends the study with its :class:`~adflora_analysis.tracking.CallbackError`.
 
     >>> from adflora_analysis.config import load_config

@@ -26,7 +26,7 @@ def schedule_and_mixer(cfg, sampler, seeds: list[int],
     ``cfg.switch_for(method)`` under ``periodic``) is read on each client's own clock
     (:func:`~adflora_analysis.core.schedules.drifting`); ``method`` is needed then.
 
-    >>> from adflora_analysis.runconfig import FederationConfig, GossipConfig
+    >>> from adflora_analysis.study.runconfig import FederationConfig, GossipConfig
     >>> s, m, cols = schedule_and_mixer(FederationConfig(), None, [0])
     >>> s is None and m is None, cols
     (True, {})
