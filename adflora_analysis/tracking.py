@@ -55,7 +55,7 @@ class RunInfo:
     """What a run is, given to :meth:`Callback.on_run_start`.
 
     ``path``: the run directory; ``config``: the resolved config (``config.toml``; empty for a
-    bare :func:`~adflora_analysis.study.experiment.run_jobs` folder); ``jobs``: job keys in run order;
+    bare :func:`~.study.experiment.run_jobs` folder); ``jobs``: job keys in run order;
     ``rounds``: rounds per job; ``resume``: continuing an earlier run; ``kind``: ``synthetic``,
     ``glue`` or None.
     """
