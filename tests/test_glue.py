@@ -172,7 +172,7 @@ def test_hub_dataset_cache_probe_never_touches_the_network(monkeypatch):
     import datasets
     from huggingface_hub import constants as hub_constants
 
-    import adflora_analysis.glue.data as data
+    import adflora_analysis.glue.sources as data
 
     for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(k, raising=False)

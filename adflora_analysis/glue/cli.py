@@ -124,7 +124,7 @@ def fixture(
 
     Example: adflora glue fixture qnli data/qnli
     """
-    from adflora_analysis.glue.data import write_fixture
+    from adflora_analysis.glue.fixtures import write_fixture
     from adflora_analysis.glue.tasks import get_task
 
     name = get_task(task).name

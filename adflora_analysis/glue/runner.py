@@ -35,12 +35,13 @@ from adflora_analysis.core.lr_schedules import lr_at
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.glue.config import GlueConfig
-from adflora_analysis.glue.data import encode, load_data
 from adflora_analysis.glue.evaluate import eval_rows
 from adflora_analysis.glue.model import GlueModel
 from adflora_analysis.glue.partition import label_count_table, partition_indices, partition_labels
 from adflora_analysis.glue.problem import GlueProblem
+from adflora_analysis.glue.sources import load_data
 from adflora_analysis.glue.tasks import get_task
+from adflora_analysis.glue.tokenize import encode
 from adflora_analysis.rundir import claim, init_run_dir, make_meta
 from adflora_analysis.study.experiment import Job, run_jobs
 from adflora_analysis.study.runconfig import expand_study
