@@ -229,6 +229,77 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
     return ck
 
 
+
+def save_checkpoint(ckpt_dir: str | Path, key: str, t: int, *, state: dict[str, Any],
+                    problem: dict[str, Any] | None, carry: Any, rank: int = 0,
+                    world_size: int = 1, config_hash: str | None = None,
+                    keep: int = 2) -> Path:
+    """Write process ``rank``'s part of job ``key``'s checkpoint after round ``t`` (atomic) and
+    delete this rank's parts older than the newest ``keep`` rounds; return its path.
+
+    The payload: ``{"round", "job", "state" (LoraState.to_dict(): lists of CPU/GPU tensors),
+    "world_size", "rank", "problem" (the problem's state_dict), "carry" (schedule and mixer
+    state), "config_hash"}``; :func:`latest_checkpoint` reads it back.
+
+    >>> import tempfile, torch
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for t in (1, 2, 3):
+    ...     _ = save_checkpoint(d, "adf", t, state={"A": [torch.ones(1)]}, problem=None,
+    ...                         carry=None, config_hash="h")
+    >>> sorted(checkpoint_rounds(d, "adf")), latest_checkpoint(d, "adf", fingerprint="h")[0]
+    ([2, 3], 3)
+    """
+    payload = {"round": t, "job": key, "state": state, "world_size": world_size,
+               "rank": rank, "problem": problem, "carry": carry, "config_hash": config_hash}
+    path = checkpoint_path(ckpt_dir, key, t, rank)
+    fileio.save_torch(path, payload)
+    # keep this and the previous complete checkpoint; older parts of this rank go
+    for old in sorted(checkpoint_rounds(ckpt_dir, key))[:-keep]:
+        checkpoint_path(ckpt_dir, key, old, rank).unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(ckpt_dir: str | Path, key: str, rank: int = 0, world_size: int = 1,
+                      fingerprint: str | None = None) -> tuple[int, dict[str, Any]] | None:
+    """``(round, payload)`` of process ``rank``'s part of the newest checkpoint of ``key`` that
+    every one of ``world_size`` processes completed; None if there is none.
+
+    A checkpoint written by a different number of processes, for another job, or (when
+    ``fingerprint`` is given) by a run with another config hash is refused in one line.
+    """
+    rounds = checkpoint_rounds(ckpt_dir, key)
+    if not rounds:
+        return None
+    ranks_seen = set().union(*rounds.values())
+    if max(ranks_seen) >= world_size or any(
+            len(r) != len(ranks_seen) for r in rounds.values() if max(r) >= world_size):
+        raise AdfloraError(f"checkpoints of {key!r} were written by {max(ranks_seen) + 1} "
+                           f"processes, this run has {world_size}",
+                           "resume with the same number of processes (--nproc-per-node)")
+    full = [t for t, r in rounds.items() if r == set(range(world_size))]
+    if not full:
+        return None
+    t = max(full)
+    path = checkpoint_path(ckpt_dir, key, t, rank)
+    ck = load_checkpoint(path)
+    if ck is None:  # deleted between the listing and the read
+        return None
+    if ck.get("job") != key or ck.get("round") != t:
+        raise AdfloraError(f"checkpoint {str(path)!r} belongs to job {ck.get('job')!r} round "
+                           f"{ck.get('round')}, not to job {key!r} round {t}",
+                           "it was copied from elsewhere: delete it (the job restarts from "
+                           "round 0), or start again with --overwrite")
+    if fingerprint is not None and ck.get("config_hash") != fingerprint:
+        raise AdfloraError(f"checkpoint {str(path)!r} was written by a run with another "
+                           f"config (hash {ck.get('config_hash')}, this run {fingerprint})",
+                           "it was copied from another run: delete it (the job restarts "
+                           "from round 0), or start again with --overwrite")
+    if ck.get("world_size", 1) != world_size:
+        raise AdfloraError(f"checkpoint of {key!r} was written by {ck.get('world_size')} "
+                           f"processes, this run has {world_size}",
+                           "resume with the same number of processes (--nproc-per-node)")
+    return t, ck
+
 # ------------------------------------------------------------------------------ errors
 def os_error(path: str | Path, e: OSError) -> AdfloraError:
     """One line for an OS failure while writing under ``path`` (read-only, full disk, ...)."""

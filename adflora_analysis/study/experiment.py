@@ -48,13 +48,12 @@ from adflora_analysis.rundir import (
     CHECKPOINTS,
     PROGRESS,
     RunDir,
-    checkpoint_path,
-    checkpoint_rounds,
     claim,
     job_slug,
-    load_checkpoint,
+    latest_checkpoint,
     os_error,
     read_json,
+    save_checkpoint,
 )
 from adflora_analysis.tracking import CallbackError, Callbacks, RoundInfo, RunInfo
 
@@ -86,57 +85,6 @@ class Job:
 
 
 OnRound = Callable[[Job, Problem, RoundResult], dict[str, list[dict]]]
-
-
-def latest_checkpoint(ckpt_dir: Path, key: str, backend: Backend,
-                      fingerprint: str | None = None) -> tuple[int, dict] | None:
-    """This process's part of the newest checkpoint of ``key`` that every process completed.
-
-    A checkpoint written by a different number of processes, for another job, or (when
-    ``fingerprint`` is given) by a run with another config hash is refused in one line.
-    """
-    rounds = checkpoint_rounds(ckpt_dir, key)
-    if not rounds:
-        return None
-    ranks_seen = set().union(*rounds.values())
-    if max(ranks_seen) >= backend.world_size or any(
-            len(r) != len(ranks_seen) for r in rounds.values() if max(r) >= backend.world_size):
-        raise AdfloraError(f"checkpoints of {key!r} were written by {max(ranks_seen) + 1} "
-                           f"processes, this run has {backend.world_size}",
-                           "resume with the same number of processes (--nproc-per-node)")
-    full = [t for t, r in rounds.items() if r == set(range(backend.world_size))]
-    if not full:
-        return None
-    t = max(full)
-    path = checkpoint_path(ckpt_dir, key, t, backend.rank)
-    ck = load_checkpoint(path)
-    if ck.get("job") != key or ck.get("round") != t:
-        raise AdfloraError(f"checkpoint {str(path)!r} belongs to job {ck.get('job')!r} round "
-                           f"{ck.get('round')}, not to job {key!r} round {t}",
-                           "it was copied from elsewhere: delete it (the job restarts from "
-                           "round 0), or start again with --overwrite")
-    if fingerprint is not None and ck.get("config_hash") != fingerprint:
-        raise AdfloraError(f"checkpoint {str(path)!r} was written by a run with another "
-                           f"config (hash {ck.get('config_hash')}, this run {fingerprint})",
-                           "it was copied from another run: delete it (the job restarts "
-                           "from round 0), or start again with --overwrite")
-    if ck.get("world_size", 1) != backend.world_size:
-        raise AdfloraError(f"checkpoint of {key!r} was written by {ck.get('world_size')} "
-                           f"processes, this run has {backend.world_size}",
-                           "resume with the same number of processes (--nproc-per-node)")
-    return t, ck
-
-
-def _save_checkpoint(ckpt_dir: Path, job: Job, res: RoundResult, problem: Problem,
-                     backend: Backend, fingerprint: str | None = None) -> None:
-    payload = {"round": res.t, "job": job.key, "state": res.state.to_dict(),
-               "world_size": backend.world_size, "rank": backend.rank,
-               "problem": problem.state_dict(), "carry": res.carry,
-               "config_hash": fingerprint}
-    fileio.save_torch(checkpoint_path(ckpt_dir, job.key, res.t, backend.rank), payload)
-    # keep this and the previous complete checkpoint; older parts of this rank go
-    for t in sorted(checkpoint_rounds(ckpt_dir, job.key))[:-2]:
-        checkpoint_path(ckpt_dir, job.key, t, backend.rank).unlink(missing_ok=True)
 
 
 def run_jobs(run_dir: str | Path | RunDir, jobs: list[Job], rounds: int, *,
@@ -353,7 +301,8 @@ class _Driver:
         run.invalidate_checks()
 
     def _checkpoint_round(self, job: Job) -> int:
-        ck = latest_checkpoint(self.ckpt_dir, job.key, self.backend, self.fingerprint)
+        ck = latest_checkpoint(self.ckpt_dir, job.key, self.backend.rank,
+                              self.backend.world_size, self.fingerprint)
         return 0 if ck is None else ck[0] + 1
 
     def _log(self, jobs: list[Job]) -> RunLog:
@@ -391,8 +340,10 @@ class _Driver:
                 self._record_callback_files()
                 t0 = now
             if self.every and ((res.t + 1) % self.every == 0 or res.t == self.rounds - 1):
-                _save_checkpoint(self.ckpt_dir, job, res, problem, self.backend,
-                                 self.fingerprint)
+                save_checkpoint(self.ckpt_dir, job.key, res.t, state=res.state.to_dict(),
+                                problem=problem.state_dict(), carry=res.carry,
+                                rank=self.backend.rank, world_size=self.backend.world_size,
+                                config_hash=self.fingerprint)
             self.where = f"in round {res.t + 1} of job {job.key!r}"
             self.log.round_done(res.t, hook_s=hook_s)
             self.rounds_run += 1
@@ -408,7 +359,8 @@ class _Driver:
     def _restore(self, job: Job, problem: Problem, state: LoraState
                  ) -> tuple[int, LoraState, dict | None]:
         """(first round to run, state, the schedule's and mixer's carried state) of ``job``."""
-        ck = (latest_checkpoint(self.ckpt_dir, job.key, self.backend, self.fingerprint)
+        ck = (latest_checkpoint(self.ckpt_dir, job.key, self.backend.rank,
+                                self.backend.world_size, self.fingerprint)
               if self.resume else None)
         if ck is None:
             return 0, state, None
