@@ -30,9 +30,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from adflora_analysis.errors import AdfloraError
+from adflora_analysis.theory import async_rate as _async_rate
+from adflora_analysis.theory import stationarity as _stationarity
 from adflora_analysis.theory.async_rate import check_async_rate
 from adflora_analysis.theory.consensus import check_consensus, kappa
-from adflora_analysis.theory.cross_term import check_cross_term
+from adflora_analysis.theory.cross_term import (
+    check_adf_below,
+    check_cross_bounds,
+    check_invariant,
+)
 from adflora_analysis.theory.data import Context, RunData, Series, check_data, contexts
 from adflora_analysis.theory.frozen import check_frozen, fit_geometric_rate
 from adflora_analysis.theory.gossip import check_gossip
@@ -45,6 +52,7 @@ from adflora_analysis.theory.mixing import check_mixing
 from adflora_analysis.theory.registry import (
     REGISTRY,
     bound_check,
+    columns_needed,
     load_check_file,
     load_entry_points,
     register_check,
@@ -61,20 +69,68 @@ from adflora_analysis.theory.stationarity import check_stationarity
 from adflora_analysis.theory.stats import EFFECT_DEFAULT, Z_DEFAULT
 
 __all__ = ["CHECK_TIMEOUT_DEFAULT", "REGISTRY", "CheckResult", "Context", "RunData", "Series",
-           "bound_check", "check_data", "check_run", "contexts", "fit_geometric_rate",
+           "bound_check", "check_data", "check_run", "columns_needed", "contexts",
+           "fit_geometric_rate",
            "format_results", "kappa", "load_check_file", "load_entry_points", "load_saved_checks",
            "register_check", "rounds_covered", "run_checks", "run_state", "save_results"]
 
-for _name, _fn, _kinds in (
-    ("mixing-validity", check_mixing, ("synthetic", "glue", "lm")),
-    ("gossip-contraction", check_gossip, ("synthetic", "glue", "lm")),
-    ("frozen-block", check_frozen, ("synthetic", "glue", "lm")),
-    ("consensus", check_consensus, ("synthetic",)),
-    ("stationarity", check_stationarity, ("synthetic",)),
-    ("cross-term", check_cross_term, ("synthetic", "glue", "lm")),
-    ("stale-gossip-rate", check_async_rate, ("synthetic", "glue", "lm")),
-):
-    register_check(_name, kinds=_kinds, builtin=True)(_fn)
+_ALL = ("synthetic", "glue", "lm")
+_XI = ("xi_A", "xi_B")
+_XI_LOCAL = ("xi_A_local", "xi_B_local")
+_RECURSION = ("doubly-stochastic", "p>0", "synchronous-gossip")
+# name, function, kinds, requires (premises, in the order they are tested), reads (metric
+# columns; "col?" read when present), number and label of the registry's own n/a answers
+BUILTINS: tuple[tuple, ...] = (
+    ("mixing-validity", check_mixing, _ALL, (), (), "1", "mixing-validity"),
+    ("gossip-contraction", check_gossip, _ALL, ("one-gossip-phase-per-round", *_RECURSION),
+     (*_XI, *_XI_LOCAL), "2", "gossip-contraction"),
+    ("frozen-block", check_frozen, _ALL, ("p>0", "one-phase-per-round", "synchronous-gossip",
+                                          "doubly-stochastic"),
+     (*_XI, *_XI_LOCAL), "3", "frozen-block-consensus"),
+    ("consensus", check_consensus, ("synthetic",), ("one-gossip-phase-per-round", *_RECURSION),
+     (*_XI, "disp_A", "disp_B", "gamma_A?", "gamma_B?", "eta?"), "4", "consensus-step"),
+    ("stationarity", check_stationarity, ("synthetic",),
+     getattr(_stationarity, "REQUIRES", ()),
+     getattr(_stationarity, "READS", (
+         "grad_norm_sq_inner?", "sn_gbar_sq?", "sn_drift?", "sn_curv_left?", "sn_curv_right?",
+         "L_block?", "loss_start?", "f_inf_B?", "loss?", "grad_norm_sq?", "xi_inner?",
+         "sigma_sq_max?", "L_hull?", "eta?")), "5", "stationarity"),
+    ("cross-term-invariant", check_invariant, _ALL, (),
+     ("cross_term", *_XI, "cross_term_direct?"), "6i", "cross-term-invariant"),
+    ("cross-term", check_cross_bounds, _ALL, _RECURSION,
+     ("cross_term", *_XI, "disp_A", "disp_B", "gamma_A?", "gamma_B?", "eta?"), "6a",
+     "cross-term-unrolled"),
+    ("cross-term-below", check_adf_below, _ALL, (), ("cross_term",), "6d",
+     "cross-term-below"),
+    ("stale-gossip-rate", check_async_rate, _ALL, getattr(_async_rate, "REQUIRES", ()),
+     getattr(_async_rate, "READS", _XI), "7", "stale-gossip-rate"),
+)
+for _name, _fn, _kinds, _req, _reads, _no, _label in BUILTINS:
+    register_check(_name, kinds=_kinds, requires=_req, reads=_reads, builtin=True, number=_no,
+                   label=_label)(_fn)
+
+
+def _columns_present(data: RunData, ctxs: list[Context]) -> None:
+    """One error when no check that reads the rows can run because the run computed none of
+    their columns (a run made with ``checks = "none"``, or naming other checks)."""
+    rows = [c for c in REGISTRY.values() if c.builtin and c.required_columns]
+    missing: dict[str, None] = {}
+    for ctx in ctxs:
+        for c in rows:
+            if ctx.kind not in c.kinds:
+                continue
+            miss = [col for col in c.required_columns if not ctx.run.has(col)]
+            if not miss:
+                return
+            missing.update(dict.fromkeys(miss))
+    if not missing:
+        return
+    said = data.meta.get("checks")
+    made = f" (it was made with checks = {said!r})" if said is not None else ""
+    raise AdfloraError(f"the run has none of the columns the theory checks read{made}: missing "
+                       + ", ".join(sorted(missing)),
+                       "re-run the study with checks = \"all\" (or a list of check names, "
+                       "e.g. checks = [\"gossip-contraction\"]) to compute them")
 
 
 def check_run(run_dir: str | Path, *, z: float = Z_DEFAULT, effect: float = EFFECT_DEFAULT,
@@ -91,6 +147,7 @@ def check_run(run_dir: str | Path, *, z: float = Z_DEFAULT, effect: float = EFFE
     planted = data is not None
     data = data if planted else check_data(run_dir)
     ctxs = contexts(data, z=z, effect=effect)
+    _columns_present(data, ctxs)
     per_ctx: list[list[CheckResult]] = [[] for _ in ctxs]
     for i, ctx in enumerate(ctxs):
         for check in list(REGISTRY.values()):

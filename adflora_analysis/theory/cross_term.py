@@ -113,11 +113,19 @@ def _sqrt_test(ctx: Context, name: str, number: str, UA, UB, cols: np.ndarray, n
 
 
 def check_cross_term(ctx: Context) -> list[CheckResult]:
-    """6i, 6a, 6b, 6c (and 6d for adf-lora) for one (variant, method)."""
-    run, p = ctx.run, ctx.p
+    """6i, 6a, 6b, 6c (and 6d for adf-lora) for one (variant, method). (The registry runs
+    them as three checks: 6i has no premise, 6a–6c rest on the consensus recursion.)"""
     out = [check_invariant(ctx)]
-    if not math.isfinite(p) or p <= 0:
+    if not math.isfinite(ctx.p) or ctx.p <= 0:
         return out
+    return out + check_cross_bounds(ctx) + check_adf_below(ctx)
+
+
+def check_cross_bounds(ctx: Context) -> list[CheckResult]:
+    """6a, 6b, 6c for one (variant, method) (premises: p > 0, W^t doubly stochastic, fresh
+    gossip)."""
+    run = ctx.run
+    out: list[CheckResult] = []
     C = run.mat("cross_term")
     if C.max() <= tiny(np.sqrt(run.mat("xi_A") * run.mat("xi_B"))) or C.max() < 1e-150:
         why = "C is round-off of zero (a block is identical on every client)"
@@ -141,8 +149,6 @@ def check_cross_term(ctx: Context) -> list[CheckResult]:
             out += _gamma_checks(ctx, xi)
         else:
             out.append(_na(ctx, "cross-term-floor", "6b", "no gamma_A/gamma_B columns"))
-    if ctx.method == "adf-lora":
-        out += check_adf_below(ctx)
     return out
 
 
@@ -215,8 +221,11 @@ def _gamma_checks(ctx: Context, xi: dict[str, np.ndarray]) -> list[CheckResult]:
 
 
 def check_adf_below(ctx: Context) -> list[CheckResult]:
-    """6d: ADF-LoRA's time-averaged C below rolora's and lora's (paired seeds)."""
-    out = []
+    """6d: ADF-LoRA's time-averaged C below rolora's and lora's (paired seeds); [] for
+    another method."""
+    out: list[CheckResult] = []
+    if ctx.method != "adf-lora":
+        return out
     C = ctx.run.mat("cross_term").mean(1)
     for other in ("rolora", "lora"):
         r = ctx.runs.get(other)

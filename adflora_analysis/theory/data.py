@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from adflora_analysis.errors import AdfloraError
+from adflora_analysis.theory.result import CheckResult
 from adflora_analysis.theory.stats import EFFECT_DEFAULT, Z_DEFAULT
 
 
@@ -176,6 +177,17 @@ def contexts(data: RunData, *, z: float = Z_DEFAULT, effect: float = EFFECT_DEFA
     return out
 
 
+def async_gossip(vmeta: dict) -> tuple[int, float]:
+    """(staleness τ, participation π) of a variant from its meta (``gossip`` or
+    ``async_rate``; (0, 1.0) for synchronous gossip).
+
+    >>> async_gossip({}), async_gossip({"gossip": {"staleness": 2, "participation": 0.8}})
+    ((0, 1.0), (2, 0.8))
+    """
+    g = vmeta.get("gossip") or vmeta.get("async_rate") or {}
+    return int(g.get("staleness") or 0), float(g.get("participation") or 1.0)
+
+
 def drift_not_applicable(ctx: Context, name: str, number: str, why: str, *,
                          phase_mixed_only: bool = False):
     """An ``n/a`` result for a check that assumes one phase for every client, on a run with
@@ -193,7 +205,6 @@ def drift_not_applicable(ctx: Context, name: str, number: str, why: str, *,
     True
     """
     from adflora_analysis.core.methods import METHODS
-    from adflora_analysis.theory.result import CheckResult
 
     d = ctx.vmeta.get("clock_drift")
     d = float(d) if d is not None else 0.0
@@ -223,9 +234,6 @@ def async_not_applicable(ctx: Context, name: str, number: str, why: str):
     >>> async_not_applicable(ctx, "stationarity", "5", "x̄ is not the clients' average") is None
     True
     """
-    from adflora_analysis.theory.frozen import async_gossip
-    from adflora_analysis.theory.result import CheckResult
-
     tau, pi = async_gossip(ctx.vmeta)
     if tau == 0 and pi == 1:
         return None

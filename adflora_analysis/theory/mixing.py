@@ -16,10 +16,11 @@ from adflora_analysis.theory.result import CheckResult
 TOL = 1e-9
 
 
-def check_mixing(ctx: Context, tol: float = TOL) -> CheckResult:
-    """Check 1 on the run's ``mixing.parquet`` (or meta's summary)."""
+def mixing_summary(ctx: Context) -> dict:
+    """The variant's measured mixing matrices, summarised (``mixing.parquet``, else meta's
+    ``mixing_validity``): max row / column sum error, min entry, max asymmetry; {} if none."""
     mv = dict(ctx.vmeta.get("mixing_validity") or {})
-    m = ctx.data.mixing
+    m = ctx.data.mixing if ctx.data is not None else None
     if m is not None and not m.empty:
         if "variant" in m:
             m = m[m.variant == ctx.variant]
@@ -27,6 +28,22 @@ def check_mixing(ctx: Context, tol: float = TOL) -> CheckResult:
             mv = {"max_row_err": float(m.row_err.max()), "max_col_err": float(m.col_err.max()),
                   "min_entry": float(m.min_entry.min()), "max_asym": float(m.asym.max()),
                   "mean_degree": float(m.mean_degree.mean()), "matrices": len(m)}
+    return mv
+
+
+def doubly_stochastic(mv: dict, tol: float = TOL) -> bool:
+    """Rows and columns of every measured W^t sum to 1 within ``tol``, entries >= -tol.
+
+    >>> doubly_stochastic({"max_row_err": 0.0, "max_col_err": 0.2, "min_entry": 0.0})
+    False
+    """
+    return (mv.get("max_row_err", math.inf) <= tol and mv.get("max_col_err", math.inf) <= tol
+            and mv.get("min_entry", -math.inf) >= -tol)
+
+
+def check_mixing(ctx: Context, tol: float = TOL) -> CheckResult:
+    """Check 1 on the run's ``mixing.parquet`` (or meta's summary)."""
+    mv = mixing_summary(ctx)
     p, se = ctx.p, ctx.p_se
     if not mv or not math.isfinite(p):
         return CheckResult("mixing-validity", "1", ctx.method, ctx.variant, "n/a",

@@ -22,6 +22,7 @@ checks of ``--checks`` files and entry points run in a child process with a time
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 from collections.abc import Callable
@@ -42,28 +43,116 @@ CheckFn = Callable[[Context], "CheckResult | list[CheckResult] | None"]
 
 @dataclass(frozen=True)
 class Check:
-    """A registered check: ``kinds`` are the run kinds it applies to."""
+    """A registered check: ``kinds`` are the run kinds it applies to; ``requires`` the premises
+    (:mod:`.premises`) it rests on; ``reads`` the metric columns it reads (a trailing ``?``:
+    read when present, the check still runs without it); ``number`` and ``label`` name its
+    results when the registry answers for it (a failed premise, missing columns)."""
 
     name: str
     fn: CheckFn
     kinds: tuple[str, ...] = ("synthetic",)
     builtin: bool = False
+    requires: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    number: str = "user"
+    label: str = ""
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """The declared columns without which the check cannot run."""
+        return tuple(c for c in self.reads if not c.endswith("?"))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every declared column, optional ones included (without the ``?``)."""
+        return tuple(c.rstrip("?") for c in self.reads)
 
 
 REGISTRY: dict[str, Check] = {}
 
 
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def register_check(name: str, *, kinds: tuple[str, ...] = ("synthetic", "glue", "lm"),
-                   builtin: bool = False) -> Callable[[CheckFn], CheckFn]:
+                   requires: tuple[str, ...] | list[str] = (),
+                   reads: tuple[str, ...] | list[str] = (), builtin: bool = False,
+                   number: str | None = None, label: str | None = None,
+                   ) -> Callable[[CheckFn], CheckFn]:
     """Decorator adding ``fn`` to :data:`REGISTRY` under ``name`` (a user check replaces a user
-    check of the same name; built-in names are refused)."""
+    check of the same name; built-in names are refused). ``requires``: premise names of
+    :data:`.premises.PREMISES` (an unknown one is an error here, at registration); ``reads``:
+    the metric columns the check reads (``"col?"`` for one it reads only when present).
+
+    >>> try:
+    ...     register_check("x", requires=("doubly-stochastik",))
+    ... except AdfloraError as e:
+    ...     print(e.problem); print(e.hint.split("?")[0])
+    check 'x' requires the unknown premise 'doubly-stochastik'
+    did you mean 'doubly-stochastic'
+    """
+    from adflora_analysis.theory.premises import PREMISES
+
+    req = (requires,) if isinstance(requires, str) else tuple(requires)
+    rd = (reads,) if isinstance(reads, str) else tuple(reads)
+    for r in req:
+        if r not in PREMISES:
+            raise AdfloraError(f"check {name!r} requires the unknown premise {r!r}",
+                               f"{_did_you_mean(r, list(PREMISES))}known: "
+                               + ", ".join(PREMISES))
+    for c in rd:
+        if not isinstance(c, str) or not c.rstrip("?"):
+            raise AdfloraError(f"check {name!r} declares the column {c!r}",
+                               "reads= takes metric column names, e.g. reads=(\"xi_A\",)")
+
     def deco(fn: CheckFn) -> CheckFn:
         old = REGISTRY.get(name)
         if old is not None and old.builtin and not builtin:
             raise AdfloraError(f"check {name!r} is built in", "give your check another name")
-        REGISTRY[name] = Check(name, fn, tuple(kinds), builtin)
+        REGISTRY[name] = Check(name, fn, tuple(kinds), builtin, req, rd,
+                               number if number is not None else ("-" if builtin else "user"),
+                               label or name)
         return fn
     return deco
+
+
+def columns_needed(selection: str | list[str] | tuple[str, ...] = "all") -> frozenset[str]:
+    """The metric columns the selected checks read (optional ones included), so a run can
+    compute only those. ``selection``: ``"all"`` (every registered check), ``"none"`` or a
+    list of check names (an unknown name is an error, with a did-you-mean).
+
+    >>> import adflora_analysis.theory
+    >>> sorted(columns_needed(["gossip-contraction"]))
+    ['xi_A', 'xi_A_local', 'xi_B', 'xi_B_local']
+    >>> columns_needed("none")
+    frozenset()
+    >>> try:
+    ...     columns_needed(["gossip-contractoin"])
+    ... except AdfloraError as e:
+    ...     print(e.problem); print(e.hint.split("?")[0])
+    unknown check 'gossip-contractoin'
+    did you mean 'gossip-contraction'
+    """
+    if isinstance(selection, str):
+        if selection == "all":
+            names = list(REGISTRY)
+        elif selection == "none":
+            names = []
+        else:
+            names = [selection]
+    else:
+        names = list(selection)
+    out: set[str] = set()
+    for n in names:
+        c = REGISTRY.get(n)
+        if c is None:
+            raise AdfloraError(f"unknown check {n!r}",
+                               f"{_did_you_mean(n, list(REGISTRY))}checks: "
+                               + ", ".join(REGISTRY) + "; or \"all\" / \"none\"")
+        out.update(c.columns)
+    return frozenset(out)
 
 
 def exec_check_file(p: Path) -> list[str]:
@@ -163,10 +252,43 @@ def _one_seed(results: list[CheckResult], ctx: Context) -> list[CheckResult]:
     return results
 
 
+def missing_columns(check: Check, ctx: Context) -> list[str]:
+    """The check's required declared columns that the context's rows lack (or hold only NaN)."""
+    run = ctx.run
+    return [c for c in check.required_columns if not run.has(c)]
+
+
+def _answer(check: Check, ctx: Context, note: str, details: dict | None = None
+            ) -> list[CheckResult]:
+    return [CheckResult(check.label or check.name, check.number, ctx.method, ctx.variant, "n/a",
+                        note=note, details=dict(details or {}))]
+
+
+def gate(check: Check, ctx: Context) -> list[CheckResult] | None:
+    """The registry's answer for a check that cannot run on ``ctx`` — a failed premise
+    (``n/a``, note ``premise failed: check 1: ...`` / ``stale gossip: ...``) or missing
+    declared columns (``n/a``, note ``columns missing: ...``) — or None when it can run."""
+    from adflora_analysis.theory.premises import premise_failure
+
+    f = premise_failure(ctx, check.requires)
+    if f is not None:
+        return _answer(check, ctx, f.note, {"premise": f.premise, **(f.details or {})})
+    miss = missing_columns(check, ctx)
+    if miss:
+        return _answer(check, ctx, "columns missing: " + ", ".join(miss) + " (the run did not "
+                       "compute them: re-run with checks = \"all\" or naming this check)",
+                       {"missing_columns": miss})
+    return None
+
+
 def run_check(check: Check, ctx: Context) -> list[CheckResult]:
-    """Run one check on one context. A built-in that lacks a column says n/a; a user check
-    that fails in any way becomes one ``error`` result naming it and the problem."""
+    """Run one check on one context: first its declared premises and columns (:func:`gate`),
+    then the check. A built-in that lacks a column says n/a; a user check that fails in any
+    way becomes one ``error`` result naming it and the problem."""
     try:
+        stop = gate(check, ctx)
+        if stop is not None:
+            return stop
         return _one_seed(_validate(check.name, check.fn(ctx)), ctx)
     except AdfloraError as e:
         if check.builtin:
