@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
+from adflora_analysis.core.reduce import process_sums
 from adflora_analysis.core.state import LoraState
 
 
@@ -35,7 +36,7 @@ class DisplacementStats:
     """Running (count, mean, centred sum of squares) of Δ per (block, layer); see module doc."""
 
     def __init__(self) -> None:
-        self._acc: dict[tuple[str, int], tuple[int, Tensor, Tensor]] = {}
+        self._acc: dict[tuple[str, int], tuple[int, Tensor | None, Tensor | None]] = {}
 
     def add(self, block: str, layer: int, delta: Tensor) -> None:
         """Report the displacement of m clients: ``delta`` (*batch, m, a, b) (client axis -3)."""
@@ -44,6 +45,9 @@ class DisplacementStats:
         mu_b = d.mean(-3)
         m2_b = (d - mu_b.unsqueeze(-3)).pow(2).sum((-3, -2, -1))
         key = (block, layer)
+        if key in self._acc and self._acc[key][1] is None:    # skipped: stays unmeasured
+            self._acc[key] = (self._acc[key][0] + m, None, None)
+            return
         if key not in self._acc:
             self._acc[key] = (m, mu_b, m2_b)
             return
@@ -52,6 +56,18 @@ class DisplacementStats:
         tot = c + m
         self._acc[key] = (tot, mu + step * (m / tot),
                           m2 + m2_b + step.pow(2).sum((-2, -1)) * (c * m / tot))
+
+    def skip(self, block: str, layer: int, m: int) -> None:
+        """Report that ``m`` clients updated ``(block, layer)`` without their displacement (a
+        round whose Ξ(Δ) nobody reads): the count is kept, :meth:`consensus` gives NaN.
+
+        >>> d = DisplacementStats()
+        >>> d.skip("B", 0, 3)
+        >>> d.count("B", 0), d.consensus("B", n_layers=1)
+        (3, tensor([nan], dtype=torch.float64))
+        """
+        c = self._acc[(block, layer)][0] if (block, layer) in self._acc else 0
+        self._acc[(block, layer)] = (c + m, None, None)
 
     def add_states(self, before: LoraState, after: LoraState, blocks: tuple[str, ...]) -> None:
         """Report every client's displacement ``after − before`` of ``blocks`` (all layers), for
@@ -75,17 +91,19 @@ class DisplacementStats:
         if not any((block, li) in self._acc for li in range(n_layers)):
             return torch.zeros(*batch_shape, n_layers, dtype=torch.float64, device=device)
         parts = [self._acc[(block, li)] for li in range(n_layers)]
+        if any(mu is None for _, mu, _ in parts):
+            return torch.full((*batch_shape, n_layers), torch.nan, dtype=torch.float64,
+                              device=device)
         counts = torch.tensor([float(c) for c, _, _ in parts], dtype=torch.float64,
                               device=parts[0][1].device)
         # process-level sums: one collective per stage for all layers together
         flat = torch.cat([(c * mu).reshape(-1) for c, mu, _ in parts])
-        tot_n = backend.all_sum(counts)
-        tot_mu = backend.all_sum(flat)
+        tot_n, tot_mu = process_sums(backend, counts, flat)
         out, off = [], 0
         for li, (c, mu, m2) in enumerate(parts):
             k = mu.numel()
             mean = tot_mu[off:off + k].reshape(mu.shape) / tot_n[li]
             off += k
             out.append(m2 + (mu - mean).pow(2).sum((-2, -1)) * c)
-        m2_all = backend.all_sum(torch.stack(out, -1))
+        m2_all = process_sums(backend, torch.stack(out, -1))[0]
         return m2_all / tot_n

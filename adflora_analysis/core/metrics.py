@@ -17,31 +17,29 @@ import torch
 from torch import Tensor
 
 from adflora_analysis.core.backend import LOCAL, Backend
+from adflora_analysis.core.reduce import (
+    METRICS_BUDGET,
+    client_chunks,
+    client_mean,
+    consensus_error,
+    means_and_count,
+)
 from adflora_analysis.core.state import LoraState
 
-# Client chunks bound every float64 temporary at _CHUNK_ELEMS elements (512 KiB), so the metrics
-# of a round add a transient that does not grow with n (one client at a time when a client's
-# block is larger than that, e.g. a d_out x d_in product).
-_CHUNK_ELEMS = 2**16
+__all__ = ["PARTIAL_SUM_MIN_N", "client_means", "consensus_error", "cross_term",
+           "layer_metrics", "partial_sum_metrics", "product_consensus", "round_metrics",
+           "total_over_layers"]
+
+client_means = means_and_count   # the name of earlier releases
+
+# Client chunks bound every float64 temporary at reduce.METRICS_BUDGET elements (512 KiB), so the
+# metrics of a round add a transient that does not grow with n (one client at a time when a
+# client's block is larger than that, e.g. a d_out x d_in product).
 
 
-def _chunks(n: int, per_client: int):
-    """Slices of at most ``_CHUNK_ELEMS // per_client`` (at least 1) clients covering 0..n."""
-    step = max(1, _CHUNK_ELEMS // max(1, per_client))
-    return (slice(s, min(n, s + step)) for s in range(0, n, step))
-
-
-def _parts(X: Tensor, ax: int) -> list[Tensor]:
-    """``X`` split along the client axis ``ax`` into chunks of at most _CHUNK_ELEMS elements
-    (views, no copy)."""
-    n = X.shape[ax]
-    return [X.narrow(ax, s.start, s.stop - s.start) for s in _chunks(n, X.numel() // max(1, n))]
-
-
-def _client_mean(X: Tensor, ax: int = -3) -> Tensor:
-    """Mean over the client axis ``ax`` in float64, keepdim, accumulated chunk by chunk."""
-    ax = ax % X.ndim
-    return sum(p.double().sum(ax, keepdim=True) for p in _parts(X, ax)) / X.shape[ax]
+def _chunks(n: int, per_client: int) -> list[slice]:
+    """:func:`~.reduce.client_chunks` with the metrics' budget."""
+    return client_chunks(n, per_client, METRICS_BUDGET)
 
 
 def _sum_of_products(B: Tensor, A: Tensor) -> Tensor:
@@ -50,20 +48,6 @@ def _sum_of_products(B: Tensor, A: Tensor) -> Tensor:
     m, o, r, i = B.shape[-3], B.shape[-2], B.shape[-1], A.shape[-1]
     Bt = B.transpose(-3, -2).reshape(*B.shape[:-3], o, m * r)
     return Bt @ A.reshape(*A.shape[:-3], m * r, i)
-
-
-def consensus_error(X: Tensor, client_axis: int = -3) -> Tensor:
-    """Ξ = (1/n) Σ_i ‖X_i − X̄‖_F², reduced over every axis after the client axis.
-
-    >>> import torch
-    >>> consensus_error(torch.tensor([[[1.0]], [[3.0]]]))
-    tensor(1., dtype=torch.float64)
-    """
-    ax = client_axis % X.ndim
-    mean = _client_mean(X, ax)
-    # the centred chunk is a fresh tensor: flattening it is a view, never a copy of the block
-    total = sum((p.double() - mean).pow(2).flatten(ax).sum(-1) for p in _parts(X, ax))
-    return total / X.shape[ax]
 
 
 def cross_term(A: Tensor, B: Tensor) -> Tensor:
@@ -77,7 +61,7 @@ def cross_term(A: Tensor, B: Tensor) -> Tensor:
     tensor(0., dtype=torch.float64)
     """
     n = A.shape[-3]
-    Am, Bm = _client_mean(A), _client_mean(B)
+    Am, Bm = client_mean(A), client_mean(B)
     per = A[..., :1, :, :].numel() + B[..., :1, :, :].numel()
     M = sum(_sum_of_products(B[..., s, :, :].double() - Bm, A[..., s, :, :].double() - Am)
             for s in _chunks(n, per))
@@ -104,25 +88,6 @@ def product_consensus(A: Tensor, B: Tensor) -> Tensor:
                for s in _chunks(n, A[..., :1, :, :].numel() + B[..., :1, :, :].numel())) / n
     total = sum((prod(s) - Pbar.unsqueeze(-3)).pow(2).sum((-3, -2, -1)) for s in chunks)
     return total / n
-
-
-def client_means(blocks: list[Tensor], backend: Backend = LOCAL) -> tuple[list[Tensor], Tensor]:
-    """The client mean of every block in float64 over the clients of every process, and the
-    client count n: one ``all_sum`` of the per-process sums Σ_i X_i and counts.
-    Blocks (*batch, n_local, a, b) -> means (*batch, a, b), n a float64 scalar.
-
-    >>> client_means([torch.tensor([[[1.0]], [[3.0]]])])
-    ([tensor([[2.]], dtype=torch.float64)], tensor(2., dtype=torch.float64))
-    """
-    sums = [sum(p.double().sum(-3) for p in _parts(X, X.ndim - 3)) for X in blocks]
-    n_local = torch.tensor([float(blocks[0].shape[-3])], dtype=torch.float64,
-                           device=blocks[0].device)
-    flat = backend.all_sum(torch.cat([n_local, *(s.reshape(-1) for s in sums)]))
-    out, off = [], 1
-    for s in sums:
-        out.append(flat[off:off + s.numel()].reshape(s.shape) / flat[0])
-        off += s.numel()
-    return out, flat[0]
 
 
 def _centred_sums(A: Tensor, B: Tensor, Am: Tensor, Bm: Tensor, full: bool) -> Tensor:
@@ -194,7 +159,7 @@ def partial_sum_metrics(state: LoraState, backend: Backend = LOCAL,
     True
     """
     L = len(state.A)
-    means, n = client_means([*state.A, *state.B], backend)
+    means, n = means_and_count([*state.A, *state.B], backend)
     parts = [_centred_sums(a, b, am, bm, full) for a, b, am, bm in
              zip(state.A, state.B, means[:L], means[L:], strict=True)]
     flat = backend.all_sum(torch.cat([p.reshape(-1) for p in parts]))

@@ -67,6 +67,14 @@ class SyntheticConfig(FederationConfig):
         (default; S_i, C_i and the target, O(d^2) a client) or "rows" (only the m rows of
         (X_i, R_i), O(m d) a client, every product with S_i, C_i through them: the same
         problem and numbers to float round-off; for many clients, e.g. n = 100,000 at d = 64).
+    checks : the theory checks the run is made for (docs/theory.md): "all" (default, every
+        bookkeeping column), "none" (the method alone: the loss at the averaged model, the
+        step size and the loop's consensus metrics) or a list of check names; a run computes
+        only the columns those checks read (:func:`adflora_analysis.theory.columns_needed`).
+    measure_every : the expensive bookkeeping columns (the descent terms, consensus and variance
+        at the inner steps, per-client terms, displacement consensus:
+        :data:`adflora_analysis.synthetic.bookkeeping.SCHEDULED`) on rounds t with
+        t % measure_every == 0 only (NaN on the others; rows get a ``measured`` column when > 1).
     backend : "auto" (torch.distributed exactly when launched by torchrun), "local" or "torch".
     exchange : gossip exchange under torch.distributed: "auto" (default: "neighbor" when W^t
         is sparse, else "allgather"), "allgather" or "neighbor".
@@ -95,6 +103,8 @@ class SyntheticConfig(FederationConfig):
     power_iters: int = 20
     topology_samples: int = 20000
     client_storage: Literal["statistics", "rows"] = "statistics"
+    checks: str | list[str] = "all"
+    measure_every: int = 1
 
     def __post_init__(self) -> None:
         def need(ok: bool, problem: str, hint: str) -> None:
@@ -125,9 +135,24 @@ class SyntheticConfig(FederationConfig):
         need(self.constants_every >= 0 and self.power_iters >= 1,
              "constants_every must be >= 0 and power_iters >= 1",
              "use 0 to switch a measurement off")
+        need(isinstance(self.measure_every, int) and 1 <= self.measure_every <= self.rounds,
+             f"measure_every = {self.measure_every} must lie in [1, rounds = {self.rounds}]",
+             "use 1 to measure every round, or k to measure every k-th round")
+        self._check_checks()
         need(100 <= self.topology_samples <= 10_000_000,
              f"topology_samples = {self.topology_samples} must lie in [100, 10,000,000]",
              "use e.g. 20000 (the standard error of p shrinks as 1/sqrt(samples))")
+
+    def _check_checks(self) -> None:
+        """``checks`` is "all", "none" or a list of registered check names (did-you-mean)."""
+        if isinstance(self.checks, str):
+            if self.checks in ("all", "none"):
+                return
+            raise AdfloraError(f"checks = {self.checks!r} must be \"all\", \"none\" or a list of "
+                               "check names", f"e.g. checks = [{self.checks!r}]")
+        from adflora_analysis.synthetic.bookkeeping import columns_for
+
+        columns_for(self.checks)     # an unknown name: AdfloraError with a did-you-mean
 
     @property
     def scale(self) -> float:

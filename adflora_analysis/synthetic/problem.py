@@ -36,11 +36,27 @@ from torch import Tensor
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.displacement import DisplacementStats
 from adflora_analysis.core.loop import Problem
-from adflora_analysis.core.metrics import PARTIAL_SUM_MIN_N, consensus_error
+from adflora_analysis.core.metrics import PARTIAL_SUM_MIN_N
+from adflora_analysis.core.reduce import (
+    client_chunks,
+    client_max,
+    client_means,
+    consensus_errors,
+    process_sums,
+)
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.seeding import torch_generator
+from adflora_analysis.synthetic.bookkeeping import (
+    CLIENT_TERMS,
+    DESCENT,
+    EVAL_SCHEDULED,
+    LOCAL_SCHEDULED,
+    Columns,
+    QuadraticBookkeeping,
+    cross_term_direct,
+)
 from adflora_analysis.synthetic.config import SyntheticConfig
-from adflora_analysis.synthetic.rows import Rows, client_chunks
+from adflora_analysis.synthetic.rows import Rows
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -69,7 +85,7 @@ def _low_rank(g: torch.Generator, batch: tuple[int, ...], d_out: int, d_in: int,
     return (norm / math.sqrt(rank)) * U @ V.transpose(-1, -2)
 
 
-class QuadraticProblem(Problem):
+class QuadraticProblem(QuadraticBookkeeping, Problem):
     """Data, local updates and evaluation of the quadratic LoRA problem for a batch of seeds.
 
     Implements the :class:`adflora_analysis.core.loop.Problem` protocol. Besides ``loss`` and
@@ -102,6 +118,7 @@ class QuadraticProblem(Problem):
                                       cfg.n_clients)            # (S, n) or None
         self.K_run = cfg.local_steps if self.steps is None else int(self.steps.max())
         self._step_on = None if self.steps is None else self.steps[:, self.sl].to(self.device)
+        self.columns = Columns.of(cfg)   # what the selected checks read (config checks, ...)
 
     # ------------------------------------------------------------------ data
     def _make_data(self) -> None:
@@ -195,57 +212,6 @@ class QuadraticProblem(Problem):
         self.Sig_bar, self.C_bar = self.Sig_bar64.to(dt), self.C_bar64.to(dt)
         # per-client products go through the rows: Sig is a Rows, C is unused (None)
         self.Sig, self.C = Rows(self.X, self.R), None
-
-    # ------------------------------------------------------------------ reductions over clients
-    # The data and factors on this process are its clients' (all of them in-process). What the
-    # bookkeeping needs over all clients is a reduction of per-process partial results: a sum,
-    # a mean, a consensus error, a maximum. In-process each is the plain tensor operation (so
-    # the rows of an in-process run do not change); under torch.distributed the partial results
-    # of one call are reduced together, in one small all-reduce (two for consensus errors).
-
-    def _csums(self, *xs: Tensor) -> list[Tensor]:
-        """Each per-process partial result summed over processes (float64), in one all-reduce;
-        in-process the inputs themselves."""
-        if self.backend.world_size == 1 or not xs:
-            return list(xs)
-        flat = self.backend.all_sum(torch.cat([x.double().reshape(-1) for x in xs]))
-        out, off = [], 0
-        for x in xs:
-            out.append(flat[off:off + x.numel()].reshape(x.shape))
-            off += x.numel()
-        return out
-
-    def _cmeans(self, *xs: Tensor, keepdim: bool = False, dtype: torch.dtype | None = None
-                ) -> list[Tensor]:
-        """Means over the client axis 1 of every process's clients, each in its own dtype (or
-        ``dtype``): (S, n_local, ...) -> (S, ...) (or (S, 1, ...) with ``keepdim``)."""
-        if self.backend.world_size == 1:
-            return [x.mean(1, keepdim=keepdim) for x in xs]
-        sums = self._csums(*(x.sum(1, keepdim=keepdim, dtype=torch.float64) for x in xs))
-        return [(t / self.n).to(dtype or x.dtype) for t, x in zip(sums, xs, strict=True)]
-
-    def _cmean(self, x: Tensor, keepdim: bool = False) -> Tensor:
-        """:meth:`_cmeans` of one tensor."""
-        return self._cmeans(x, keepdim=keepdim)[0]
-
-    def _cmax(self, x: Tensor) -> Tensor:
-        """Maximum over every axis but the seed axis 0 and over every process: -> (S,)."""
-        m = x.flatten(1).amax(-1)
-        return m if self.backend.world_size == 1 else self.backend.all_max(m)
-
-    def _cxis(self, *Xs: Tensor) -> list[Tensor]:
-        """Consensus errors (1/n) sum_i ||X_i - X_bar||^2 over the client axis 1 of every
-        process's clients, each (S, n_local, ...) -> (S,) float64: in-process :func:`_xi`;
-        otherwise the global means (one all-reduce for all of them) and the centred sums about
-        them (a second), in client chunks (no Sum||X_i||^2 - n||X_bar||^2 cancellation, no full
-        float64 copy)."""
-        if self.backend.world_size == 1:
-            return [_xi(X) for X in Xs]
-        means = self._cmeans(*Xs, keepdim=True, dtype=torch.float64)
-        tots = [sum((X[:, sl].double() - mean).pow(2).flatten(1).sum(-1)
-                    for sl in client_chunks(X.shape[1], X[:, :1].numel()))
-                for X, mean in zip(Xs, means, strict=True)]
-        return [t / self.n for t in self._csums(*tots)]
 
     def _f_star(self) -> Tensor:
         """min over rank-<=r P of f(P) = 1/2 tr(P S P^T) - <P, C> + c (S, C, c averaged over
@@ -374,57 +340,83 @@ class QuadraticProblem(Problem):
           curvature L along the step; ``sn_curv_left``/``sn_curv_right``: the curvature terms of
           docs/theory.md (3.2), summed over layers with each layer's L.
 
-        The displacement of every trained block and layer is reported to ``disp``; the running
-        maxima of ||A_i||_F, ||B_i||_F are kept for the smoothness bound (checkpointed)."""
+        Only the columns of :attr:`columns` are computed (config ``checks``); the scheduled ones
+        (:data:`.bookkeeping.SCHEDULED`) on measured rounds only (``measure_every``), NaN on the
+        others. The displacement of every trained block and layer is reported to ``disp`` (a
+        count alone when its consensus is not read this round); the running maxima of
+        ||A_i||_F, ||B_i||_F are kept for the smoothness bound (checkpointed) when ``L_hull``
+        is read."""
         from adflora_analysis.core.lr_schedules import lr_at
 
-        c, K = self.cfg, self.K_run
+        c, K, cols = self.cfg, self.K_run, self.columns
         lr = lr_at(t, c.lr, c.lr_schedule, t0=c.lr_t0, rounds=c.rounds, lr_min=c.lr_min)
         A = torch.stack(state.A, 2)                          # (S, n, L, r, di)
         B = torch.stack(state.B, 2)                          # (S, n, L, do, r)
         noise = self._draw_noise(t, blocks)
-        xi_frozen = sum(self._cxis(*(X for name, X in (("A", A), ("B", B))
-                                     if name not in blocks)))
+        on_round = cols.measured(t)
+        want = {k: on_round and cols.wants(k) for k in
+                ("xi_inner", "grad_norm_sq_inner", "loss_start", "gamma_A", "gamma_B")}
+        want_desc = on_round and cols.wants(*DESCENT)
+        norms = cols.wants("L_hull")
+        inner = want["grad_norm_sq_inner"] or want["loss_start"] or want_desc
         z = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
-        acc = {k: z.clone() for k in ("xi_inner", "grad_norm_sq_inner", "gamma_A", "gamma_B",
-                                      "sn_gbar_sq", "sn_drift", "sn_curv_left",
-                                      "sn_curv_right")}
+        keys = [k for k in ("xi_inner", "grad_norm_sq_inner", "gamma_A", "gamma_B") if want[k]]
+        keys += list(DESCENT[:4]) if want_desc else []
+        acc = {k: z.clone() for k in keys}
+        if want["xi_inner"]:
+            xi_frozen = sum(consensus_errors(self.backend, self.n,
+                                             *(X for b, X in (("A", A), ("B", B))
+                                               if b not in blocks)))
         L_block = z.clone()
         loss_start = None
         for k in range(K):
             # bookkeeping at x^{t,k} (before the step): consensus and the averaged model
-            acc["xi_inner"] += xi_frozen + sum(self._cxis(*(X for name, X in (("A", A), ("B", B))
-                                                            if name in blocks)))
-            Ab, Bb = self._cmeans(A, B)
-            gbar = self.full_grads(Ab, Bb, self.Sig_bar, self.C_bar, blocks)
-            acc["grad_norm_sq_inner"] += sum(v.pow(2).flatten(1).sum(-1, dtype=torch.float64)
-                                             for v in gbar.values())
+            if want["xi_inner"]:
+                acc["xi_inner"] += xi_frozen + sum(consensus_errors(
+                    self.backend, self.n, *(X for b, X in (("A", A), ("B", B)) if b in blocks)))
+            if inner:
+                Ab, Bb = client_means(self.backend, self.n, A, B)
+                gbar = self.full_grads(Ab, Bb, self.Sig_bar, self.C_bar, blocks)
+                if want["grad_norm_sq_inner"]:
+                    acc["grad_norm_sq_inner"] += sum(
+                        v.pow(2).flatten(1).sum(-1, dtype=torch.float64) for v in gbar.values())
             if k == 0:
-                loss_start = self._global_loss(Ab, Bb)
-                self._track_norms(A, B, ("A", "B"))
-            else:
+                if want["loss_start"]:
+                    loss_start = self._global_loss(Ab, Bb)
+                if norms:
+                    self._track_norms(A, B, ("A", "B"))
+            elif norms:
                 self._track_norms(A, B, blocks)
-            desc = self._descent_terms(A, B, Ab, Bb, gbar, blocks)
+            g_full = None     # every client's full gradient, shared by the step and the terms
+            if want_desc:
+                if c.noise_kind != "minibatch" and not isinstance(self.Sig, Rows):
+                    g_full = self.full_grads(A, B, self.Sig, self.C, blocks)
+                desc = self._descent_terms(A, B, Ab, Bb, gbar, blocks, g_full)
             # the step
             if c.noise_kind == "minibatch":
                 g = self._minibatch_grads(A, B, noise["idx"][:, k], blocks)
             else:
-                g = self.full_grads(A, B, self.Sig, self.C, blocks)
+                g = g_full if g_full is not None else self.full_grads(A, B, self.Sig, self.C,
+                                                                       blocks)
                 if c.noise_kind == "additive":
                     g = {name: v + noise[name][:, k] for name, v in g.items()}
             if train_mask:   # clock drift: a client steps only the block(s) of its phase
                 g = {name: torch.where(train_mask[name][:, :, None, None, None], v,
                                        v.new_zeros(())) if name in train_mask else v
                      for name, v in g.items()}
-            for name, xi in zip(g, self._cxis(*g.values()), strict=True):
+            gam = [name for name in g if want[f"gamma_{name}"]]
+            for name, xi in zip(gam, consensus_errors(self.backend, self.n,
+                                                      *(g[name] for name in gam)), strict=True):
                 acc[f"gamma_{name}"] += xi
-            if len(blocks) > 1:     # joint step: local L along the realized averaged step
-                gmean = dict(zip(g, self._cmeans(*(v.double() for v in g.values())),
-                                 strict=True))
-                desc["sn_curv_right"], desc["L"] = self._path_curvature(Ab, Bb, gmean, lr)
-            for key in ("sn_gbar_sq", "sn_drift", "sn_curv_left", "sn_curv_right"):
-                acc[key] += desc[key]
-            L_block = torch.maximum(L_block, desc["L"])
+            if want_desc:
+                if len(blocks) > 1:     # joint step: local L along the realized averaged step
+                    gmean = dict(zip(g, client_means(self.backend, self.n,
+                                                     *(v.double() for v in g.values())),
+                                     strict=True))
+                    desc["sn_curv_right"], desc["L"] = self._path_curvature(Ab, Bb, gmean, lr)
+                for key in DESCENT[:4]:
+                    acc[key] += desc[key]
+                L_block = torch.maximum(L_block, desc["L"])
             if self._step_on is not None:   # client i stops after its K_i steps
                 on = (k < self._step_on).to(A.dtype)[:, :, None, None, None]
                 g = {name: v * on for name, v in g.items()}
@@ -432,146 +424,74 @@ class QuadraticProblem(Problem):
                 A = A - lr * g["A"]
             if "B" in g:
                 B = B - lr * g["B"]
-        self._track_norms(A, B, blocks)
-        if self.backend.world_size > 1:     # the running maxima over every process's clients
-            self.max_fro_A = self.backend.all_max(self.max_fro_A)
-            self.max_fro_B = self.backend.all_max(self.max_fro_B)
+        if norms:
+            self._track_norms(A, B, blocks)
+            if self.backend.world_size > 1:     # the running maxima over every process's clients
+                self.max_fro_A = self.backend.all_max(self.max_fro_A)
+                self.max_fro_B = self.backend.all_max(self.max_fro_B)
         measured = {k: (v / K).double() for k, v in acc.items()}
-        measured.update(eta=torch.full_like(z, lr), L_block=L_block,
-                        loss_start=loss_start.double())
+        measured["eta"] = torch.full_like(z, lr)
+        if want_desc:
+            measured["L_block"] = L_block
+        if want["loss_start"]:
+            measured["loss_start"] = loss_start.double()
+        # a scheduled column the checks read is NaN on the rounds not measured
+        measured.update({k: torch.full_like(z, math.nan) for k in LOCAL_SCHEDULED
+                         if k not in measured and cols.wants(k)})
         newA = list(A.unbind(2)) if "A" in blocks else state.A
         newB = list(B.unbind(2)) if "B" in blocks else state.B
         new = LoraState(newA, newB, list(state.layers))
         if disp is not None:
-            disp.add_states(state, new, blocks)
+            if on_round and cols.wants("disp_A", "disp_B"):
+                disp.add_states(state, new, blocks)
+            else:
+                for b in blocks:
+                    for li in range(self.L):
+                        disp.skip(b, li, A.shape[1])
         return new, measured
 
-    def _descent_terms(self, Af: Tensor, Bf: Tensor, Ab: Tensor, Bb: Tensor,
-                       a: dict[str, Tensor], blocks: tuple[str, ...]) -> dict[str, Tensor]:
-        """Terms of the descent step (docs/theory.md §3) at one inner step, each (S,) float64.
+    def replay_sgd(self, before: dict[str, list[Tensor]], blocks: tuple[str, ...], t: int,
+                   clients: Tensor, *, train_mask: dict[str, Tensor] | None = None
+                   ) -> dict[str, list[Tensor]]:
+        """The step audit's replay (:mod:`adflora_analysis.core.audit`; the optional method of
+        the Problem protocol): round ``t``'s K SGD steps of the clients ``clients`` (S, k)
+        (this process's indices) from ``before`` (``{block: [(S, k, ...) per layer]}``),
+        recomputed in float64 by autograd on each client's rows (X_i, R_i): the loss
+        (1/2b)||s X_b (B A)^T - R_b||^2 of the same minibatch rows (the same seeded draws;
+        all m rows without minibatch noise) plus the same additive noise, at eta_t from the
+        config. Returns ``{block: [(S, k, ...) per layer]}`` for ``blocks``."""
+        from adflora_analysis.core.lr_schedules import lr_at
 
-        ``Af``, ``Bf``: this process's clients' factors (S, n_local, L, ...) (every client
-        in-process); ``Ab``, ``Bb``: the means over all clients;
-        ``a``: M_t grad f(x_bar) per block (S, L, ...). One trained block: L per layer is the
-        exact curvature along that block (B: s^2 lam_max(A_bar Sig_bar A_bar^T); A: s^2
-        lam_max(B_bar^T B_bar) lam_max(Sig_bar)), cl = sum_l L_l ||g_bar_l||^2 and
-        cr = sum_l L_l V_l / n with V_l the clients' mean gradient variance of the block."""
-        s, n = self.s, self.n
-        V = None
-        if isinstance(self.Sig, Rows):
-            gb, V = self._rows_descent(Af, Bf, blocks)
-        else:
-            gi = self.full_grads(Af, Bf, self.Sig, self.C, blocks)      # (S, n, L, ...)
-            gb = dict(zip(gi, self._cmeans(*gi.values()), strict=True))
-
-        def sq(v: Tensor) -> Tensor:                                     # (S, L)
-            return v.double().pow(2).sum((-2, -1))
-
-        gb_l = sum(sq(v) for v in gb.values())
-        out = {"sn_gbar_sq": gb_l.sum(-1),
-               "sn_drift": sum(sq(a[k] - gb[k]).sum(-1) for k in blocks)}
-        if len(blocks) > 1:
-            out["sn_curv_left"] = torch.zeros_like(out["sn_gbar_sq"])
-            return out
-        Abd, Bbd = Ab.double(), Bb.double()
-        if blocks == ("B",):
-            M = s * s * Abd @ self.Sig_bar64 @ Abd.transpose(-1, -2)
-            L = torch.linalg.eigvalsh(M).amax(-1)                          # (S, L)
-        else:
-            L = s * s * torch.linalg.eigvalsh(Bbd.transpose(-1, -2) @ Bbd).amax(-1) \
-                * self.lam_sigma_bar
-        if V is None:
-            V = self._cmean(self._block_variance(Af, Bf, blocks[0]))        # (S, L)
-        out["sn_curv_left"] = (L * gb_l).sum(-1)
-        out["sn_curv_right"] = (L * V / n).sum(-1)
-        out["L"] = L.amax(-1)
-        return out
-
-    def _rows_descent(self, Af: Tensor, Bf: Tensor, blocks: tuple[str, ...]
-                      ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Rows form of the descent terms' client means in one pass over client chunks
-        (float64): g_bar = (1/n) sum_i grad f_i(x_i) per block (S, L, ...) and, for one trained
-        block under minibatch noise, the clients' mean gradient variance (S, L) (else None)."""
-        c, s, n = self.cfg, self.s, self.n
-        m, b = c.samples_per_client, c.batch_size
-        var = len(blocks) == 1 and c.noise_kind == "minibatch"
-        gsum: dict[str, Tensor] = {}
-        vsum = None
-        for sl in self._chunks():
-            X, R = self.X[:, sl].double(), self.R[:, sl].double()
-            A, B = Af[:, sl].double(), Bf[:, sl].double()
-            Z = X @ A.transpose(-1, -2)                      # (S, nc, L, m, r)
-            E = s * Z @ B.transpose(-1, -2) - R              # (S, nc, L, m, do)
-            g = {}
-            if "B" in blocks:
-                g["B"] = (s / m) * E.transpose(-1, -2) @ Z
-            if "A" in blocks:
-                EB = E @ B
-                g["A"] = (s / m) * EB.transpose(-1, -2) @ X
-            for k, v in g.items():
-                gsum[k] = gsum[k] + v.sum(1) if k in gsum else v.sum(1)
-            if var:
-                per = (E.pow(2).sum(-1) * Z.pow(2).sum(-1) if blocks == ("B",)
-                       else EB.pow(2).sum(-1) * X.pow(2).sum(-1))
-                v = ((s * s * per.mean(-1) - g[blocks[0]].pow(2).sum((-2, -1))).clamp_min(0)
-                     / b).sum(1)
-                vsum = v if vsum is None else vsum + v
-        tot = self._csums(*gsum.values(), *([] if vsum is None else [vsum]))
-        return ({k: v / n for k, v in zip(gsum, tot, strict=False)},
-                None if vsum is None else tot[-1] / n)
-
-    def _path_curvature(self, Ab: Tensor, Bb: Tensor, g: dict[str, Tensor], lr: float
-                        ) -> tuple[Tensor, Tensor]:
-        """Joint (A, B) step: per layer L = s^2 lam (a^2 + b^2) + s (s lam a b + ||C_bar||_2)
-        with a, b the larger spectral norms of the averaged factors at the two ends of the
-        realized step (a bound of the Hessian on the segment); returns (sum_l L_l
-        ||g_hat_l||^2, max_l L_l), g_hat = ``g`` the clients' mean stochastic gradient
-        (S, L, ...) float64 per block."""
-        s = self.s
-        gA, gB = g["A"], g["B"]
-        A0, B0 = Ab.double(), Bb.double()
-        a = torch.maximum(torch.linalg.matrix_norm(A0, ord=2),
-                          torch.linalg.matrix_norm(A0 - lr * gA, ord=2))
-        b = torch.maximum(torch.linalg.matrix_norm(B0, ord=2),
-                          torch.linalg.matrix_norm(B0 - lr * gB, ord=2))
-        lam = self.lam_sigma_bar
-        L = s * s * lam * (a * a + b * b) + s * (s * lam * a * b + self.norm_C_bar)
-        gh = gA.pow(2).sum((-2, -1)) + gB.pow(2).sum((-2, -1))
-        return (L * gh).sum(-1), L.amax(-1)
-
-    def _block_variance(self, A: Tensor, B: Tensor, block: str) -> Tensor:
-        """E||g_i - grad f_i||^2 of one local step's stochastic gradient of ``block`` at every
-        client's point, per layer (S, n, L) (see :func:`.constants.sigma_sq`)."""
-        c = self.cfg
-        S, n, L = A.shape[0], A.shape[1], A.shape[2]
-        if c.noise_kind == "none":
-            return torch.zeros(S, n, L, dtype=torch.float64, device=A.device)
-        if c.noise_kind == "additive":
-            size = c.rank * (c.d_in if block == "A" else c.d_out)
-            return torch.full((S, n, L), c.noise * size / self.n_params(),
-                              dtype=torch.float64, device=A.device)
-        if isinstance(self.Sig, Rows):      # client chunks bound the float64 temporaries
-            return torch.cat([self._row_variance(self.X[:, sl], self.R[:, sl], A[:, sl],
-                                                 B[:, sl], block) for sl in self._chunks()], 1)
-        return self._row_variance(self.X, self.R, A, B, block)
-
-    def _row_variance(self, X: Tensor, R: Tensor, A: Tensor, B: Tensor, block: str) -> Tensor:
-        """Minibatch variance of ``block``'s gradient from the rows X (S, n, L, m, di),
-        R (S, n, L, m, do) at A, B -> (S, n, L) float64."""
-        c = self.cfg
-        s, m, b = self.s, c.samples_per_client, c.batch_size
-        X, R = X.double(), R.double()
-        A, B = A.double(), B.double()
-        Z = X @ A.transpose(-1, -2)                          # (S, n, L, m, r)
-        E = s * Z @ B.transpose(-1, -2) - R                  # (S, n, L, m, do)
-        if block == "B":
-            per = s * s * E.pow(2).sum(-1) * Z.pow(2).sum(-1)
-            g = (s / m) * E.transpose(-1, -2) @ Z
-        else:
-            EB = E @ B
-            per = s * s * EB.pow(2).sum(-1) * X.pow(2).sum(-1)
-            g = (s / m) * EB.transpose(-1, -2) @ X
-        return (per.mean(-1) - g.pow(2).sum((-2, -1))).clamp_min(0) / b
+        c, K, s = self.cfg, self.K_run, self.s
+        lr = lr_at(t, c.lr, c.lr_schedule, t0=c.lr_t0, rounds=c.rounds, lr_min=c.lr_min)
+        ar = torch.arange(clients.shape[0], device=clients.device)[:, None]
+        X = self.X[ar, clients].double()                    # (S, k, L, m, di)
+        R = self.R[ar, clients].double()
+        noise = self._draw_noise(t, blocks)
+        P = {b: torch.stack(before[b], 2).double() for b in ("A", "B")}   # (S, k, L, ...)
+        steps = None if self._step_on is None else self._step_on[ar, clients]
+        with torch.inference_mode(False), torch.enable_grad():
+            for k in range(K):
+                if c.noise_kind == "minibatch":
+                    idx = noise["idx"][:, k][ar, clients]           # (S, k, L, b)
+                    Xb = X.gather(-2, idx[..., None].expand(*idx.shape, X.shape[-1]))
+                    Rb = R.gather(-2, idx[..., None].expand(*idx.shape, R.shape[-1]))
+                else:
+                    Xb, Rb = X, R
+                A = P["A"].detach().clone().requires_grad_("A" in blocks)
+                B = P["B"].detach().clone().requires_grad_("B" in blocks)
+                E = s * Xb @ A.transpose(-1, -2) @ B.transpose(-1, -2) - Rb
+                loss = E.pow(2).sum() / (2 * Xb.shape[-2])
+                grads = torch.autograd.grad(loss, [A if b == "A" else B for b in blocks])
+                for b, gb in zip(blocks, grads, strict=True):
+                    if c.noise_kind == "additive":
+                        gb = gb + noise[b][:, k][ar, clients].double()
+                    if train_mask and b in train_mask:
+                        gb = gb * train_mask[b][..., None, None, None].double()
+                    if steps is not None:
+                        gb = gb * (k < steps).double()[..., None, None, None]
+                    P[b] = P[b] - lr * gb
+        return {b: list(P[b].unbind(2)) for b in blocks}
 
     def _draw_noise(self, t: int, blocks: tuple[str, ...]) -> dict[str, Tensor]:
         c, K = self.cfg, self.K_run
@@ -594,14 +514,6 @@ class QuadraticProblem(Problem):
                 ])[:, :, self.sl].to(self.device, self.dtype)
             return out
         return {}
-
-    def _track_norms(self, A: Tensor, B: Tensor, blocks: tuple[str, ...]) -> None:
-        if "A" in blocks:
-            fa = A.pow(2).sum((-2, -1), dtype=torch.float64).sqrt().amax(1)   # (S, L)
-            self.max_fro_A = torch.maximum(self.max_fro_A, fa)
-        if "B" in blocks:
-            fb = B.pow(2).sum((-2, -1), dtype=torch.float64).sqrt().amax(1)
-            self.max_fro_B = torch.maximum(self.max_fro_B, fb)
 
     def _global_loss(self, Ab: Tensor, Bb: Tensor) -> Tensor:
         """f(x_bar) = (1/n) sum_i f_i at averaged factors (S, L, ...) -> (S,)."""
@@ -633,100 +545,66 @@ class QuadraticProblem(Problem):
         - ``f_inf_B``: min over B of f(A^0, B) at the initial averaged A (what ffa-lora can
           reach; theory check 5);
         - ``cross_term_direct``: C from the products B_i A_i (theory check 6i compares it with
-          the loop's ``cross_term``).
+          the loop's ``cross_term``);
+        - ``measured`` (only with ``measure_every`` > 1): 1.0 on a round whose scheduled
+          columns were computed, 0.0 where they are NaN.
+
+        The loss, its gap, the gradient at the mean and ``f_inf_B`` are the method's own (every
+        round, every run); the others only when :attr:`columns` reads them, the per-client ones
+        on measured rounds.
         """
         from adflora_analysis.synthetic.constants import sigma_sq
 
-        A = torch.stack(state.A, 2).double()          # this process's clients
-        B = torch.stack(state.B, 2).double()
-        Ab, Bb = self._cmeans(A, B)
+        cols, c = self.columns, self.cfg
+        on_round = cols.measured(t)
+        per_client = on_round and cols.wants(*CLIENT_TERMS, "cross_term_direct")
+        if per_client:
+            A = torch.stack(state.A, 2).double()          # this process's clients
+            B = torch.stack(state.B, 2).double()
+            Ab, Bb = client_means(self.backend, self.n, A, B)
+        else:   # the means alone: no float64 copy of the clients' factors
+            sums = process_sums(self.backend, *(
+                torch.stack([x.sum(1, dtype=torch.float64) for x in X], 1)
+                for X in (state.A, state.B)))
+            Ab, Bb = (v / self.n for v in sums)
         g = self.full_grads(Ab, Bb, self.Sig_bar64, self.C_bar64)
         gA = g["A"].pow(2).flatten(1).sum(-1)
         gB = g["B"].pow(2).flatten(1).sum(-1)
         loss = self._global_loss(Ab, Bb)
-        c = self.cfg
-        if isinstance(self.Sig, Rows):
-            local, zeta, sig = self._client_terms(A, B, Ab, Bb, g)
-        else:
-            local = self._cmean(self._loss(A, B, self.Sig.double(), self.C.double(),
-                                           self.c0).sum(-1))
-            gi = self.full_grads(Ab.unsqueeze(1), Bb.unsqueeze(1), self.Sig.double(),
-                                 self.C.double())
-            zeta = sum((gi[k] - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1)
-                       for k in ("A", "B"))
-            sig = sigma_sq(self.X, self.R, self.s, A, B, noise_kind=c.noise_kind,
-                           noise=c.noise, batch_size=c.batch_size)
         out = {
             "loss": loss, "loss_gap": loss - self.f_star, "grad_norm_sq": gA + gB,
-            "grad_norm_sq_A": gA, "grad_norm_sq_B": gB, "local_loss": local,
-            "zeta_sq": self._cmean(zeta), "sigma_sq_max": self._cmax(sig),
-            "sigma_sq_mean": self._cmean(sig), "L_hull": self.smoothness_bound(),
-            "f_inf_B": self.f_inf_B,
-            "cross_term_direct": _cross_term_direct(A, B, self.n, Ab, Bb, self.backend.all_sum),
+            "grad_norm_sq_A": gA, "grad_norm_sq_B": gB,
         }
+        if on_round and cols.wants(*CLIENT_TERMS):
+            if isinstance(self.Sig, Rows):
+                local, zeta, sig = self._client_terms(A, B, Ab, Bb, g)
+            else:
+                local = self._client_mean(self._loss(A, B, self.Sig.double(), self.C.double(),
+                                                     self.c0).sum(-1))
+                gi = self.full_grads(Ab.unsqueeze(1), Bb.unsqueeze(1), self.Sig.double(),
+                                     self.C.double())
+                zeta = sum((gi[k] - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1)
+                           for k in ("A", "B"))
+                sig = sigma_sq(self.X, self.R, self.s, A, B, noise_kind=c.noise_kind,
+                               noise=c.noise, batch_size=c.batch_size)
+            out.update(local_loss=local, zeta_sq=self._client_mean(zeta),
+                       sigma_sq_max=client_max(self.backend, sig),
+                       sigma_sq_mean=self._client_mean(sig))
+        if cols.wants("L_hull"):
+            out["L_hull"] = self.smoothness_bound()
+        out["f_inf_B"] = self.f_inf_B
+        if on_round and cols.wants("cross_term_direct"):
+            out["cross_term_direct"] = cross_term_direct(A, B, self.n, Ab, Bb,
+                                                         self.backend.all_sum)
+        nan = torch.full_like(loss, math.nan)
+        order = ["loss", "loss_gap", "grad_norm_sq", "grad_norm_sq_A", "grad_norm_sq_B",
+                 *CLIENT_TERMS, "L_hull", "f_inf_B", "cross_term_direct"]
+        order += [k for k in out if k not in order]
+        out = {k: out.get(k, nan) for k in order
+               if k in out or (k in EVAL_SCHEDULED and cols.wants(k))}
+        if cols.every > 1:
+            out["measured"] = torch.full_like(loss, float(on_round))
         return out
-
-    def _chunks(self) -> list[slice]:
-        """Chunks of this process's clients that bound a float64 temporary of a few rows-sized
-        tensors (2 MB)."""
-        c = self.cfg
-        return client_chunks(self.XR.shape[1], len(self.seeds) * self.L * c.samples_per_client
-                             * (c.d_in + c.d_out))
-
-    def _client_terms(self, A: Tensor, B: Tensor, Ab: Tensor, Bb: Tensor,
-                      g: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Rows form of evaluate's per-client terms, client chunk by chunk: the local loss
-        (1/n) sum_i f_i(A_i, B_i) over every process's clients (S,), and for this process's
-        clients ||grad f_i(x_bar) - grad f(x_bar)||^2 (S, n_local) and sigma^2 (S, n_local).
-        A (S, n_local, L, r, di), B (S, n_local, L, do, r); Ab, Bb, g at the mean."""
-        from adflora_analysis.synthetic.constants import sigma_sq
-
-        c, s = self.cfg, self.s
-        local = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
-        zeta, sig = [], []
-        for sl in self._chunks():
-            rows = self.Sig.select(sl).to(torch.float64)
-            Ac, Bc = A[:, sl], B[:, sl]
-            local += rows.loss(s, Ac, Bc).sum((1, 2))
-            gi = rows.grads(s, Ab.unsqueeze(1), Bb.unsqueeze(1), ("A", "B"))
-            zeta.append(sum((gi[k] - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1)
-                            for k in ("A", "B")))
-            sig.append(sigma_sq(rows.X, rows.R, s, Ac, Bc, noise_kind=c.noise_kind,
-                                noise=c.noise, batch_size=c.batch_size))
-        return self._csums(local)[0] / self.n, torch.cat(zeta, 1), torch.cat(sig, 1)
-
-    # ------------------------------------------------------------------ constants
-    def smoothness_bound(self) -> Tensor:
-        """L over the convex hull of every client iterate so far, per seed (S,)
-        (:func:`.constants.smoothness_bound` of the running factor norms)."""
-        from adflora_analysis.synthetic.constants import smoothness_bound
-
-        return smoothness_bound(self.s, self.max_fro_A, self.max_fro_B, self.lam_sigma,
-                                self.norm_C)
-
-    def measure_constants(self, state: LoraState, t: int) -> dict[str, Tensor]:
-        """Constants at the state after round ``t``, per seed (S,):
-
-        - ``L_power``: max over clients and layers of ||hess f_i(x_i)|| (power iteration);
-        - ``L_power_avg``: max over clients i and layers of ||hess f_i(x_bar)||;
-        - ``L_point``: the analytic bound at the client points (>= L_power);
-        - ``L_hull``: :meth:`smoothness_bound` so far.
-        """
-        from adflora_analysis.synthetic.constants import hessian_norm, point_bound
-
-        A = torch.stack(state.A, 2).double()          # this process's clients
-        B = torch.stack(state.B, 2).double()
-        # the rows form builds S_i, C_i for the measurement only (O(n d^2) while it runs)
-        Sig, C = (self.Sig.to(torch.float64).dense() if isinstance(self.Sig, Rows)
-                  else (self.Sig.double(), self.C.double()))
-        it, clients = self.cfg.power_iters, (self.n, self.sl)
-        Lc = hessian_norm(self.s, A, B, Sig, C, iters=it, seed=t, clients=clients)
-        Ab, Bb = (m.expand_as(X) for m, X in zip(self._cmeans(A, B, keepdim=True), (A, B),
-                                                  strict=True))
-        La = hessian_norm(self.s, Ab, Bb, Sig, C, iters=it, seed=t, clients=clients)
-        Lp = point_bound(self.s, A, B, Sig, C)
-        return {"L_power": self._cmax(Lc), "L_power_avg": self._cmax(La),
-                "L_point": self._cmax(Lp), "L_hull": self.smoothness_bound()}
 
     # ------------------------------------------------------------------ checkpoints
     def stored_bytes_per_client(self) -> float:
@@ -768,34 +646,3 @@ def steps_per_client(K: int, spread: float, seeds: Sequence[int], n: int) -> Ten
     z = torch.stack([torch.randn(n, generator=torch_generator(s, "speed"), dtype=torch.float64)
                      for s in seeds])
     return (K * torch.exp(spread * z)).round().clamp_min(1).long()
-
-
-def _cross_term_direct(A: Tensor, B: Tensor, n: int | None = None, Ab: Tensor | None = None,
-                       Bb: Tensor | None = None, all_sum=None) -> Tensor:
-    """C from its first form ||(1/n) sum_i B_i A_i - B_bar A_bar||_F (root of the sum over
-    layers), computed independently of :func:`core.metrics.cross_term` (which uses the centred
-    form): theory check 6i compares the two. A (S, n, L, r, di), B (S, n, L, do, r) -> (S,).
-
-    Under torch.distributed A and B hold this process's clients, ``n`` is the number of all
-    clients, ``Ab``, ``Bb`` (S, L, ...) their means and ``all_sum`` sums the per-process sum of
-    products (defaults: every client is here).
-
-    The sum of products is one contraction over the joint (client, rank) axis: no per-client
-    d_out x d_in product is formed (that was O(n d^2) memory, 3.3 GB at n = 100,000, d = 64).
-
-    >>> A = torch.tensor([[[[[1.0, 0.0]]], [[[-1.0, 0.0]]]]])   # (S=1, n=2, L=1, r=1, di=2)
-    >>> B = torch.tensor([[[[[2.0]]], [[[-2.0]]]]])             # (S=1, n=2, L=1, do=1, r=1)
-    >>> _cross_term_direct(A, B)       # (1/2)(2 + 2) = 2 on the first entry
-    tensor([2.])
-    """
-    n = A.shape[1] if n is None else n
-    Ab = A.mean(1) if Ab is None else Ab
-    Bb = B.mean(1) if Bb is None else Bb
-    S = torch.einsum("snlor,snlri->sloi", B, A)
-    P = (S if all_sum is None else all_sum(S)) / n - Bb @ Ab
-    return P.pow(2).sum((-3, -2, -1)).sqrt()
-
-
-def _xi(X: Tensor) -> Tensor:
-    """Consensus error over the client axis 1 of a stacked (S, n, L, ...) tensor -> (S,)."""
-    return consensus_error(X, client_axis=1)

@@ -29,6 +29,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from adflora_analysis.core.reduce import client_chunks
+
 
 class Rows:
     """Clients' rows X: (..., m, d_in) and R: (..., m, d_out) (batch axes e.g. (S, n, L)) with
@@ -89,22 +91,6 @@ class Rows:
         X = self.X.movedim(0, -3).flatten(-3, -2)          # (..., n m, d_in)
         R = self.R.movedim(0, -3).flatten(-3, -2)
         return X.transpose(-1, -2) @ X / self.m, R.transpose(-1, -2) @ X / self.m
-
-
-def client_chunks(n: int, per_client: int, budget: int = 2**18) -> list[slice]:
-    """Slices of at most ``budget // per_client`` (at least 1) clients covering 0..n, to bound
-    a temporary of ``per_client`` elements a client.
-
-    The default budget (2 MB of float64) keeps each temporary far below glibc's 32 MB mmap
-    threshold, so it is reused from the heap instead of mapped and page-faulted afresh: measured
-    at n = 100,000 (m = 16, d = 64, loaded machine), one pass of the descent bookkeeping took
-    2.3 s CPU in 32 MB chunks, 0.9 s in 8 MB and 0.7 s in 2 MB.
-
-    >>> client_chunks(10, 3, budget=12)
-    [slice(0, 4, None), slice(4, 8, None), slice(8, 10, None)]
-    """
-    step = max(1, budget // max(1, per_client))
-    return [slice(a, min(n, a + step)) for a in range(0, n, step)]
 
 
 def sum_over_clients(fn: Callable[[slice], Tensor], n: int, per_client: int) -> Tensor:
