@@ -1,0 +1,180 @@
+"""Bookkeeping on demand (issue 25 item 1): config ``checks`` and ``measure_every``.
+
+A run computes only the columns its checks read; the scheduled (expensive) ones on measured
+rounds only, NaN on the others, with a ``measured`` column. The method itself never depends on
+the bookkeeping: the factors, the loss and the loop's consensus metrics are the same numbers
+whatever is measured. Bad values are one AdfloraError each."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from adflora_analysis.config import load_config
+from adflora_analysis.core import get_method, mixing_schedule, run_rounds
+from adflora_analysis.core.displacement import DisplacementStats
+from adflora_analysis.errors import AdfloraError
+from adflora_analysis.synthetic.bookkeeping import SCHEDULED, Columns, columns_for
+from adflora_analysis.synthetic.config import SyntheticConfig
+from adflora_analysis.synthetic.problem import QuadraticProblem
+from adflora_analysis.theory import columns_needed
+from adflora_analysis.topology import build_sampler
+
+BASE = {"n_clients": 8, "rounds": 6, "local_steps": 3, "lr": 0.05, "rank": 2, "seeds": 2,
+        "methods": ["adf-lora"], "d_in": 6, "d_out": 5, "switch_interval": 2,
+        "samples_per_client": 12, "batch_size": 4, "constants_every": 0,
+        "topology_samples": 200, "topology": {"graph": "ring"}}
+
+
+def cfg_of(**kw) -> SyntheticConfig:
+    return load_config(SyntheticConfig, data={**BASE, **kw})
+
+
+def run(cfg: SyntheticConfig, method: str = "adf-lora"):
+    """Every round's (state, layer metrics, scalars) of one job, in memory."""
+    prob = QuadraticProblem(cfg)
+    sampler = build_sampler(cfg.topology, cfg.n_clients, seed=cfg.seed_list[0])
+    mixing = mixing_schedule(sampler, cfg.seed_list, dtype=prob.dtype)
+    res = list(run_rounds(prob, get_method(method), prob.initial_state(), mixing,
+                          rounds=cfg.rounds, switch_interval=cfg.switch_interval))
+    return res
+
+
+@pytest.fixture(scope="module")
+def full():
+    return run(cfg_of())
+
+
+@pytest.mark.parametrize("storage", ["statistics", "rows"])
+def test_checks_none_is_the_method_alone(storage, full):
+    ref = full if storage == "statistics" else run(cfg_of(client_storage=storage))
+    none = run(cfg_of(checks="none", client_storage=storage))
+    for a, b in zip(ref, none, strict=True):
+        # the method is untouched: the same factors, bit for bit
+        assert all(torch.equal(x, y) for x, y in zip(a.state.A + a.state.B,
+                                                      b.state.A + b.state.B, strict=True))
+        assert not (set(b.scalar) & set(SCHEDULED)), sorted(set(b.scalar) & set(SCHEDULED))
+        assert {"loss", "loss_gap", "eta", "grad_norm_sq", "f_inf_B"} <= set(b.scalar)
+        assert "L_hull" not in b.scalar and "measured" not in b.scalar
+        # the loss at the averaged model: the same value, without the float64 copy of the
+        # clients' factors (agrees to round-off)
+        torch.testing.assert_close(b.scalar["loss"], a.scalar["loss"], rtol=1e-12, atol=0)
+        assert torch.equal(a.layer["xi_A"], b.layer["xi_A"])
+        for blk in ("A", "B"):     # a trained block's Ξ(Δ) is not computed; a frozen one is 0
+            col = f"disp_{blk}"
+            if blk in b.trained:
+                assert torch.isnan(b.layer[col]).all() and not torch.isnan(a.layer[col]).any()
+            else:
+                assert torch.equal(b.layer[col], a.layer[col])
+
+
+def test_measure_every_thins_the_scheduled_columns(full):
+    k = 3
+    thin = run(cfg_of(measure_every=k))
+    for a, b in zip(full, thin, strict=True):
+        assert set(b.scalar) == set(a.scalar) | {"measured"}
+        on = a.t % k == 0
+        assert b.scalar["measured"].tolist() == [float(on)] * 2
+        for col in a.scalar:
+            if col in SCHEDULED:
+                if on:   # a measured round: the numbers of the full run
+                    assert torch.equal(a.scalar[col], b.scalar[col]), (a.t, col)
+                else:
+                    assert torch.isnan(b.scalar[col]).all(), (a.t, col)
+            else:        # every round
+                assert torch.equal(a.scalar[col], b.scalar[col]), (a.t, col)
+        for col in ("disp_A", "disp_B"):
+            if on or col[-1] not in b.trained:
+                assert torch.equal(a.layer[col], b.layer[col])
+            else:
+                assert torch.isnan(b.layer[col]).all()
+        assert torch.equal(a.state.B[0], b.state.B[0])
+
+
+def test_a_selection_computes_what_its_checks_read(full):
+    sel = ["consensus"]
+    need = columns_needed(sel)
+    part = run(cfg_of(checks=sel))
+    for a, b in zip(full, part, strict=True):
+        sched = {c for c in b.scalar if c in SCHEDULED}
+        assert sched == {c for c in SCHEDULED if c in need and c in a.scalar}
+        assert "gamma_A" in sched and "sn_drift" not in sched and "zeta_sq" not in sched
+        for col in sched:
+            assert torch.equal(a.scalar[col], b.scalar[col])
+        assert torch.equal(a.layer["disp_B"], b.layer["disp_B"])
+
+
+def test_default_columns_and_rows_unchanged(full):
+    """checks = "all", measure_every = 1 is the default: every column, no ``measured``."""
+    cfg = cfg_of()
+    assert (cfg.checks, cfg.measure_every) == ("all", 1)
+    assert Columns.of(cfg) == Columns(None, 1)
+    assert "measured" not in full[0].scalar
+    assert {"sn_drift", "zeta_sq", "cross_term_direct", "xi_inner", "L_hull"} <= set(
+        full[0].scalar)
+
+
+def test_thinned_rows_through_the_runner():
+    from adflora_analysis.synthetic.runner import study_rows
+
+    df = study_rows(cfg_of(measure_every=2, rounds=4, seeds=1))
+    allrows = df[df.layer == "all"].sort_values("round")
+    assert allrows["measured"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert allrows["sn_drift"].isna().tolist() == [False, True, False, True]
+    assert allrows["loss"].notna().all()
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"measure_every": 0}, "measure_every = 0 must lie in"),
+    ({"measure_every": 7}, r"measure_every = 7 must lie in \[1, rounds = 6\]"),
+    ({"measure_every": -2}, "measure_every = -2"),
+    ({"checks": ["gossip-contractoin"]}, "unknown check 'gossip-contractoin'"),
+    ({"checks": "some"}, "must be \"all\", \"none\" or a list"),
+])
+def test_bad_values_are_one_error(kw, match):
+    with pytest.raises(AdfloraError, match=match) as e:
+        cfg_of(**kw)
+    if "checks" in kw and isinstance(kw["checks"], list):
+        assert "did you mean 'gossip-contraction'" in e.value.hint
+
+
+def test_bad_value_on_the_command_line(tmp_path, capsys):
+    from adflora_analysis.cli import main
+
+    p = tmp_path / "s.toml"
+    p.write_text('n_clients = 4\nrounds = 3\nmeasure_every = 5\nmethods = ["adf-lora"]\n'
+                 'seeds = 1\n')
+    with pytest.raises(SystemExit) as e:
+        main(["synthetic", "run", str(p), "--out", str(tmp_path / "r")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: measure_every = 5"), err
+
+
+def test_columns_helpers():
+    assert columns_for("all") is None and columns_for("none") == frozenset()
+    assert columns_for(["stationarity"]) == columns_needed(["stationarity"])
+    c = Columns(frozenset({"zeta_sq"}), every=4)
+    assert [c.measured(t) for t in range(5)] == [True, False, False, False, True]
+    assert c.wants("zeta_sq", "x") and not c.wants("x")
+
+
+def test_skipped_displacement_is_nan_and_counted():
+    d = DisplacementStats()
+    d.skip("A", 0, 3)
+    d.add("A", 0, torch.ones(2, 5, 1, 1))     # a later report cannot make it measured
+    assert d.count("A", 0) == 8
+    assert torch.isnan(d.consensus("A", 1, batch_shape=(2,))).all()
+    d.add("B", 0, torch.ones(2, 5, 1, 1))
+    assert float(d.consensus("B", 1, batch_shape=(2,))[0, 0]) == 0.0
+    assert math.isnan(float(d.consensus("A", 1, batch_shape=(2,))[0, 0]))
+
+
+def test_rows_frame_keeps_nan(full):
+    """NaN is what an unmeasured cell holds in the rows; pandas keeps it as NaN."""
+    s = pd.Series([np.nan, 1.0])
+    assert s.isna().tolist() == [True, False]
