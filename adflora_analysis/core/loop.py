@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from adflora_analysis.core.audit import RoundAudit
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.displacement import DisplacementStats
 from adflora_analysis.core.methods import MethodSpec
@@ -55,7 +56,18 @@ class Problem(Protocol):
 
         Returns the new state and what the local steps measured: per-batch scalars (*batch,)
         (e.g. the consensus error at the inner steps), which become columns of the round's
-        metrics. A problem that measures nothing may return the state alone."""
+        metrics. A problem that measures nothing may return the state alone.
+
+        Optional (the step audit of :mod:`.audit`; not defined here, so a problem without it
+        is simply not step-audited, e.g. GLUE/LM, whose steps are AdamW's): a problem whose
+        local steps are plain SGD may define ``replay_sgd(before, blocks, t, clients, *,
+        train_mask=None) -> {block: [Tensor per layer]}``. ``before`` is ``{"A": [...], "B":
+        [...]}``, each layer's (*batch, k, ...) float64 state of the clients ``clients``
+        (*batch, k) (this process's indices) before round ``t``'s local steps; it returns their
+        blocks of ``blocks`` after the same K steps (same step sizes, same seeded minibatch or
+        noise draws; ``train_mask`` (*batch, k) as in ``local_update``), recomputed
+        independently of ``local_update`` (e.g. by autograd), in float64. The loop compares
+        that with the step the clients actually took (``audit_step_err``)."""
 
     def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
         """Extra per-round metrics after gossip, each of shape (*batch,) (e.g. loss,
@@ -77,8 +89,9 @@ class RoundResult:
     ``xi_A_local``/``xi_B_local`` (after the local update, before gossip) and
     ``disp_A``/``disp_B`` = ‖(I − J) Δ_t‖²_F / n, the consensus error of the round's local
     displacement Δ_t (theory check 4). ``scalar`` holds what the local update measured, the
-    problem's metrics and ``bytes_sent``. ``phase`` is the schedule's phase of the round ("A" or
-    "B"; alternating methods train that factor). ``carry`` is the schedule's and the mixer's
+    problem's metrics, ``bytes_sent`` and the round's audits (``audit_*``, :mod:`.audit`).
+    ``phase`` is the schedule's phase of the round ("A" or "B"; alternating methods train that
+    factor). ``carry`` is the schedule's and the mixer's
     state after the round (``{"schedule": ..., "mixer": ...}``): a checkpoint saves it and a
     resume passes it back to :func:`run_rounds`. Under clock drift (a schedule with
     ``clients``, docs/theory.md §9) ``client_phases`` (*batch, n) bool is True where a client was
@@ -248,21 +261,28 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
             client_ph, trained, mixed, train_kw, mix_kw = drift
             ph_cols = {"phase_frac_A": client_ph.double().mean(-1)}
         disp = DisplacementStats()
+        audit = RoundAudit(problem if getattr(mixer, "local_update", None) is None else None,
+                           t, backend)      # no step replay when the mixer runs the update
+        audit.before_local(state, trained, train_kw.get("train_mask"))
         out = problem.local_update(state, trained, t, disp, **train_kw)
         state, measured = out if isinstance(out, tuple) else (out, {})
         _check_reported(disp, trained, state, problem)
         check_finite(state, t, spec.name, "after the local update", backend)
+        audit.after_local(state)
         local = {f"{k}_local": v for k, v in round_metrics(state, backend, full=False).items()}
         L = len(state.layers)
         disp_m = {f"disp_{b}": disp.consensus(b, L, backend, tuple(state.batch_shape),
                                               state.A[0].device)
                   for b in ("A", "B")}
         W = mixing(t)
+        audit.before_gossip(state, (*mixed, *state.extra), mix_kw.get("masks"))
         state, m_state, sent = mixer.mix(m_state, state, (*mixed, *state.extra), W, t,
                                          backend=backend, server=server, **mix_kw)
         check_finite(state, t, spec.name, "after gossip", backend)
+        audits = audit.after_gossip(state, W, sent, mixer.name, server)
         layer = {**round_metrics(state, backend), **local, **disp_m}
-        scalar = {**measured, **problem.evaluate(state, t), "bytes_sent": sent, **ph_cols}
+        scalar = {**measured, **problem.evaluate(state, t), "bytes_sent": sent, **ph_cols,
+                  **audits}
         res = RoundResult(t, state, trained, mixed, W, layer, scalar, ph,
                           client_phases=client_ph)
         s_state = schedule.update(s_state, res)

@@ -12,6 +12,7 @@ no.    module                      what
 5/5b   :mod:`.stationarity`        stationarity bound (exact curvature and drift; L_hull form)
 6i-6d  :mod:`.cross_term`          cross term: invariant, unrolled, floor, decay, ADF < others
 7      :mod:`.async_rate`          stale/partial gossip: fitted frozen rate vs predicted (§9)
+A1-A4  :mod:`.audits`              audits from the states: step, frozen, gossip, bytes
 =====  ==========================  ===========================================================
 
 Statuses: held / violated / finding (fails as the method is expected to) / underpowered (the
@@ -33,6 +34,7 @@ from typing import Any
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.theory import async_rate as _async_rate
 from adflora_analysis.theory import stationarity as _stationarity
+from adflora_analysis.theory.audits import AUDIT_READS, AUDITS
 from adflora_analysis.theory.async_rate import check_async_rate
 from adflora_analysis.theory.consensus import check_consensus, kappa
 from adflora_analysis.theory.cross_term import (
@@ -108,6 +110,10 @@ BUILTINS: tuple[tuple, ...] = (
 for _name, _fn, _kinds, _req, _reads, _no, _label in BUILTINS:
     register_check(_name, kinds=_kinds, requires=_req, reads=_reads, builtin=True, number=_no,
                    label=_label)(_fn)
+# the audits (what the states say happened, :mod:`.audits`): each answers n/a itself
+for _no, (_name, _fn) in enumerate(AUDITS, 1):
+    register_check(_name, kinds=_ALL, reads=AUDIT_READS, builtin=True, number=f"A{_no}",
+                   label=_name)(_fn)
 
 
 def _columns_present(data: RunData, ctxs: list[Context]) -> None:
