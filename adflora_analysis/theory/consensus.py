@@ -19,16 +19,10 @@ recursion (their tau = 1); Koloskova, Stich, Jaggi 2019 (CHOCO-SGD), Lemma 5.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.theory.data import (
-    Context,
-    async_not_applicable,
-    drift_not_applicable,
-)
+from adflora_analysis.theory.data import Context
 from adflora_analysis.theory.gossip import tiny
 from adflora_analysis.theory.result import CheckResult
 from adflora_analysis.theory.stats import pooled_test
@@ -69,17 +63,10 @@ def gossiped_blocks(ctx: Context) -> list[str]:
 
 
 def check_consensus(ctx: Context) -> list[CheckResult]:
-    """Checks 4, 4b and 4c for one (variant, method)."""
+    """Checks 4, 4b and 4c for one (variant, method). Premises (declared at registration,
+    tested once by the registry): one gossip phase per round, W^t doubly stochastic, p > 0,
+    synchronous gossip."""
     run, p, p_se = ctx.run, ctx.p, ctx.p_se
-    na = drift_not_applicable(ctx, "consensus-step", "4", "a factor is mixed only among the "
-                              "clients in its phase (W^t restricted, (9.5)), so 1 - p is not its "
-                              "contraction", phase_mixed_only=True)
-    na = na or async_not_applicable(ctx, "consensus-step", "4", "the recursion with 1 - p "
-                                    "assumes fresh messages from every client")
-    if na is not None:
-        return [na]
-    if not math.isfinite(p) or p <= 0:
-        return []
     out = []
     # 4: the one-step recursion at every round where the block is gossiped
     ms, bs, idx = [], [], []

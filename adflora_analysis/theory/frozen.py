@@ -21,10 +21,20 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.theory.data import Context, drift_not_applicable
+from adflora_analysis.theory.data import Context, async_gossip  # noqa: F401 - re-exported
 from adflora_analysis.theory.gossip import tiny
 from adflora_analysis.theory.result import CheckResult
-from adflora_analysis.theory.stats import log_mean_unbiased, pm, pooled_test
+from adflora_analysis.theory.stats import (
+    EFFECT_DEFAULT,
+    MIN_SEEDS,
+    RatioTest,
+    interval,
+    log_mean_unbiased,
+    pm,
+    pooled_test,
+    power_quantile,
+    threshold,
+)
 
 SOURCE = "Koloskova et al. 2020, Assumption 4 iterated; ADF-LoRA (arXiv 2511.18291)"
 
@@ -75,6 +85,57 @@ def fit_geometric_rate(series: list[np.ndarray], n_boot: int = 200, seed: int = 
     return rate, float(np.std(boots, ddof=1)) if len(boots) > 1 else math.nan
 
 
+def _target_se(ctx: Context) -> float:
+    if ctx.exchangeable or ctx.rho is None:
+        return ctx.p_se
+    return float(ctx.rho_se or 0.0)
+
+
+def rate_test(rate: float, rate_se: float, ctx: Context, seeds: int) -> RatioTest:
+    """Check 3's verdict from the fitted per-round rate of the frozen block's Ξ: two-sided
+    against 1 − p for an exchangeable sampler (then E Ξ(t0 + k) = (1 − p)^k Ξ(t0) exactly),
+    one-sided against the second-moment rate ρ (1 − p when it is unknown) otherwise.
+    ``z`` = (rate − target) / sqrt(rate_se² + target_se²) at the Student-t threshold of
+    :func:`.stats.threshold`; ``ratio`` = target ÷ rate; ``mde``: the relative rate error
+    detectable with 80 % power (above ``effect``, or fewer than 3 seeds: underpowered).
+
+    >>> from adflora_analysis.theory.data import Context
+    >>> ctx = Context(None, None, {}, "adf-lora", "v", {}, 3.0, 0.2, 0.3655, 0.0003, 0.6345,
+    ...               0.0003, True, False, "synthetic")
+    >>> t = rate_test(0.764, 0.0066, ctx, 20)
+    >>> t.status, round(t.z, 1)
+    ('violated', 19.6)
+    >>> rate_test(0.636, 0.0066, ctx, 20).status
+    'held'
+    """
+    two = bool(ctx.exchangeable)
+    target = 1 - ctx.p if two or ctx.rho is None else float(ctx.rho)
+    se = math.sqrt((rate_se if math.isfinite(rate_se) else math.inf) ** 2
+                   + _target_se(ctx) ** 2)
+    thr = threshold(ctx.z, seeds, two_sided=two)
+    d = rate - target
+    if not (math.isfinite(thr) and math.isfinite(se)):
+        z = math.nan
+    elif se > 0:
+        z = d / se
+    else:
+        z = 0.0 if d == 0 else math.copysign(math.inf, d)
+    mde = ((thr + power_quantile(seeds)) * se / target
+           if math.isfinite(thr) and math.isfinite(se) and target > 0 else math.inf)
+    bad = math.isfinite(z) and ((abs(z) > thr) if two else (z > thr))
+    effect = ctx.effect if ctx.effect is not None else EFFECT_DEFAULT
+    if bad:
+        status = "violated"
+    elif seeds < MIN_SEEDS or not math.isfinite(mde) or mde > effect:
+        status = "underpowered"
+    else:
+        status = "held"
+    ratio = target / rate if rate > 0 else math.inf
+    rse = ratio * se / rate if rate > 0 and math.isfinite(se) else math.inf
+    return RatioTest("equal" if two else "upper", float(ratio), float(rse), thr, float(z),
+                     float(mde), seeds, status, float(rate), float(target))
+
+
 def _declared_mixed(method: str, block: str) -> bool | None:
     """Whether the method's spec gossips ``block`` in the rounds it is frozen (None: unknown)."""
     from adflora_analysis.core.methods import METHODS
@@ -85,35 +146,12 @@ def _declared_mixed(method: str, block: str) -> bool | None:
     return spec.gossips_frozen(block)
 
 
-def async_gossip(vmeta: dict) -> tuple[int, float]:
-    """(staleness τ, participation π) of a variant from its meta (``gossip`` or
-    ``async_rate``; (0, 1.0) for synchronous gossip).
-
-    >>> async_gossip({}), async_gossip({"gossip": {"staleness": 2, "participation": 0.8}})
-    ((0, 1.0), (2, 0.8))
-    """
-    g = vmeta.get("gossip") or vmeta.get("async_rate") or {}
-    return int(g.get("staleness") or 0), float(g.get("participation") or 1.0)
-
-
 def check_frozen(ctx: Context) -> list[CheckResult]:
-    """Check 3 for one (variant, method): one result per block with frozen stretches;
-    ``n/a`` on stale or partial gossip (τ > 0 or π < 1), where 1 − p is not the rate."""
+    """Check 3 for one (variant, method): one result per block with frozen stretches.
+    Premises (declared at registration, tested once by the registry): p > 0, one phase per
+    round, synchronous gossip (on stale or partial gossip a frozen block mixes with old copies
+    through the masked W^t: check 7 tests it), W^t doubly stochastic."""
     run, p, p_se = ctx.run, ctx.p, ctx.p_se
-    if not math.isfinite(p) or p <= 0:
-        return []
-    na = drift_not_applicable(ctx, "frozen-block-consensus", "3", "the block the reference "
-                              "clock freezes is trained by the clients whose clocks have switched")
-    if na is not None:
-        return [na]
-    tau, pi = async_gossip(ctx.vmeta)
-    if tau > 0 or pi < 1:
-        return [CheckResult(
-            "frozen-block-consensus", "3", ctx.method, ctx.variant, "n/a", source=SOURCE,
-            note=f"stale/partial gossip (τ = {tau}, π = {pi:g}): a frozen block mixes with "
-                 "τ-round-old copies through the masked W^t, so its rate is not 1 - p; check 7 "
-                 "(stale-gossip-rate) tests it against the predicted ρ_τ,π (docs/theory.md §9)",
-            details={"staleness": tau, "participation": pi})]
     out = []
     for blk in ("A", "B"):
         frozen = [blk not in tr for tr in run.trained]
@@ -153,9 +191,16 @@ def check_frozen(ctx: Context) -> list[CheckResult]:
                "declared_gossiped": declared}
         if series:
             r, r_se = fit_geometric_rate(series)
-            det.update(fitted_rate=r, fitted_rate_stderr=r_se)
-            note = (f"frozen {blk} gossiped: fitted rate {pm(r, r_se)} vs 1 - p = "
-                    f"{pm(1 - p, p_se)}")
+            det.update(fitted_rate=r, fitted_rate_stderr=r_se, pooled_ratio=t.ratio,
+                       pooled_ratio_ci=list(t.ratio_ci))
+            t = rate_test(r, r_se, ctx, m.shape[0])
+            target = "1 - p" if t.kind == "equal" else "rho"
+            det.update(target_rate=t.bound, rate_z=t.z)
+            note = (f"frozen {blk} gossiped: fitted rate {pm(r, r_se)} vs {target} = "
+                    f"{pm(t.bound, _target_se(ctx))}, z = {t.z:.2f} "
+                    f"({'two-sided' if t.kind == 'equal' else 'one-sided'}, threshold "
+                    f"{t.threshold:.2f}); pooled Ξ ratio bound/measured "
+                    f"{interval(det['pooled_ratio'], *det['pooled_ratio_ci'])}")
         else:
             ratios = [float(M[:, -1].mean() / M[:, 0].mean()) for M in flat]
             det.update(mean_ratio_end_over_start=float(np.mean(ratios)))

@@ -11,16 +11,10 @@ Source: Koloskova et al. 2020, Assumption 4 (eq. 5); Boyd et al. 2006, Lemma 1.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.theory.data import (
-    Context,
-    async_not_applicable,
-    drift_not_applicable,
-)
+from adflora_analysis.theory.data import Context
 from adflora_analysis.theory.result import CheckResult
 from adflora_analysis.theory.stats import interval, pm, pooled_test
 
@@ -33,18 +27,10 @@ def tiny(x: np.ndarray) -> float:
 
 
 def check_gossip(ctx: Context) -> CheckResult:
-    """Check 2 for one (variant, method)."""
+    """Check 2 for one (variant, method). Premises (declared at registration, tested once by
+    the registry): one gossip phase per round, W^t doubly stochastic, p > 0, synchronous
+    gossip."""
     run, p, p_se = ctx.run, ctx.p, ctx.p_se
-    na = drift_not_applicable(ctx, "gossip-contraction", "2", "a factor is mixed only among "
-                              "the clients in its phase (W^t restricted, (9.5)), not with W^t",
-                              phase_mixed_only=True)
-    na = na or async_not_applicable(ctx, "gossip-contraction", "2", "a gossip step mixes "
-                                    "with old or masked copies, so 1 - p is not its contraction")
-    if na is not None:
-        return na
-    if not math.isfinite(p) or p <= 0:
-        return CheckResult("gossip-contraction", "2", ctx.method, ctx.variant, "n/a",
-                           note="no consensus rate p > 0")
     before_l, after_l, idx = [], [], []
     det: dict = {"one_minus_p": 1 - p, "p": p, "p_stderr": p_se, "rho": ctx.rho,
                  "rho_stderr": ctx.rho_se, "exchangeable": ctx.exchangeable}
