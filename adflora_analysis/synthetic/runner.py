@@ -39,12 +39,13 @@ from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.gossip import mixing_schedule
 from adflora_analysis.core.methods import get_method
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.rundir import claim, init_run_dir, make_meta
-from adflora_analysis.study.experiment import Job, run_jobs
+from adflora_analysis.study.callbacks import Callbacks, RoundInfo, RunInfo
+from adflora_analysis.study.experiment import Job
 from adflora_analysis.study.runconfig import expand_study
 from adflora_analysis.study.schedule_config import schedule_and_mixer, topology_schedule
+from adflora_analysis.study.sequence import topology_meta
+from adflora_analysis.study.testbed import BuildContext, Built
 from adflora_analysis.synthetic.config import SyntheticConfig
-from adflora_analysis.tracking import Callbacks, RoundInfo, RunInfo
 
 
 def expand_variants(cfg: SyntheticConfig) -> list[tuple[str, SyntheticConfig]]:
@@ -83,15 +84,6 @@ def _mixing_rows(W, seeds: list[int]) -> list[dict]:
     st = {k: v.tolist() for k, v in mixing_stats(W).items()}
     return [{"seed": int(s), **{k: float(v[i]) for k, v in st.items()}}
             for i, s in enumerate(seeds)]
-
-
-def topology_meta(cfg: SyntheticConfig) -> dict[str, Any]:
-    """Constants of the config's topology (p with its stderr, second-moment rate, ...)."""
-    from adflora_analysis.topology import build_sampler, topology_constants
-
-    sampler = build_sampler(cfg.topology, cfg.n_clients, seed=cfg.seed_list[0])
-    return sampler, topology_constants(sampler, samples=cfg.topology_samples,
-                                       seed=cfg.seed_list[0])
 
 
 def build_jobs(variants: list[tuple[str, SyntheticConfig]], samplers: dict[str, Any],
@@ -139,10 +131,12 @@ def run_study(cfg: SyntheticConfig, out: str | Path, *, resume: bool = False,
               callbacks: list[Any] | None = None):
     """Run every variant x method of ``cfg`` into ``out``; return the metrics table.
 
-    ``out`` must be new or empty, or an earlier run of the same config with ``resume``, or an
-    earlier toolkit run with ``overwrite`` (which removes only what its manifest lists); see
-    :func:`adflora_analysis.rundir.claim`. The device and a memory/disk estimate
-    (:mod:`adflora_analysis.resources`) are checked before anything is allocated.
+    The run sequence of every kind (:func:`adflora_analysis.study.sequence.run_testbed` with
+    the ``synthetic`` testbed, :mod:`.testbed`). ``out`` must be new or empty, or an earlier
+    run of the same config with ``resume``, or an earlier toolkit run with ``overwrite``
+    (which removes only what its manifest lists); see :func:`adflora_analysis.rundir.claim`.
+    The device and a memory/disk estimate (:mod:`adflora_analysis.resources`) are checked
+    before anything is allocated.
 
     A non-finite value stops the run with :class:`DivergenceError` naming the round and method;
     the rows written so far stay (and ``meta.json`` records ``status = "diverged"``). Under
@@ -150,21 +144,17 @@ def run_study(cfg: SyntheticConfig, out: str | Path, *, resume: bool = False,
     writes files. ``callbacks``: :class:`~adflora_analysis.tracking.Callback` objects called
     every round (:func:`~adflora_analysis.study.experiment.run_jobs`).
     """
-    if resume and overwrite:
-        raise AdfloraError("--resume and --overwrite exclude each other",
-                           "continue the run with --resume, or replace it with --overwrite")
-    mode = "resume" if resume else "overwrite" if overwrite else "new"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.n_threads())
-    try:
-        return _run_study(cfg, Path(out), mode=mode, progress=progress,
-                          stop_after=stop_after, backend=backend, callbacks=callbacks)
-    finally:
-        torch.set_num_threads(threads)
+    from adflora_analysis.study.sequence import run_testbed
+
+    return run_testbed("synthetic", cfg, out, resume=resume, overwrite=overwrite,
+                       progress=progress, stop_after=stop_after, backend=backend,
+                       callbacks=callbacks)
 
 
 def _variant_meta(variants: list[tuple[str, SyntheticConfig]]):
-    """Per variant: its sampler, its ``meta.json`` entry and its mixing-validity rows."""
+    """Per variant: its sampler, its ``meta.json`` entry and its mixing-validity rows (the
+    gossip entries are the run sequence's, :func:`~adflora_analysis.study.sequence.
+    gossip_meta`)."""
     from adflora_analysis.synthetic.problem import QuadraticProblem
 
     samplers, vmeta, mix_tables = {}, {}, []
@@ -182,34 +172,13 @@ def _variant_meta(variants: list[tuple[str, SyntheticConfig]]):
                         "n_clients": vcfg.n_clients, "noise_kind": vcfg.noise_kind,
                         "heterogeneity": vcfg.heterogeneity, "methods": list(vcfg.methods),
                         "mixing_validity": mix_summary}
-        vmeta[label].update(gossip_meta(vcfg, samplers[label]))
+        g = vcfg.gossip
+        if g.speed_spread:
+            from adflora_analysis.synthetic.problem import steps_per_client
+
+            vmeta[label]["local_steps_per_client"] = steps_per_client(
+                vcfg.local_steps, g.speed_spread, vcfg.seed_list, vcfg.n_clients).tolist()
     return samplers, vmeta, mix_tables
-
-
-def gossip_meta(vcfg: SyntheticConfig, sampler) -> dict[str, Any]:
-    """``meta.json`` entries of stale/partial gossip and adaptive schedules: ``gossip`` (the
-    table), ``async_rate`` (the predicted decay factor of E Xi before the run,
-    :func:`adflora_analysis.topology.async_rates.async_consensus_rate`), ``switch_schedule``,
-    ``local_steps_per_client`` (K_i per seed and client, with ``gossip.speed_spread``); nothing
-    for the defaults."""
-    out: dict[str, Any] = {}
-    if vcfg.switch_schedule != "periodic":
-        out["switch_schedule"] = {"kind": vcfg.switch_schedule, "eps": vcfg.switch_eps,
-                                  "min": vcfg.switch_min, "max": vcfg.switch_max}
-    g = vcfg.gossip
-    if g.speed_spread:
-        from adflora_analysis.synthetic.problem import steps_per_client
-
-        out["local_steps_per_client"] = steps_per_client(
-            vcfg.local_steps, g.speed_spread, vcfg.seed_list, vcfg.n_clients).tolist()
-    if not g.is_default:
-        from adflora_analysis.topology.async_rates import async_consensus_rate
-
-        out["gossip"] = {"staleness": g.staleness, "participation": g.participation}
-        out["async_rate"] = async_consensus_rate(
-            sampler, staleness=g.staleness, participation=g.participation,
-            samples=min(vcfg.topology_samples, 4000), seed=vcfg.seed_list[0]).as_dict()
-    return out
 
 
 def _refuse_what_does_not_fit(variants: list[tuple[str, SyntheticConfig]], out: Path) -> None:
@@ -233,60 +202,56 @@ def _refuse_what_does_not_fit(variants: list[tuple[str, SyntheticConfig]], out: 
         print(note, file=sys.stderr)
 
 
-def _run_study(cfg: SyntheticConfig, out: Path, *, mode: str, progress: bool | None,
-               stop_after: int | None, backend: Backend = LOCAL,
-               callbacks: list[Any] | None = None):
-    writer = backend.rank == 0
-    config = to_dict(cfg)
+def needs(cfg: SyntheticConfig, out: Path, backend: Backend = LOCAL) -> None:
+    """What the study needs, refused before the run directory is touched: one number of
+    rounds, the device, memory and disk, an adaptive schedule that would ever switch."""
     variants = expand_variants(cfg)
-    rounds = {v.rounds for _, v in variants}
-    if len(rounds) != 1:
+    if len({v.rounds for _, v in variants}) != 1:
         raise AdfloraError("variants must share the number of rounds", "sweep other keys")
-    if backend.world_size > 1 and {v.n_clients for _, v in variants} != {cfg.n_clients}:
-        raise AdfloraError("a torch.distributed run needs one n_clients for every variant",
-                           "run variants with other client counts separately")
     _refuse_what_does_not_fit(variants, out)
     for _, vcfg in variants:  # an adaptive schedule that would never switch: before any file
         if vcfg.switch_schedule == "topology":
             topology_schedule(vcfg, None)  # raises before any file is written
-    with claim(out, "synthetic", mode, writer=writer) as run:
-        if mode == "resume":
-            run.check_resume(config, backend.world_size, defaults=to_dict(SyntheticConfig()))
-        samplers, vmeta, mix_tables = _variant_meta(variants)
-        if writer:
-            if mode != "resume":
-                first = vmeta[variants[0][0]]
-                meta = make_meta(cfg.seed_list, kind="synthetic", p=first["p"],
-                                 p_stderr=first["p_stderr"],
-                                 second_moment_rate=first["second_moment_rate"],
-                                 topology=first["topology"], variants=vmeta, status="running",
-                                 optimizer="sgd, fresh every round (no state to gossip)",
-                                 world_size=backend.world_size)
-                init_run_dir(run, config, meta)
-            import pandas as pd
 
-            # also on resume: a kill before its rename must not leave the run without it
-            run.write_parquet("mixing.parquet", pd.concat(mix_tables, ignore_index=True))
-        pairs = build_jobs(variants, samplers, backend)
-        jobs = [j for j, _ in pairs]
-        by_key = {j.key: v for j, v in pairs}
 
-        def on_round(job: Job, problem, res) -> dict[str, list[dict]]:
+def build(cfg: SyntheticConfig, ctx: BuildContext) -> Built:
+    """The testbed's jobs (one per variant and method, all seeds batched), their round hook
+    (the ``constants`` table every ``constants_every`` rounds), ``mixing.parquet`` and the
+    per-variant meta (``Built.state``)."""
+    import pandas as pd
 
-            tables = {}
-            vcfg = by_key[job.key]
-            ce = vcfg.constants_every
-            if ce and ((res.t + 1) % ce == 0 or res.t == 0 or res.t == vcfg.rounds - 1):
-                vals = problem.measure_constants(res.state, res.t)
-                tables["constants"] = [{"method": job.method.name,
-                                        "variant": job.extra["variant"], "seed": int(s),
-                                        **{k: float(v[i]) for k, v in vals.items()}}
-                                       for i, s in enumerate(job.seeds)]
-            return tables
+    variants = expand_variants(cfg)
+    samplers, vmeta, mix_tables = _variant_meta(variants)
+    pairs = build_jobs(variants, samplers, ctx.backend)
+    by_key = {j.key: v for j, v in pairs}
 
-        return run_jobs(run, jobs, cfg.rounds, checkpoint_every=cfg.checkpoint_every,
-                        resume=mode == "resume", on_round=on_round, progress=progress,
-                        stop_after=stop_after, backend=backend, callbacks=callbacks)
+    def on_round(job: Job, problem, res) -> dict[str, list[dict]]:
+        tables = {}
+        vcfg = by_key[job.key]
+        ce = vcfg.constants_every
+        if ce and ((res.t + 1) % ce == 0 or res.t == 0 or res.t == vcfg.rounds - 1):
+            vals = problem.measure_constants(res.state, res.t)
+            tables["constants"] = [{"method": job.method.name,
+                                    "variant": job.extra["variant"], "seed": int(s),
+                                    **{k: float(v[i]) for k, v in vals.items()}}
+                                   for i, s in enumerate(job.seeds)]
+        return tables
+
+    # mixing.parquet also on resume: a kill before its rename must not leave the run without it
+    return Built([j for j, _ in pairs], on_round,
+                 files={"mixing.parquet": pd.concat(mix_tables, ignore_index=True)},
+                 state={"variants": vmeta, "first": variants[0][0]}, samplers=samplers)
+
+
+def meta(cfg: SyntheticConfig, built: Built, backend: Backend = LOCAL) -> dict[str, Any]:
+    """``meta.json`` entries of a synthetic run: the first variant's topology constants at the
+    top, every variant's facts under ``variants``."""
+    vmeta = built.state["variants"]
+    first = vmeta[built.state["first"]]
+    return {"p": first["p"], "p_stderr": first["p_stderr"],
+            "second_moment_rate": first["second_moment_rate"], "topology": first["topology"],
+            "variants": vmeta, "status": "running",
+            "optimizer": "sgd, fresh every round (no state to gossip)"}
 
 
 def study_rows(cfg: SyntheticConfig, callbacks: list[Any] | None = None):
