@@ -178,7 +178,7 @@ def test_rolora_gossips_a_factor_only_among_the_clients_in_its_phase(mixer):
     for b, m in masks.items():
         old, cur = before.block(b)[0], st.block(b)[0]
         idle = ~m
-        if mixer.name.startswith("asynchronous(staleness=0"):
+        if mixer.name.startswith("stale-read(staleness=0"):
             from adflora_analysis.core.mixers import active_clients
 
             idle = idle | ~active_clients([0, 1], n, 0, 0.7)

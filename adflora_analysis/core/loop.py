@@ -264,7 +264,11 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
         audit = RoundAudit(problem if getattr(mixer, "local_update", None) is None else None,
                            t, backend)      # no step replay when the mixer runs the update
         audit.before_local(state, trained, train_kw.get("train_mask"))
-        out = problem.local_update(state, trained, t, disp, **train_kw)
+        if mixer.local_update is None:
+            out = problem.local_update(state, trained, t, disp, **train_kw)
+        else:   # the mixer runs the update (mixers.ad_psgd: gradients at τ-old models)
+            out, m_state = mixer.local_update(m_state, problem, state, trained, t, disp,
+                                              **train_kw)
         state, measured = out if isinstance(out, tuple) else (out, {})
         _check_reported(disp, trained, state, problem)
         check_finite(state, t, spec.name, "after the local update", backend)

@@ -45,18 +45,23 @@ class GossipConfig:
     per seed and client; synthetic testbed only), clock_drift (in [0, 1): client i's clock runs at
     rate 1 + δ_i, δ_i ~ U[−clock_drift, clock_drift] drawn once per seed and client, and it is
     in the phase the schedule has at its own clock floor(t (1 + δ_i)), so clients of one round
-    can be in different phases; core/schedules.py ``drifting``). ``is_default``: the mixer is
-    synchronous.
+    can be in different phases; core/schedules.py ``drifting``), model (how staleness acts,
+    core/mixers.py ``MODELS``: ``stale-read``, the default: this round's W^t applied to τ-old
+    copies of the neighbours' blocks; ``ad-psgd``: gradients at τ-old models, averaging of current
+    models, Lian et al. 2018; ``push-sum``: SGP, Assran et al. 2019, column-stochastic W^tᵀ, a
+    weight vector, messages τ rounds in transit, mass conserved). ``is_default``: the mixer is
+    synchronous (push-sum never is: its weights need not be doubly stochastic).
     """
 
     staleness: int = 0
     participation: float = 1.0
     speed_spread: float = 0.0
     clock_drift: float = 0.0
+    model: str = "stale-read"
 
     @property
     def is_default(self) -> bool:
-        return self.staleness == 0 and self.participation == 1
+        return self.staleness == 0 and self.participation == 1 and self.model != "push-sum"
 
 
 def paper_topology() -> TopologyConfig:
@@ -215,6 +220,11 @@ class FederationConfig:
         need(self.switch_schedule != "feedback" or self.switch_min < self.rounds,
              f"the feedback schedule would never switch: switch_min = {self.switch_min} >= "
              f"rounds = {self.rounds}", "lower switch_min or run more rounds")
+        from adflora_analysis.core.mixers import MODELS
+        from adflora_analysis.errors import unknown_name
+
+        if g.model not in MODELS:
+            raise unknown_name("gossip.model", g.model, MODELS)
         need(isinstance(g.staleness, int) and g.staleness >= 0,
              f"gossip.staleness = {g.staleness} must be an integer >= 0",
              "use 0 (fresh messages) or a number of rounds")

@@ -33,7 +33,7 @@ def schedule_and_mixer(cfg, sampler, seeds: list[int],
     >>> cfg = FederationConfig(switch_schedule="feedback", gossip=GossipConfig(2, 0.8))
     >>> s, m, cols = schedule_and_mixer(cfg, None, [0], (256, 256, 1))
     >>> s.name, m.name, cols["agree_bytes"]
-    ('feedback(eps=0.1,1..20)', 'asynchronous(staleness=2,participation=0.8)', 9648)
+    ('feedback(eps=0.1,1..20)', 'stale-read(staleness=2,participation=0.8)', 9648)
     >>> cfg = FederationConfig(gossip=GossipConfig(clock_drift=0.05))
     >>> s, m, cols = schedule_and_mixer(cfg, None, [0], method="rolora")
     >>> s.name, m, cols
@@ -52,8 +52,10 @@ def schedule_and_mixer(cfg, sampler, seeds: list[int],
                 cols["agree_bytes"] = schedules.agreement_bytes(cfg.n_clients, *block_bytes)
     g = cfg.gossip
     if not g.is_default:
-        mixer = mixers.asynchronous(g.staleness, g.participation, seeds)
+        mixer = mixers.make_mixer(g.model, g.staleness, g.participation, seeds)
         cols.update(staleness=g.staleness, participation=g.participation)
+        if g.model != "stale-read":
+            cols["gossip_model"] = g.model
     if g.speed_spread:
         cols["speed_spread"] = g.speed_spread
     if g.clock_drift:

@@ -13,6 +13,14 @@ Student-t quantile with S − 1 degrees of freedom at the normal tail of ``ctx.z
 from S seeds); docs/theory.md §9 says why the seed bootstrap and a normal threshold were too
 optimistic at 10 seeds. Sources: Boyd et al. 2006; Lian et al. 2018 (AD-PSGD); Assran et al.
 2019 (SGP); Efron & Stein 1981 (jackknife).
+
+The prediction follows the run's asynchrony model (``[gossip] model``, ``async_rate.model``;
+:func:`adflora_analysis.topology.async_rates.model_consensus_rate`): **stale-read** gossip
+(this round's W^t on τ-old copies) — the augmented operator, derived; **AD-PSGD** (stale
+gradients, current models averaged) — a frozen block mixes synchronously, so the τ = 0 rate,
+derived; **push-sum** (SGP) — derived (the τ = 0 rate) for τ = 0 on a symmetric W^t, otherwise
+*measured* by a direct simulation of the push-sum recursion (``method = "simulated"``), which
+the note says.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from adflora_analysis.theory.stats import pm
 
 SOURCE = ("Boyd et al. 2006 (randomized gossip); Lian et al. 2018 (AD-PSGD); Assran et al. "
           "2019 (SGP): the augmented state's expected companion operator")
+LABELS = {"stale-read": "stale-read gossip", "ad-psgd": "AD-PSGD (stale gradients)",
+          "push-sum": "push-sum (SGP)"}
+"""How the note names each asynchrony model (``async_rate.model``; stale-read when absent)."""
 MIN_POINTS = 3
 """Rounds a stretch must keep after dropping its first τ + 1 to be fitted."""
 
@@ -109,6 +120,11 @@ def check_async_rate(ctx: Context) -> list[CheckResult]:
         return [na]
     rho, rho_se = float(pred["rate"]), float(pred.get("stderr") or 0.0)
     tau = int(pred.get("staleness", 0))
+    model = str(pred.get("model", "stale-read"))
+    # the operator behind a derived prediction has lag τ only under stale-read
+    op_pred = pred if model == "stale-read" else {**pred, "staleness": 0}
+    how = ("measured by direct simulation" if pred.get("method") == "simulated"
+           else "derived")
     out = []
     for blk in ("A", "B"):
         series = frozen_series(ctx, blk, tau + 1)
@@ -117,13 +133,14 @@ def check_async_rate(ctx: Context) -> list[CheckResult]:
         r, r_se = jackknife_rate(series)
         se = math.sqrt((r_se if math.isfinite(r_se) else 0.0) ** 2 + rho_se ** 2)
         z = (r - rho) / se if se > 0 else math.inf * np.sign(r - rho)
-        two = ctx.exchangeable or str(pred.get("method", "")).endswith("-reduced")
+        two = (ctx.exchangeable or str(pred.get("method", "")).endswith("-reduced")
+               or pred.get("method") == "simulated")
         thr = t_threshold(ctx.z, ctx.run.S)
         ok = abs(z) <= thr if two else z <= thr
         status = "held" if ok else "violated"
         if not math.isfinite(r_se) or ctx.run.S < 3:
             status = "underpowered"
-        lo, hi = transient_range(pred, series, tau)
+        lo, hi = transient_range(op_pred, series, int(op_pred["staleness"]))
         transient = ""
         if math.isfinite(lo) and hi - lo > thr * se:
             status = "underpowered"
@@ -139,15 +156,17 @@ def check_async_rate(ctx: Context) -> list[CheckResult]:
             "stale-gossip-rate", "7", ctx.method, ctx.variant, status, measured=r, bound=rho,
             ratio=rho / r if r > 0 else math.nan, threshold=thr, z=float(z), seeds=ctx.run.S,
             test="two-sided identity" if two else "one-sided bound", source=SOURCE,
-            note=(f"frozen {blk}, τ = {tau}, π = {pred.get('participation', 1.0):g}: fitted rate "
+            note=(f"{LABELS.get(model, model)}, frozen {blk}, τ = {tau}, "
+                  f"π = {pred.get('participation', 1.0):g}: fitted rate "
                   f"{pm(r, r_se)} vs predicted {pm(rho, rho_se)} ({k} points in "
                   f"{len(series)} stretches, first {tau + 1} rounds of each dropped; "
-                  f"{pred.get('method', '?')} prediction){transient}"),
+                  f"{pred.get('method', '?')} prediction, {how}){transient}"),
             details={"block": blk, "fitted_rate": r, "fitted_rate_stderr": r_se,
                      "predicted_rate": rho, "predicted_rate_stderr": rho_se, "staleness": tau,
                      "participation": pred.get("participation"), "stretches": len(series),
                      "method_of_prediction": pred.get("method"),
                      "moments_of_prediction": pred.get("moments"), "stderr_kind": "jackknife",
-                     "window_rate_range": [lo, hi]},
+                     "window_rate_range": [lo, hi], "model": model,
+                     "prediction": how},
             curve=curve))
     return out

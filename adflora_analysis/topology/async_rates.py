@@ -73,7 +73,7 @@ from adflora_analysis.topology.samplers import SUPPORT_LIMIT, _chunks
 
 __all__ = ["LAG_STARTS", "PATTERNS", "AsyncRate", "async_consensus_rate", "exchangeable_law",
            "exchangeable_moments", "masked", "pattern_moments", "reduced_operator",
-           "reduced_rate", "window_rates"]
+           "model_consensus_rate", "reduced_rate", "simulate_models", "window_rates"]
 
 MAX_AUGMENTED = 400
 """Largest (τ + 1) n for which the full operator is formed (((τ + 1) n)² entries per state)."""
@@ -99,7 +99,8 @@ class AsyncRate:
     ``monte-carlo-reduced`` (exchangeable reduction); ``moments``: where the expectation came
     from; ``samples``: draws (Monte Carlo) or support size (enumeration), 0 for closed forms;
     ``patterns``, ``n``: the unmasked :data:`PATTERNS` and the clients of a reduction (so that
-    check 7 can rebuild the operator: :func:`window_rates`).
+    check 7 can rebuild the operator: :func:`window_rates`); ``model``: the asynchrony model
+    (:data:`MODELS`; :func:`model_consensus_rate`).
     """
 
     rate: float
@@ -111,9 +112,15 @@ class AsyncRate:
     moments: str = ""
     patterns: list[float] | None = None
     n: int = 0
+    model: str = "stale-read"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; ``model`` only when it is not stale-read (the meta.json of stale-read
+        runs is unchanged)."""
+        d = asdict(self)
+        if d["model"] == "stale-read":
+            del d["model"]
+        return d
 
 
 def masked(W: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -551,3 +558,144 @@ def async_consensus_rate(obj: Any, *, staleness: int = 0, participation: float =
                                f"{MAX_REDUCED_LAGS - 1}", "use a smaller τ")
         return _reduced(s, tau, pi, samples, seed, batches)
     return _full(s, tau, pi, samples, seed, batches)
+
+
+# ---------------------------------------------------------------- the three asynchrony models
+MODELS = ("stale-read", "ad-psgd", "push-sum")
+"""Asynchrony models (core/mixers.py ``make_mixer``; docs/theory.md §9)."""
+
+
+def _step(model: str, W: np.ndarray, x: np.ndarray, w: np.ndarray, lags: list) -> tuple:
+    """One round of a frozen block under ``model``: (x, w, lags) -> the same after gossip.
+    W (P, n, n) masked, x and w (P, n); ``lags``: stale-read's τ pre-gossip copies (oldest
+    first) or push-sum's τ rounds of messages in transit (x part, w part)."""
+    idx = np.arange(W.shape[-1])
+    if model == "ad-psgd" or (not lags and model == "stale-read"):
+        return np.einsum("pij,pj->pi", W, x), w, lags
+    if model == "stale-read":
+        d = W[:, idx, idx]
+        new = d * x + np.einsum("pij,pj->pi", W, lags[0]) - d * lags[0]
+        return new, w, [*lags[1:], x]
+    P = np.swapaxes(W, -1, -2)
+    d = P[:, idx, idx]
+    send = (np.einsum("pij,pj->pi", P, x) - d * x, np.einsum("pij,pj->pi", P, w) - d * w)
+    queue = [*lags, send]
+    (mx, mw), queue = queue[0], queue[1:]
+    return d * x + mx, d * w + mw, queue
+
+
+def simulate_models(obj: Any, *, model: str = "stale-read", staleness: int = 0,
+                    participation: float = 1.0, paths: int = 4000, rounds: int = 40,
+                    warmup: int = 0, seed: int = 0, batches: int = 4) -> dict[str, Any]:
+    """Direct simulation of a frozen, gossiped block (one coordinate per client) under one
+    asynchrony ``model``, from a random start: the rate of E Ξ(z) (z = x / w for push-sum, the
+    block itself otherwise) fitted over rounds τ + 1 .. ``rounds`` (log-linear least squares on
+    the path mean; s.e. from ``batches`` sub-means), and the drift of the consensus value,
+    E[(z̄_end − z̄_0)²] / E Ξ(z_0) (0 when the model conserves the clients' mean; meaningful
+    with ``warmup`` = 0, the start of a run). With ``warmup`` > 0 push-sum's weights first run
+    that many rounds from 1 (the weight vector's own transient, as in a run whose block is
+    frozen after many rounds; its weights in transit kept, its values in transit zeroed).
+
+    >>> from adflora_analysis.topology import make_sampler
+    >>> ring = make_sampler("static", 6, graph="ring")     # exact rate 0.4444 (τ = 0)
+    >>> r = simulate_models(ring, model="push-sum", paths=2000, rounds=30)
+    >>> round(r["rate"], 2), r["drift"] < 1e-20
+    (0.44, True)
+    """
+    if model not in MODELS:
+        raise unknown_name("asynchrony model", model, MODELS)
+    tau, pi = int(staleness), float(participation)
+    s = as_sampler(obj)
+    n = s.n
+    rng = numpy_rng(seed, "async-models")
+
+    def draw() -> np.ndarray:
+        W = np.asarray(s.sample_batch(rng, paths), float) if not s.is_static else \
+            np.broadcast_to(np.asarray(s.sample(0, None), float), (paths, n, n)).copy()
+        return masked(W, rng.random((paths, n)) < pi) if pi < 1 else W
+
+    w = np.ones((paths, n))
+    lags: list = []
+    if model == "push-sum":
+        lags = [(np.zeros((paths, n)), np.zeros((paths, n))) for _ in range(tau)]
+        for _ in range(warmup):
+            _, w, lags = _step(model, draw(), np.zeros((paths, n)), w, lags)
+        lags = [(np.zeros((paths, n)), mw) for _, mw in lags]
+    z0 = rng.standard_normal((paths, n))
+    x = w * z0
+    if model == "stale-read":
+        lags = [x.copy() for _ in range(tau)]
+    xi = [((z0 - z0.mean(1, keepdims=True)) ** 2).mean(1)]
+    for _ in range(rounds):
+        x, w, lags = _step(model, draw(), x, w, lags)
+        z = x / w
+        xi.append(((z - z.mean(1, keepdims=True)) ** 2).mean(1))
+    xi_arr = np.array(xi)                                   # (rounds + 1, paths)
+    drift = float(((z.mean(1) - z0.mean(1)) ** 2).mean() / xi_arr[0].mean())
+    ks = np.arange(tau + 1, rounds + 1)
+
+    def fit(cols: np.ndarray) -> float:
+        m = xi_arr[ks][:, cols].mean(1)
+        ok = m > 1e-24 * xi_arr[0].mean()
+        if ok.sum() < 2:
+            return 0.0
+        return float(np.exp(np.polyfit(ks[ok], np.log(m[ok]), 1)[0]))
+
+    rate = fit(np.arange(paths))
+    sub = [fit(c) for c in np.array_split(np.arange(paths), batches)]
+    se = float(np.std(sub, ddof=1) / math.sqrt(batches)) if batches > 1 else 0.0
+    return {"model": model, "staleness": tau, "participation": pi, "rate": rate,
+            "stderr": se, "drift": drift, "paths": paths, "rounds": rounds}
+
+
+def model_consensus_rate(obj: Any, *, model: str = "stale-read", staleness: int = 0,
+                         participation: float = 1.0, samples: int = 4000, seed: int = 0,
+                         batches: int = 4) -> AsyncRate:
+    """Predicted decay factor of a frozen block's E Ξ under one asynchrony ``model``
+    (docs/theory.md §9), with ``method`` saying how it was obtained:
+
+    - ``stale-read``: :func:`async_consensus_rate` (the augmented companion operator).
+    - ``ad-psgd``: averaging uses current models, so a frozen block mixes synchronously through
+      W': the τ = 0 rate at participation π, derived exactly as for stale-read (the staleness
+      only delays gradients; ``staleness`` is kept so check 7 drops the same rounds).
+    - ``push-sum``: with a symmetric W^t and τ = 0 the weights stay 1 and z = x mixes through
+      W': the same derived rate. Otherwise (delays, or a W^t that is not symmetric) no closed
+      form is derived here: the rate is *measured* by :func:`simulate_models` (``method =
+      "simulated"``, s.e. from its sub-means), independently of any training run.
+
+    >>> from adflora_analysis.topology import make_sampler
+    >>> s = make_sampler("encounter", 10, q=0.1)
+    >>> r = model_consensus_rate(s, model="ad-psgd", staleness=2)
+    >>> round(r.rate, 4), r.method, r.staleness, r.model
+    (0.6343, 'exact-reduced', 2, 'ad-psgd')
+    """
+    if model not in MODELS:
+        raise unknown_name("asynchrony model", model, MODELS)
+    tau, pi = int(staleness), float(participation)
+    if model == "stale-read":
+        return async_consensus_rate(obj, staleness=tau, participation=pi, samples=samples,
+                                    seed=seed, batches=batches)
+    s = as_sampler(obj)
+    symmetric = _always_symmetric(s, seed)
+    if model == "ad-psgd" or (tau == 0 and symmetric):
+        r = async_consensus_rate(s, staleness=0, participation=pi, samples=samples, seed=seed,
+                                 batches=batches)
+        return AsyncRate(**{**r.as_dict(), "staleness": tau, "model": model})
+    if tau < 0:
+        raise AdfloraError(f"staleness = {tau} must be >= 0", "use 0 or more rounds")
+    if not 0 < pi <= 1:
+        raise AdfloraError(f"participation = {pi} must lie in (0, 1]", "use e.g. 0.8")
+    sim = simulate_models(s, model=model, staleness=tau, participation=pi,
+                          paths=max(int(samples), 400), warmup=40, seed=seed, batches=batches)
+    return AsyncRate(sim["rate"], sim["stderr"], "simulated", tau, pi, sim["paths"],
+                     f"direct simulation of the push-sum recursion, {sim['paths']} paths, "
+                     f"rounds {tau + 1}..{sim['rounds']} fitted", model=model)
+
+
+def _always_symmetric(s, seed: int, draws: int = 64) -> bool:
+    """Whether the sampler's W^t is symmetric (static: exactly; random: on ``draws`` draws)."""
+    if s.is_static:
+        W = np.asarray(s.sample(0, None), float)
+        return bool(np.allclose(W, W.T))
+    W = np.asarray(s.sample_batch(numpy_rng(seed, "async-symmetry"), draws), float)
+    return bool(np.allclose(W, np.swapaxes(W, -1, -2)))
