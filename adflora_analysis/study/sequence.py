@@ -52,7 +52,7 @@ def topology_meta(cfg: FederationConfig, seed: int | None = None) -> tuple[Any, 
 def gossip_meta(cfg: FederationConfig, sampler: Any = None) -> dict[str, Any]:
     """``meta.json`` entries of stale/partial gossip and adaptive schedules, for every kind:
     ``gossip`` (the ``[gossip]`` table), ``async_rate`` (the predicted decay factor of E Xi
-    before the run, :func:`adflora_analysis.topology.async_rates.async_consensus_rate`, from
+    before the run, :func:`adflora_analysis.topology.async_rates.model_consensus_rate`, from
     ``sampler`` or the first seed's), ``switch_schedule``; nothing for the defaults.
 
     >>> from adflora_analysis.study.runconfig import FederationConfig
@@ -66,14 +66,16 @@ def gossip_meta(cfg: FederationConfig, sampler: Any = None) -> dict[str, Any]:
     g = cfg.gossip
     if not g.is_default:
         from adflora_analysis.topology import build_sampler
-        from adflora_analysis.topology.async_rates import async_consensus_rate
+        from adflora_analysis.topology.async_rates import model_consensus_rate
 
         if sampler is None:
             sampler = build_sampler(cfg.topology, cfg.n_clients, seed=cfg.seed_list[0])
         samples = min(getattr(cfg, "topology_samples", ASYNC_RATE_SAMPLES), ASYNC_RATE_SAMPLES)
         out["gossip"] = {"staleness": g.staleness, "participation": g.participation}
-        out["async_rate"] = async_consensus_rate(
-            sampler, staleness=g.staleness, participation=g.participation,
+        if g.model != "stale-read":   # [gossip] model (issue 20): stale-read meta unchanged
+            out["gossip"]["model"] = g.model
+        out["async_rate"] = model_consensus_rate(
+            sampler, model=g.model, staleness=g.staleness, participation=g.participation,
             samples=samples, seed=cfg.seed_list[0]).as_dict()
     return out
 
