@@ -154,7 +154,51 @@ def test_cross_term_from_mismatched_client_pairs_fails_check_6i(tmp_path, monkey
     run_study(small(methods=["lora"]), tmp_path, progress=False)
     res = run_checks(tmp_path)
     assert status(res, "6i", "lora") == ["violated"]
+    six = [r for r in res if r.number == "6i" and r.method == "lora"][0]
+    assert "pairs the wrong factors" in six.note and "before gossip" not in six.note
     assert status(clean[1], "6i", "lora") == ["held"]
+
+
+def test_cross_term_computed_before_gossip_is_diagnosed_as_such(tmp_path, monkeypatch, clean):
+    """C taken on the state after the local update (before gossip) and logged with the
+    gossiped Xi: 6i is violated and its note names the cause, not a wrong pairing."""
+    import adflora_analysis.core.loop as loop
+    from adflora_analysis.core.metrics import layer_metrics
+
+    orig = loop.round_metrics
+    pre: dict = {}
+
+    def planted(state, backend=None, full=True):
+        if not full:                                   # the pre-gossip call
+            pre["C"] = layer_metrics(state)["cross_term"]
+            return orig(state, backend, full=False)
+        return {**orig(state, backend), "cross_term": pre["C"]}
+
+    monkeypatch.setattr(loop, "round_metrics", planted)
+    run_study(small(methods=["lora"]), tmp_path, progress=False)
+    res = run_checks(tmp_path)
+    six = [r for r in res if r.number == "6i" and r.method == "lora"][0]
+    assert six.status == "violated", six.note
+    assert "computed before gossip" in six.note and "wrong factors" not in six.note
+    assert six.details["computed_before_gossip"] is True
+
+
+def test_cross_term_ratio_of_a_shared_factor_is_not_0_over_0(tmp_path):
+    """ffa-lora's A is shared (Xi_A round-off of zero): 6i's ratio is undefined (inf, shown
+    as -), never round-off ÷ round-off (it printed 3.2e14)."""
+    import math
+
+    from adflora_analysis.theory import format_results
+
+    run = tmp_path / "ffa"
+    run_study(small(methods=["ffa-lora", "lora"], rounds=6), run, progress=False)
+    res = run_checks(run)
+    ffa = [r for r in res if r.number == "6i" and r.method == "ffa-lora"][0]
+    assert ffa.status == "held" and ffa.ratio == math.inf, (ffa.ratio, ffa.note)
+    assert "ratio n/a" in ffa.note and ffa.details["ratio_points"] == 0
+    assert "e+" not in format_results([ffa])            # the ratio column reads "-"
+    lora = [r for r in res if r.number == "6i" and r.method == "lora"][0]
+    assert 1 <= lora.ratio < 100 and lora.details["ratio_points"] > 0
 
 
 def test_adf_cross_term_above_lora_fails_check_6d(copy_rows, clean):

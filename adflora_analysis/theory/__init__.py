@@ -9,7 +9,8 @@ no.    module                      what
 2      :mod:`.gossip`              E[Xi(WX) | X] <= (1 - p) Xi(X) (two-sided if exchangeable)
 3      :mod:`.frozen`              frozen block: E Xi(t0 + k) <= (1 - p)^k Xi(t0)
 4/4b/4c :mod:`.consensus`          consensus recursion: one step, unrolled, a priori (Gamma)
-5/5b   :mod:`.stationarity`        stationarity bound (exact curvature and drift; L_hull form)
+5      :mod:`.convergence`         convergence: running avg of ||M grad f||^2 vs an a-priori bound
+5a-5c  :mod:`.stationarity`        descent-bookkeeping audit of the logs (not convergence)
 6i-6d  :mod:`.cross_term`          cross term: invariant, unrolled, floor, decay, ADF < others
 7      :mod:`.async_rate`          stale/partial gossip: fitted frozen rate vs predicted (§9)
 A1-A4  :mod:`.audits`              audits from the states: step, frozen, gossip, bytes
@@ -33,10 +34,12 @@ from typing import Any
 
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.theory import async_rate as _async_rate
+from adflora_analysis.theory import convergence as _convergence
 from adflora_analysis.theory import stationarity as _stationarity
 from adflora_analysis.theory.audits import AUDIT_READS, AUDITS
 from adflora_analysis.theory.async_rate import check_async_rate
 from adflora_analysis.theory.consensus import check_consensus, kappa
+from adflora_analysis.theory.convergence import check_convergence
 from adflora_analysis.theory.cross_term import (
     check_adf_below,
     check_cross_bounds,
@@ -67,7 +70,7 @@ from adflora_analysis.theory.saved import (
     run_state,
     save_results,
 )
-from adflora_analysis.theory.stationarity import check_stationarity
+from adflora_analysis.theory.stationarity import check_descent_audit
 from adflora_analysis.theory.stats import EFFECT_DEFAULT, Z_DEFAULT
 
 __all__ = ["CHECK_TIMEOUT_DEFAULT", "REGISTRY", "CheckResult", "Context", "RunData", "Series",
@@ -91,14 +94,13 @@ BUILTINS: tuple[tuple, ...] = (
      (*_XI, *_XI_LOCAL), "3", "frozen-block-consensus"),
     ("consensus", check_consensus, ("synthetic",), ("one-gossip-phase-per-round", *_RECURSION),
      (*_XI, "disp_A", "disp_B", "gamma_A?", "gamma_B?", "eta?"), "4", "consensus-step"),
-    ("stationarity", check_stationarity, ("synthetic",),
-     getattr(_stationarity, "REQUIRES", ()),
-     getattr(_stationarity, "READS", (
-         "grad_norm_sq_inner?", "sn_gbar_sq?", "sn_drift?", "sn_curv_left?", "sn_curv_right?",
-         "L_block?", "loss_start?", "f_inf_B?", "loss?", "grad_norm_sq?", "xi_inner?",
-         "sigma_sq_max?", "L_hull?", "eta?")), "5", "stationarity"),
+    ("stationarity", check_convergence, ("synthetic",), _convergence.REQUIRES,
+     _convergence.READS, "5", "stationarity"),
+    ("descent-audit", check_descent_audit, ("synthetic",), _stationarity.REQUIRES,
+     _stationarity.READS, "5a", "descent-audit"),
     ("cross-term-invariant", check_invariant, _ALL, (),
-     ("cross_term", *_XI, "cross_term_direct?"), "6i", "cross-term-invariant"),
+     ("cross_term", *_XI, "cross_term_direct?", "xi_A_local?", "xi_B_local?"), "6i",
+     "cross-term-invariant"),
     ("cross-term", check_cross_bounds, _ALL, _RECURSION,
      ("cross_term", *_XI, "disp_A", "disp_B", "gamma_A?", "gamma_B?", "eta?"), "6a",
      "cross-term-unrolled"),

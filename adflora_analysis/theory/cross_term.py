@@ -45,35 +45,63 @@ SOURCE = "docs/theory.md §4; ADF-LoRA (arXiv 2511.18291); Koloskova et al. 2020
 
 
 def check_invariant(ctx: Context) -> CheckResult:
-    """6i: C <= sqrt(Xi_A Xi_B) at every point (round-off tolerance 1e-9 relative)."""
+    """6i: C <= sqrt(Xi_A Xi_B) at every point (round-off tolerance 1e-9 relative). The ratio
+    bound ÷ C is the minimum over the points where neither Xi is round-off of zero (none, e.g.
+    ffa-lora's shared A: the ratio is undefined, shown as ``-``, not 0/0). A C above the
+    bound after gossip but within the pre-gossip one (``xi_X_local``) is diagnosed as
+    computed before gossip; one that differs from its first form otherwise pairs the wrong
+    factors."""
     run = ctx.run
-    allp = pd.concat([run.layers[["cross_term", "xi_A", "xi_B"]],
-                      run.df[["cross_term", "xi_A", "xi_B"]]], ignore_index=True)
+    cols = ["cross_term", "xi_A", "xi_B"]
+    local = all(c in run.df and c in run.layers for c in ("xi_A_local", "xi_B_local"))
+    cols += ["xi_A_local", "xi_B_local"] if local else []
+    allp = pd.concat([run.layers[cols], run.df[cols]], ignore_index=True)
     C = allp.cross_term.to_numpy(float)
-    B = np.sqrt(allp.xi_A.to_numpy(float) * allp.xi_B.to_numpy(float))
+    xa, xb = allp.xi_A.to_numpy(float), allp.xi_B.to_numpy(float)
+    B = np.sqrt(xa * xb)
     ok = C <= B + 1e-9 * B + 1e-15
+    live = np.minimum(xa, xb) > tiny(np.concatenate([xa, xb]))   # not round-off of zero
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(C > 0, B / C, np.inf)
+        r = np.where(C > 0, B / C, np.inf)[live]
+    ratio = float(r.min()) if r.size else math.inf
+    before = False
+    if local and not ok.all():
+        Bpre = np.sqrt(allp.xi_A_local.to_numpy(float) * allp.xi_B_local.to_numpy(float))
+        before = bool((C <= Bpre + 1e-9 * Bpre + 1e-15).all())
     note = (f"C <= sqrt(Xi_A Xi_B) at {len(C)} points, {int((~ok).sum())} exceed it")
+    if before:
+        note += (" — and none exceeds the pre-gossip sqrt(Xi_A_local Xi_B_local): C was "
+                 "computed before gossip (on the state after the local update), not on the "
+                 "gossiped state whose Xi it is logged with")
+    if not r.size:
+        note += ("; ratio n/a: Xi_A or Xi_B is round-off of zero at every point (a factor "
+                 "shared by every client), so C and its bound are both ~0")
     agree = True
     if run.has("cross_term_direct"):
         Cm, Cd = run.mat("cross_term"), run.mat("cross_term_direct")
         scale = np.sqrt(run.mat("xi_A") * run.mat("xi_B"))
         dev = np.abs(Cm - Cd)
         agree = bool((dev <= 1e-6 * np.maximum(Cd, scale) + 1e-12).all())
-        note += (f"; C equals its first form (1/n)sum B_iA_i - B_bar A_bar (max deviation "
-                 f"{dev.max():.2g})" if agree else
-                 f"; C DIFFERS from its first form (max deviation {dev.max():.3g}): the "
-                 "metric pairs the wrong factors")
+        if agree:
+            note += (f"; C equals its first form (1/n)sum B_iA_i - B_bar A_bar (max deviation "
+                     f"{dev.max():.2g})")
+        elif before:
+            note += (f"; C DIFFERS from its first form on the gossiped state (max deviation "
+                     f"{dev.max():.3g}): computed before gossip")
+        else:
+            note += (f"; C DIFFERS from its first form (max deviation {dev.max():.3g})"
+                     + (" while within Cauchy–Schwarz" if ok.all() else "")
+                     + ": the metric pairs the wrong factors")
     note += "; a unit test of the metric, says nothing of the method"
     return CheckResult("cross-term-invariant", "6i", ctx.method, ctx.variant,
                        "held" if ok.all() and agree else "violated", measured=float(C.mean()),
-                       bound=float(B.mean()), ratio=float(r.min()),
-                       ratio_ci=(float(r.min()), float(r.min())), threshold=1e-9,
-                       seeds=run.S, test="deterministic (metric unit test: Cauchy–Schwarz)",
+                       bound=float(B.mean()), ratio=ratio, ratio_ci=(ratio, ratio),
+                       threshold=1e-9, seeds=run.S,
+                       test="deterministic (metric unit test: Cauchy–Schwarz)",
                        source="docs/architecture.md §4 (Cauchy–Schwarz)",
                        note=note,
-                       details={"points": int(len(C)), "violations": int((~ok).sum())})
+                       details={"points": int(len(C)), "violations": int((~ok).sum()),
+                                "ratio_points": int(r.size), "computed_before_gossip": before})
 
 
 def _blocks_ok(ctx: Context) -> bool:
