@@ -268,10 +268,11 @@ def test_check_7_holds_with_the_predicted_rate_and_catches_one_that_ignores_stal
 
     three = run_check(REGISTRY["frozen-block"], ctx)
     assert three and all(r.status == "n/a" and "check 7" in r.note for r in three)
-    # so do checks 2, 4 (1 - p per step) and 5 (x̄ takes the averaged step): n/a
-    others = [r for n in ("gossip-contraction", "consensus", "stationarity")
+    # so do checks 2, 4 (1 - p per step) and 5/5a (x̄ takes the averaged step): n/a
+    others = [r for n in ("gossip-contraction", "consensus", "stationarity", "descent-audit")
               for r in run_check(REGISTRY[n], ctx)]
-    assert [(r.number, r.status) for r in others] == [("2", "n/a"), ("4", "n/a"), ("5", "n/a")]
+    assert [(r.number, r.status) for r in others] == [("2", "n/a"), ("4", "n/a"), ("5", "n/a"),
+                                                      ("5a", "n/a")]
     # ... planted defect: the same run read as synchronous gossip is judged against 1 - p and
     # fails (the staleness slows the frozen block far below 1 - p)
     ctx.vmeta = {k: v for k, v in ctx.vmeta.items() if k not in ("gossip", "async_rate")}
@@ -281,7 +282,7 @@ def test_check_7_holds_with_the_predicted_rate_and_catches_one_that_ignores_stal
 def test_checks_of_synchronous_gossip_are_not_applicable_under_partial_participation(tmp_path):
     """Checks 2, 4, 5 say n/a on a partial-gossip run; the same run read as synchronous (the
     defect the n/a guards against) makes check 2 (a masked W^t contracts slower than 1 - p)
-    and check 5 (idle clients' steps are discarded) read `violated`."""
+    and the descent audit 5a (idle clients' steps are discarded) read `violated`."""
     from adflora_analysis.synthetic.runner import run_study
     from adflora_analysis.theory import check_data, run_checks
 
@@ -297,7 +298,7 @@ def test_checks_of_synchronous_gossip_are_not_applicable_under_partial_participa
         m.pop("gossip", None)
         m.pop("async_rate", None)
     planted = {r.number: r.status for r in run_checks(tmp_path / "run", data=data)}
-    assert planted["2"] == planted["5"] == "violated"
+    assert planted["2"] == planted["5a"] == "violated"
 
 
 def test_stale_partial_gossip_under_torch_distributed_matches_in_process(tmp_path):

@@ -129,7 +129,8 @@ def test_unreported_gradient_spread_fails_check_4c(copy_rows, clean):
 
 def test_step_3x_above_the_curvature_limit_fails_check_5(tmp_path, clean):
     """ffa-lora trains B with A fixed at A^0: its curvature s^2 lam_max(A0 Sig A0^T) is constant,
-    so lr = 3 / L puts every step 3x above the limit 1/L."""
+    so lr = 3 / L puts every step 3x above the limit 1/L: the descent audit (5a, logged eta) and
+    the convergence check (5, configured eta against L_hull >= L) both fail."""
     import torch
 
     from adflora_analysis.synthetic.problem import QuadraticProblem
@@ -141,8 +142,10 @@ def test_step_3x_above_the_curvature_limit_fails_check_5(tmp_path, clean):
     run_study(small(methods=["ffa-lora"], rounds=4, lr=3 / float(L)), tmp_path,
               progress=False)
     res = run_checks(tmp_path)
-    five = [r for r in res if r.number == "5" and r.method == "ffa-lora"][0]
+    five = [r for r in res if r.number == "5a" and r.method == "ffa-lora"][0]
     assert five.status == "violated" and five.details["max_eta_L_block"] == pytest.approx(3)
+    assert status(res, "5", "ffa-lora") == ["violated"]
+    assert status(clean[1], "5a", "adf-lora") != ["violated"]
     assert status(clean[1], "5", "adf-lora") != ["violated"]
 
 

@@ -282,7 +282,7 @@ def test_checks_that_assume_one_phase_are_not_applicable_under_drift(tmp_path):
     """Checks 2 and 4 (rolora: a factor mixes among its phase's clients only) and 3, 5
     (alternating methods: one phase per client) say n/a on a drift run; the same run read as
     synchronous (its clock_drift column dropped: the defect the n/a guards against) makes check
-    2 for rolora and check 5 read `violated` for reasons the drift explains."""
+    2 for rolora and the descent audit 5a read `violated` for reasons the drift explains."""
     from adflora_analysis.synthetic.runner import run_study
     from adflora_analysis.theory import check_data, run_checks
 
@@ -302,4 +302,4 @@ def test_checks_that_assume_one_phase_are_not_applicable_under_drift(tmp_path):
     planted = {(r.number, r.method): r.status
                for r in run_checks(tmp_path / "run", data=data)}
     assert planted[("2", "rolora")] == "violated"
-    assert planted[("5", "rolora")] == planted[("5", "adf-lora")] == "violated"
+    assert planted[("5a", "rolora")] == planted[("5a", "adf-lora")] == "violated"
