@@ -61,16 +61,24 @@ def test_split_clients():
         split_clients(2, 3)
 
 
-@pytest.mark.parametrize("nproc, exchange", [(2, "allgather"), (3, "neighbor")])
-def test_synthetic_matches_in_process(tmp_path, nproc, exchange):
-    ref = inprocess("synthetic", "run", BOUNDS, "--out", str(tmp_path / "ref"), *SMALL)
+@pytest.fixture(scope="module")
+def synthetic_ref(tmp_path_factory) -> Path:
+    """The in-process run of ``SMALL`` (its rows do not depend on the exchange key, which only
+    a torchrun run reads), shared by the comparisons below."""
+    out = tmp_path_factory.mktemp("synthetic-ref") / "ref"
+    ref = inprocess("synthetic", "run", BOUNDS, "--out", str(out), *SMALL)
     assert ref.returncode == 0, ref.stderr
+    return out
+
+
+@pytest.mark.parametrize("nproc, exchange", [(2, "allgather"), (3, "neighbor")])
+def test_synthetic_matches_in_process(synthetic_ref, tmp_path, nproc, exchange):
     run = torchrun(nproc, "synthetic", "run", BOUNDS, "--out", str(tmp_path / "dist"), *SMALL,
                    f"exchange={exchange}")
     assert run.returncode == 0, run.stderr[-2000:]
-    assert_same(metrics(tmp_path / "ref"), metrics(tmp_path / "dist"))
+    assert_same(metrics(synthetic_ref), metrics(tmp_path / "dist"))
     # constants (Hessian power iteration on the gathered state) agree too
-    a = pd.read_parquet(tmp_path / "ref" / "constants.parquet")
+    a = pd.read_parquet(synthetic_ref / "constants.parquet")
     b = pd.read_parquet(tmp_path / "dist" / "constants.parquet")
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)
 
@@ -352,26 +360,36 @@ def test_partial_sum_metrics_equal_two_pass_functions():
     assert not torch.allclose(bad, ref, rtol=1e-3, atol=0)
 
 
-def _exchange_worker(out: str, plant: str) -> None:
+def _exchange_worker(out: str, plants: str) -> None:
     """Run under torchrun: every rank builds the same full state and W^t (dense and sparse),
     mixes and measures its part through :class:`TorchDistBackend`, and writes the largest
-    difference to the in-process result. ``plant``: ``"none"``, ``"no_reduce"`` (the centred
-    partial sums are not all-reduced) or ``"drop_block"`` (the neighbor exchange leaves out one
-    needed client block)."""
-    import json
-
+    difference to the in-process result. ``plants``: comma-separated, each run in turn on a
+    fresh backend (the plants are set on that instance only) and written to its own file:
+    ``"none"``, ``"no_reduce"`` (the centred partial sums are not all-reduced) or
+    ``"drop_block"`` (the neighbor exchange leaves out one needed client block)."""
     import torch.distributed as dist
+
+    from adflora_analysis.distributed import init_distributed
+
+    init_distributed()
+    for plant in plants.split(","):
+        _exchange_pass(f"{out}-{plant}", plant)
+    dist.destroy_process_group()
+
+
+def _exchange_pass(out: str, plant: str) -> None:
+    """One pass of :func:`_exchange_worker` with one ``plant``, on a fresh backend."""
+    import json
 
     from adflora_analysis.core.gossip import gossip_, mixing_schedule
     from adflora_analysis.core.loop import check_finite
     from adflora_analysis.core.metrics import layer_metrics, round_metrics
     from adflora_analysis.core.sparse import SparseMix
     from adflora_analysis.core.state import LoraState
-    from adflora_analysis.distributed import TorchDistBackend, init_distributed
+    from adflora_analysis.distributed import TorchDistBackend
     from adflora_analysis.errors import DivergenceError
     from adflora_analysis.topology import make_sampler
 
-    init_distributed()
     n, seeds = 37, [0, 1]
     b = TorchDistBackend(n, "neighbor")
     if plant == "drop_block":
@@ -417,28 +435,45 @@ def _exchange_worker(out: str, plant: str) -> None:
         res["finite"] = e.problem
     with open(f"{out}.{b.rank}.json", "w") as f:
         json.dump(res, f)
-    dist.destroy_process_group()
 
 
-def _run_exchange(tmp_path: Path, nproc: int, plant: str = "none") -> list[dict]:
+def _run_exchange(tmp_path: Path, nproc: int, plants: list[str]) -> dict[str, list[dict]]:
+    """One torchrun of :func:`_exchange_worker` over ``plants``: plant -> each rank's results."""
     import json
 
-    out = str(tmp_path / f"ex-{plant}")
+    out = str(tmp_path / "ex")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", __file__, "exchange-worker", out, plant]
+           f"--nproc-per-node={nproc}", __file__, "exchange-worker", out, ",".join(plants)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
-    return [json.loads(Path(f"{out}.{k}.json").read_text()) for k in range(nproc)]
+    return {p: [json.loads(Path(f"{out}-{p}.{k}.json").read_text()) for k in range(nproc)]
+            for p in plants}
+
+
+@pytest.fixture(scope="module")
+def exchange_runs(tmp_path_factory):
+    """``get(nproc, plant)``: each rank's results, from one torchrun per process count (2: the
+    clean pass, then both plants, each on its own backend; 3: the clean pass), shared by the
+    tests below (a torchrun start costs more than the passes themselves)."""
+    runs: dict[int, dict[str, list[dict]]] = {}
+
+    def get(nproc: int, plant: str = "none") -> list[dict]:
+        if nproc not in runs:
+            plants = ["none", "drop_block", "no_reduce"] if nproc == 2 else ["none"]
+            runs[nproc] = _run_exchange(tmp_path_factory.mktemp(f"exchange{nproc}"), nproc,
+                                        plants)
+        return runs[nproc][plant]
+    return get
 
 
 @pytest.mark.parametrize("nproc", [2, 3])
-def test_sparse_exchange_and_partial_sum_metrics_match_in_process(tmp_path, nproc):
+def test_sparse_exchange_and_partial_sum_metrics_match_in_process(exchange_runs, nproc):
     """Dense and SparseMix W^t, every exchange: each rank's rows of W X equal the in-process
     gossip; the neighbor exchange sends fewer bytes than the all-gather; the partial-sum metrics
     equal layer_metrics of the full state; the neighbor exchange sends exactly the blocks some
     other rank's rows of W^t use; a NaN on the last rank's client stops every rank
     naming the same global client."""
-    ranks = _run_exchange(tmp_path, nproc)
+    ranks = exchange_runs(nproc)
     for r in ranks:
         for k, v in r.items():
             if k.startswith("mix_"):
@@ -455,16 +490,29 @@ def test_sparse_exchange_and_partial_sum_metrics_match_in_process(tmp_path, npro
 
 @pytest.mark.parametrize("plant, key", [("drop_block", "mix_sparse_neighbor"),
                                         ("no_reduce", "metrics")])
-def test_planted_distributed_defects_are_caught(tmp_path, plant, key):
+def test_planted_distributed_defects_are_caught(exchange_runs, plant, key):
     """A neighbor exchange that leaves out one needed block, or centred partial sums that are
     not all-reduced, give results that differ from in-process: the comparison above fails."""
-    ranks = _run_exchange(tmp_path, 2, plant)
+    ranks = exchange_runs(2, plant)
     assert max(r[key] for r in ranks) > 1e-6
 
 
 # --- the synthetic problem's bookkeeping from partial sums, checked inside torchrun -----------
 
-def _problem_worker(out: str, plant: str) -> None:
+def _problem_worker(out: str, plants: str) -> None:
+    """Run :func:`_problem_pass` under torchrun for each of the comma-separated ``plants`` in
+    turn (each on a fresh backend: the plant is set on that instance only)."""
+    import torch.distributed as dist
+
+    from adflora_analysis.distributed import init_distributed
+
+    init_distributed()
+    for plant in plants.split(","):
+        _problem_pass(f"{out}-{plant}", plant)
+    dist.destroy_process_group()
+
+
+def _problem_pass(out: str, plant: str) -> None:
     """Run under torchrun: every rank builds the quadratic problem twice, once with every
     client in this process (the reference) and once through :class:`TorchDistBackend` whose
     ``gather`` raises, so nothing can be gathered; it applies the same local updates (one block
@@ -475,15 +523,12 @@ def _problem_worker(out: str, plant: str) -> None:
     processes)."""
     import json
 
-    import torch.distributed as dist
-
     from adflora_analysis.config import load_config
     from adflora_analysis.core.methods import get_method
-    from adflora_analysis.distributed import TorchDistBackend, init_distributed
+    from adflora_analysis.distributed import TorchDistBackend
     from adflora_analysis.synthetic.config import SyntheticConfig
     from adflora_analysis.synthetic.problem import QuadraticProblem
 
-    init_distributed()
     n = 11
     b = TorchDistBackend(n, "neighbor")
 
@@ -526,18 +571,20 @@ def _problem_worker(out: str, plant: str) -> None:
                     res[f"{case}/state"] = max(res.get(f"{case}/state", 0.0), d)
     with open(f"{out}.{b.rank}.json", "w") as f:
         json.dump(res, f)
-    dist.destroy_process_group()
 
 
-def _run_problem(tmp_path: Path, plant: str) -> list[dict]:
+def _run_problem(tmp_path: Path, plants: list[str]) -> dict[str, list[dict]]:
+    """One torchrun (2 processes) of :func:`_problem_worker` over ``plants``: plant -> each
+    rank's results."""
     import json
 
-    out = str(tmp_path / f"pb-{plant}")
+    out = str(tmp_path / "pb")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node=2", __file__, "problem-worker", out, plant]
+           "--nproc-per-node=2", __file__, "problem-worker", out, ",".join(plants)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
-    return [json.loads(Path(f"{out}.{k}.json").read_text()) for k in range(2)]
+    return {p: [json.loads(Path(f"{out}-{p}.{k}.json").read_text()) for k in range(2)]
+            for p in plants}
 
 
 def test_problem_bookkeeping_from_partial_sums_matches_in_process(tmp_path):
@@ -545,13 +592,15 @@ def test_problem_bookkeeping_from_partial_sums_matches_in_process(tmp_path):
     raises) and its local updates, every measured column, ``evaluate`` and
     ``measure_constants`` equal the in-process problem's (float64, relative 1e-9); with the
     reductions over processes removed (planted) the same comparison fails for the means, the
-    consensus errors and the maxima."""
-    ranks = _run_problem(tmp_path, "none")
+    consensus errors and the maxima. (One torchrun: the clean pass first, then the planted one
+    on its own backend.)"""
+    runs = _run_problem(tmp_path, ["none", "no_reduce"])
+    ranks = runs["none"]
     assert len(ranks[0]) > 60
     for r in ranks:
         bad = {k: v for k, v in r.items() if v > 1e-9}
         assert not bad, bad
-    planted = _run_problem(tmp_path, "no_reduce")
+    planted = runs["no_reduce"]
     for key in ("minibatch-statistics/update/xi_inner", "minibatch-rows/update/sn_gbar_sq",
                 "minibatch-statistics/evaluate/loss", "minibatch-rows/evaluate/zeta_sq",
                 "additive-speeds/evaluate/cross_term_direct",
