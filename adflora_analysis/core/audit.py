@@ -9,16 +9,18 @@ scalar metrics (columns ``audit_*``, each (*batch,) float64); the theory checks 
   are replayed through the problem's :meth:`~adflora_analysis.core.loop.Problem.replay_sgd`
   from their state before the local steps; ``err`` = ||Δ_taken − Δ_replay|| / ||Δ_replay||
   and ``scale`` = ||Δ_taken|| / ||Δ_replay|| over the replayed clients' trained blocks
-  (0 and 1 when the problem takes the SGD steps it says). Absent (no column) for a problem
-  without ``replay_sgd`` (GLUE/LM: AdamW steps).
+  (0 and 1 when the problem takes the SGD steps it says); the same clients of all n on
+  every process. Absent (no column) for a problem without ``replay_sgd`` (GLUE/LM: AdamW
+  steps).
 - **frozen** (``audit_frozen_move``): every client's frozen blocks projected on a random probe
   v before and after the local steps; (1/n) Σ_i (vᵀΔ_i)² estimates the mean ||Δ_i||² of the
   blocks the method says are frozen this round (E over v). Exactly 0 when nothing moved.
-- **gossip** (``audit_gossip_err``, ``audit_gossip_excess``): every gossiped block projected on
+- **gossip** (``audit_gossip_err``, ``audit_gossip_over``): every gossiped block projected on
   a random probe, p_i = <v, X_i>, before and after gossip; ``err`` = ||p_post − W p_pre|| /
-  ||(W − I) p_pre|| (relative to the gossip's own movement) and ``excess`` = max_i
-  |p_post − W p_pre|_i / (n ε Σ_j |W_ij| <|v|, |X_j|>), the worst deviation over its rounding
-  bound (≤ 1 for any summation order in the state's dtype). Synchronous gossip only (also
+  ||(W − I) p_pre|| (relative to the gossip's own movement) and ``over`` counts the
+  (client, block, layer) projections with |p_post − W p_pre|_i > n ε Σ_j |W_ij| <|v|, |X_j|>,
+  beyond the rounding bound of W X in the state's dtype (0 for any summation order, so the
+  same in-process and over processes). Synchronous gossip only (also
   under clock drift, against the restricted W of :func:`~.mixers.block_weights`); absent for
   stale/partial mixers, which apply other matrices to copies of other rounds.
 - **bytes** (``audit_bytes``): the bytes the round's messages carry, recomputed from W^t's
@@ -40,7 +42,7 @@ projections p are exchanged as (n,) vectors), so every rank logs the same number
 >>> au.before_gossip(st, ("B",), None)
 >>> st, _, sent = mixer.mix({}, st, ("B",), W, 0)        # B <- W B: both clients at 2
 >>> out = au.after_gossip(st, W, sent, mixer.name)
->>> float(out["audit_gossip_err"]), float(out["audit_gossip_excess"]), float(out["audit_bytes"])
+>>> float(out["audit_gossip_err"]), float(out["audit_gossip_over"]), float(out["audit_bytes"])
 (0.0, 0.0, 8.0)
 >>> au = RoundAudit(None, t=0)
 >>> au.before_gossip(st, ("B",), None)
@@ -167,12 +169,15 @@ class RoundAudit:
             return
         from adflora_analysis.seeding import torch_generator
 
-        n_loc, batch = state.n_clients, tuple(state.batch_shape)
-        k = min(AUDIT_CLIENTS, n_loc)
-        g = torch_generator(self.t, "audit-clients", self.backend.rank)
-        nb = int(torch.tensor(batch).prod()) if batch else 1
-        idx = torch.stack([torch.randperm(n_loc, generator=g)[:k] for _ in range(nb)])
-        idx = idx.reshape(*batch, k).to(state.A[0].device)
+        # the same k clients of all n on every process (and every batch entry), so a run split
+        # over processes audits the clients the in-process run audits
+        batch = tuple(state.batch_shape)
+        n = self._n(state)
+        sl = self.backend.client_slice(n)
+        pick = torch.randperm(n, generator=torch_generator(self.t, "audit-clients"))
+        pick = pick[:min(AUDIT_CLIENTS, n)].sort().values
+        here = pick[(pick >= sl.start) & (pick < sl.stop)] - sl.start
+        idx = here.to(state.A[0].device).expand(*batch, len(here))
         self._replay = {"fn": replay, "clients": idx,
                         "before": {b: [_take(X, idx).double() for X in state.block(b)]
                                    for b in ("A", "B")}}
@@ -199,7 +204,8 @@ class RoundAudit:
         r = self._replay
         idx = r["clients"]
         mask = {b: _take(m, idx) for b, m in self.train_mask.items()}
-        want = r["fn"](r["before"], self.trained, self.t, idx, train_mask=mask or None)
+        want = (r["fn"](r["before"], self.trained, self.t, idx, train_mask=mask or None)
+                if idx.shape[-1] else r["before"])     # no audited client on this process
         bs = tuple(state.batch_shape)
         z = torch.zeros(bs, dtype=torch.float64, device=state.A[0].device)
         diff, ref, taken = z.clone(), z.clone(), z.clone()
@@ -241,7 +247,7 @@ class RoundAudit:
         Ws = block_weights(W, self._gossip_blocks, self._masks)
         eps = torch.finfo(state.A[0].dtype).eps
         z = torch.zeros(bs, dtype=torch.float64, device=dev)
-        num, mov, excess, nbytes = z.clone(), z.clone(), z.clone(), z.clone()
+        num, mov, over, nbytes = z.clone(), z.clone(), z.clone(), z.clone()
         sl = self.backend.client_slice(n)
         for (b, li), (pre, pre_abs) in self._gossip.items():
             X = state.block(b)[li]
@@ -253,18 +259,15 @@ class RoundAudit:
             d = post - want
             num = num + d.pow(2).sum(-1)
             mov = mov + (want - pre).pow(2).sum(-1)
-            worst = _ratio(d.abs(), bound).amax(-1) if d.numel() else z
-            excess = torch.maximum(excess, worst)
+            over = over + (d.abs() > bound).sum(-1).double()
         for b in self._gossip_blocks:
             per = sum(x[(0,) * len(bs)][0].numel() * x.element_size() for x in state.block(b))
             msgs = (torch.full(bs, 2 * n, dtype=torch.float64, device=dev) if server
                     else off_diagonal_nonzeros(Ws[b]).double().to(dev))
             nbytes = nbytes + msgs * per
-        num, mov = self._sum(num), self._sum(mov)
-        if self.backend.world_size > 1:
-            excess = self.backend.all_max(excess)
+        num, mov, over = self._sum(num), self._sum(mov), self._sum(over)
         self.out["audit_gossip_err"] = _ratio(num.sqrt(), mov.sqrt())
-        self.out["audit_gossip_excess"] = excess
+        self.out["audit_gossip_over"] = over
         self.out["audit_bytes"] = nbytes
         return self.out
 
@@ -284,8 +287,11 @@ def _take(X: Tensor, idx: Tensor) -> Tensor:
     nb = idx.dim() - 1
     if nb == 0:
         return X[idx]
-    flat_idx = idx.reshape(-1, idx.shape[-1])
-    Xf = X.reshape(-1, *X.shape[nb:])
+    rows = 1
+    for d in idx.shape[:-1]:
+        rows *= int(d)
+    flat_idx = idx.reshape(rows, idx.shape[-1])
+    Xf = X.reshape(rows, *X.shape[nb:])
     ar = torch.arange(Xf.shape[0], device=X.device)[:, None]
     out = Xf[ar, flat_idx]
     return out.reshape(*idx.shape, *X.shape[nb + 1:])
