@@ -153,6 +153,28 @@ def test_gossip_meta_is_written_for_every_kind(toy, tmp_path):
     assert 0 < meta_["async_rate"]["rate"] < 1
 
 
+def test_a_glue_run_records_its_gossip_for_the_checks(tiny, tmp_path):
+    """GLUE's meta.json had no gossip entry, so checks 2, 3 judged stale gossip as synchronous
+    and check 7 said nothing: now the sequence writes it, and check 7 reads it."""
+    from adflora_analysis.glue.config import GlueConfig
+    from adflora_analysis.glue.runner import run_glue
+    from adflora_analysis.theory import run_checks
+
+    cfg = load_config(GlueConfig, data=dict(
+        task="rotten_tomatoes", model=str(tiny), n_clients=4, rounds=8, local_steps=1,
+        batch_size=8, max_length=32, max_train_examples=120, max_eval_examples=16,
+        eval_every=0, checkpoint_every=0, methods=["adf-lora"], switch_interval=8, seeds=2,
+        per_client_init=True, threads=1,   # A differs per client, frozen and gossiped
+        topology={"graph": "ring"}, gossip={"staleness": 1}))
+    run_glue(cfg, tmp_path)
+    meta_ = json.loads((tmp_path / "meta.json").read_text())
+    assert meta_["kind"] == "glue" and meta_["gossip"]["staleness"] == 1
+    assert 0 < meta_["async_rate"]["rate"] < 1
+    seven = [r for r in run_checks(tmp_path, entry_points=False)
+             if r.check == "stale-gossip-rate"]
+    assert seven and all(r.status != "n/a" for r in seven), [(r.status, r.note) for r in seven]
+
+
 def test_adding_the_testbed_touched_only_this_file():
     users = sorted(str(p.relative_to(ROOT)) for d in ("adflora_analysis", "tests", "docs")
                    for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".md", ".toml")
