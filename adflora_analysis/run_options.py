@@ -1,6 +1,8 @@
 """The command-line options every ``run`` command shares (``synthetic run``, ``glue run``),
 declared once so the runners present one interface: where the run goes (``--out``,
-``--resume DIR``, ``--overwrite``), how it reports progress, and ``--dry-run``.
+``--resume DIR``, ``--overwrite``), how it reports progress, and ``--dry-run``; and how their
+positional arguments (``CONFIG [KEY=VALUE]...``) and those options become a run target
+(:func:`split_args`, :func:`run_target`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from adflora_analysis.errors import AdfloraError
+from adflora_analysis.rundir import CONFIG, Mode, check_out_path
 
 Out = Annotated[Path | None, typer.Option(
     "--out", help="Run directory to create (new or empty).")]
@@ -47,3 +52,59 @@ def print_summary(summary: Any, where: Path, as_json: bool) -> None:
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {where}", file=sys.stderr)
+
+
+def split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """The CONFIG (first argument that is not ``key=value``) and the overrides.
+
+    >>> split_args(["bounds", "seeds=3", "lr=0.1"]), split_args(["seeds=3"])
+    (('bounds', ['seeds=3', 'lr=0.1']), (None, ['seeds=3']))
+    """
+    config, overrides = None, []
+    for a in args:
+        if config is None and not overrides and ("=" not in a or Path(a).is_file()):
+            config = a
+        elif "=" in a:
+            overrides.append(a)
+        else:
+            raise AdfloraError(f"unexpected argument {a!r}",
+                               "give one CONFIG file followed by key=value overrides")
+    return config, overrides
+
+
+def run_target(args: list[str], out: str | Path | None, resume: str | Path | None,
+               overwrite: bool = False) -> tuple[str | None, list[str], Path, Mode]:
+    """``(CONFIG or None, overrides, run directory, mode)`` of ``adflora synthetic|glue run
+    [CONFIG] [KEY=VALUE]...``: one way to resume for every runner. ``--resume DIR`` reads the
+    config back from ``DIR/config.toml`` (CONFIG None; a CONFIG or overrides given as well must
+    match it, which the runner checks); otherwise CONFIG and ``--out`` are needed.
+
+    >>> run_target(["c.toml", "lr=0.1"], "runs/a", None)
+    ('c.toml', ['lr=0.1'], PosixPath('runs/a'), 'new')
+    >>> run_target(["lr=0.1"], "runs/a", None)
+    Traceback (most recent call last):
+    ...
+    adflora_analysis.errors.AdfloraError: no CONFIG given (hint: give a study TOML or a \
+shipped config name (adflora configs list), or --resume DIR)
+    """
+    config, overrides = split_args(list(args or []))
+    for p in (out, resume):
+        if p is not None:
+            check_out_path(p)
+    if resume is not None:
+        if overwrite:
+            raise AdfloraError("--resume and --overwrite exclude each other",
+                               "continue the run with --resume, or replace it with --overwrite")
+        if out is not None and Path(out) != Path(resume):
+            raise AdfloraError("--out and --resume name different directories",
+                               "pass only --resume DIR")
+        if not (Path(resume) / CONFIG).is_file():
+            raise AdfloraError(f"{str(resume)!r} is not a run directory (no config.toml)",
+                               "pass the directory a run wrote with --out")
+        return config, overrides, Path(resume), "resume"
+    if config is None:
+        raise AdfloraError("no CONFIG given", "give a study TOML or a shipped config name "
+                           "(adflora configs list), or --resume DIR")
+    if out is None:
+        raise AdfloraError("no --out directory given", "add --out runs/NAME")
+    return config, overrides, Path(out), "overwrite" if overwrite else "new"

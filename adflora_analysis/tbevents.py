@@ -64,7 +64,12 @@ def masked_crc(data: bytes) -> int:
 # -- protocol buffer encoding of the few messages needed
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """``n`` as a protobuf varint (64-bit two's complement for negatives).
+
+    >>> varint(1), varint(300)
+    (b'\\x01', b'\\xac\\x02')
+    """
     out = bytearray()
     n &= (1 << 64) - 1
     while True:
@@ -77,35 +82,41 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _field(num: int, wire: int, payload: bytes) -> bytes:
-    key = _varint((num << 3) | wire)
+def pb_field(num: int, wire: int, payload: bytes) -> bytes:
+    """Protobuf field ``num`` of wire type ``wire`` (2: length-delimited) holding ``payload``."""
+    key = varint((num << 3) | wire)
     if wire == 2:
-        return key + _varint(len(payload)) + payload
+        return key + varint(len(payload)) + payload
     return key + payload
 
 
-def _scalar_value(tag: str, value: float) -> bytes:
-    return _field(1, 2, tag.encode()) + _field(2, 5, struct.pack("<f", value))
+def scalar_value(tag: str, value: float) -> bytes:
+    """A ``Summary.Value`` of a float32 scalar."""
+    return pb_field(1, 2, tag.encode()) + pb_field(2, 5, struct.pack("<f", value))
 
 
-def _text_value(tag: str, text: str) -> bytes:
-    meta = _field(1, 2, _field(1, 2, b"text"))             # plugin_data.plugin_name
-    tensor = _field(1, 0, _varint(7)) + _field(2, 2, b"") + _field(8, 2, text.encode())
-    return _field(1, 2, tag.encode()) + _field(9, 2, meta) + _field(8, 2, tensor)
+def text_value(tag: str, text: str) -> bytes:
+    """A ``Summary.Value`` of the text plugin (a string tensor)."""
+    meta = pb_field(1, 2, pb_field(1, 2, b"text"))             # plugin_data.plugin_name
+    tensor = pb_field(1, 0, varint(7)) + pb_field(2, 2, b"") + pb_field(8, 2, text.encode())
+    return pb_field(1, 2, tag.encode()) + pb_field(9, 2, meta) + pb_field(8, 2, tensor)
 
 
-def _event(step: int, values: list[bytes] | None = None, wall: float | None = None,
-           file_version: str | None = None) -> bytes:
-    out = _field(1, 1, struct.pack("<d", time.time() if wall is None else wall))
-    out += _field(2, 0, _varint(step))
+def event(step: int, values: list[bytes] | None = None, wall: float | None = None,
+          file_version: str | None = None) -> bytes:
+    """An ``Event`` message: wall time, ``step``, and a file version or a ``Summary`` of
+    ``values`` (from :func:`scalar_value` / :func:`text_value`)."""
+    out = pb_field(1, 1, struct.pack("<d", time.time() if wall is None else wall))
+    out += pb_field(2, 0, varint(step))
     if file_version is not None:
-        out += _field(3, 2, file_version.encode())
+        out += pb_field(3, 2, file_version.encode())
     if values:
-        out += _field(5, 2, b"".join(_field(1, 2, v) for v in values))
+        out += pb_field(5, 2, b"".join(pb_field(1, 2, v) for v in values))
     return out
 
 
-def _record(data: bytes) -> bytes:
+def record(data: bytes) -> bytes:
+    """``data`` as one TFRecord: length, its masked CRC, data, its masked CRC."""
     n = struct.pack("<Q", len(data))
     return n + struct.pack("<I", masked_crc(n)) + data + struct.pack("<I", masked_crc(data))
 
@@ -143,20 +154,20 @@ class EventWriter:
         self._f = None
         try:
             self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/discard()
-            self._f.write(_record(_event(0, file_version="brain.Event:2")))
+            self._f.write(record(event(0, file_version="brain.Event:2")))
         except BaseException:
             self.discard()
             raise
 
     def scalars(self, step: int, values: dict[str, float], wall: float | None = None) -> None:
         """One event holding every ``tag: value`` of round ``step``."""
-        vals = [_scalar_value(t, float(v)) for t, v in values.items()]
+        vals = [scalar_value(t, float(v)) for t, v in values.items()]
         if vals:
-            self._f.write(_record(_event(step, vals, wall)))
+            self._f.write(record(event(step, vals, wall)))
 
     def text(self, step: int, tag: str, text: str) -> None:
         """A Markdown text (TensorBoard's text plugin) at ``step``."""
-        self._f.write(_record(_event(step, [_text_value(tag, text)])))
+        self._f.write(record(event(step, [text_value(tag, text)])))
 
     def close(self) -> None:
         """Flush, fsync and rename the temp file to :attr:`path` (removed on failure)."""

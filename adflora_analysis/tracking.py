@@ -38,170 +38,29 @@ import socket
 import struct
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adflora_analysis.errors import AdfloraError, unknown_name
 
+# the callback API belongs to the study layer (the job driver calls it); re-exported here
+from adflora_analysis.study.callbacks import (
+    Callback,
+    CallbackError,
+    Callbacks,
+    RoundInfo,
+    RunInfo,
+    callback_name,
+    read_config,
+)
+
+__all__ = ["TRACKERS", "Callback", "CallbackError", "Callbacks", "MlflowTracker", "RoundInfo",
+           "RunInfo", "TensorBoardTracker", "callback_name", "make_trackers", "read_config"]
+
 #: the trackers ``--track`` knows
 TRACKERS = ("tensorboard", "mlflow")
 #: row columns that say which row it is, never logged as a value
 _KEYS = frozenset({"round", "seed", "layer", "job", "method", "variant", "task"})
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a run is, given to :meth:`Callback.on_run_start`.
-
-    ``path``: the run directory; ``config``: the resolved config (``config.toml``; empty for a
-    bare :func:`~.study.experiment.run_jobs` folder); ``jobs``: job keys in run order;
-    ``rounds``: rounds per job; ``resume``: continuing an earlier run; ``kind``: ``synthetic``,
-    ``glue`` or None.
-    """
-
-    path: Path | None
-    config: dict[str, Any]
-    jobs: list[str]
-    rounds: int
-    resume: bool = False
-    kind: str | None = None
-
-
-@dataclass(frozen=True)
-class RoundInfo:
-    """One finished round of one job, given to :meth:`Callback.on_round_end`.
-
-    ``rows``: the ``metrics`` rows just written (one per seed and layer; ``layer == "all"``
-    holds totals); ``tables``: the extra tables' rows of the round by table name (e.g.
-    ``{"eval": [...]}``, empty when the round wrote none); ``wall_time``: Unix time (s) at
-    the end of the round; ``seconds``: the round's duration (s), its extra tables included;
-    ``labels``: the job's constant columns (``variant``, ``switch_interval``, ...).
-    """
-
-    job: str
-    method: str
-    seeds: list[int]
-    round: int
-    rows: list[dict[str, Any]]
-    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    wall_time: float = 0.0
-    seconds: float = 0.0
-    labels: dict[str, Any] = field(default_factory=dict)
-
-
-class Callback:
-    """Base class of a run's callbacks: override any of the three hooks (each a no-op here).
-
-    >>> class Rounds(Callback):
-    ...     def __init__(self):
-    ...         self.seen = []
-    ...     def on_round_end(self, info):
-    ...         self.seen.append((info.job, info.round))
-    >>> import adflora_analysis as af
-    >>> cb = Rounds()
-    >>> _ = af.run_synthetic(n_clients=4, rounds=2, seeds=1, d_in=4, d_out=4,
-    ...                      methods=["adf-lora", "lora"], callbacks=[cb])
-    >>> cb.seen
-    [('adf-lora', 0), ('adf-lora', 1), ('lora', 0), ('lora', 1)]
-    """
-
-    #: the name an error line gives (default: the class name)
-    name: str | None = None
-    def run_files(self) -> list[str]:
-        """The files this callback wrote inside the run directory so far, relative to it;
-        the driver adds them to the run's manifest after every hook (so ``--overwrite``
-        removes them). Default: none."""
-        return []
-
-    def on_run_start(self, run: RunInfo) -> None:
-        """Before the first round (also of a resumed run)."""
-
-    def on_round_end(self, info: RoundInfo) -> None:
-        """After each round, its rows on disk."""
-
-    def on_run_end(self, status: str) -> None:
-        """Once, with the run's final status (``done``, ``stopped``, ``diverged``,
-        ``failed``)."""
-
-
-class CallbackError(AdfloraError):
-    """A callback raised: the run stopped (resumable), naming the callback, round and job."""
-
-
-def callback_name(cb: Any) -> str:
-    """The name error lines give ``cb``: its ``name``, else its class (or function) name."""
-    return getattr(cb, "name", None) or getattr(cb, "__name__", None) or type(cb).__name__
-
-
-class _FunctionCallback(Callback):
-    """A plain function ``f(info)`` as a callback's ``on_round_end``."""
-
-    def __init__(self, fn: Any):
-        self.fn, self.name = fn, callback_name(fn)
-
-    def on_round_end(self, info: RoundInfo) -> None:
-        self.fn(info)
-
-
-def _as_callback(cb: Any) -> Any:
-    """``cb`` if it has a hook, a plain function as its ``on_round_end``; else one line.
-
-    >>> _as_callback("tensorboard")
-    Traceback (most recent call last):
-    adflora_analysis.errors.AdfloraError: callback 'tensorboard' is not a Callback ...
-    """
-    if any(hasattr(cb, h) for h in ("on_run_start", "on_round_end", "on_run_end")):
-        return cb
-    if callable(cb):
-        return _FunctionCallback(cb)
-    raise AdfloraError(f"callback {cb!r} is not a Callback (it has none of on_run_start, "
-                       "on_round_end, on_run_end) and is not a function",
-                       "pass Callback objects or functions f(info); built-in trackers by "
-                       "name go to track=[...]")
-
-
-class Callbacks:
-    """The callbacks of one run, called in order; an exception of one becomes one
-    :class:`CallbackError` line."""
-
-    def __init__(self, callbacks: Iterable[Any] | None, run_dir: Path | None = None):
-        self.items = [_as_callback(cb) for cb in (callbacks or [])]
-        self.run_dir = run_dir
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    def _call(self, hook: str, arg: Any, where: str) -> None:
-        for cb in self.items:
-            fn = getattr(cb, hook, None)
-            if fn is None:
-                continue
-            try:
-                fn(arg)
-            except Exception as e:
-                msg = " ".join(str(e).splitlines()) or "(no message)"
-                resume = (f"continue the run with --resume {self.run_dir}"
-                          if self.run_dir is not None else "run it again")
-                raise CallbackError(f"callback {callback_name(cb)} raised "
-                                    f"{type(e).__name__}: {msg} {where}",
-                                    f"fix the callback; {resume}") from e
-
-    def run_start(self, run: RunInfo) -> None:
-        self._call("on_run_start", run, "before the first round")
-
-    def round_end(self, info: RoundInfo) -> None:
-        self._call("on_round_end", info, f"in round {info.round} of job {info.job}")
-
-    def run_end(self, status: str, *, quiet: bool = False) -> None:
-        """Every callback's ``on_run_end``; with ``quiet`` (the run already failed) their
-        errors are dropped so the first error stays the one reported."""
-        if quiet:
-            for cb in self.items:
-                with contextlib.suppress(Exception):
-                    getattr(cb, "on_run_end", lambda s: None)(status)
-            return
-        self._call("on_run_end", status, f"at the end of the run (status {status})")
 
 
 # -- helpers shared by the trackers
@@ -287,19 +146,6 @@ def _own_dir(run: Path, name: str) -> Path:
     return p
 
 
-def read_config(path: Path | None) -> dict[str, Any]:
-    from adflora_analysis.rundir import CONFIG
-
-    if path is None or not (path / CONFIG).is_file():
-        return {}
-    from adflora_analysis.config import read_toml
-
-    try:
-        return read_toml(path / CONFIG)
-    except (AdfloraError, OSError):
-        return {}
-
-
 def _checks(path: Path | None) -> list[dict[str, Any]]:
     """The saved theory-check results of a run (``checks.json``), or none."""
     if path is None or not (path / "checks.json").is_file():
@@ -317,44 +163,44 @@ def _checks(path: Path | None) -> list[dict[str, Any]]:
 
 def _hparams_value(tag: str, plugin_data: bytes) -> bytes:
     """A ``Summary.Value`` of the hparams plugin: ``tag``, its plugin data, a null tensor."""
-    from adflora_analysis.tbevents import _field, _varint
+    from adflora_analysis.tbevents import pb_field, varint
 
-    pd_ = _field(1, 2, b"hparams") + _field(2, 2, plugin_data)         # PluginData
-    meta = _field(1, 2, pd_)                                          # SummaryMetadata
-    tensor = (_field(1, 0, _varint(1)) + _field(2, 2, b"")            # DT_FLOAT, shape []
-              + _field(5, 2, struct.pack("<f", 0.0)))                 # float_val [0]
-    return _field(1, 2, tag.encode()) + _field(9, 2, meta) + _field(8, 2, tensor)
+    pd_ = pb_field(1, 2, b"hparams") + pb_field(2, 2, plugin_data)         # PluginData
+    meta = pb_field(1, 2, pd_)                                          # SummaryMetadata
+    tensor = (pb_field(1, 0, varint(1)) + pb_field(2, 2, b"")            # DT_FLOAT, shape []
+              + pb_field(5, 2, struct.pack("<f", 0.0)))                 # float_val [0]
+    return pb_field(1, 2, tag.encode()) + pb_field(9, 2, meta) + pb_field(8, 2, tensor)
 
 
 def hparams_start(hparams: dict[str, Any], group: str, start: float) -> bytes:
     """The ``_hparams_/session_start_info`` value of TensorBoard's HParams plugin
     (``HParamsPluginData{version: 0, session_start_info}``) for ``hparams``: a number, text
     or bool each; None is left out."""
-    from adflora_analysis.tbevents import _field
+    from adflora_analysis.tbevents import pb_field
 
     entries = b""
     for k, v in hparams.items():
         if v is None:
             continue
         if isinstance(v, bool):
-            val = _field(4, 0, b"\x01" if v else b"\x00")
+            val = pb_field(4, 0, b"\x01" if v else b"\x00")
         elif isinstance(v, int | float):
-            val = _field(2, 1, struct.pack("<d", float(v)))
+            val = pb_field(2, 1, struct.pack("<d", float(v)))
         else:
-            val = _field(3, 2, str(v).encode())
-        entries += _field(1, 2, _field(1, 2, k.encode()) + _field(2, 2, val))
-    info = entries + _field(4, 2, group.encode()) + _field(5, 1, struct.pack("<d", start))
-    return _hparams_value("_hparams_/session_start_info", _field(3, 2, info))
+            val = pb_field(3, 2, str(v).encode())
+        entries += pb_field(1, 2, pb_field(1, 2, k.encode()) + pb_field(2, 2, val))
+    info = entries + pb_field(4, 2, group.encode()) + pb_field(5, 1, struct.pack("<d", start))
+    return _hparams_value("_hparams_/session_start_info", pb_field(3, 2, info))
 
 
 def hparams_end(status: str, end: float) -> bytes:
     """The ``_hparams_/session_end_info`` value: SUCCESS (done), FAILURE (diverged, failed)
     or UNKNOWN (stopped)."""
-    from adflora_analysis.tbevents import _field, _varint
+    from adflora_analysis.tbevents import pb_field, varint
 
     code = {"done": 1, "diverged": 2, "failed": 2, "running": 3}.get(status, 0)
-    info = _field(1, 0, _varint(code)) + _field(2, 1, struct.pack("<d", end))
-    return _hparams_value("_hparams_/session_end_info", _field(4, 2, info))
+    info = pb_field(1, 0, varint(code)) + pb_field(2, 1, struct.pack("<d", end))
+    return _hparams_value("_hparams_/session_end_info", pb_field(4, 2, info))
 
 
 class LiveEventFile:
@@ -367,40 +213,40 @@ class LiveEventFile:
     """
 
     def __init__(self, logdir: Path):
-        from adflora_analysis.tbevents import _event, _record
+        from adflora_analysis.tbevents import event, record
 
         logdir.mkdir(parents=True, exist_ok=True)
         self.path = logdir / (f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}."
                               f"{os.getpid()}.adflora")
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
         self._f = os.fdopen(fd, "wb")
-        self._f.write(_record(_event(0, file_version="brain.Event:2")))
+        self._f.write(record(event(0, file_version="brain.Event:2")))
         self._f.flush()
 
     def write(self, step: int, values: list[bytes], wall: float | None = None) -> None:
-        from adflora_analysis.tbevents import _event, _record
+        from adflora_analysis.tbevents import event, record
 
         if values:
-            self._f.write(_record(_event(step, values, wall)))
+            self._f.write(record(event(step, values, wall)))
             self._f.flush()
 
     def session_start(self, step: int) -> None:
         """A ``SessionLog{status: START}`` event at ``step``: TensorBoard drops what earlier
         files of this folder hold from ``step`` on (the rounds a resume runs again)."""
-        from adflora_analysis.tbevents import _event, _field, _record, _varint
+        from adflora_analysis.tbevents import event, pb_field, record, varint
 
-        self._f.write(_record(_event(step) + _field(7, 2, _field(1, 0, _varint(1)))))
+        self._f.write(record(event(step) + pb_field(7, 2, pb_field(1, 0, varint(1)))))
         self._f.flush()
 
     def scalars(self, step: int, values: dict[str, float], wall: float | None = None) -> None:
-        from adflora_analysis.tbevents import _scalar_value
+        from adflora_analysis.tbevents import scalar_value
 
-        self.write(step, [_scalar_value(k, v) for k, v in values.items()], wall)
+        self.write(step, [scalar_value(k, v) for k, v in values.items()], wall)
 
     def text(self, step: int, tag: str, text: str, wall: float | None = None) -> None:
-        from adflora_analysis.tbevents import _text_value
+        from adflora_analysis.tbevents import text_value
 
-        self.write(step, [_text_value(tag, text)], wall)
+        self.write(step, [text_value(tag, text)], wall)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -482,7 +328,7 @@ class TensorBoardTracker(Callback):
             self._file(info, seed).scalars(info.round, values, info.wall_time)
 
     def on_run_end(self, status: str) -> None:
-        from adflora_analysis.tbevents import _scalar_value
+        from adflora_analysis.tbevents import scalar_value
 
         now = time.time()
         for f in self._files.values():
@@ -519,7 +365,7 @@ class TensorBoardTracker(Callback):
                 if isinstance(ratio, int | float) and math.isfinite(ratio):
                     counts[f"checks/{r.get('check')}/{r.get('method')}/{r.get('variant')}"
                            "/ratio"] = float(ratio)
-            self._root.write(0, [_scalar_value(k, v) for k, v in counts.items()])
+            self._root.write(0, [scalar_value(k, v) for k, v in counts.items()])
         self._root.text(0, "status", status)
         self._root.close()
         self._root = None

@@ -19,6 +19,7 @@ from torch import Tensor
 from adflora_analysis.core.sparse import SparseMix, sparse_gossip_
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.seeding import numpy_rng
+from adflora_analysis.topology.sparse import SPARSE_MIN_N
 
 MixFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -114,13 +115,6 @@ def messages(W: Tensor | SparseMix, server: bool = False) -> Tensor:
     off = W.abs() > 0
     off = off & ~torch.eye(n, dtype=torch.bool, device=W.device)
     return off.sum(dim=(-2, -1))
-
-
-SPARSE_MIN_N = 1024
-"""From this many clients :func:`mixing_schedule` gives a sparse-capable sampler's W^t as a
-:class:`SparseMix`. Below it the dense (S, n, n) W^t (at most 8 MiB per seed) is kept, so the
-shipped studies (n <= 1,000) give bit-identical rows to earlier releases; the sparse product
-equals the dense one to float round-off only (summation order)."""
 
 
 def mixing_schedule(sampler, seeds: Sequence[int], *, dtype=torch.float64,

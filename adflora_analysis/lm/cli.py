@@ -45,7 +45,8 @@ def run(
     """
     from adflora_analysis.config import load_config
     from adflora_analysis.lm.config import LmConfig
-    from adflora_analysis.rundir import CONFIG, run_target
+    from adflora_analysis.run_options import run_target
+    from adflora_analysis.rundir import CONFIG
 
     no_out = dry_run and out is None and resume is None
     if no_out:

@@ -35,11 +35,8 @@ def report_checks(run: Run) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
         note = f"the checks failed on this run's rows ({type(e).__name__}: {str(e)[:160]})"
         return pd.DataFrame([{"no": "", "check": "not evaluated", "method": "", "variant": "",
                               "status": "error", "held": None, "note": note}]), None
-    _CURVES[str(run.path)] = check_curves(results)
+    run.check_curves = check_curves(results)
     return checks_table(results), consensus_bounds(results)
-
-
-_CURVES: dict[str, pd.DataFrame | None] = {}
 
 
 def saved_note(run: Run) -> str | None:
@@ -63,7 +60,7 @@ def overlay_sections(title: str, runs: list[Run]) -> list:
     :func:`report_checks` evaluated (empty if none has a curve)."""
     from adflora_analysis.reports.render import Section
 
-    parts = [_CURVES.pop(str(r.path), None) for r in runs]
+    parts = [r.check_curves for r in runs]
     parts = [p.assign(variant=p["variant"] if len(runs) == 1 else r.name + ":" + p["variant"])
              for p, r in zip(parts, runs, strict=True) if p is not None]
     fig = check_overlays(pd.concat(parts, ignore_index=True)) if parts else None

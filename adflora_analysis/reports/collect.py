@@ -43,6 +43,8 @@ class Run:
     sweep: pd.DataFrame | None = None
     labels: pd.DataFrame | None = None
     status: str = ""
+    #: every theory check's curve, set by :func:`~adflora_analysis.reports.checks.report_checks`
+    check_curves: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:   # a Run built by hand: meta.json's word
         if not self.status:
@@ -132,15 +134,12 @@ def collect_run(path: str | Path) -> Run:
     ev = run.table("eval")
     for stem in _EXTRA_TABLES:
         run.table(stem)
-    kind = {"sweep": "topology-sweep"}.get(run.kind, run.kind)
+    # the run directory says its kind (recorded, else shown by its tables: rundir.kinds)
+    kind = {"sweep": "topology-sweep"}.get(run.kind or "", run.kind)
     if kind not in KINDS:
-        if sweep is not None:
-            kind = "topology-sweep"
-        elif metrics is not None:
-            kind = "glue" if "task" in config or ev is not None else "synthetic"
-        else:
-            raise AdfloraError(f"{str(p)!r} holds no metrics or sweep table",
-                               "pass a run directory that a run has written to")
+        what = "no metrics or sweep table" if kind is None else f"a {kind} directory"
+        raise AdfloraError(f"{str(p)!r} holds {what}, not a run a report reads",
+                           "pass a run directory that a run has written to")
     labels = None
     for name in ("label_counts.csv", "partition.csv"):
         if (p / name).exists() or (p / name).is_symlink():

@@ -9,15 +9,12 @@ batched job are averaged.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from adflora_analysis.errors import AdfloraError
-
-_CKPT = re.compile(r"(?P<job>.+)\.r(?P<round>\d+)\.rank0\.pt")
 
 
 def cross_matrix(A: list, B: list):
@@ -67,32 +64,19 @@ def _factors(ck: dict, f: Path) -> tuple[list, list, int]:
     return A, B, int(n)
 
 
-def checkpoint_files(run_dir: str | Path) -> list[Path]:
-    """The rank-0 checkpoint files of a run directory, never following a link: a
-    ``checkpoints`` folder or file that is a symbolic link is one :class:`AdfloraError`."""
-    ck_dir = Path(run_dir) / "checkpoints"
-    link = ck_dir if ck_dir.is_symlink() else None
-    files = sorted(ck_dir.glob("*.rank0.pt")) if link is None and ck_dir.is_dir() else []
-    link = link or next((f for f in files if f.is_symlink()), None)
-    if link is not None:
-        raise AdfloraError(f"{str(link)!r} is a symbolic link (nothing was read through it)",
-                           "a run directory holds only its own files: delete the link, or "
-                           "copy the run with `cp -rL`")
-    return files
-
-
 def cross_matrices(run_dir: str | Path, metrics: pd.DataFrame | None = None,
                    max_clients: int = 64) -> pd.DataFrame | None:
     """Tidy ``(method, round, i, j, value)`` of every rank-0 checkpoint of a single-process
     run (None without checkpoints). ``metrics`` maps job keys to methods (and picks the first
     study variant's jobs); runs with more than ``max_clients`` clients are skipped.
 
-    Checkpoints are read as tensors only (:func:`adflora_analysis.rundir.load_checkpoint`:
-    nothing in a file is executed); a damaged, foreign or linked one is one
-    :class:`AdfloraError` naming it."""
-    from adflora_analysis.rundir import load_checkpoint
+    Checkpoints are listed and read by the run directory's reading API
+    (:meth:`adflora_analysis.rundir.RunDir.checkpoints`, tensors only: nothing in a file is
+    executed); a damaged, foreign or linked one is one :class:`AdfloraError` naming it."""
+    from adflora_analysis.rundir import RunDir
 
-    files = checkpoint_files(run_dir)
+    run = RunDir(run_dir, writer=False)
+    files = run.checkpoints(rank=0)
     if not files:
         return None
     method_of, keep = {}, None
@@ -105,27 +89,24 @@ def cross_matrices(run_dir: str | Path, metrics: pd.DataFrame | None = None,
         keep = set(method_of)
     rows = []
     for f in files:
-        m = _CKPT.fullmatch(f.name)
-        if m is None:
-            continue
-        ck = load_checkpoint(f)
+        ck = run.load_checkpoint(f)
         if ck is None:       # removed since the listing (a run still going)
             continue
         if ck.get("world_size", 1) != 1:
             return None
-        job = ck.get("job", m["job"])
-        job = job if isinstance(job, str) else m["job"]
+        job = ck.get("job", f.job)
+        job = job if isinstance(job, str) else f.job
         if keep is not None and job not in keep:
             continue
-        A, B, n = _factors(ck, f)
+        A, B, n = _factors(ck, f.path)
         if n > max_clients:
             return None
         M = cross_matrix(A, B)
-        t = ck.get("round", m["round"])
+        t = ck.get("round", f.round)
         ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
         rows.append(pd.DataFrame({"method": method_of.get(job, job.split("/")[0]),
                                   "job": job, "round": int(t) if isinstance(t, int) else
-                                  int(m["round"]),
+                                  f.round,
                                   "i": ii.ravel(), "j": jj.ravel(), "value": M.ravel()}))
     if not rows:
         return None

@@ -29,13 +29,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from adflora_analysis.errors import unknown_name
+from adflora_analysis.figstyle import BASE_RC
 
 #: Settings every report figure is drawn and saved under (inside ``rc_context``, never set
 #: globally): TrueType (Type 42) fonts in PDF and PostScript, so a journal's checker accepts
 #: them and the text stays selectable.
-BASE_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "path",
-           "axes.spines.top": False, "axes.spines.right": False,
-           "figure.max_open_warning": 0}
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from pathlib import Path, PurePosixPath
 
 from adflora_analysis import fileio
 from adflora_analysis.errors import AdfloraError, StoppedError
+from adflora_analysis.rundir import LOCK, MANIFEST, META
 
 REPORT_FILES = "report_files.json"
-MANIFEST, META, LOCK = "manifest.json", "meta.json", ".adflora.lock"
 HINT = "choose an empty --out, or move those files away"
 
 

@@ -55,7 +55,7 @@ from adflora_analysis.rundir import (
     read_json,
     save_checkpoint,
 )
-from adflora_analysis.tracking import CallbackError, Callbacks, RoundInfo, RunInfo
+from adflora_analysis.study.callbacks import CallbackError, Callbacks, RoundInfo, RunInfo
 
 
 @dataclass
@@ -246,7 +246,7 @@ class _Driver:
         """Every callback's ``on_run_start`` (writer only)."""
         if not self.callbacks:
             return
-        from adflora_analysis.tracking import read_config
+        from adflora_analysis.study.callbacks import read_config
 
         self.callbacks.run_start(RunInfo(self.run_dir.path, read_config(self.run_dir.path),
                                          [j.key for j in jobs], self.rounds, self.resume,

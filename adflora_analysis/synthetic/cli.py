@@ -49,7 +49,8 @@ def run(
     """
     from adflora_analysis.config import load_config
     from adflora_analysis.configs import resolve_config
-    from adflora_analysis.rundir import CONFIG, run_target
+    from adflora_analysis.run_options import run_target
+    from adflora_analysis.rundir import CONFIG
     from adflora_analysis.synthetic.config import SyntheticConfig
 
     no_out = dry_run and out is None and resume is None   # a dry run needs no --out

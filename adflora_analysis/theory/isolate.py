@@ -286,9 +286,8 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _child_env() -> dict[str, str]:
-    import adflora_analysis
-
-    root = str(Path(adflora_analysis.__file__).resolve().parents[1])
+    # the folder holding the adflora_analysis package (this file is adflora_analysis/theory/...)
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env

@@ -156,8 +156,8 @@ def w_bytes(cfg: TopologyConfig, n: int) -> float:
     >>> w_bytes(TopologyConfig(graph="ring"), 100_000) < 1e8 < w_bytes(TopologyConfig(), 100_000)
     True
     """
-    from adflora_analysis.core.gossip import SPARSE_MIN_N
     from adflora_analysis.topology.equitopo import equistatic_degree
+    from adflora_analysis.topology.sparse import SPARSE_MIN_N
 
     dense = 8.0 * n * n
     if n < SPARSE_MIN_N or cfg.matrix is not None or cfg.weights == "server":

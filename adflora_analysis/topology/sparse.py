@@ -24,7 +24,14 @@ import scipy.sparse as sp
 
 from adflora_analysis.errors import AdfloraError
 
-__all__ = ["DENSE_BYTES_LIMIT", "SparseW", "check_dense_fits"]
+__all__ = ["DENSE_BYTES_LIMIT", "SPARSE_MIN_N", "SparseW", "check_dense_fits"]
+
+SPARSE_MIN_N = 1024
+"""From this many clients :func:`adflora_analysis.core.gossip.mixing_schedule` gives a
+sparse-capable sampler's W^t as a :class:`~adflora_analysis.core.sparse.SparseMix`. Below it
+the dense (S, n, n) W^t (at most 8 MiB per seed) is kept, so the shipped studies (n <= 1,000)
+give bit-identical rows to earlier releases; the sparse product equals the dense one to float
+round-off only (summation order)."""
 
 DENSE_BYTES_LIMIT = 4 << 30
 """Largest dense float64 W batch (bytes) a sampler materialises; above it, refuse."""

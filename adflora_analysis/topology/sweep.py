@@ -107,7 +107,7 @@ def plot_sweep(df: pd.DataFrame, path: str | Path, n: int | None = None) -> Path
     import matplotlib
     import seaborn as sns
 
-    from adflora_analysis.reports.figures import BASE_RC
+    from adflora_analysis.figstyle import BASE_RC
 
     # its own style, never a global theme: the caller's rcParams and backend stay as they were
     with sns.axes_style("whitegrid"), matplotlib.rc_context(BASE_RC):
