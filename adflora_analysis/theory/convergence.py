@@ -229,13 +229,16 @@ def check_convergence(ctx: Context) -> list[CheckResult]:
     res = CheckResult.from_test(NAME, "5", ctx.method, ctx.variant, t, source=SOURCE,
                                 note=head + body + f"; running average ~ R^β on rounds "
                                 f"{run.R // 2 + 1}-{run.R}: {btxt}", details=det, curve=curve)
+    why = []
     if etaL > 1:
+        why.append(f"the configured step breaks η L ≤ 1 (η L = {etaL:.3g}): the descent step "
+                   "does not hold")
+    if math.isfinite(lo) and lo > 0 and meas[:, -1].mean() > gap[:, -1].mean():
+        why.append("the run stops converging: the running average of ||M ∇f(x̄)||² grows over "
+                   "the second half and sits above the theorem's initial-gap term "
+                   f"{gap[:, -1].mean():.3g} (a floor, not a transient)")
+    det["reasons"] = why
+    if why:
         res.status = "violated"
-        res.note = (f"the configured step breaks η L ≤ 1 (η L = {etaL:.3g}): the descent step "
-                    "does not hold; " + res.note)
-    elif math.isfinite(lo) and lo > 0 and meas[:, -1].mean() > gap[:, -1].mean():
-        res.status = "violated"
-        res.note = ("the run stops converging: the running average of ||M ∇f(x̄)||² grows "
-                    "over the second half and sits above the theorem's initial-gap term "
-                    f"{gap[:, -1].mean():.3g} (a floor, not a transient); " + res.note)
+        res.note = "; ".join(why) + "; " + res.note
     return [res]
