@@ -21,7 +21,6 @@ reports can plot them).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +49,10 @@ def measures_table(run_dir: str | Path, tail: int = 12, method: str | None = Non
     tail : rounds at the end averaged for the consensus floor.
     method : the method whose rows are used (default: the first in the run).
     """
-    run = Path(run_dir)
-    meta = json.loads((run / "meta.json").read_text())
-    m = pd.read_parquet(run / "metrics.parquet")
+    from adflora_analysis.rundir import load_run
+
+    run = load_run(run_dir)            # read through the run directory's reading API
+    meta, m = run.meta, run.table("metrics")
     m = m[m["layer"] == "all"]
     method = method or str(m["method"].iloc[0])
     m = m[m["method"] == method]
