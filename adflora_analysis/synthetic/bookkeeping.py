@@ -150,9 +150,18 @@ class QuadraticBookkeeping:
 
     def _rows_descent(self, Af: Tensor, Bf: Tensor, blocks: tuple[str, ...]
                       ) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Rows form of the descent terms' client means in one pass over client chunks
-        (float64): g_bar = (1/n) sum_i grad f_i(x_i) per block (S, L, ...) and, for one trained
-        block under minibatch noise, the clients' mean gradient variance (S, L) (else None)."""
+        """Rows form of the descent terms' client means in one pass over client chunks:
+        g_bar = (1/n) sum_i grad f_i(x_i) per block (S, L, ...) and, for one trained block
+        under minibatch noise, the clients' mean gradient variance (S, L) (else None); both
+        float64.
+
+        Each client's full gradient is computed once and shared by g_bar and the variance. In
+        float64 with ``exact_bookkeeping`` (a float64 run, or below
+        ``core.metrics.PARTIAL_SUM_MIN_N`` clients: the rows of the shipped studies unchanged);
+        otherwise in the run's float32 with float64 sums over clients and a float64 variance
+        difference (:meth:`_rows_descent_fast`)."""
+        if not self.exact_bookkeeping:
+            return self._rows_descent_fast(Af, Bf, blocks)
         c, s, n = self.cfg, self.s, self.n
         m, b = c.samples_per_client, c.batch_size
         var = len(blocks) == 1 and c.noise_kind == "minibatch"
@@ -176,6 +185,52 @@ class QuadraticBookkeeping:
                        else EB.pow(2).sum(-1) * X.pow(2).sum(-1))
                 v = ((s * s * per.mean(-1) - g[blocks[0]].pow(2).sum((-2, -1))).clamp_min(0)
                      / b).sum(1)
+                vsum = v if vsum is None else vsum + v
+        tot = process_sums(self.backend, *gsum.values(), *([] if vsum is None else [vsum]))
+        return ({k: v / n for k, v in zip(gsum, tot, strict=False)},
+                None if vsum is None else tot[-1] / n)
+
+    def _rows_descent_fast(self, Af: Tensor, Bf: Tensor, blocks: tuple[str, ...]
+                           ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """:meth:`_rows_descent` in the run's dtype (float32): flat (N, m, .) batched matmuls
+        over client chunks of the rows in place (no float64 copy of X, R), the residual in one
+        fused baddbmm, sums over clients accumulated in float64 and the variance's difference
+        E||g_j||^2 - ||g||^2 taken in float64 per client (its cancellation is where float32
+        would lose digits)."""
+        c, s, n = self.cfg, self.s, self.n
+        m, b = c.samples_per_client, c.batch_size
+        di, r, do = Af.shape[-1], Af.shape[-2], Bf.shape[-2]
+        var = len(blocks) == 1 and c.noise_kind == "minibatch"
+        f64 = torch.float64
+        gsum: dict[str, Tensor] = {}
+        vsum = None
+        XR = self.XR
+        per_client = len(self.seeds) * self.L * m * (di + do)
+        for sl in client_chunks(XR.shape[1], per_client):
+            rows = XR[:, sl]
+            S, nc, L = rows.shape[0], rows.shape[1], rows.shape[2]
+            rows = rows.reshape(-1, m, di + do)
+            X, R = rows[..., :di], rows[..., di:]
+            A = Af[:, sl].reshape(-1, r, di)
+            B = Bf[:, sl].reshape(-1, do, r)
+            Z = torch.bmm(X, A.transpose(-1, -2))                          # (N, m, r)
+            E = torch.baddbmm(R, Z, B.transpose(-1, -2), beta=-1, alpha=s)  # (N, m, do)
+            g = {}
+            if "B" in blocks:
+                g["B"] = torch.bmm(E.transpose(-1, -2), Z).mul_(s / m)       # (N, do, r)
+            if "A" in blocks:
+                EB = torch.bmm(E, B)
+                g["A"] = torch.bmm(EB.transpose(-1, -2), X).mul_(s / m)      # (N, r, di)
+            for k, v in g.items():
+                part = v.view(S, nc, L, *v.shape[1:]).sum(1, dtype=f64)
+                gsum[k] = gsum[k] + part if k in gsum else part
+            if var:
+                per = (E.pow(2).sum(-1) * Z.pow(2).sum(-1) if blocks == ("B",)
+                       else EB.pow(2).sum(-1) * X.pow(2).sum(-1))          # (N, m)
+                gg = g[blocks[0]]
+                v = ((s * s * per.mean(-1, dtype=f64)
+                      - gg.pow(2).sum((-2, -1), dtype=f64)).clamp_min(0) / b)
+                v = v.view(S, nc, L).sum(1)
                 vsum = v if vsum is None else vsum + v
         tot = process_sums(self.backend, *gsum.values(), *([] if vsum is None else [vsum]))
         return ({k: v / n for k, v in zip(gsum, tot, strict=False)},
@@ -269,6 +324,50 @@ class QuadraticBookkeeping:
                             for k in ("A", "B")))
             sig.append(sigma_sq(rows.X, rows.R, s, Ac, Bc, noise_kind=c.noise_kind,
                                 noise=c.noise, batch_size=c.batch_size))
+        return process_sums(self.backend, local)[0] / self.n, torch.cat(zeta, 1), torch.cat(sig, 1)
+
+    def _client_terms_fast(self, A: Tensor, B: Tensor, Ab: Tensor, Bb: Tensor,
+                           g: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_client_terms` in the run's dtype (``exact_bookkeeping`` off): one pass over
+        client chunks of the rows in place, each client's residual at its point shared by its
+        loss and its minibatch variance, float64 sums and differences. A, B in the run's dtype;
+        Ab, Bb, g (float64) at the mean."""
+        from adflora_analysis.synthetic.constants import sigma_sq
+
+        c, s, f64 = self.cfg, self.s, torch.float64
+        m, b = c.samples_per_client, c.batch_size
+        di, do = A.shape[-1], B.shape[-2]
+        dt = A.dtype
+        Ab3, Bb3 = Ab.to(dt), Bb.to(dt)                      # (S, L, ...)
+        local = torch.zeros(A.shape[0], dtype=f64, device=A.device)
+        zeta, sig = [], []
+        XR = self.XR
+        for sl in client_chunks(XR.shape[1], len(self.seeds) * self.L * m * (di + do)):
+            rows = XR[:, sl]
+            X, R = rows[..., :di], rows[..., di:]            # (S, nc, L, m, .)
+            # at each client's point: loss and minibatch variance
+            Z = X @ A[:, sl].transpose(-1, -2)               # (S, nc, L, m, r)
+            E = s * Z @ B[:, sl].transpose(-1, -2) - R       # (S, nc, L, m, do)
+            local += E.pow(2).sum((-2, -1), dtype=f64).sum((1, 2)) / (2 * m)
+            if c.noise_kind == "minibatch":
+                EB = E @ B[:, sl]
+                per = s * s * (E.pow(2).sum(-1) * Z.pow(2).sum(-1)
+                               + EB.pow(2).sum(-1) * X.pow(2).sum(-1))
+                gB = (s / m) * E.transpose(-1, -2) @ Z
+                gA = (s / m) * EB.transpose(-1, -2) @ X
+                pop = (per.mean(-1, dtype=f64) - gA.pow(2).sum((-2, -1), dtype=f64)
+                       - gB.pow(2).sum((-2, -1), dtype=f64)).clamp_min(0)
+                sig.append((pop / b).sum(-1))
+            else:
+                sig.append(sigma_sq(X, R, s, A[:, sl], B[:, sl], noise_kind=c.noise_kind,
+                                    noise=c.noise, batch_size=b))
+            # at the mean: heterogeneity
+            Zb = X @ Ab3.unsqueeze(1).transpose(-1, -2)
+            Eb = s * Zb @ Bb3.unsqueeze(1).transpose(-1, -2) - R
+            gi = {"B": (s / m) * Eb.transpose(-1, -2) @ Zb,
+                  "A": (s / m) * (Eb @ Bb3.unsqueeze(1)).transpose(-1, -2) @ X}
+            zeta.append(sum((gi[k].double() - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1)
+                            for k in ("A", "B")))
         return process_sums(self.backend, local)[0] / self.n, torch.cat(zeta, 1), torch.cat(sig, 1)
 
     def smoothness_bound(self) -> Tensor:

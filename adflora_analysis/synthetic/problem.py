@@ -18,6 +18,13 @@ Minibatch gradients use ``batch_size`` rows of (X_i, R_i) drawn uniformly *with*
 Additive noise adds N(0, noise / P) to every coordinate of the gradient of one client's P
 parameters (A and B of every layer), so E||xi||^2 = noise = sigma^2 exactly.
 
+This module holds the data, the SGD step and the method's part of ``evaluate`` (the loss and
+gradient at the averaged model); what the theory checks read besides (descent terms, variances,
+norms, per-client terms) is :mod:`.bookkeeping`, computed only for the selected checks
+(``checks``, ``measure_every``). From ``PARTIAL_SUM_MIN_N`` clients the minibatch step runs in
+client chunks with flat batched matmuls, fused with its update when no check reads the step's
+gradients, and a float32 run's bookkeeping passes run in float32 with float64 sums.
+
 Shapes: S seeds (batch axis), n clients, L layers. The state's per-layer tensors are
 ``A[l]: (S, n, r, d_in)`` and ``B[l]: (S, n, d_out, r)``; inside a round the layers are stacked as
 ``(S, n, L, ...)`` so one batched matmul covers everything. Every random draw is keyed by
@@ -119,6 +126,9 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
         self.K_run = cfg.local_steps if self.steps is None else int(self.steps.max())
         self._step_on = None if self.steps is None else self.steps[:, self.sl].to(self.device)
         self.columns = Columns.of(cfg)   # what the selected checks read (config checks, ...)
+        # float64 bookkeeping passes (else the run's float32 with float64 sums over clients;
+        # benchmarks/synthetic.py measures the difference)
+        self.exact_bookkeeping = self.dtype == torch.float64 or self.n < PARTIAL_SUM_MIN_N
 
     # ------------------------------------------------------------------ data
     def _make_data(self) -> None:
@@ -274,35 +284,69 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
             out["A"] = s * (s * (B.transpose(-1, -2) @ B) @ AS - B.transpose(-1, -2) @ C)
         return out
 
-    def _minibatch_grads(self, A: Tensor, B: Tensor, idx: Tensor,
-                         blocks: tuple[str, ...]) -> dict[str, Tensor]:
+    def _minibatch_grads(self, A: Tensor, B: Tensor, idx: Tensor, blocks: tuple[str, ...],
+                         step: float | None = None) -> dict[str, Tensor]:
         """Gradients on rows ``idx`` (S, n, L, b) of every client's (X, R), client chunk by
         client chunk: a chunk's rows and residuals (about 1 MB) stay in cache from the gather
         to its gradients, instead of every client's passing through memory several times
-        (measured at n = 100,000: 3.2 s a step unchunked, see benchmarks/scale.py)."""
+        (measured at n = 100,000: 3.2 s a step unchunked, see benchmarks/scale.py).
+
+        ``step`` (from :data:`PARTIAL_SUM_MIN_N` clients only): the fused SGD step, written into
+        ``A``/``B`` in place chunk by chunk (X -= step * grad, while the chunk is in cache);
+        returns {} then."""
         s, b = self.s, idx.shape[-1]
         m, di = self.X.shape[-2], self.X.shape[-1]
         XR = self.XR.reshape(-1, self.XR.shape[-1])
         base = torch.arange(0, XR.shape[0], m, device=idx.device).reshape(idx.shape[:-1])
+        per = idx[:, :1].numel() * XR.shape[-1]          # one client's gathered rows
+        if self.n >= PARTIAL_SUM_MIN_N:
+            return self._minibatch_chunked(A, B, XR, idx, base, per, blocks, step)
         out = {name: (A if name == "A" else B).new_empty((A if name == "A" else B).shape)
                for name in blocks}
-        per = idx[:, :1].numel() * XR.shape[-1]          # one client's gathered rows
-        # below PARTIAL_SUM_MIN_N clients one chunk: the rows of the shipped studies stay
+        # below PARTIAL_SUM_MIN_N clients one pass: the rows of the shipped studies stay
         # bit-identical (a matmul over fewer batch entries can round differently)
-        chunks = (client_chunks(idx.shape[1], per) if self.n >= PARTIAL_SUM_MIN_N
-                  else [slice(0, idx.shape[1])])
-        for sl in chunks:
+        ic = idx
+        rows = XR.index_select(0, (ic + base.unsqueeze(-1)).flatten())
+        rows = rows.reshape(*ic.shape, XR.shape[-1])
+        Xb, Rb = rows[..., :di], rows[..., di:]
+        Z = Xb @ A.transpose(-1, -2)                   # (.., b, r)
+        E = s * Z @ B.transpose(-1, -2) - Rb           # (.., b, do)
+        if "B" in blocks:
+            out["B"][:] = (s / b) * E.transpose(-1, -2) @ Z
+        if "A" in blocks:
+            out["A"][:] = (s / b) * (E @ B).transpose(-1, -2) @ Xb
+        return out
+
+    def _minibatch_chunked(self, A: Tensor, B: Tensor, XR: Tensor, idx: Tensor, base: Tensor,
+                           per: int, blocks: tuple[str, ...], step: float | None
+                           ) -> dict[str, Tensor]:
+        """:meth:`_minibatch_grads` from :data:`PARTIAL_SUM_MIN_N` clients: client chunks, the
+        batched matmuls on flat (S c L, b, .) views (one bmm / baddbmm each, the residual
+        E = s Z B^T - R in one fused call)."""
+        s, b, di = self.s, idx.shape[-1], self.X.shape[-1]
+        r, do = A.shape[-2], B.shape[-2]
+        out = {} if step is not None else {
+            name: (A if name == "A" else B).new_empty((A if name == "A" else B).shape)
+            for name in blocks}
+        for sl in client_chunks(idx.shape[1], per):
             ic = idx[:, sl]
             rows = XR.index_select(0, (ic + base[:, sl].unsqueeze(-1)).flatten())
-            rows = rows.reshape(*ic.shape, XR.shape[-1])
+            rows = rows.view(-1, b, XR.shape[-1])
             Xb, Rb = rows[..., :di], rows[..., di:]
             Ac, Bc = A[:, sl], B[:, sl]
-            Z = Xb @ Ac.transpose(-1, -2)                   # (.., b, r)
-            E = s * Z @ Bc.transpose(-1, -2) - Rb           # (.., b, do)
+            A3, B3 = Ac.reshape(-1, r, di), Bc.reshape(-1, do, r)
+            Z = torch.bmm(Xb, A3.transpose(-1, -2))                      # (N, b, r)
+            E = torch.baddbmm(Rb, Z, B3.transpose(-1, -2), beta=-1, alpha=s)   # (N, b, do)
+            g = {}
             if "B" in blocks:
-                out["B"][:, sl] = (s / b) * E.transpose(-1, -2) @ Z
+                g["B"] = torch.bmm(E.transpose(-1, -2), Z).view(Bc.shape)
             if "A" in blocks:
-                out["A"][:, sl] = (s / b) * (E @ Bc).transpose(-1, -2) @ Xb
+                g["A"] = torch.bmm(torch.bmm(E, B3).transpose(-1, -2), Xb).view(Ac.shape)
+            for name, v in g.items():
+                if step is None:
+                    out[name][:, sl] = v.mul_(s / b)
+                else:   # fused step: the chunk of the factor is in cache
+                    (Ac if name == "A" else Bc).sub_(v, alpha=step * s / b)
         return out
 
     def n_params(self) -> int:
@@ -359,6 +403,10 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
         want_desc = on_round and cols.wants(*DESCENT)
         norms = cols.wants("L_hull")
         inner = want["grad_norm_sq_inner"] or want["loss_start"] or want_desc
+        # from PARTIAL_SUM_MIN_N clients the minibatch step can be fused into its gradient's
+        # pass (A, B are this round's fresh stacked copies: updated in place)
+        fuse = (self.n >= PARTIAL_SUM_MIN_N and c.noise_kind == "minibatch" and not train_mask
+                and self._step_on is None)
         z = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
         keys = [k for k in ("xi_inner", "grad_norm_sq_inner", "gamma_A", "gamma_B") if want[k]]
         keys += list(DESCENT[:4]) if want_desc else []
@@ -393,7 +441,12 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
                     g_full = self.full_grads(A, B, self.Sig, self.C, blocks)
                 desc = self._descent_terms(A, B, Ab, Bb, gbar, blocks, g_full)
             # the step
-            if c.noise_kind == "minibatch":
+            gam = [name for name in blocks if want[f"gamma_{name}"]]
+            g: dict[str, Tensor] = {}
+            if fuse and not gam and not (want_desc and len(blocks) > 1):
+                # no check reads this step's gradients: gradient and step in one pass
+                self._minibatch_grads(A, B, noise["idx"][:, k], blocks, step=lr)
+            elif c.noise_kind == "minibatch":
                 g = self._minibatch_grads(A, B, noise["idx"][:, k], blocks)
             else:
                 g = g_full if g_full is not None else self.full_grads(A, B, self.Sig, self.C,
@@ -404,7 +457,6 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
                 g = {name: torch.where(train_mask[name][:, :, None, None, None], v,
                                        v.new_zeros(())) if name in train_mask else v
                      for name, v in g.items()}
-            gam = [name for name in g if want[f"gamma_{name}"]]
             for name, xi in zip(gam, consensus_errors(self.backend, self.n,
                                                       *(g[name] for name in gam)), strict=True):
                 acc[f"gamma_{name}"] += xi
@@ -558,7 +610,8 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
         cols, c = self.columns, self.cfg
         on_round = cols.measured(t)
         per_client = on_round and cols.wants(*CLIENT_TERMS, "cross_term_direct")
-        if per_client:
+        fast = not self.exact_bookkeeping and isinstance(self.Sig, Rows)
+        if per_client and not fast:
             A = torch.stack(state.A, 2).double()          # this process's clients
             B = torch.stack(state.B, 2).double()
             Ab, Bb = client_means(self.backend, self.n, A, B)
@@ -575,8 +628,14 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
             "loss": loss, "loss_gap": loss - self.f_star, "grad_norm_sq": gA + gB,
             "grad_norm_sq_A": gA, "grad_norm_sq_B": gB,
         }
+        if per_client and fast:     # the run's dtype; float64 only where cross_term_direct is
+            A32, B32 = torch.stack(state.A, 2), torch.stack(state.B, 2)
+            if cols.wants("cross_term_direct"):
+                A, B = A32.double(), B32.double()
         if on_round and cols.wants(*CLIENT_TERMS):
-            if isinstance(self.Sig, Rows):
+            if fast:
+                local, zeta, sig = self._client_terms_fast(A32, B32, Ab, Bb, g)
+            elif isinstance(self.Sig, Rows):
                 local, zeta, sig = self._client_terms(A, B, Ab, Bb, g)
             else:
                 local = self._client_mean(self._loss(A, B, self.Sig.double(), self.C.double(),
