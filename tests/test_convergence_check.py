@@ -39,13 +39,44 @@ def caught(st) -> bool:
 def clean(tmp_path_factory):
     out = tmp_path_factory.mktemp("clean")
     run_study(cfg(), out, progress=False)
-    return run_checks(out, entry_points=False)
+    res = Results(run_checks(out, entry_points=False))
+    res.path = out
+    return res
+
+
+class Results(list):
+    """run_checks' list with the run directory it read (``path``)."""
+
+    path = None
 
 
 def test_clean_run_holds(clean):
     for m in ("adf-lora", "lora"):
         st = statuses(clean, m)
         assert st["5"] == "held" and st["5c"] == "held" and st["5a"] != "violated", st
+
+
+def test_check_5_reads_the_configured_step_not_the_logged_one(clean, tmp_path):
+    """The logged eta scaled 3x (rows edited) leaves check 5's constants, bound terms and eta L
+    as they were (the configured step), while the descent audit, which reads the logs, moves."""
+    import shutil
+
+    import pandas as pd
+
+    d = tmp_path / "run"
+    shutil.copytree(clean.path, d)
+    m = pd.read_parquet(d / "metrics.parquet")
+    m["eta"] = 3 * m["eta"]
+    m.to_parquet(d / "metrics.parquet")
+    res = run_checks(d, entry_points=False)
+    for meth in ("adf-lora", "lora"):
+        a = [r for r in clean if r.number == "5" and r.method == meth][0]
+        b = [r for r in res if r.number == "5" and r.method == meth][0]
+        for k in ("eta_L", "term_init", "term_noise", "L", "beta"):
+            assert a.details[k] == b.details[k], k
+        a5 = [r for r in clean if r.number == "5a" and r.method == meth][0]
+        b5 = [r for r in res if r.number == "5a" and r.method == meth][0]
+        assert b5.ratio != pytest.approx(a5.ratio, rel=0.05)
 
 
 def _scaled_step(monkeypatch, c: float) -> None:
