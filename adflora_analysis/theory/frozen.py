@@ -196,10 +196,11 @@ def check_frozen(ctx: Context) -> list[CheckResult]:
             t = rate_test(r, r_se, ctx, m.shape[0])
             target = "1 - p" if t.kind == "equal" else "rho"
             det.update(target_rate=t.bound, rate_z=t.z)
+            side = "two-sided" if t.kind == "equal" else "one-sided"
+            zs = (f", z = {t.z:.2f} ({side}, threshold {t.threshold:.2f})"
+                  if math.isfinite(t.z) and math.isfinite(t.threshold) else f" ({side})")
             note = (f"frozen {blk} gossiped: fitted rate {pm(r, r_se)} vs {target} = "
-                    f"{pm(t.bound, _target_se(ctx))}, z = {t.z:.2f} "
-                    f"({'two-sided' if t.kind == 'equal' else 'one-sided'}, threshold "
-                    f"{t.threshold:.2f}); pooled Ξ ratio bound/measured "
+                    f"{pm(t.bound, _target_se(ctx))}{zs}; pooled Ξ ratio bound/measured "
                     f"{interval(det['pooled_ratio'], *det['pooled_ratio_ci'])}")
         else:
             ratios = [float(M[:, -1].mean() / M[:, 0].mean()) for M in flat]
