@@ -22,8 +22,8 @@ or a mixer that runs the local update itself; A3/A4 for stale/partial gossip; ev
 run made before the audits existed.
 
 >>> import numpy as np
->>> worst(np.array([[0.0, 2.0], [1.0, 0.5]]), np.array([0, 1]), [3, 4])
-(2.0, 4, 1)
+>>> worst(np.array([[0.0, 2.0], [1.0, 0.5]]), np.array([0, 1]), [3, 4])  # (value, round, seed)
+(2.0, 1, 3)
 """
 
 from __future__ import annotations

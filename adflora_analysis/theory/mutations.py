@@ -437,12 +437,15 @@ def summary(runs: list[HarnessRun]) -> tuple[list[str], list[str]]:
 
 
 def notes(runs: list[HarnessRun]) -> list[str]:
-    """One line per caught bug: the first catching check's note (its named cause)."""
+    """One line per caught bug: the note (its named cause) of the check meant to catch it, or
+    else of the first check that did."""
     out = []
     for r in runs:
         if r.bug == "clean":
             continue
         v = [x for x in r.results if x.unexpected_violation]
+        v.sort(key=lambda x: (x.check not in r.expect, r.expect.index(x.check)
+                              if x.check in r.expect else 0))   # the intended catcher first
         if v:
             note = v[0].note if len(v[0].note) < 200 else v[0].note[:197] + "..."
             out.append(f"{r.bug}: [{v[0].check}, {v[0].method}] {note}")
