@@ -186,14 +186,19 @@ def test_check_7_holds_for_each_model_and_catches_a_wrong_rate(tmp_path, model, 
     assert res and all(r.status == "held" for r in res), [r.note for r in res]
     assert all(model in r.details["model"] for r in res)
     assert all(("simulation" in r.note) == (pred["method"] == "simulated") for r in res)
-    # planted defect: the rate of another model (stale-read's ρ_τ for AD-PSGD; for push-sum
-    # without delay the stale-read rate at τ = 3; with delay the synchronous rate)
+    # planted defects. A static ring is not exchangeable, so the check is one-sided (a start
+    # off the slowest mode may decay faster than the asymptotic ρ): a rate 20 % too fast is
+    # caught, and for push-sum with delay the synchronous rate (the delay ignored)
     ring = make_sampler("static", 6, graph="ring")
-    wrong = async_consensus_rate(ring, staleness=3 if tau in (0, 3) else 0).rate
-    assert abs(wrong - pred["rate"]) > 0.05
-    ctx.vmeta["async_rate"] = {**pred, "rate": wrong}
-    bad = check_async_rate(ctx)
-    assert any(r.status == "violated" for r in bad), [r.note for r in bad]
+    sync = async_consensus_rate(ring).rate
+    wrongs = [0.8 * pred["rate"]]
+    if pred["method"] == "simulated":
+        assert pred["rate"] - sync > 0.15
+        wrongs.append(sync)
+    for wrong in wrongs:
+        ctx.vmeta["async_rate"] = {**pred, "rate": wrong}
+        bad = check_async_rate(ctx)
+        assert any(r.status == "violated" for r in bad), (wrong, [r.note for r in bad])
 
 
 def test_predictions_say_whether_they_are_derived_or_simulated():

@@ -133,8 +133,7 @@ def check_async_rate(ctx: Context) -> list[CheckResult]:
         r, r_se = jackknife_rate(series)
         se = math.sqrt((r_se if math.isfinite(r_se) else 0.0) ** 2 + rho_se ** 2)
         z = (r - rho) / se if se > 0 else math.inf * np.sign(r - rho)
-        two = (ctx.exchangeable or str(pred.get("method", "")).endswith("-reduced")
-               or pred.get("method") == "simulated")
+        two = ctx.exchangeable or str(pred.get("method", "")).endswith("-reduced")
         thr = t_threshold(ctx.z, ctx.run.S)
         ok = abs(z) <= thr if two else z <= thr
         status = "held" if ok else "violated"

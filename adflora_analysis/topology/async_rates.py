@@ -586,11 +586,13 @@ def _step(model: str, W: np.ndarray, x: np.ndarray, w: np.ndarray, lags: list) -
 
 def simulate_models(obj: Any, *, model: str = "stale-read", staleness: int = 0,
                     participation: float = 1.0, paths: int = 4000, rounds: int = 40,
-                    warmup: int = 0, seed: int = 0, batches: int = 4) -> dict[str, Any]:
+                    warmup: int = 0, seed: int = 0, batches: int = 4,
+                    fit_from: int = 0) -> dict[str, Any]:
     """Direct simulation of a frozen, gossiped block (one coordinate per client) under one
     asynchrony ``model``, from a random start: the rate of E Ξ(z) (z = x / w for push-sum, the
-    block itself otherwise) fitted over rounds τ + 1 .. ``rounds`` (log-linear least squares on
-    the path mean; s.e. from ``batches`` sub-means), and the drift of the consensus value,
+    block itself otherwise) fitted over rounds max(τ + 1, ``fit_from``) .. ``rounds``
+    (log-linear least squares on the path mean, points above 1e-24 Ξ₀; s.e. from ``batches``
+    sub-means), and the drift of the consensus value,
     E[(z̄_end − z̄_0)²] / E Ξ(z_0) (0 when the model conserves the clients' mean; meaningful
     with ``warmup`` = 0, the start of a run). With ``warmup`` > 0 push-sum's weights first run
     that many rounds from 1 (the weight vector's own transient, as in a run whose block is
@@ -632,7 +634,7 @@ def simulate_models(obj: Any, *, model: str = "stale-read", staleness: int = 0,
         xi.append(((z - z.mean(1, keepdims=True)) ** 2).mean(1))
     xi_arr = np.array(xi)                                   # (rounds + 1, paths)
     drift = float(((z.mean(1) - z0.mean(1)) ** 2).mean() / xi_arr[0].mean())
-    ks = np.arange(tau + 1, rounds + 1)
+    ks = np.arange(max(tau + 1, int(fit_from)), rounds + 1)
 
     def fit(cols: np.ndarray) -> float:
         m = xi_arr[ks][:, cols].mean(1)
@@ -661,7 +663,10 @@ def model_consensus_rate(obj: Any, *, model: str = "stale-read", staleness: int 
     - ``push-sum``: with a symmetric W^t and τ = 0 the weights stay 1 and z = x mixes through
       W': the same derived rate. Otherwise (delays, or a W^t that is not symmetric) no closed
       form is derived here: the rate is *measured* by :func:`simulate_models` (``method =
-      "simulated"``, s.e. from its sub-means), independently of any training run.
+      "simulated"``, s.e. from its sub-means), independently of any training run: the
+      asymptotic rate, fitted over rounds 20–80 after 40 rounds of the weights' own transient
+      (like the full operator's radius, an upper bound of what a short window after a switch
+      reads on a sampler that is not exchangeable; check 7 tests it one-sided there).
 
     >>> from adflora_analysis.topology import make_sampler
     >>> s = make_sampler("encounter", 10, q=0.1)
@@ -686,10 +691,11 @@ def model_consensus_rate(obj: Any, *, model: str = "stale-read", staleness: int 
     if not 0 < pi <= 1:
         raise AdfloraError(f"participation = {pi} must lie in (0, 1]", "use e.g. 0.8")
     sim = simulate_models(s, model=model, staleness=tau, participation=pi,
-                          paths=max(int(samples), 400), warmup=40, seed=seed, batches=batches)
+                          paths=max(int(samples), 400), rounds=80, warmup=40, seed=seed,
+                          batches=batches, fit_from=20)
     return AsyncRate(sim["rate"], sim["stderr"], "simulated", tau, pi, sim["paths"],
                      f"direct simulation of the push-sum recursion, {sim['paths']} paths, "
-                     f"rounds {tau + 1}..{sim['rounds']} fitted", model=model)
+                     f"rounds {max(tau + 1, 20)}..{sim['rounds']} fitted", model=model)
 
 
 def _always_symmetric(s, seed: int, draws: int = 64) -> bool:
