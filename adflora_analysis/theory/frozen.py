@@ -197,7 +197,7 @@ def check_frozen(ctx: Context) -> list[CheckResult]:
             target = "1 - p" if t.kind == "equal" else "rho"
             det.update(target_rate=t.bound, rate_z=t.z)
             side = "two-sided" if t.kind == "equal" else "one-sided"
-            zs = (f", z = {t.z:.2f} ({side}, threshold {t.threshold:.2f})"
+            zs = (f", z = {t.z:.3g} ({side}, threshold {t.threshold:.2f})"
                   if math.isfinite(t.z) and math.isfinite(t.threshold) else f" ({side})")
             note = (f"frozen {blk} gossiped: fitted rate {pm(r, r_se)} vs {target} = "
                     f"{pm(t.bound, _target_se(ctx))}{zs}; pooled Ξ ratio bound/measured "
