@@ -311,7 +311,7 @@ def profile_round(n: int, top: int = 15) -> None:
 def table(sizes: list[int], reps: int, peak: float, bw: float) -> None:
     rows = []
     for n in sizes:
-        rounds = 2 if n >= 100_000 else 3 if n >= 10_000 else 5
+        rounds = 1 if n >= 100_000 else 2 if n >= 10_000 else 4
         st = Setting(n, rounds)
         st.project(NONE)           # warm-up (allocator, first-touch)
         st.minimal()

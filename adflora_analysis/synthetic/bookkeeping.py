@@ -204,7 +204,7 @@ class QuadraticBookkeeping:
         f64 = torch.float64
         gsum: dict[str, Tensor] = {}
         vsum = None
-        XR = self.XR
+        XR, xsq = self.XR, self._row_sq()
         per_client = len(self.seeds) * self.L * m * (di + do)
         for sl in client_chunks(XR.shape[1], per_client):
             rows = XR[:, sl]
@@ -226,7 +226,7 @@ class QuadraticBookkeeping:
                 gsum[k] = gsum[k] + part if k in gsum else part
             if var:
                 per = (E.pow(2).sum(-1) * Z.pow(2).sum(-1) if blocks == ("B",)
-                       else EB.pow(2).sum(-1) * X.pow(2).sum(-1))          # (N, m)
+                       else EB.pow(2).sum(-1) * xsq[:, sl].reshape(-1, m))  # (N, m)
                 gg = g[blocks[0]]
                 v = ((s * s * per.mean(-1, dtype=f64)
                       - gg.pow(2).sum((-2, -1), dtype=f64)).clamp_min(0) / b)
@@ -326,48 +326,69 @@ class QuadraticBookkeeping:
                                 noise=c.noise, batch_size=c.batch_size))
         return process_sums(self.backend, local)[0] / self.n, torch.cat(zeta, 1), torch.cat(sig, 1)
 
+    def _row_sq(self) -> Tensor:
+        """||x_j||^2 of every row of this process's clients (S, n_local, L, m), in the run's
+        dtype: data, computed once (the per-sample gradient norm of block A needs it)."""
+        if getattr(self, "_row_sq_cache", None) is None:
+            di = self.X.shape[-1]
+            self._row_sq_cache = self.XR[..., :di].pow(2).sum(-1)
+        return self._row_sq_cache
+
     def _client_terms_fast(self, A: Tensor, B: Tensor, Ab: Tensor, Bb: Tensor,
                            g: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`_client_terms` in the run's dtype (``exact_bookkeeping`` off): one pass over
         client chunks of the rows in place, each client's residual at its point shared by its
-        loss and its minibatch variance, float64 sums and differences. A, B in the run's dtype;
-        Ab, Bb, g (float64) at the mean."""
+        loss and its minibatch variance, flat batched matmuls, the residuals at the mean as one
+        matrix product over all the chunk's rows, float64 sums and differences. A, B in the
+        run's dtype; Ab, Bb, g (float64) at the mean."""
         from adflora_analysis.synthetic.constants import sigma_sq
 
         c, s, f64 = self.cfg, self.s, torch.float64
         m, b = c.samples_per_client, c.batch_size
-        di, do = A.shape[-1], B.shape[-2]
+        di, r, do = A.shape[-1], A.shape[-2], B.shape[-2]
         dt = A.dtype
-        Ab3, Bb3 = Ab.to(dt), Bb.to(dt)                      # (S, L, ...)
-        local = torch.zeros(A.shape[0], dtype=f64, device=A.device)
+        S, L = A.shape[0], A.shape[2]
+        AbT = Ab.to(dt).reshape(S * L, r, di).transpose(-1, -2)       # (S L, di, r)
+        Bb3 = Bb.to(dt).reshape(S * L, do, r)
+        local = torch.zeros(S, dtype=f64, device=A.device)
         zeta, sig = [], []
-        XR = self.XR
-        for sl in client_chunks(XR.shape[1], len(self.seeds) * self.L * m * (di + do)):
-            rows = XR[:, sl]
-            X, R = rows[..., :di], rows[..., di:]            # (S, nc, L, m, .)
+        XR, xsq = self.XR, self._row_sq()
+        for sl in client_chunks(XR.shape[1], S * L * m * (di + do)):
+            nc = sl.stop - sl.start
+            rows = XR[:, sl].reshape(-1, m, di + do)                   # (S nc L, m, .)
+            X, R = rows[..., :di], rows[..., di:]
+            A3, B3 = A[:, sl].reshape(-1, r, di), B[:, sl].reshape(-1, do, r)
             # at each client's point: loss and minibatch variance
-            Z = X @ A[:, sl].transpose(-1, -2)               # (S, nc, L, m, r)
-            E = s * Z @ B[:, sl].transpose(-1, -2) - R       # (S, nc, L, m, do)
-            local += E.pow(2).sum((-2, -1), dtype=f64).sum((1, 2)) / (2 * m)
+            Z = torch.bmm(X, A3.transpose(-1, -2))                     # (N, m, r)
+            E = torch.baddbmm(R, Z, B3.transpose(-1, -2), beta=-1, alpha=s)
+            e2 = E.pow(2).sum(-1)                                       # (N, m)
+            local += e2.sum(-1, dtype=f64).view(S, nc, L).sum((1, 2)) / (2 * m)
             if c.noise_kind == "minibatch":
-                EB = E @ B[:, sl]
-                per = s * s * (E.pow(2).sum(-1) * Z.pow(2).sum(-1)
-                               + EB.pow(2).sum(-1) * X.pow(2).sum(-1))
-                gB = (s / m) * E.transpose(-1, -2) @ Z
-                gA = (s / m) * EB.transpose(-1, -2) @ X
+                EB = torch.bmm(E, B3)                                   # (N, m, r)
+                per = s * s * (e2 * Z.pow(2).sum(-1)
+                               + EB.pow(2).sum(-1) * xsq[:, sl].reshape(-1, m))
+                gB = torch.bmm(E.transpose(-1, -2), Z).mul_(s / m)
+                gA = torch.bmm(EB.transpose(-1, -2), X).mul_(s / m)
                 pop = (per.mean(-1, dtype=f64) - gA.pow(2).sum((-2, -1), dtype=f64)
                        - gB.pow(2).sum((-2, -1), dtype=f64)).clamp_min(0)
-                sig.append((pop / b).sum(-1))
+                sig.append((pop / b).view(S, nc, L).sum(-1))
             else:
-                sig.append(sigma_sq(X, R, s, A[:, sl], B[:, sl], noise_kind=c.noise_kind,
-                                    noise=c.noise, batch_size=b))
-            # at the mean: heterogeneity
-            Zb = X @ Ab3.unsqueeze(1).transpose(-1, -2)
-            Eb = s * Zb @ Bb3.unsqueeze(1).transpose(-1, -2) - R
-            gi = {"B": (s / m) * Eb.transpose(-1, -2) @ Zb,
-                  "A": (s / m) * (Eb @ Bb3.unsqueeze(1)).transpose(-1, -2) @ X}
-            zeta.append(sum((gi[k].double() - g[k].unsqueeze(1)).pow(2).flatten(2).sum(-1)
-                            for k in ("A", "B")))
+                sig.append(sigma_sq(XR[:, sl, ..., :di], XR[:, sl, ..., di:], s, A[:, sl],
+                                    B[:, sl], noise_kind=c.noise_kind, noise=c.noise,
+                                    batch_size=b))
+            # at the mean: one (S L) x (nc m, .) product per seed and layer
+            Xm = X.reshape(S, nc, L, m, di).transpose(1, 2).reshape(S * L, nc * m, di)
+            Rm = R.reshape(S, nc, L, m, do).transpose(1, 2).reshape(S * L, nc * m, do)
+            Zb = torch.bmm(Xm, AbT)                                     # (S L, nc m, r)
+            Eb = torch.baddbmm(Rm, Zb, Bb3.transpose(-1, -2), beta=-1, alpha=s)
+            EbB = torch.bmm(Eb, Bb3)
+            Zc, Ec = Zb.reshape(-1, m, r), Eb.reshape(-1, m, do)       # (S L nc, m, .)
+            gi = {"B": torch.bmm(Ec.transpose(-1, -2), Zc).mul_(s / m),
+                  "A": torch.bmm(EbB.reshape(-1, m, r).transpose(-1, -2),
+                                 Xm.reshape(-1, m, di)).mul_(s / m)}
+            z = sum((gi[k].view(S, L, nc, *gi[k].shape[1:]).double()
+                     - g[k].unsqueeze(2)).pow(2).sum((-2, -1)) for k in ("A", "B"))
+            zeta.append(z.sum(1))                                       # (S, nc)
         return process_sums(self.backend, local)[0] / self.n, torch.cat(zeta, 1), torch.cat(sig, 1)
 
     def smoothness_bound(self) -> Tensor:
