@@ -115,6 +115,9 @@ def test_checks_verdicts_and_causes_on_planted_rows():
     with mut.previous_gradient():
         r = check_step_audit(ctx_of(rows()))
     assert r.status == "violated" and "previous step's gradient" in r.note
+    with mut.swapped_data():
+        r = check_step_audit(ctx_of(rows(rounds=12, n_clients=10)))
+    assert r.status == "violated" and "another client's data" in r.note
     with mut.client_left_out():
         r = check_gossip_audit(ctx_of(rows()))
     assert r.status == "violated" and "a client left out" in r.note

@@ -100,10 +100,14 @@ def check_step_audit(ctx: Context) -> CheckResult:
                 f"{m:.3g} at round {r}, seed {s}): the step size used is not the logged η "
                 "(a scaled or mis-scheduled learning rate)")
     else:
+        off = float((err > tol).mean())
+        cause = ("in every seed-round, so on every client: a gradient at another point (a stale "
+                 "or previous step's gradient)" if off >= 0.9 else
+                 f"in only {off:.0%} of the seed-rounds, so only when particular clients are "
+                 "among the replayed ones: a client-specific fault (a client stepping on "
+                 "another client's data)")
         note = (f"the step taken points elsewhere than the replayed η_t·g (max relative error "
-                f"{m:.3g} at round {r}, seed {s}, size ratio {sc:.4g}): a gradient at another "
-                "point (a stale or previous step's gradient) or of other data (clients' data "
-                "mixed up)")
+                f"{m:.3g} at round {r}, seed {s}, size ratio {sc:.4g}), {cause}")
     return _result(ctx, name, no, m, tol, ok, note,
                    {"round": r, "seed": s, "median_scale": sc,
                     "max_scale_dev": float(np.nanmax(np.abs(scale - 1)))},
