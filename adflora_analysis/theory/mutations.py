@@ -447,7 +447,7 @@ def notes(runs: list[HarnessRun]) -> list[str]:
         v.sort(key=lambda x: (x.check not in r.expect, r.expect.index(x.check)
                               if x.check in r.expect else 0))   # the intended catcher first
         if v:
-            note = v[0].note if len(v[0].note) < 200 else v[0].note[:197] + "..."
+            note = v[0].note if len(v[0].note) < 320 else v[0].note[:317] + "..."
             out.append(f"{r.bug}: [{v[0].check}, {v[0].method}] {note}")
     return out
 
