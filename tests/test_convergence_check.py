@@ -154,3 +154,17 @@ def test_consensus_bound_and_slope():
     assert not np.isfinite(X).any()
     Rs = np.arange(10.0, 50.0)
     assert slope(Rs, 3 * Rs ** -0.5) == pytest.approx(-0.5)
+
+
+def test_inside_the_theorems_range_the_bound_is_finite_and_holds(tmp_path):
+    """A step below eta_max: B(R) is finite, above the measured running average, and its terms
+    add up to it (docs/theory.md (3.3))."""
+    import math
+
+    run_study(cfg(lr=0.002, rounds=30, seeds=6, methods=["adf-lora"]), tmp_path,
+              progress=False)
+    five = [r for r in run_checks(tmp_path, entry_points=False) if r.number == "5"][0]
+    d = five.details
+    assert 0.002 < d["eta_max_consensus"] and d["consensus_contraction"] < 1, d
+    assert math.isfinite(five.ratio) and five.ratio > 1 and five.status != "violated", five.note
+    assert five.bound == pytest.approx(d["term_init"] + d["term_noise"] + d["term_drift"])

@@ -14,9 +14,10 @@ al. 2020 (Thm 2, consensus recursion) with every constant written out (docs/theo
 W_R = sum_{t<R} eta_t, X_t the a-priori bound of the consensus error inside round t:
 X_t = [2 Xi_t + 2 eta_t^2 K^2 (sigma^2 + 2 zeta^2)] / (1 - 4 eta_t^2 K^2 L^2) and
 Xi_{t+1} = (1 - p/2) Xi_t + c(p) eta_t^2 K^2 (sigma^2 + 2 zeta^2 + 2 L^2 X_t), Xi_0 = 0 (one
-shared initialisation), c(p) = (1 - p)(1 + 2/p). Where the recursion does not contract
-(Koloskova et al.'s step condition eta = O(p / (K L)) fails) B grows geometrically in R and
-the bound is reported as such (``inf`` past float range): it does not constrain the run.
+shared initialisation), c(p) = (1 - p)(1 + 2/p). Above eta_max (:func:`eta_max`, Koloskova et
+al.'s eta = O(p / (K L)) with its constant) the recursion does not contract and B grows
+geometrically in R; with 2 eta K L >= 1 the within-round bound fails and B is ``inf``: it does
+not constrain the run (then the verdict rests on (i) and (iii) below).
 
 Verdict: ``violated`` when (i) the configured step breaks eta L <= 1 (the descent step's
 premise, L = L_hull), (ii) the measured running average exceeds B(R) at the final R (pooled
@@ -223,9 +224,11 @@ def check_convergence(ctx: Context) -> list[CheckResult]:
         body = (f"bound/measured {t.ratio:.3g} at R = {run.R} (init {det['term_init']:.3g}, "
                 f"noise {det['term_noise']:.3g}, drift {det['term_drift']:.3g})")
     else:
-        body = (f"no finite bound: the consensus recursion does not contract at η = "
-                f"{eta.max():.3g} (it needs η < {det['eta_max_consensus']:.3g}; "
-                f"η K L / p = {cond:.3g}: Koloskova et al.'s η = O(p/(K L)) fails)")
+        body = (f"no finite bound: η = {eta.max():.3g} is "
+                f"{eta.max() / det['eta_max_consensus']:.3g}x the largest step at which the "
+                f"consensus recursion contracts (η_max = {det['eta_max_consensus']:.3g}; "
+                f"2 η K L = {2 * eta.max() * K * det['L']:.3g}, η K L / p = {cond:.3g}: "
+                "Koloskova et al.'s η = O(p/(K L)) fails)")
     res = CheckResult.from_test(NAME, "5", ctx.method, ctx.variant, t, source=SOURCE,
                                 note=head + body + f"; running average ~ R^β on rounds "
                                 f"{run.R // 2 + 1}-{run.R}: {btxt}", details=det, curve=curve)
