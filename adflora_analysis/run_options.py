@@ -108,3 +108,52 @@ shipped config name (adflora configs list), or --resume DIR)
     if out is None:
         raise AdfloraError("no --out directory given", "add --out runs/NAME")
     return config, overrides, Path(out), "overwrite" if overwrite else "new"
+
+
+def run_command(kind: str, args: list[str], out: Path | None, resume: Path | None,
+                overwrite: bool, *, progress: bool | None, dry_run: bool, as_json: bool,
+                track: list[str] | None, logdir: Path | None, extra: tuple[str, ...] = (),
+                check: Any = None, show: Any = None, **options: Any) -> tuple[Any, Path] | None:
+    """The one body of ``adflora KIND run``: the run target, a finished run's ``--resume``
+    (one line, nothing written), the config of the kind's testbed (``extra``: overrides the
+    command adds, e.g. ``--data-dir``), ``--dry-run`` (after ``check(cfg)``: the kind's
+    checks that need no weights), then the backend, trackers and the run sequence
+    (:func:`adflora_analysis.study.sequence.run_testbed`; ``options`` go to the testbed),
+    and on rank 0 ``show(result, where, as_json)`` (e.g. :func:`print_summary`). Returns
+    (what the run returned, its directory) on rank 0; None otherwise."""
+    from adflora_analysis.cli import resume_done
+    from adflora_analysis.config import load_config
+    from adflora_analysis.configs import resolve_config
+    from adflora_analysis.study.testbed import get_testbed
+
+    tb = get_testbed(kind)
+    no_out = dry_run and out is None and resume is None   # a dry run needs no --out
+    config, overrides, where, mode = run_target(args, Path("unused") if no_out else out,
+                                                resume, overwrite)
+    if (mode == "resume" and not dry_run and not extra
+            and resume_done(where, kind, config, overrides)):
+        return None
+    cfg = load_config(tb.config, resolve_config(config) if config else where / CONFIG,
+                      [*overrides, *extra])
+    if dry_run:
+        from adflora_analysis.dryrun import describe, dry_run_json
+
+        if check is not None:
+            check(cfg)
+        show = dry_run_json if as_json else describe
+        typer.echo(show(kind, cfg, None if no_out else where, mode), nl=False)
+        return None
+    from adflora_analysis.distributed import make_backend, shutdown
+    from adflora_analysis.study.sequence import run_testbed
+    from adflora_analysis.tracking import make_trackers
+
+    trackers = make_trackers(track, logdir=logdir)
+    backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
+    result = run_testbed(tb, cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
+                         progress=progress, backend=backend, callbacks=trackers, **options)
+    shutdown(backend)
+    if backend.rank != 0:
+        return None
+    if show is not None:
+        show(result, where, as_json)
+    return result, where

@@ -45,43 +45,10 @@ def run(
 
     Example: adflora glue run glue_runs/smoke.toml --out runs/smoke rounds=10
     """
-    from adflora_analysis.config import load_config
-    from adflora_analysis.configs import resolve_config
-    from adflora_analysis.glue.config import GlueConfig
-    from adflora_analysis.run_options import run_target
-    from adflora_analysis.rundir import CONFIG
-
-    no_out = dry_run and out is None and resume is None   # a dry run needs no --out
-    if no_out:
-        out = Path("unused")
-    config, overrides, where, mode = run_target(args, out, resume, overwrite)
-    from adflora_analysis.cli import resume_done
-
-    if (mode == "resume" and not dry_run and not data_dir
-            and resume_done(where, "glue", config, overrides)):
-        return
-    if data_dir:
-        overrides.append(f"data_dir={_toml_str(data_dir)}")
-    cfg = load_config(GlueConfig, resolve_config(config) if config else where / CONFIG,
-                      overrides)
-    if dry_run:
-        from adflora_analysis.dryrun import describe, dry_run_json
-
-        typer.echo(dry_run_json("glue", cfg, None if no_out else where, mode) if as_json
-                   else describe("glue", cfg, None if no_out else where, mode), nl=False)
-        return
-    from adflora_analysis.distributed import make_backend, shutdown
-    from adflora_analysis.glue.runner import run_glue
-    from adflora_analysis.tracking import make_trackers
-
-    trackers = make_trackers(track, logdir=logdir)
-    backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
-    summary = run_glue(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
-                       log=not quiet, backend=backend, progress=progress, callbacks=trackers)
-    shutdown(backend)
-    if backend.rank != 0:
-        return
-    opt.print_summary(summary, where, as_json)
+    opt.run_command("glue", args, out, resume, overwrite, progress=progress,
+                          dry_run=dry_run, as_json=as_json, track=track, logdir=logdir,
+                          extra=(f"data_dir={_toml_str(data_dir)}",) if data_dir else (),
+                          log=not quiet, show=opt.print_summary)
 
 
 def _toml_str(s: str) -> str:

@@ -127,17 +127,25 @@ class GlueStudy:
             self.train = self.gm.cache_prefix(self.train, cfg.eval_batch_size)
             self.val = {s: self.gm.cache_prefix(e, cfg.eval_batch_size)
                         for s, e in self.val.items()}
-        y, C = partition_labels(self.data.train["label"].to_numpy(), self.task.is_regression)
-        self.partition_y, self.partition_classes = y, C
-        self.parts = {s: partition_indices(y, cfg.n_clients, cfg.partition, s, n_classes=C,
-                                           alpha=cfg.dirichlet_alpha,
+        self.partition(*partition_labels(self.data.train["label"].to_numpy(),
+                                         self.task.is_regression), "rows")
+
+    def partition(self, y, n_classes: int, what: str) -> None:
+        """Each seed's client partition of the training rows by the class labels ``y`` (N,)
+        (:attr:`parts`; :meth:`label_counts` counts it); a client left without ``what`` is
+        one error line."""
+        cfg = self.cfg
+        self.partition_y, self.partition_classes = y, n_classes
+        self.parts = {s: partition_indices(y, cfg.n_clients, cfg.partition, s,
+                                           n_classes=n_classes, alpha=cfg.dirichlet_alpha,
                                            examples_per_client=cfg.examples_per_client)
                       for s in cfg.seed_list}
         for s, parts in self.parts.items():
-            small = [i for i, p in enumerate(parts) if len(p) == 0]
-            if small:
+            empty = [i for i, p in enumerate(parts) if len(p) == 0]
+            if empty:
                 raise AdfloraError(f"partition {cfg.partition!r} (seed {s}) left client(s) "
-                                   f"{small} without rows", "use more rows or fewer clients")
+                                   f"{empty} without {what}", f"use more {what} or fewer "
+                                   "clients")
 
     def label_counts(self) -> pd.DataFrame:
         names = list(self.task.label_names) if self.task.label_names else ["low", "high"]
@@ -199,18 +207,31 @@ class GlueStudy:
         E = self.cfg.eval_every
         return t == self.cfg.rounds - 1 or (E > 0 and (t + 1) % E == 0)
 
+    def eval_rows(self, problem, res) -> list[dict]:
+        """The ``eval`` rows of round ``res.t`` (every client, their mean and the averaged
+        adapter on every validation split); a variant's carry its label and task."""
+        rows = eval_rows(problem, res.state, self.task, self.val, t=res.t,
+                         batch_size=self.cfg.eval_batch_size)
+        if self.variant is not None:
+            rows = [{"variant": self.variant, "task": self.task.name, **r} for r in rows]
+        return rows
+
+    @property
+    def eval_metric(self) -> str:
+        """The metric of the per-evaluation line on stderr."""
+        return self.task.main_metric
+
     def on_round(self, log: bool = False):
+        """The round hook: :meth:`eval_rows` when an evaluation is due (and, with ``log``,
+        one line on stderr, through the progress bar)."""
         def cb(job, problem, res) -> dict[str, list[dict]]:
             if not self.eval_due(res.t):
                 return {}
-            rows = eval_rows(problem, res.state, self.task, self.val, t=res.t,
-                             batch_size=self.cfg.eval_batch_size)
-            if self.variant is not None:
-                rows = [{"variant": self.variant, "task": self.task.name, **r} for r in rows]
+            rows = self.eval_rows(problem, res)
             if log and self.backend.rank == 0:
                 from adflora_analysis.progress import echo
 
-                echo(eval_line(job.key, res, rows, self.task.main_metric))  # through the bar
+                echo(eval_line(job.key, res, rows, self.eval_metric))
             return {"eval": rows}
 
         return cb

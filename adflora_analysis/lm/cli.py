@@ -12,7 +12,6 @@ Examples::
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 
@@ -43,45 +42,18 @@ def run(
 
     Example: adflora lm run lm_runs/tiny_llama.toml --out runs/tiny rounds=5
     """
-    from adflora_analysis.config import load_config
-    from adflora_analysis.lm.config import LmConfig
-    from adflora_analysis.run_options import run_target
-    from adflora_analysis.rundir import CONFIG
+    opt.run_command("lm", args, out, resume, overwrite, progress=progress,
+                          dry_run=dry_run, as_json=as_json, track=track, logdir=logdir,
+                          check=_preflight, log=not quiet, show=opt.print_summary)
 
-    no_out = dry_run and out is None and resume is None
-    if no_out:
-        out = Path("unused")
-    config, overrides, where, mode = run_target(args, out, resume, overwrite)
-    from adflora_analysis.cli import resume_done
 
-    if mode == "resume" and not dry_run and resume_done(where, "lm", config, overrides):
-        return
-    from adflora_analysis.configs import resolve_config
+def _preflight(cfg) -> None:
+    """A dry run's checks: model config, targets and context of every variant, no weights."""
+    from adflora_analysis.lm.model import preflight
+    from adflora_analysis.study.runconfig import expand_study
 
-    cfg = load_config(LmConfig, resolve_config(config) if config else where / CONFIG,
-                      overrides)
-    if dry_run:
-        from adflora_analysis.dryrun import describe, dry_run_json
-        from adflora_analysis.lm.model import preflight
-        from adflora_analysis.study.runconfig import expand_study
-
-        for _, v in expand_study(cfg):
-            preflight(v)   # model config, targets, context: no weights
-        typer.echo(dry_run_json("lm", cfg, None if no_out else where, mode) if as_json
-                   else describe("lm", cfg, None if no_out else where, mode), nl=False)
-        return
-    from adflora_analysis.distributed import make_backend, shutdown
-    from adflora_analysis.lm.runner import run_lm
-    from adflora_analysis.tracking import make_trackers
-
-    trackers = make_trackers(track, logdir=logdir)
-    backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
-    summary = run_lm(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
-                     log=not quiet, backend=backend, progress=progress, callbacks=trackers)
-    shutdown(backend)
-    if backend.rank != 0:
-        return
-    opt.print_summary(summary, where, as_json)
+    for _, v in expand_study(cfg):
+        preflight(v)
 
 
 @app.command("families")

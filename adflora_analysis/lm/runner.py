@@ -18,14 +18,7 @@ import torch
 
 from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.glue.partition import partition_indices
-from adflora_analysis.glue.runner import (
-    GlueStudy,
-    eval_line,
-    studies_built,
-    summarize,
-    variant_studies,
-)
+from adflora_analysis.glue.runner import GlueStudy, studies_built, summarize, variant_studies
 from adflora_analysis.lm.config import LmConfig
 from adflora_analysis.lm.data import LmTask, encode_lm, load_lm_data
 from adflora_analysis.lm.model import LmModel, Resolved, model_facts, preflight
@@ -59,34 +52,19 @@ class LmStudy(GlueStudy):
         tok = self.gm.tokenizer
         self.train = encode_lm(tok, self.data.train, cfg.max_length)
         self.val = {s: encode_lm(tok, df, cfg.max_length) for s, df in self.data.val.items()}
-        y, C = self.data.skew, len(self.data.skew_names)
-        self.partition_y, self.partition_classes = y, C   # GlueStudy.label_counts reads these
         self.task.label_names = tuple(self.data.skew_names)
-        self.parts = {s: partition_indices(y, cfg.n_clients, cfg.partition, s, n_classes=C,
-                                           alpha=cfg.dirichlet_alpha,
-                                           examples_per_client=cfg.examples_per_client)
-                      for s in cfg.seed_list}
-        for s, parts in self.parts.items():
-            empty = [i for i, p in enumerate(parts) if len(p) == 0]
-            if empty:
-                raise AdfloraError(f"partition {cfg.partition!r} (seed {s}) left client(s) "
-                                   f"{empty} without texts", "use more texts or fewer clients")
+        self.partition(self.data.skew, len(self.data.skew_names), "texts")
 
-    def on_round(self, log: bool = False):
-        def cb(job, problem, res) -> dict[str, list[dict]]:
-            if not self.eval_due(res.t):
-                return {}
-            rows = eval_rows(problem, res.state, self.val, t=res.t,
-                             batch_size=self.cfg.eval_batch_size)
-            if self.variant is not None:
-                rows = [{"variant": self.variant, **r} for r in rows]
-            if log and self.backend.rank == 0:
-                from adflora_analysis.progress import echo
+    eval_metric = "perplexity"
 
-                echo(eval_line(job.key, res, rows, "perplexity"))
-            return {"eval": rows}
-
-        return cb
+    def eval_rows(self, problem, res) -> list[dict]:
+        """Next-token loss and perplexity of every client, their mean and the averaged adapter
+        (:func:`adflora_analysis.lm.problem.eval_rows`)."""
+        rows = eval_rows(problem, res.state, self.val, t=res.t,
+                         batch_size=self.cfg.eval_batch_size)
+        if self.variant is not None:
+            rows = [{"variant": self.variant, **r} for r in rows]
+        return rows
 
     def meta(self) -> dict[str, Any]:
         meta = super().meta()

@@ -1,25 +1,19 @@
 """The causal-LM testbed, declared (:mod:`adflora_analysis.study.testbed`): LoRA on causal
-language models, logging perplexity. Its studies are the GLUE testbed's with texts for data
-(:class:`~adflora_analysis.lm.runner.LmStudy`); meta, summary and checks are the GLUE testbed's,
-shared through this declaration."""
+language models, logging perplexity. It is the GLUE testbed's declaration with its own config,
+build (texts for data, :class:`~adflora_analysis.lm.runner.LmStudy`) and resource needs: meta,
+summary, tables and checks are shared through the declaration, not by subclassing a runner."""
 
 from __future__ import annotations
 
-from adflora_analysis.glue import runner as glue
-from adflora_analysis.glue.testbed import ADAPTER_CHECKS
-from adflora_analysis.lm import runner
-from adflora_analysis.lm.config import LmConfig
-from adflora_analysis.study.testbed import Testbed, register_testbed
+import dataclasses
 
-TESTBED = register_testbed(Testbed(
-    kind="lm",
-    config=LmConfig,
-    build=runner.build,
-    meta=glue.study_meta,
-    needs=runner.needs,
-    summary=glue.summarize,
-    tables=("metrics", "eval", "label_counts", "summary"),
-    checks=ADAPTER_CHECKS,
-    report_sections=("lm", "checks"),
-    description="decentralized LoRA on causal language models (perplexity)",
-))
+from adflora_analysis.glue.testbed import TESTBED as GLUE
+from adflora_analysis.lm.config import LmConfig
+from adflora_analysis.study.testbed import lazy, register_testbed
+
+RUNNER = "adflora_analysis.lm.runner"
+
+TESTBED = register_testbed(dataclasses.replace(
+    GLUE, kind="lm", config=LmConfig, build=lazy(f"{RUNNER}:build"),
+    needs=lazy(f"{RUNNER}:needs"), fits=None, report_sections=("lm", "checks"),
+    description="decentralized LoRA on causal language models (perplexity)"))

@@ -52,6 +52,25 @@ SHIPPED = {"synthetic": "adflora_analysis.synthetic.testbed",
 """Where the shipped testbeds register themselves (imported on first :func:`get_testbed`)."""
 
 
+def lazy(target: str) -> Callable[..., Any]:
+    """A hook ``"package.module:function"`` imported at its first call, so that a declaration
+    costs no import of its runner (and of torch) until a run needs it (``--dry-run`` stays
+    light).
+
+    >>> f = lazy("adflora_analysis.seeding:expand_seeds")
+    >>> f(3), f.target
+    ([0, 1, 2], 'adflora_analysis.seeding:expand_seeds')
+    """
+    module, _, name = target.partition(":")
+
+    def hook(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    hook.target = target  # type: ignore[attr-defined]
+    hook.__name__ = hook.__qualname__ = name
+    return hook
+
+
 @dataclass
 class Built:
     """What a testbed's ``build`` hands the run sequence: the jobs

@@ -47,44 +47,18 @@ def run(
     Under torchrun (torchrun --standalone --nproc-per-node=P -m adflora_analysis synthetic run
     ...) the clients are split over the P processes; results match the in-process run.
     """
-    from adflora_analysis.config import load_config
-    from adflora_analysis.configs import resolve_config
-    from adflora_analysis.run_options import run_target
-    from adflora_analysis.rundir import CONFIG
-    from adflora_analysis.synthetic.config import SyntheticConfig
-
-    no_out = dry_run and out is None and resume is None   # a dry run needs no --out
-    if no_out:
-        out = Path("unused")
-    config, overrides, where, mode = run_target(args, out, resume, overwrite)
-    from adflora_analysis.cli import resume_done
-
-    if mode == "resume" and not dry_run and resume_done(where, "synthetic", config, overrides):
+    ran = opt.run_command("synthetic", args, out, resume, overwrite, progress=progress,
+                          dry_run=dry_run, as_json=as_json, track=track, logdir=logdir)
+    if ran is None:
         return
-    source = resolve_config(config) if config else where / CONFIG
-    cfg = load_config(SyntheticConfig, source, overrides)
-    if dry_run:
-        from adflora_analysis.dryrun import describe, dry_run_json
-
-        typer.echo(dry_run_json("synthetic", cfg, None if no_out else where, mode) if as_json
-                   else describe("synthetic", cfg, None if no_out else where, mode), nl=False)
-        return
-    from adflora_analysis.distributed import make_backend, shutdown
-    from adflora_analysis.synthetic.runner import run_study
-    from adflora_analysis.tracking import make_trackers
-
-    trackers = make_trackers(track, logdir=logdir)
-    backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
-    df = run_study(cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
-                   progress=progress, backend=backend, callbacks=trackers)
-    shutdown(backend)
+    df, where = ran
     n = df[["method", "seed", "round"]].drop_duplicates().shape[0] if len(df) else 0
-    if backend.rank == 0 and as_json:
+    if as_json:
         from adflora_analysis.rundir import RunDir
 
         typer.echo(json.dumps({"run_dir": str(where), "status": RunDir(where).status,
                                "method_seed_rounds": n, "rows": len(df)}))
-    elif backend.rank == 0 and sys.stdout.isatty():
+    elif sys.stdout.isatty():
         typer.echo(f"wrote {where} ({n} method-seed-rounds)")
 
 
