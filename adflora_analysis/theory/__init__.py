@@ -36,8 +36,8 @@ from adflora_analysis.errors import AdfloraError
 from adflora_analysis.theory import async_rate as _async_rate
 from adflora_analysis.theory import convergence as _convergence
 from adflora_analysis.theory import stationarity as _stationarity
-from adflora_analysis.theory.audits import AUDIT_READS, AUDITS
 from adflora_analysis.theory.async_rate import check_async_rate
+from adflora_analysis.theory.audits import AUDIT_READS, AUDITS
 from adflora_analysis.theory.consensus import check_consensus, kappa
 from adflora_analysis.theory.convergence import check_convergence
 from adflora_analysis.theory.cross_term import (
