@@ -59,7 +59,8 @@ def test_shipped_studies_load():
     counts = {}
     for p in sorted(root.glob("*.toml")):
         counts[p.stem] = len(expand_variants(load_config(SyntheticConfig, p)))
-    assert counts == {"adaptive_t": 28, "async": 17, "bounds": 1, "heterogeneity": 6,
+    assert counts == {"adaptive_t": 28, "async": 17, "async_models": 18, "bounds": 1,
+                      "heterogeneity": 6,
                       "scale": 1, "scale_100k": 1, "step_decay": 1, "t_ablation": 5,
                       "topology_measures": 40, "topology_sweep": 9}
 

@@ -5,8 +5,11 @@ DataFrames for the reports and the closing notes.
   ``last`` rounds per seed), the time-averaged cross term C, the mean length T of the
   completed phases, each with its standard error over seeds, the best fixed T per (q, method)
   marked, and whether each schedule is within noise (2 s.e. of the difference) of it.
-- :func:`async_table`: per (τ, π, method) the predicted consensus rate (``meta.json``), the
-  fitted frozen-block rate ± s.e. (check 7's fit; adf-lora only), final ‖∇f‖² and C.
+- :func:`async_table`: per (asynchrony model, τ, π, method) the predicted consensus rate
+  (``meta.json``; derived or simulated), the fitted frozen-block rate ± s.e. (check 7's fit;
+  adf-lora only), final ‖∇f‖² and C (``synthetic/async.toml``, ``synthetic/async_models.toml``).
+- :func:`drift_table`: per (model, τ, π) the drift of a frozen block's consensus value from the
+  initial average (direct simulation, no training).
 - :func:`phase_ribbon`: which block each method trains at each round (seed 0), for a figure.
 """
 
@@ -95,9 +98,11 @@ def adaptive_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
 
 
 def async_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
-    """The async table of ``synthetic/async.toml``: per variant (staleness τ, participation π)
-    and method: predicted (``async_rate`` of meta.json; the second-moment rate for the
-    synchronous variant) and fitted rate (adf-lora's frozen blocks, first τ + 1 rounds of each
+    """The async table of ``synthetic/async.toml`` and ``synthetic/async_models.toml``: per
+    variant (asynchrony ``model``: stale-read, ad-psgd or push-sum; staleness τ, participation
+    π) and method: predicted (``async_rate`` of meta.json; the second-moment rate for the
+    synchronous variant; ``prediction``: how it was obtained, e.g. ``exact-reduced`` or
+    ``simulated``) and fitted rate (adf-lora's frozen blocks, first τ + 1 rounds of each
     stretch dropped) with standard errors, grad_final and C with theirs."""
     from adflora_analysis.theory.async_rate import frozen_series
     from adflora_analysis.theory.data import check_data, contexts
@@ -118,11 +123,35 @@ def async_table(run_dir: str | Path, last: int = 10) -> pd.DataFrame:
             series = frozen_series(ctx, "A", tau + 1) + frozen_series(ctx, "B", tau + 1)
             if series:
                 fit, fit_se = fit_geometric_rate(series)
-        rows.append({"variant": ctx.variant, "method": ctx.method, "staleness": tau,
-                     "participation": float(g.get("participation", 1.0)),
+        rows.append({"variant": ctx.variant, "method": ctx.method,
+                     "model": g.get("model", "stale-read") if g else "synchronous",
+                     "staleness": tau, "participation": float(g.get("participation", 1.0)),
                      "predicted_rate": rate, "predicted_rate_se": rate_se,
+                     "prediction": pred.get("method", "second-moment"),
                      "fitted_rate": fit, "fitted_rate_se": fit_se})
     return pd.DataFrame(rows).merge(t, on=["variant", "method"])
+
+
+def drift_table(sampler, staleness=(1, 2, 4), participation=(1.0, 0.8), *,
+                paths: int = 2000, rounds: int = 150, seed: int = 0) -> pd.DataFrame:
+    """Per (model, τ, π): the drift of a frozen block's consensus value from the initial
+    average, E[(z̄_end − z̄_0)²] / E Ξ₀ after ``rounds`` rounds of gossip alone, by direct
+    simulation (:func:`~adflora_analysis.topology.async_rates.simulate_models`; 0 up to
+    rounding for a model that conserves the mean), with the simulated rate beside it.
+
+    >>> import numpy as np
+    >>> t = drift_table(np.full((3, 3), 1 / 3), staleness=(1,), participation=(1.0,),
+    ...                 paths=20, rounds=20)
+    >>> list(t.model), bool((t.drift < 1e-20).all())
+    (['stale-read', 'ad-psgd', 'push-sum'], True)
+    """
+    from adflora_analysis.topology.async_rates import MODELS, simulate_models
+
+    rows = [simulate_models(sampler, model=m, staleness=t, participation=p, paths=paths,
+                            rounds=rounds, seed=seed)
+            for t in staleness for p in participation for m in MODELS]
+    return pd.DataFrame(rows)[["model", "staleness", "participation", "drift", "rate",
+                               "stderr"]]
 
 
 def phase_ribbon(run_dir: str | Path, seed: int | None = None) -> pd.DataFrame:
