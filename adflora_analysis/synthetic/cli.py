@@ -64,11 +64,14 @@ def run(
 
 @app.command("mutate")
 def mutate(
-    bugs: list[str] = typer.Option(None, "--bugs", help="Planted bugs to run (repeatable or "
+    bugs: list[str] = typer.Option(None, "--bugs", metavar="NAME[,NAME...]",
+                                   help="Planted bugs to run (repeatable or "
                                    "comma-separated; default: all). Names: see "
                                    "docs/theory.md, 'Mutation harness'."),
-    seeds: int = typer.Option(4, "--seeds", help="Seeds of the small study each bug runs."),
-    out: Path = typer.Option(None, "--out", help="Directory for the run directories (one per "
+    seeds: int = typer.Option(4, "--seeds", metavar="N",
+                              help="Seeds of the small study each bug runs."),
+    out: Path = typer.Option(None, "--out", metavar="DIR",
+                             help="Directory for the run directories (one per "
                              "bug, plus clean); a temporary one, removed after, when omitted."),
 ) -> None:
     """Mutation harness: run a small study clean and under each planted bug, evaluate every
