@@ -183,8 +183,9 @@ def test_rows_frame_keeps_nan(full):
 def test_float32_bookkeeping_agrees_with_float64():
     """From 1,024 clients a float32 run's bookkeeping passes run in float32 with float64 sums
     (``exact_bookkeeping`` off); every column agrees with the float64 passes to 1e-5 of the
-    column's scale (measured at d = 64, n = 4,096: <= 2.4e-7, benchmarks/synthetic.py), and the
-    method's factors are the same bits."""
+    column's scale (measured at d = 64, n = 4,096: <= 2.4e-7, benchmarks/synthetic.py). The
+    float32 pass also gives the step's minibatch gradient (the m rows weighted by how often the
+    minibatch drew them), so the factors agree to float32 rounding (1e-6)."""
     cfg = cfg_of(n_clients=1100, dtype="float32", client_storage="rows", rounds=3, seeds=1,
                  topology={"graph": "encounter", "q": 0.005})
     out = {}
@@ -199,8 +200,9 @@ def test_float32_bookkeeping_agrees_with_float64():
                                           mixing, rounds=cfg.rounds, switch_interval=2)]
     checked = set()
     for (a, sa), (b, sb) in zip(out[True], out[False], strict=True):
-        assert all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
-        for k in a:
+        for x, y in zip(sa, sb, strict=True):
+            assert float((x - y).abs().max()) <= 1e-6 * float(x.abs().max())
+        for k in (k for k in a if k in SCHEDULED or k in ("loss", "L_hull")):
             scale = float(a[k].abs().max())
             assert float((a[k] - b[k]).abs().max()) <= 1e-5 * scale, k
             checked.add(k)

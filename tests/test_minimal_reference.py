@@ -34,7 +34,8 @@ def cfg_of(n: int, checks: str) -> SyntheticConfig:
         "topology": {"graph": "encounter", "weights": "metropolis", "q": min(1.0, 4 / n)}})
 
 
-@pytest.mark.parametrize("n, checks", [(24, "none"), (24, "all"), (1100, "none")])
+@pytest.mark.parametrize("n, checks", [(24, "none"), (24, "all"), (1100, "none"),
+                                       (1100, "all")])
 def test_project_round_equals_minimal(n, checks):
     cfg = cfg_of(n, checks)
     prob = QuadraticProblem(cfg)

@@ -107,7 +107,9 @@ class QuadraticBookkeeping:
 
     def _descent_terms(self, Af: Tensor, Bf: Tensor, Ab: Tensor, Bb: Tensor,
                        a: dict[str, Tensor], blocks: tuple[str, ...],
-                       gi: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+                       gi: dict[str, Tensor] | None = None,
+                       rows_terms: tuple[dict[str, Tensor], Tensor | None] | None = None
+                       ) -> dict[str, Tensor]:
         """Terms of the descent step (docs/theory.md §3) at one inner step, each (S,) float64.
 
         ``Af``, ``Bf``: this process's clients' factors (S, n_local, L, ...) (every client
@@ -115,10 +117,15 @@ class QuadraticBookkeeping:
         ``a``: M_t grad f(x_bar) per block (S, L, ...). One trained block: L per layer is the
         exact curvature along that block (B: s^2 lam_max(A_bar Sig_bar A_bar^T); A: s^2
         lam_max(B_bar^T B_bar) lam_max(Sig_bar)), cl = sum_l L_l ||g_bar_l||^2 and
-        cr = sum_l L_l V_l / n with V_l the clients' mean gradient variance of the block."""
+        cr = sum_l L_l V_l / n with V_l the clients' mean gradient variance of the block.
+
+        ``gi``: the clients' full gradients when the step computed them; ``rows_terms``:
+        (g_bar, V) of :meth:`_rows_step_and_descent` when the step's pass computed them."""
         s, n = self.s, self.n
         V = None
-        if isinstance(self.Sig, Rows):
+        if rows_terms is not None:
+            gb, V = rows_terms
+        elif isinstance(self.Sig, Rows):
             gb, V = self._rows_descent(Af, Bf, blocks)
         else:
             if gi is None:   # else the step's full gradients, shared (same call, same numbers)
@@ -235,6 +242,64 @@ class QuadraticBookkeeping:
         tot = process_sums(self.backend, *gsum.values(), *([] if vsum is None else [vsum]))
         return ({k: v / n for k, v in zip(gsum, tot, strict=False)},
                 None if vsum is None else tot[-1] / n)
+
+    def _rows_step_and_descent(self, Af: Tensor, Bf: Tensor, idx: Tensor,
+                               blocks: tuple[str, ...]
+                               ) -> tuple[dict[str, Tensor], tuple[dict[str, Tensor],
+                                                                  Tensor | None]]:
+        """The step's minibatch gradients and the descent terms' client means in ONE pass
+        (float32 runs from ``PARTIAL_SUM_MIN_N`` clients, rows storage, minibatch noise):
+        each client's residual E = s Z B^T - R over its m rows is computed once and shared by
+        its full gradient (g_bar), its minibatch variance (V) and the step's minibatch gradient,
+        which weights the m rows by how often ``idx`` (S, n_local, L, b) drew them
+        (g = (s/b) E^T diag(c) Z, equal to the gathered rows' gradient to float rounding).
+        Returns ({block: (S, n_local, L, ...)}, (g_bar, V)) as :meth:`_rows_descent`."""
+        c, s, n = self.cfg, self.s, self.n
+        m, b = c.samples_per_client, c.batch_size
+        di, r, do = Af.shape[-1], Af.shape[-2], Bf.shape[-2]
+        var = len(blocks) == 1
+        f64 = torch.float64
+        gsum: dict[str, Tensor] = {}
+        vsum = None
+        out = {k: (Af if k == "A" else Bf).new_empty((Af if k == "A" else Bf).shape)
+               for k in blocks}
+        XR, xsq = self.XR, self._row_sq()
+        S, L = Af.shape[0], Af.shape[2]
+        for sl in client_chunks(XR.shape[1], S * L * m * (di + do)):
+            nc = sl.stop - sl.start
+            rows = XR[:, sl].reshape(-1, m, di + do)
+            X, R = rows[..., :di], rows[..., di:]
+            A = Af[:, sl].reshape(-1, r, di)
+            B = Bf[:, sl].reshape(-1, do, r)
+            cnt = torch.zeros(X.shape[0], m, dtype=X.dtype, device=X.device).scatter_add_(
+                1, idx[:, sl].reshape(-1, b), torch.ones(1, 1, dtype=X.dtype,
+                                                         device=X.device).expand(X.shape[0], b))
+            Z = torch.bmm(X, A.transpose(-1, -2))                          # (N, m, r)
+            E = torch.baddbmm(R, Z, B.transpose(-1, -2), beta=-1, alpha=s)  # (N, m, do)
+            g = {}
+            if "B" in blocks:
+                g["B"] = torch.bmm(E.transpose(-1, -2), Z).mul_(s / m)
+                out["B"][:, sl] = torch.bmm(E.transpose(-1, -2), Z * cnt.unsqueeze(-1)).mul_(
+                    s / b).view(out["B"][:, sl].shape)
+            if "A" in blocks:
+                EB = torch.bmm(E, B)
+                g["A"] = torch.bmm(EB.transpose(-1, -2), X).mul_(s / m)
+                out["A"][:, sl] = torch.bmm((EB * cnt.unsqueeze(-1)).transpose(-1, -2), X).mul_(
+                    s / b).view(out["A"][:, sl].shape)
+            for k, v in g.items():
+                part = v.view(S, nc, L, *v.shape[1:]).sum(1, dtype=f64)
+                gsum[k] = gsum[k] + part if k in gsum else part
+            if var:
+                per = (E.pow(2).sum(-1) * Z.pow(2).sum(-1) if blocks == ("B",)
+                       else EB.pow(2).sum(-1) * xsq[:, sl].reshape(-1, m))
+                gg = g[blocks[0]]
+                v = ((s * s * per.mean(-1, dtype=f64)
+                      - gg.pow(2).sum((-2, -1), dtype=f64)).clamp_min(0) / b)
+                v = v.view(S, nc, L).sum(1)
+                vsum = v if vsum is None else vsum + v
+        tot = process_sums(self.backend, *gsum.values(), *([] if vsum is None else [vsum]))
+        return out, ({k: v / n for k, v in zip(gsum, tot, strict=False)},
+                     None if vsum is None else tot[-1] / n)
 
     def _path_curvature(self, Ab: Tensor, Bb: Tensor, g: dict[str, Tensor], lr: float
                         ) -> tuple[Tensor, Tensor]:

@@ -436,14 +436,22 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
             elif norms:
                 self._track_norms(A, B, blocks)
             g_full = None     # every client's full gradient, shared by the step and the terms
+            g_step = None     # the step's gradient when the descent terms' pass computed it
             if want_desc:
+                rows_terms = None
                 if c.noise_kind != "minibatch" and not isinstance(self.Sig, Rows):
                     g_full = self.full_grads(A, B, self.Sig, self.C, blocks)
-                desc = self._descent_terms(A, B, Ab, Bb, gbar, blocks, g_full)
+                elif (c.noise_kind == "minibatch" and isinstance(self.Sig, Rows)
+                      and not self.exact_bookkeeping):
+                    g_step, rows_terms = self._rows_step_and_descent(A, B, noise["idx"][:, k],
+                                                                     blocks)
+                desc = self._descent_terms(A, B, Ab, Bb, gbar, blocks, g_full, rows_terms)
             # the step
             gam = [name for name in blocks if want[f"gamma_{name}"]]
             g: dict[str, Tensor] = {}
-            if fuse and not gam and not (want_desc and len(blocks) > 1):
+            if g_step is not None:
+                g = g_step
+            elif fuse and not gam and not (want_desc and len(blocks) > 1):
                 # no check reads this step's gradients: gradient and step in one pass
                 self._minibatch_grads(A, B, noise["idx"][:, k], blocks, step=lr)
             elif c.noise_kind == "minibatch":
