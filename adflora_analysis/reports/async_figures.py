@@ -361,9 +361,17 @@ def async_sections(title: str, metrics: pd.DataFrame, run_dirs: list,
                     "(ρ of the expected companion operator, docs/theory.md §9; the second-moment "
                     "rate for τ = 0, π = 1) and fitted on adf-lora's frozen stretches (first "
                     "τ + 1 rounds of each dropped), ± s.e. over seeds."]
+            models = set(tab["model"]) - {"stale-read", "synchronous"} if "model" in tab \
+                else set()
+            if models:   # issue 20: AD-PSGD / push-sum runs beside stale-read gossip
+                text.append("Asynchrony models (column model): stale-read gossip, AD-PSGD "
+                            "(its frozen block mixes synchronously: the τ = 0 rate) and "
+                            "push-sum (derived at τ = 0 on a symmetric W, else measured by a "
+                            "direct simulation: column prediction = simulated).")
             if fig is not None:
                 text.append(figure_check_line(verify_rates(fig, tab), "rate pairs"))
-            secs.append(Section(f"{name}: stale and partial gossip", text,
+            secs.append(Section(f"{name}: " + ("asynchrony models" if models
+                                               else "stale and partial gossip"), text,
                                 figures={"consensus rate against tau and pi": fig} if fig else {},
                                 tables={"async": tab}))
     return secs

@@ -1,4 +1,5 @@
-"""Consensus rate of stale and partial gossip (docs/theory.md §9), computed before a run.
+"""Consensus rate of stale-read and partial gossip, and of the AD-PSGD and push-sum asynchrony
+models (:func:`model_consensus_rate`; docs/theory.md §9), computed before a run.
 
 With staleness τ, client i mixes its own current block with its neighbours' blocks of τ rounds
 ago, and with participation π each client is active with probability π (an inactive client's
