@@ -126,7 +126,7 @@ def run_command(kind: str, args: list[str], out: Path | None, resume: Path | Non
     from adflora_analysis.configs import resolve_config
     from adflora_analysis.study.testbed import get_testbed
 
-    tb = get_testbed(kind)
+    tb = get_testbed(kind, validate=False)   # the run sequence validates it
     no_out = dry_run and out is None and resume is None   # a dry run needs no --out
     config, overrides, where, mode = run_target(args, Path("unused") if no_out else out,
                                                 resume, overwrite)
@@ -149,7 +149,7 @@ def run_command(kind: str, args: list[str], out: Path | None, resume: Path | Non
 
     trackers = make_trackers(track, logdir=logdir)
     backend = make_backend(cfg.n_clients, cfg.backend, cfg.exchange, cfg.dist_timeout_s)
-    result = run_testbed(tb, cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
+    result = run_testbed(kind, cfg, where, resume=mode == "resume", overwrite=mode == "overwrite",
                          progress=progress, backend=backend, callbacks=trackers, **options)
     shutdown(backend)
     if backend.rank != 0:

@@ -177,9 +177,11 @@ def unregister_testbed(kind: str) -> None:
     _CHECKED.discard(kind)
 
 
-def get_testbed(kind: str | None) -> Testbed:
+def get_testbed(kind: str | None, *, validate: bool = True) -> Testbed:
     """The testbed of ``kind`` (the shipped ones are imported on demand); an unknown kind, or
-    one that declares a check the theory wing does not have, is one error line."""
+    one that declares a check the theory wing does not have, is one error line. ``validate``
+    False skips the checks' validation (it imports the theory wing; ``--dry-run`` needs only
+    the config class)."""
     if kind not in _REGISTRY and kind in SHIPPED:
         importlib.import_module(SHIPPED[kind])
     tb = _REGISTRY.get(kind)  # type: ignore[arg-type]
@@ -187,7 +189,7 @@ def get_testbed(kind: str | None) -> Testbed:
         known = sorted(set(_REGISTRY) | set(SHIPPED))
         raise AdfloraError(f"unknown run kind {kind!r}",
                            f"{_did_you_mean(str(kind), known)}known kinds: {', '.join(known)}")
-    if kind not in _CHECKED:
+    if validate and kind not in _CHECKED:
         _check_checks(tb)
         _CHECKED.add(tb.kind)
     return tb
