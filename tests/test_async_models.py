@@ -223,6 +223,9 @@ def test_predictions_say_whether_they_are_derived_or_simulated():
 
 
 def test_make_mixer_names_each_model_and_refuses_an_unknown_one():
+    from adflora_analysis.core import asynchronous
+
+    assert asynchronous is stale_read                     # the former name still imports
     assert [make_mixer(m, 1, 1.0).name.split("(")[0] for m in MODELS] == list(MODELS)
     with pytest.raises(AdfloraError, match="unknown gossip.model 'adpsgd'"):
         make_mixer("adpsgd", 1)
@@ -230,13 +233,14 @@ def test_make_mixer_names_each_model_and_refuses_an_unknown_one():
         push_sum(-1)
 
 
-@pytest.mark.parametrize("line,expect", [
-    ('model = "sgp"', "unknown gossip.model 'sgp'"),
-    ("staleness = -1", "gossip.staleness = -1 must be an integer >= 0"),
+@pytest.mark.parametrize("n,line,expect", [
+    (4, 'model = "sgp"', "unknown gossip.model 'sgp'"),
+    (4, "staleness = -1", "gossip.staleness = -1 must be an integer >= 0"),
+    (2000, 'model = "push-sum"', "'push-sum' needs a dense W^t"),
 ])
-def test_bad_gossip_config_is_one_error_line(tmp_path, line, expect):
+def test_bad_gossip_config_is_one_error_line(tmp_path, n, line, expect):
     cfg = tmp_path / "bad.toml"
-    cfg.write_text(f'n_clients = 4\nrounds = 3\nmethods = ["adf-lora"]\n[gossip]\n{line}\n')
+    cfg.write_text(f'n_clients = {n}\nrounds = 3\nmethods = ["adf-lora"]\n[gossip]\n{line}\n')
     p = subprocess.run([sys.executable, "-m", "adflora_analysis", "synthetic", "run",
                         str(cfg), "--out", str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=300)

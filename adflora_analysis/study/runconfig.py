@@ -225,6 +225,12 @@ class FederationConfig:
 
         if g.model not in MODELS:
             raise unknown_name("gossip.model", g.model, MODELS)
+        from adflora_analysis.core.gossip import SPARSE_MIN_N
+
+        need(g.model != "push-sum" or self.n_clients < SPARSE_MIN_N,
+             f"gossip.model = 'push-sum' needs a dense W^t, used below {SPARSE_MIN_N:,} "
+             f"clients (n_clients = {self.n_clients:,})",
+             "use fewer clients or gossip.model = 'stale-read'")
         need(isinstance(g.staleness, int) and g.staleness >= 0,
              f"gossip.staleness = {g.staleness} must be an integer >= 0",
              "use 0 (fresh messages) or a number of rounds")
