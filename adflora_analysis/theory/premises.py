@@ -97,7 +97,7 @@ def _phase(ctx: Context, mixed_only: bool) -> Failed | None:
            "clients whose clocks have switched")
     return Failed("one-gossip-phase-per-round" if mixed_only else "one-phase-per-round",
                   "clock drift",
-                  f"clock drift {d:g}: clients in different phases in the same round, so {why}; "
+                  f"d = {d:g}, clients in different phases in the same round, so {why}; "
                   "read drift runs through docs/theory.md §9's drift measures (C, the frozen "
                   "block's Ξ, phase_frac_A)", {"clock_drift": d})
 
