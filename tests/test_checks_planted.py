@@ -225,3 +225,18 @@ def test_cross_term_100x_too_large_fails_checks_6a_and_6b(copy_rows):
     for method in ("adf-lora", "lora"):
         assert status(res, "6a", method) == ["violated"]
         assert status(res, "6b", method) == ["violated"]
+
+
+def test_complete_graph_p_1_check_2_is_exact_and_can_fail(tmp_path):
+    """W^t = J (p = 1): Ξ after gossip is round-off, so check 2 holds (it used to read
+    `violated`: round-off ÷ a bound of exactly 0); rows where gossip did not average fail."""
+    from adflora_analysis.theory import check_data
+
+    cfg = load_config(SyntheticConfig, data={**SMALL, "seeds": 4, "rounds": 6,
+                                             "methods": ["lora"],
+                                             "topology": {"graph": "complete"}})
+    run_study(cfg, tmp_path / "run", progress=False)
+    assert status(run_checks(tmp_path / "run"), "2", "lora") == ["held"]
+    data = check_data(tmp_path / "run")
+    data.metrics["xi_A"] = data.metrics["xi_A_local"] * 0.5          # gossip half-averaged
+    assert status(run_checks(tmp_path / "run", data=data), "2", "lora") == ["violated"]

@@ -11,6 +11,8 @@ Source: Koloskova et al. 2020, Assumption 4 (eq. 5); Boyd et al. 2006, Lemma 1.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -48,6 +50,16 @@ def check_gossip(ctx: Context) -> CheckResult:
         return CheckResult("gossip-contraction", "2", ctx.method, ctx.variant, "n/a",
                            note="no gossiped block with a nonzero consensus error")
     b, a = np.concatenate(before_l, 1), np.concatenate(after_l, 1)
+    if p >= 1 and p_se == 0:     # W^t = J: one step reaches consensus, Ξ after is round-off
+        ok = bool((a <= tiny(b)).all())
+        return CheckResult("gossip-contraction", "2", ctx.method, ctx.variant,
+                           "held" if ok else "violated", measured=float(a.mean()), bound=0.0,
+                           ratio=math.inf if ok else 0.0, seeds=run.S, source=SOURCE,
+                           test="deterministic (p = 1: Ξ after gossip is round-off of 0)",
+                           note=("p = 1 (W^t = J): Ξ after gossip is round-off of zero at every "
+                                 f"point (max {a.max():.2g})" if ok else
+                                 f"p = 1 (W^t = J) but Ξ after gossip reaches {a.max():.3g}, "
+                                 "above round-off: gossip did not average"), details=det)
     kind = "equal" if ctx.exchangeable else "upper"
     t = pooled_test(a, lambda pp: (1 - pp) * b, p, p_se, kind=kind, z=ctx.z, effect=ctx.effect)
     measured_rate = float(a.mean(0).sum() / b.mean(0).sum())
