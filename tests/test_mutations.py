@@ -1,4 +1,4 @@
-"""The mutation harness (issue 20 item 5, theory/mutations.py): every planted bug is caught by
+"""The mutation harness (issue 20 item 5, synthetic/mutations.py): every planted bug is caught by
 some check that should hold, the clean run has no unexpected violation, the patches are undone,
 and the CLI refuses an unknown bug name in one line with a did-you-mean."""
 

@@ -82,7 +82,7 @@ def mutate(
     """
     import tempfile
 
-    from adflora_analysis.theory.mutations import (
+    from adflora_analysis.synthetic.mutations import (
         format_table,
         notes,
         run_harness,
