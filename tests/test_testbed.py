@@ -190,6 +190,17 @@ def test_shipped_kinds_are_declarations():
     assert get_testbed("lm").meta is get_testbed("glue").meta   # shared through the declaration
 
 
+def test_a_testbeds_declared_checks_are_the_built_ins_that_judge_its_runs():
+    """The declaration and the registry agree: no built-in check judges a kind that did not
+    declare it, and every declared one does."""
+    from adflora_analysis.theory import REGISTRY
+
+    for kind in ("synthetic", "glue", "lm"):
+        tb = get_testbed(kind)
+        judged = {n for n, c in REGISTRY.items() if c.builtin and kind in c.kinds}
+        assert judged == set(tb.checks), (kind, judged ^ set(tb.checks))
+
+
 # --- bad input: one line each -----------------------------------------------------------------
 
 

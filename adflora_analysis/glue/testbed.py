@@ -16,6 +16,7 @@ TESTBED = register_testbed(Testbed(
     summary=lazy(f"{RUNNER}:summarize"), tables=("metrics", "eval", "label_counts", "summary"),
     # one seed per job, real models: the checks that need batched seeds or known constants
     # (consensus, stationarity) are the synthetic testbed's
-    checks=("mixing-validity", "gossip-contraction", "frozen-block", "cross-term",
-            "stale-gossip-rate"),
+    checks=("mixing-validity", "gossip-contraction", "frozen-block", "cross-term-invariant",
+            "cross-term", "cross-term-below", "stale-gossip-rate", "step-audit",
+            "frozen-audit", "gossip-audit", "bytes-audit"),
     report_sections=("glue", "checks"), description="decentralized LoRA fine-tuning on GLUE"))

@@ -14,6 +14,8 @@ TESTBED = register_testbed(Testbed(
     needs=lazy(f"{RUNNER}:needs"), threads=lambda cfg: cfg.n_threads(),
     tables=("metrics", "mixing", "constants"),
     checks=("mixing-validity", "gossip-contraction", "frozen-block", "consensus",
-            "stationarity", "cross-term", "stale-gossip-rate"),
+            "stationarity", "descent-audit", "cross-term-invariant", "cross-term",
+            "cross-term-below", "stale-gossip-rate", "step-audit", "frozen-audit",
+            "gossip-audit", "bytes-audit"),
     report_sections=("bounds", "consensus", "cross-term", "checks", "async"),
     description="quadratic LoRA problems with known constants: the theory's testbed"))
