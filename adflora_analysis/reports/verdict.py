@@ -14,7 +14,8 @@ from adflora_analysis.reports.figures import method_order, natural_key
 #: Check families by the check's leading number (docs/theory.md).
 FAMILIES = {"1": "mixing matrix", "2": "gossip contraction", "3": "frozen-block consensus",
             "4": "consensus bound", "5": "stationarity", "6": "cross term",
-            "7": "stale gossip rate"}
+            "7": "stale gossip rate", "5a": "descent audit (logs)",
+            "5b": "descent audit (logs)", "5c": "descent audit (logs)", "A": "audits (states)"}
 #: A family's verdict is the first of these its checks have (n/a and error rows aside).
 PRECEDENCE = ("violated", "finding", "underpowered", "held")
 #: Settings that must agree for a comparison of methods to be like for like.
@@ -25,13 +26,19 @@ MAX_COMPARISONS = 12
 
 
 def family(number: object) -> str:
-    """The family name of a check number ("4b" -> "consensus bound").
+    """The family name of a check number ("4b" -> "consensus bound"); the descent audit of the
+    logs (5a-5c) is not the stationarity check (5), and the audits of the states are A1-A4.
 
-    >>> family("4b"), family("user")
-    ('consensus bound', 'user')
+    >>> family("4b"), family("5"), family("5a"), family("A3"), family("user")
+    ('consensus bound', 'stationarity', 'descent audit (logs)', 'audits (states)', 'user')
     """
-    lead = str(number).rstrip("abcdefghijklmnopqrstuvwxyz") or str(number)
-    return FAMILIES.get(lead, str(number))
+    s = str(number)
+    if s in FAMILIES:
+        return FAMILIES[s]
+    if s[:1] == "A" and s[1:].isdigit():
+        return FAMILIES["A"]
+    lead = s.rstrip("abcdefghijklmnopqrstuvwxyz") or s
+    return FAMILIES.get(lead, s)
 
 
 def family_verdicts(checks: pd.DataFrame) -> dict[str, dict[str, str]]:
