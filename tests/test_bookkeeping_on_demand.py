@@ -63,13 +63,16 @@ def test_checks_none_is_the_method_alone(storage, full):
         # the loss at the averaged model: the same value, without the float64 copy of the
         # clients' factors (agrees to round-off)
         torch.testing.assert_close(b.scalar["loss"], a.scalar["loss"], rtol=1e-12, atol=0)
-        assert torch.equal(a.layer["xi_A"], b.layer["xi_A"])
-        for blk in ("A", "B"):     # a trained block's Ξ(Δ) is not computed; a frozen one is 0
-            col = f"disp_{blk}"
-            if blk in b.trained:
-                assert torch.isnan(b.layer[col]).all() and not torch.isnan(a.layer[col]).any()
-            else:
-                assert torch.equal(b.layer[col], a.layer[col])
+        # the loop's consensus errors after gossip: the same numbers (the loop's metrics pass
+        # without the cross term)
+        for col in ("xi_A", "xi_B"):
+            torch.testing.assert_close(b.layer[col], a.layer[col], rtol=1e-12, atol=0)
+        # the loop computes nothing no check reads: no audits, no cross term or product
+        # consensus, no Ξ(Δ), no consensus before gossip (a fixed switching interval)
+        assert set(b.layer) == {"xi_A", "xi_B"}, sorted(b.layer)
+        assert {"cross_term", "disp_A", "disp_B", "xi_A_local"} <= set(a.layer)
+        assert not [c for c in b.scalar if c.startswith("audit_")]
+        assert {"audit_eps", "audit_frozen_move", "audit_gossip_err"} <= set(a.scalar)
 
 
 def test_measure_every_thins_the_scheduled_columns(full):
@@ -106,6 +109,30 @@ def test_a_selection_computes_what_its_checks_read(full):
         for col in sched:
             assert torch.equal(a.scalar[col], b.scalar[col])
         assert torch.equal(a.layer["disp_B"], b.layer["disp_B"])
+
+
+def test_checks_none_keeps_the_loop_metrics_a_schedule_reads():
+    """A schedule without a fixed interval (feedback) reads xi before and after gossip: with the
+    checks off the loop still computes them."""
+    from adflora_analysis.core.schedules import feedback
+
+    cfg = cfg_of(checks="none")
+    prob = QuadraticProblem(cfg)
+    mixing = mixing_schedule(build_sampler(cfg.topology, cfg.n_clients, seed=0), cfg.seed_list,
+                             dtype=prob.dtype)
+    res = list(run_rounds(prob, get_method("adf-lora"), prob.initial_state(), mixing,
+                          rounds=3, schedule=feedback(0.1)))
+    assert {"xi_A_local", "xi_B_local", "xi_A", "xi_B"} <= set(res[-1].layer)
+    assert "cross_term" not in res[-1].layer
+
+
+def test_checks_none_still_stops_at_a_non_finite_state():
+    """One finiteness check a round with the checks off (after gossip, which spreads a NaN)."""
+    from adflora_analysis.errors import DivergenceError
+
+    cfg = cfg_of(checks="none", lr=1e6, rounds=20)
+    with pytest.raises(DivergenceError, match="after gossip"):
+        run(cfg)
 
 
 def test_default_columns_and_rows_unchanged(full):

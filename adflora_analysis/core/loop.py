@@ -90,6 +90,10 @@ class RoundResult:
     ``disp_A``/``disp_B`` = ‖(I − J) Δ_t‖²_F / n, the consensus error of the round's local
     displacement Δ_t (theory check 4). ``scalar`` holds what the local update measured, the
     problem's metrics, ``bytes_sent`` and the round's audits (``audit_*``, :mod:`.audit`).
+    Columns that no selected theory check reads (a problem's ``columns.need``, synthetic config
+    ``checks``) are left out: the audits, cross_term and product_consensus, disp_A/disp_B and
+    (with a fixed switching interval) xi_A_local/xi_B_local; ``checks = "none"`` keeps
+    xi_A, xi_B and the problem's own metrics.
     ``phase`` is the schedule's phase of the round ("A" or "B"; alternating methods train that
     factor). ``carry`` is the schedule's and the mixer's
     state after the round (``{"schedule": ..., "mixer": ...}``): a checkpoint saves it and a
@@ -197,6 +201,18 @@ def check_finite(state: LoraState, t: int, method: str, where: str,
                 "lower the step size (lr); metrics up to the previous round are kept")
 
 
+def _columns_read(problem: Problem) -> frozenset[str] | None:
+    """The metric columns the run's selected theory checks read: the problem's ``columns.need``
+    (the synthetic problem's config ``checks``), None (every column, today's rows) for a problem
+    without one (GLUE/LM) or with the default ``checks = "all"``.
+
+    >>> class P: pass
+    >>> _columns_read(P()) is None
+    True
+    """
+    return getattr(getattr(problem, "columns", None), "need", None)
+
+
 def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
                mixing: Callable[[int], Tensor], *, rounds: int, switch_interval: int | None = None,
                schedule: SwitchSchedule | None = None, mixer: Mixer | None = None,
@@ -250,6 +266,13 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
     """
     schedule = schedule or periodic(switch_interval or spec.default_switch_interval)
     mixer = mixer or synchronous()
+    need = _columns_read(problem)
+    audit_on = need is None or any(c.startswith("audit_") for c in need)
+    full = need is None or bool({"cross_term", "product_consensus"} & need)
+    # a schedule without a fixed interval may read the round's consensus errors (feedback)
+    xi_local = (need is None or schedule.interval is None
+                or bool({"xi_A_local", "xi_B_local"} & need))
+    disp_on = need is None or bool({"disp_A", "disp_B"} & need)
     carry = carry or {"schedule": schedule.init(), "mixer": mixer.init(state)}
     s_state, m_state = carry["schedule"], carry["mixer"]
     for t in range(start_round, rounds):
@@ -262,8 +285,9 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
             ph_cols = {"phase_frac_A": client_ph.double().mean(-1)}
         disp = DisplacementStats()
         audit = RoundAudit(problem if getattr(mixer, "local_update", None) is None else None,
-                           t, backend)      # no step replay when the mixer runs the update
-        audit.before_local(state, trained, train_kw.get("train_mask"))
+                           t, backend) if audit_on else None   # no replay when the mixer updates
+        if audit is not None:
+            audit.before_local(state, trained, train_kw.get("train_mask"))
         if mixer.local_update is None:
             out = problem.local_update(state, trained, t, disp, **train_kw)
         else:   # the mixer runs the update (mixers.ad_psgd: gradients at τ-old models)
@@ -271,20 +295,25 @@ def run_rounds(problem: Problem, spec: MethodSpec, state: LoraState,
                                               **train_kw)
         state, measured = out if isinstance(out, tuple) else (out, {})
         _check_reported(disp, trained, state, problem)
-        check_finite(state, t, spec.name, "after the local update", backend)
-        audit.after_local(state)
-        local = {f"{k}_local": v for k, v in round_metrics(state, backend, full=False).items()}
+        if need is None or need:   # checks off: one check, after gossip (which spreads a NaN)
+            check_finite(state, t, spec.name, "after the local update", backend)
+        if audit is not None:
+            audit.after_local(state)
+        local = ({f"{k}_local": v for k, v in round_metrics(state, backend, full=False).items()}
+                 if xi_local else {})
         L = len(state.layers)
         disp_m = {f"disp_{b}": disp.consensus(b, L, backend, tuple(state.batch_shape),
                                               state.A[0].device)
-                  for b in ("A", "B")}
+                  for b in ("A", "B")} if disp_on else {}
         W = mixing(t)
-        audit.before_gossip(state, (*mixed, *state.extra), mix_kw.get("masks"))
+        if audit is not None:
+            audit.before_gossip(state, (*mixed, *state.extra), mix_kw.get("masks"))
         state, m_state, sent = mixer.mix(m_state, state, (*mixed, *state.extra), W, t,
                                          backend=backend, server=server, **mix_kw)
         check_finite(state, t, spec.name, "after gossip", backend)
-        audits = audit.after_gossip(state, W, sent, mixer.name, server)
-        layer = {**round_metrics(state, backend), **local, **disp_m}
+        audits = (audit.after_gossip(state, W, sent, mixer.name, server)
+                  if audit is not None else {})
+        layer = {**round_metrics(state, backend, full=full), **local, **disp_m}
         scalar = {**measured, **problem.evaluate(state, t), "bytes_sent": sent, **ph_cols,
                   **audits}
         res = RoundResult(t, state, trained, mixed, W, layer, scalar, ph,
