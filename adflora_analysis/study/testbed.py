@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +47,22 @@ TABLES: dict[str, str] = {
 }
 """The tables the run sequence knows (name: file and content); a testbed declares a subset."""
 
-SHIPPED = {"synthetic": "adflora_analysis.synthetic.testbed",
-           "glue": "adflora_analysis.glue.testbed",
-           "lm": "adflora_analysis.lm.testbed"}
-"""Where the shipped testbeds register themselves (imported on first :func:`get_testbed`)."""
+def shipped() -> dict[str, str]:
+    """The shipped testbeds: every sub-package ``adflora_analysis.<kind>`` holding a
+    ``testbed.py`` (found on disk, not listed anywhere, so a new kind is its folder alone),
+    kind -> the module that registers it (imported on first :func:`get_testbed`).
+
+    >>> sorted(shipped())
+    ['glue', 'lm', 'synthetic']
+    """
+    import pkgutil
+
+    import adflora_analysis
+
+    return {m.name: f"adflora_analysis.{m.name}.testbed"
+            for m in pkgutil.iter_modules(adflora_analysis.__path__)
+            if m.ispkg and m.name != __name__.split(".")[1]   # this registry's own package
+            and importlib.util.find_spec(f"adflora_analysis.{m.name}.testbed")}
 
 
 def lazy(target: str) -> Callable[..., Any]:
@@ -182,11 +195,12 @@ def get_testbed(kind: str | None, *, validate: bool = True) -> Testbed:
     one that declares a check the theory wing does not have, is one error line. ``validate``
     False skips the checks' validation (it imports the theory wing; ``--dry-run`` needs only
     the config class)."""
-    if kind not in _REGISTRY and kind in SHIPPED:
-        importlib.import_module(SHIPPED[kind])
+    ours = shipped() if kind not in _REGISTRY else {}
+    if kind in ours:
+        importlib.import_module(ours[kind])
     tb = _REGISTRY.get(kind)  # type: ignore[arg-type]
     if tb is None:
-        known = sorted(set(_REGISTRY) | set(SHIPPED))
+        known = sorted(set(_REGISTRY) | set(ours))
         raise AdfloraError(f"unknown run kind {kind!r}",
                            f"{_did_you_mean(str(kind), known)}known kinds: {', '.join(known)}")
     if validate and kind not in _CHECKED:
@@ -197,7 +211,7 @@ def get_testbed(kind: str | None, *, validate: bool = True) -> Testbed:
 
 def registered() -> dict[str, Testbed]:
     """Every registered testbed by kind (the shipped ones included)."""
-    for kind in SHIPPED:
+    for kind in shipped():
         get_testbed(kind)
     return dict(_REGISTRY)
 
