@@ -5,11 +5,13 @@ around the local update and the gossip of every round and adds its numbers to th
 scalar metrics (columns ``audit_*``, each (*batch,) float64); the theory checks of
 :mod:`adflora_analysis.theory.audits` read them. Each costs a few norms a round:
 
-- **step** (``audit_step_err``, ``audit_step_scale``): a few clients a round (a seeded choice)
+- **step** (``audit_step_err``, ``audit_step_scale``, ``audit_step_cond``): a few clients a
+  round (a seeded choice)
   are replayed through the problem's :meth:`~adflora_analysis.core.loop.Problem.replay_sgd`
   from their state before the local steps; ``err`` = ||Δ_taken − Δ_replay|| / ||Δ_replay||
   and ``scale`` = ||Δ_taken|| / ||Δ_replay|| over the replayed clients' trained blocks
-  (0 and 1 when the problem takes the SGD steps it says); the same clients of all n on
+  (0 and 1 when the problem takes the SGD steps it says), ``cond`` = ||X_before|| /
+  ||Δ_replay|| (the round-off of a step is relative to the state); the same clients of all n on
   every process. Absent (no column) for a problem without ``replay_sgd`` (GLUE/LM: AdamW
   steps).
 - **frozen** (``audit_frozen_move``): every client's frozen blocks projected on a random probe
@@ -208,7 +210,7 @@ class RoundAudit:
                 if idx.shape[-1] else r["before"])     # no audited client on this process
         bs = tuple(state.batch_shape)
         z = torch.zeros(bs, dtype=torch.float64, device=state.A[0].device)
-        diff, ref, taken = z.clone(), z.clone(), z.clone()
+        diff, ref, taken, size = z.clone(), z.clone(), z.clone(), z.clone()
         for b in self.trained:
             for li, X in enumerate(state.block(b)):
                 before = r["before"][b][li]
@@ -218,8 +220,12 @@ class RoundAudit:
                 diff += (d_taken - d_want).pow(2).sum(red)
                 ref += d_want.pow(2).sum(red)
                 taken += d_taken.pow(2).sum(red)
-        diff, ref, taken = (self._sum(x) for x in (diff, ref, taken))
+                size += before.pow(2).sum(red)
+        diff, ref, taken, size = (self._sum(x) for x in (diff, ref, taken, size))
         self.out["audit_step_err"] = _ratio(diff.sqrt(), ref.sqrt())
+        # ||X_before|| / ||Δ_replay||: the round-off of a step is relative to the state, so the
+        # relative error's tolerance scales with it (theory/audits.py, STEP_TOL)
+        self.out["audit_step_cond"] = _ratio(size.sqrt(), ref.sqrt())
         scale = _ratio(taken.sqrt(), ref.sqrt())
         self.out["audit_step_scale"] = torch.where((taken == 0) & (ref == 0),
                                                    torch.ones_like(scale), scale)
