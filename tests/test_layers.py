@@ -22,14 +22,7 @@ CONTRACT = "floors: app > reports > testbeds > study/theory/distributed > core >
 
 #: module-level import cycles that exist today, each owned by another room; the test fails when
 #: a new one appears, and when one of these is gone (then delete it here)
-KNOWN_CYCLES = [
-    # core/loop.py room: schedules imports loop's RoundResult, loop imports schedules; methods
-    # reads schedules.phase and loads plugins lazily, plugins registers into methods
-    {"adflora_analysis.core.loop", "adflora_analysis.core.methods",
-     "adflora_analysis.core.schedules", "adflora_analysis.plugins"},
-    # theory room: theory/__init__ imports isolate, isolate imports theory.contexts
-    {"adflora_analysis.theory", "adflora_analysis.theory.isolate"},
-]
+KNOWN_CYCLES: list[set[str]] = []
 
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess:

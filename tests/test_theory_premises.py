@@ -239,7 +239,8 @@ def test_monte_carlo_p_of_a_non_exchangeable_sampler_is_unbiased():
 
     from adflora_analysis.seeding import numpy_rng
     from adflora_analysis.topology import make_sampler
-    from adflora_analysis.topology.rates import _chunks, consensus_basis, consensus_rate
+    from adflora_analysis.topology.rates import consensus_basis, consensus_rate
+    from adflora_analysis.topology.samplers import draw_batches
 
     s = make_sampler("encounter", 10, q=0.1, weights="metropolis")
     ne = copy.copy(s)
@@ -255,7 +256,7 @@ def test_monte_carlo_p_of_a_non_exchangeable_sampler_is_unbiased():
     def plug_in(seed):          # the estimator it replaces, same draws
         U = consensus_basis(10)
         rng, M = numpy_rng(seed, "consensus-rate"), np.zeros((9, 9))
-        for k in _chunks(N, 10):
+        for k in draw_batches(N, 10):
             WU = ne.sample_batch(rng, k) @ U
             M += np.einsum("kia,kib->ab", WU, WU)
         return 1 - float(np.linalg.eigvalsh(M / N)[-1])

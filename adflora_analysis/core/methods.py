@@ -16,8 +16,14 @@ variants are the same specs run with the ``server`` topology (W^t = J).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from adflora_analysis.errors import AdfloraError, unknown_name
@@ -201,48 +207,47 @@ class _Registry(dict):
     """The method registry: a dict that loads the installed plugins (entry points of group
     ``adflora_analysis.methods`` and ``ADFLORA_PLUGINS`` files) once, on its first read."""
 
-    def _ready(self) -> None:
+    def ready(self) -> None:
+        """Load the installed plugins (:func:`load_installed`) unless this process did."""
         if not _LOADED[0]:
             _LOADED[0] = True
-            from adflora_analysis.plugins import load_installed
-
             load_installed()
 
     def __getitem__(self, key: str) -> MethodSpec:
-        self._ready()
+        self.ready()
         return super().__getitem__(key)
 
     def __contains__(self, key: object) -> bool:
-        self._ready()
+        self.ready()
         return super().__contains__(key)
 
     def __iter__(self) -> Iterator[str]:
-        self._ready()
+        self.ready()
         return super().__iter__()
 
     def __len__(self) -> int:
-        self._ready()
+        self.ready()
         return super().__len__()
 
     def get(self, key: str, default: Any = None) -> Any:
-        self._ready()
+        self.ready()
         return super().get(key, default)
 
     def keys(self):  # noqa: D102
-        self._ready()
+        self.ready()
         return super().keys()
 
     def values(self):  # noqa: D102
-        self._ready()
+        self.ready()
         return super().values()
 
     def items(self):  # noqa: D102
-        self._ready()
+        self.ready()
         return super().items()
 
 
-_LOADED = [False]   # whether the installed plugins were loaded (plugins.load_installed)
-_ORIGIN_NOW: str | None = None   # the plugin file being imported (set by plugins.py)
+_LOADED = [False]   # whether the installed plugins were loaded (load_installed)
+_ORIGIN_NOW: str | None = None   # the plugin file being imported (set by _exec_file)
 
 METHODS: dict[str, MethodSpec] = _Registry({
     s.name: s
@@ -318,3 +323,160 @@ def unregister_method(name: str) -> None:
     get_method(name)
     del METHODS[name]
     ORIGIN.pop(name, None)
+
+
+# ------------------------------------------------------------------ loading plugins
+# (here, beside the registry that loads them on its first read, so that the registry imports no
+# module above it; adflora_analysis.plugins adds the config route and re-exports these)
+ENTRY_POINT_GROUP = "adflora_analysis.methods"
+ENV = "ADFLORA_PLUGINS"
+
+#: plugin files imported in this process: resolved path -> (SHA-256, method names)
+PLUGIN_FILES: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def env_plugins() -> list[str]:
+    """The files named by ``ADFLORA_PLUGINS`` (``os.pathsep``-separated; empty parts skipped)."""
+    return [p for p in os.environ.get(ENV, "").split(os.pathsep) if p.strip()]
+
+
+def describe(e: BaseException) -> str:
+    """A user's exception in a few words.
+
+    >>> describe(ZeroDivisionError("division by zero")), describe(SystemExit(3))
+    ('ZeroDivisionError: division by zero', 'called sys.exit(3)')
+    """
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
+def _exec_file(p: Path, origin: str) -> tuple[str, ...]:
+    """Import file ``p`` (its exceptions propagate); the method names it registered."""
+    before = set(dict.keys(METHODS))
+    stem = re.sub(r"\W", "_", p.stem)
+    name = f"adflora_plugin_{stem}_{len(PLUGIN_FILES)}"
+    spec = importlib.util.spec_from_file_location(name, p)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{str(p)!r} is not a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod       # dataclasses and pickling look modules up by name
+    global _ORIGIN_NOW
+    saved, _ORIGIN_NOW = _ORIGIN_NOW, origin
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        _ORIGIN_NOW = saved
+    return tuple(n for n in dict.keys(METHODS) if n not in before)
+
+
+def load_plugin_file(path: str | Path, expect_sha256: str | None = None,
+                     what: str = "plugin file") -> tuple[str, str, tuple[str, ...]]:
+    """Import a Python file that calls ``register_method``; returns (resolved path, SHA-256,
+    the method names it registered). ``expect_sha256``: refuse a file whose contents differ
+    (a resume). Importing the same unchanged file again is a no-op.
+
+    >>> load_plugin_file("no/such/plugin.py")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    adflora_analysis.errors.AdfloraError: plugin file 'no/such/plugin.py' does not exist ...
+    """
+    p = Path(path)
+    try:
+        ok, there = p.is_file(), p.exists()
+        where = str(p.resolve())
+        digest = sha256_file(p) if ok else ""
+    except OSError as e:
+        raise AdfloraError(f"{what} {str(p)[:200]!r} cannot be read "
+                           f"({e.strerror or type(e).__name__})",
+                           "check the path and its permissions") from None
+    if not ok:
+        raise AdfloraError(f"{what} {str(p)!r} " + ("is not a file" if there
+                                                    else "does not exist"),
+                           "check the path (a relative path starts at the current folder)")
+    if expect_sha256 is not None and digest != expect_sha256:
+        raise AdfloraError(f"{what} {where!r} changed since the run was configured: its "
+                           f"SHA-256 is {digest[:12]}..., the config records "
+                           f"{expect_sha256[:12]}...", "restore the file the run started "
+                           "with, or start a new run directory")
+    if where in PLUGIN_FILES:
+        old, names = PLUGIN_FILES[where]
+        if old != digest:
+            raise AdfloraError(f"{what} {where!r} changed after this process imported it",
+                               "start a new Python process to use the new version")
+        return where, digest, names
+    METHODS.ready()     # installed plugins first: their names count as taken
+    saved_reg, saved_origin = dict(dict.items(METHODS)), dict(ORIGIN)
+    try:
+        names = _exec_file(Path(where), f"{what} {where!r}")
+        if not names:
+            raise AdfloraError(f"{what} {where!r} registers no method",
+                               "call register_method(MethodSpec(...)) in it")
+    except BaseException as e:
+        dict.clear(METHODS)              # a file that fails registers nothing
+        dict.update(METHODS, saved_reg)
+        ORIGIN.clear()
+        ORIGIN.update(saved_origin)
+        if isinstance(e, AdfloraError):
+            if e.problem.startswith(f"{what} {where!r}"):
+                raise
+            raise AdfloraError(f"{what} {where!r}: {e.problem}", e.hint) from None
+        if not isinstance(e, Exception) and not isinstance(e, SystemExit):
+            raise                               # KeyboardInterrupt: the user's Ctrl-C
+        raise AdfloraError(f"{what} {where!r} failed to import: {describe(e)}",
+                           "fix the file; it must run with `python FILE.py`") from None
+    PLUGIN_FILES[where] = (digest, names)
+    return where, digest, names
+
+
+def _spec_of(value: Any) -> Any:
+    if isinstance(value, MethodSpec) or not callable(value):
+        return value
+    return value()
+
+
+def load_entry_points() -> list[str]:
+    """Register the methods of installed packages (entry point group
+    ``adflora_analysis.methods``); returns their names."""
+    from importlib.metadata import entry_points
+
+    names = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep.dist, "name", None)
+        what = f"entry point {ep.name!r} ({ep.value}{', package ' + dist if dist else ''})"
+        try:
+            spec = _spec_of(ep.load())
+        except AdfloraError as e:
+            raise AdfloraError(f"{what}: {e.problem}", e.hint) from None
+        except Exception as e:  # noqa: BLE001 - any failure of a user's package is bad input
+            raise AdfloraError(f"{what} failed to load: {describe(e)}",
+                               "fix or uninstall the package") from None
+        if not isinstance(spec, MethodSpec):
+            raise AdfloraError(f"{what} gives a {type(spec).__name__}, not a MethodSpec",
+                               "point it at a MethodSpec or a function returning one")
+        if dict.get(METHODS, spec.name) is spec:   # its module registered it on import
+            ORIGIN[spec.name] = what
+            names.append(spec.name)
+            continue
+        try:
+            register_method(spec, origin=what)
+        except AdfloraError as e:
+            raise AdfloraError(f"{what}: {e.problem}", e.hint) from None
+        names.append(spec.name)
+    return names
+
+
+def load_installed() -> list[str]:
+    """Entry points of group ``adflora_analysis.methods``, then ``ADFLORA_PLUGINS`` files: what
+    the registry loads on its first read. Returns the method names added."""
+    names = load_entry_points()
+    for f in env_plugins():
+        names += load_plugin_file(f, what=f"plugin file (from {ENV})")[2]
+    return names

@@ -41,6 +41,8 @@ from adflora_analysis.core.gossip import messages
 from adflora_analysis.core.sparse import SparseMix
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.errors import AdfloraError
+from adflora_analysis.topology.asynchrony import MODELS as MODELS  # re-exported
+from adflora_analysis.topology.asynchrony import check_gossip  # [gossip]: one validation
 
 MixerState = dict[str, Any]
 MixFn = Callable[..., tuple[LoraState, MixerState, Tensor]]
@@ -197,15 +199,6 @@ def active_clients(seeds: Sequence[int], n: int, t: int, participation: float) -
                                    dtype=torch.float64) < participation for s in seeds])
 
 
-def _check_async(tau: int, pi: float) -> None:
-    if tau < 0:
-        raise AdfloraError(f"gossip.staleness = {tau} must be >= 0",
-                           "use 0 (fresh messages) or a positive number of rounds")
-    if not 0 < pi <= 1:
-        raise AdfloraError(f"gossip.participation = {pi} must lie in (0, 1]",
-                           "use 1 (every client every round) or e.g. 0.8")
-
-
 def stale_read(staleness: int = 0, participation: float = 1.0,
                seeds: Sequence[int] = (0,)) -> Mixer:
     """Stale-read gossip with partial participation (docs/theory.md §9; the ``[gossip] model =
@@ -239,7 +232,7 @@ def stale_read(staleness: int = 0, participation: float = 1.0,
     [2.5, 2.5]
     """
     tau, pi = int(staleness), float(participation)
-    _check_async(tau, pi)
+    check_gossip(tau, pi)
     if tau == 0 and pi == 1:
         return synchronous()
     seeds = [int(s) for s in seeds]
@@ -301,10 +294,6 @@ asynchronous = stale_read
 """The stale-read mixer's former name (kept importable: ``af.core.asynchronous``)."""
 
 
-MODELS = ("stale-read", "ad-psgd", "push-sum")
-"""The asynchrony models ``[gossip] model`` names (docs/theory.md §9)."""
-
-
 def _names(state: LoraState) -> tuple[str, ...]:
     return ("A", "B", *state.extra)
 
@@ -354,7 +343,7 @@ def ad_psgd(staleness: int = 0, participation: float = 1.0,
     ([[1.0, 3.0]], [1.0, 1.0])
     """
     tau, pi = int(staleness), float(participation)
-    _check_async(tau, pi)
+    check_gossip(tau, pi)
     inner = stale_read(0, pi, seeds)
 
     def init(state: LoraState) -> MixerState:
@@ -420,7 +409,7 @@ def push_sum(staleness: int = 0, participation: float = 1.0,
     [3.0, 3.0]
     """
     tau, pi = int(staleness), float(participation)
-    _check_async(tau, pi)
+    check_gossip(tau, pi)
     seeds = [int(s) for s in seeds]
 
     def weight(x: Tensor) -> Tensor:
@@ -493,9 +482,6 @@ def make_mixer(model: str = "stale-read", staleness: int = 0, participation: flo
     >>> make_mixer("push-sum", 2, 0.8).name, make_mixer("stale-read").name
     ('push-sum(staleness=2,participation=0.8)', 'synchronous')
     """
-    from adflora_analysis.errors import unknown_name
-
-    if model not in MODELS:
-        raise unknown_name("gossip.model", model, MODELS)
+    check_gossip(int(staleness), float(participation), model)
     return {"stale-read": stale_read, "ad-psgd": ad_psgd, "push-sum": push_sum}[model](
         staleness, participation, seeds)

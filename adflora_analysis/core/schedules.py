@@ -25,15 +25,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from adflora_analysis.errors import AdfloraError
 
-if TYPE_CHECKING:  # pragma: no cover - typing only (loop imports this module)
-    from adflora_analysis.core.loop import RoundResult
+
+class RoundView(Protocol):
+    """What a schedule's ``update`` reads of a round: the part of
+    :class:`~adflora_analysis.core.loop.RoundResult` it needs (so this module does not import
+    the loop, which imports it). ``layer`` tensors are (*batch, L), ``scalar`` ones (*batch,)."""
+
+    t: int
+    layer: dict[str, Tensor]
+    scalar: dict[str, Tensor]
+
 
 ScheduleState = dict[str, Any]
 
@@ -77,7 +85,7 @@ class SwitchSchedule:
     name: str
     init: Callable[[], ScheduleState]
     phase: Callable[[ScheduleState, int], str]
-    update: Callable[[ScheduleState, RoundResult], ScheduleState]
+    update: Callable[[ScheduleState, RoundView], ScheduleState]
     interval: int | None = None
     clients: Callable[[ScheduleState, int], Tensor] | None = None
 
@@ -189,7 +197,7 @@ def feedback(eps: float = 0.1, t_min: int = 1, t_max: int = 20, stall: float = 0
     def phase_of(s: ScheduleState, _t: int) -> str:
         return s["phase"]
 
-    def update(s: ScheduleState, res: RoundResult) -> ScheduleState:
+    def update(s: ScheduleState, res: RoundView) -> ScheduleState:
         s = dict(s)
         frozen = "A" if s["phase"] == "B" else "B"
         xi = float(res.layer[f"xi_{frozen}"].double().sum(-1).mean())

@@ -220,30 +220,10 @@ class FederationConfig:
         need(self.switch_schedule != "feedback" or self.switch_min < self.rounds,
              f"the feedback schedule would never switch: switch_min = {self.switch_min} >= "
              f"rounds = {self.rounds}", "lower switch_min or run more rounds")
-        from adflora_analysis.core.mixers import MODELS
-        from adflora_analysis.errors import unknown_name
+        from adflora_analysis.topology.asynchrony import check_gossip
 
-        if g.model not in MODELS:
-            raise unknown_name("gossip.model", g.model, MODELS)
-        from adflora_analysis.core.gossip import SPARSE_MIN_N
-
-        need(g.model != "push-sum" or self.n_clients < SPARSE_MIN_N,
-             f"gossip.model = 'push-sum' needs a dense W^t, used below {SPARSE_MIN_N:,} "
-             f"clients (n_clients = {self.n_clients:,})",
-             "use fewer clients or gossip.model = 'stale-read'")
-        need(isinstance(g.staleness, int) and g.staleness >= 0,
-             f"gossip.staleness = {g.staleness} must be an integer >= 0",
-             "use 0 (fresh messages) or a number of rounds")
-        need(g.staleness < self.rounds,
-             f"gossip.staleness = {g.staleness} is not smaller than rounds = {self.rounds}: "
-             "no message would ever arrive", "use a staleness below the number of rounds")
-        need(g.speed_spread >= 0, f"gossip.speed_spread = {g.speed_spread} must be >= 0",
-             "use 0 (every client makes local_steps steps) or e.g. 0.5")
-        need(0 < g.participation <= 1,
-             f"gossip.participation = {g.participation} must lie in (0, 1]",
-             "use 1 (every client every round) or e.g. 0.8")
-        need(0 <= g.clock_drift < 1, f"gossip.clock_drift = {g.clock_drift} must lie in [0, 1)",
-             "use 0 (one clock for every client) or e.g. 0.05 (clocks up to 5% apart)")
+        check_gossip(g.staleness, g.participation, g.model, g.speed_spread, g.clock_drift,
+                     rounds=self.rounds, n_clients=self.n_clients)
         need(not g.clock_drift or self.switch_schedule != "feedback",
              "gossip.clock_drift needs a schedule with a fixed interval; the feedback schedule "
              "decides each switch from the federation's metrics of the round",

@@ -57,12 +57,13 @@ def shipped() -> dict[str, str]:
     """
     import pkgutil
 
-    import adflora_analysis
-
+    # the package's folder from this file (importing the package root would be an import cycle)
+    root = Path(__file__).resolve().parents[1]
     return {m.name: f"adflora_analysis.{m.name}.testbed"
-            for m in pkgutil.iter_modules(adflora_analysis.__path__)
+            for m in pkgutil.iter_modules([str(root)])
             if m.ispkg and m.name != __name__.split(".")[1]   # this registry's own package
-            and importlib.util.find_spec(f"adflora_analysis.{m.name}.testbed")}
+            # on disk, not find_spec: that imports the package (distributed/ imports torch)
+            and (root / m.name / "testbed.py").is_file()}
 
 
 def lazy(target: str) -> Callable[..., Any]:

@@ -19,12 +19,19 @@ al.'s eta = O(p / (K L)) with its constant) the recursion does not contract and 
 geometrically in R; with 2 eta K L >= 1 the within-round bound fails and B is ``inf``: it does
 not constrain the run (then the verdict rests on (i) and (iii) below).
 
-Verdict: ``violated`` when (i) the configured step breaks eta L <= 1 (the descent step's
-premise, L = L_hull), (ii) the measured running average exceeds B(R) at the final R (pooled
-one-sided test), or (iii) the run stops converging: the running average's log-log slope beta
-over the second half of the rounds is significantly above 0 (it grows). beta is reported with
-its interval against the exponent of the theorem's initial-gap term 2 F_0 / (K W_R) (-1 at a
-constant step; slower for a decaying one).
+Verdict. beta is the running average's log-log slope over the second half of the rounds,
+reported with its seed-bootstrap interval against the exponent of the theorem's initial-gap term
+2 F_0 / (K W_R) (-1 at a constant step; slower for a decaying one).
+
+- Inside the step condition (configured eta L_hull <= 1): ``violated`` when (ii) the measured
+  running average exceeds B(R) at the final R (pooled one-sided test), or (iii) the run stops
+  converging: beta is significantly above 0 (it grows) and the average sits above the
+  initial-gap term.
+- Outside it (eta L_hull > 1, the descent step's premise fails): the run cannot violate the
+  theorem. If the running average still decays (beta's interval below 0) the status is
+  ``n/a (outside the theorem ...; converges anyway, beta = ...)``; if it does not decay it is
+  ``violated`` with the cause named ("does not converge; eta L_hull > 1 is the likely cause"),
+  so a setting that does not converge is never read as ``held`` or passed over.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from adflora_analysis.theory.data import (
     drift_not_applicable,
 )
 from adflora_analysis.theory.result import CheckResult
+from adflora_analysis.theory.stationarity import f_inf
 from adflora_analysis.theory.stats import decide, pooled_test, threshold
 
 NAME = "stationarity"
@@ -118,12 +126,6 @@ def eta_max(K: int, L: float, p: float) -> float:
     return math.sqrt(p / (8 * L * L * (c + p / 2))) / K
 
 
-def _f_inf(ctx: Context) -> tuple[np.ndarray, str]:
-    from adflora_analysis.theory.stationarity import _f_inf as f_inf
-
-    return f_inf(ctx)
-
-
 def slope(Rs: np.ndarray, y: np.ndarray) -> float:
     """Least-squares slope of log y on log R (y > 0).
 
@@ -175,7 +177,7 @@ def check_convergence(ctx: Context) -> list[CheckResult]:
     L = run.mat("L_hull").max(1)
     sig2 = np.nanmax(run.mat("sigma_sq_max"), 1)
     zeta2 = run.mat("zeta_sq").max(1)
-    finf, fnote = _f_inf(ctx)
+    finf, fnote = f_inf(ctx)
     F0 = np.maximum(run.mat("loss_start")[:, 0] - finf, 0.0)
     gap = 2 * F0[:, None] / (K * W[None, :])
     noise = L[:, None] * sig2[:, None] / n * np.cumsum(eta ** 2)[None, :] / W[None, :]
@@ -234,9 +236,19 @@ def check_convergence(ctx: Context) -> list[CheckResult]:
                                 f"{run.R // 2 + 1}-{run.R}: {btxt}", details=det, curve=curve)
     why = []
     if etaL > 1:
-        why.append(f"the configured step breaks η L ≤ 1 (η L = {etaL:.3g}): the descent step "
-                   "does not hold")
-    if math.isfinite(lo) and lo > 0 and meas[:, -1].mean() > gap[:, -1].mean():
+        # outside the theorem: its step condition fails, so the run cannot violate it; it is
+        # judged on whether it converges at all (the running average decays significantly)
+        det["outside_theorem"] = True
+        if (hi < 0) if math.isfinite(hi) else (beta < 0):   # one seed: the point estimate
+            res.status = "n/a"
+            res.note = (f"outside the theorem: η L_hull = {etaL:.3g} > 1; converges anyway, "
+                        f"β = {beta:.3g} [{lo:.3g}, {hi:.3g}]; " + res.note)
+            det["reasons"] = why
+            return [res]
+        why.append(f"does not converge: the running average of ||M ∇f(x̄)||² does not decay "
+                   f"({btxt}); η L_hull = {etaL:.3g} > 1 (the theorem's step condition "
+                   "fails) is the likely cause")
+    elif math.isfinite(lo) and lo > 0 and meas[:, -1].mean() > gap[:, -1].mean():
         why.append("the run stops converging: the running average of ||M ∇f(x̄)||² grows over "
                    "the second half and sits above the theorem's initial-gap term "
                    f"{gap[:, -1].mean():.3g} (a floor, not a transient)")

@@ -176,7 +176,7 @@ def child_main() -> None:
         proto.flush()
 
     try:
-        from adflora_analysis.theory import contexts
+        from adflora_analysis.theory.data import contexts
         from adflora_analysis.theory.registry import REGISTRY, run_check
 
         skip_src = set(req.get("skip_sources", []))

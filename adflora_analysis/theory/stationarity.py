@@ -44,6 +44,7 @@ row says by how much the run breaks it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -55,7 +56,7 @@ from adflora_analysis.theory.data import (
     drift_not_applicable,
 )
 from adflora_analysis.theory.result import CheckResult
-from adflora_analysis.theory.stats import fit_a_plus_b_over_R, pooled_test
+from adflora_analysis.theory.stats import fit_a_plus_b_over_R, pooled_test, threshold
 
 SOURCE = ("Lian et al. 2017, Thm 1 (descent step); Koloskova et al. 2020, Thm 2; "
           "constants derived in docs/theory.md §3")
@@ -68,8 +69,9 @@ COLUMNS = ("grad_norm_sq_inner", "sn_gbar_sq", "sn_drift", "sn_curv_left", "sn_c
            "L_block", "loss_start")
 
 
-def _f_inf(ctx: Context) -> tuple[np.ndarray, str]:
-    """Per-seed infimum the method can reach: min_B f(A^0, B) if A never trains, else f*."""
+def f_inf(ctx: Context) -> tuple[np.ndarray, str]:
+    """Per-seed infimum the method can reach, shape (seeds,), and where it comes from:
+    min_B f(A^0, B) if A never trains, else f* (the minimum loss seen when f* is unknown)."""
     run = ctx.run
     if not any("A" in tr for tr in run.trained) and run.has("f_inf_B"):
         return run.mat("f_inf_B")[:, 0], "min over B of f(A^0, B)"
@@ -110,7 +112,7 @@ def _tight(ctx: Context) -> CheckResult:
     run, K = ctx.run, ctx.K
     eta = ctx.lr[None, :]
     f0 = run.mat("loss_start")[:, 0]
-    finf, fnote = _f_inf(ctx)
+    finf, fnote = f_inf(ctx)
     a2, gb = run.mat("grad_norm_sq_inner"), run.mat("sn_gbar_sq")
     cl, cr, dr = run.mat("sn_curv_left"), run.mat("sn_curv_right"), run.mat("sn_drift")
     W = np.cumsum(np.broadcast_to(eta, a2.shape), 1)
@@ -163,7 +165,7 @@ def _lhull(ctx: Context) -> CheckResult:
                            note="the run lacks the L_hull columns", source=SOURCE)
     eta = ctx.lr[None, :]
     f0 = run.mat("loss_start")[:, 0]
-    finf, _ = _f_inf(ctx)
+    finf, _ = f_inf(ctx)
     L = run.mat("L_hull")[:, -1:]
     sig = np.nanmax(run.mat("sigma_sq_max"), 1)[:, None]
     W = np.cumsum(np.broadcast_to(eta, (run.S, run.R)), 1)
@@ -190,6 +192,19 @@ def _lhull(ctx: Context) -> CheckResult:
                                       f"{t.ratio:.3g}; " + cnote, details=det, curve=curve)
 
 
+def _difference_test(diff: np.ndarray, z: float) -> tuple[str, float, float]:
+    """One-sided test that E diff >= 0 over seeds (S,): (status, mean, standard error);
+    ``violated`` when mean + threshold × se < 0.
+
+    >>> _difference_test(np.array([-1.0, -1.1, -0.9, -1.0]), 3.0)[0]
+    'violated'
+    """
+    S = len(diff)
+    se = float(diff.std(ddof=1) / math.sqrt(S)) if S > 1 else math.inf
+    m = float(diff.mean())
+    return ("violated" if m + threshold(z, S) * se < 0 else "held"), m, se
+
+
 def _sandwich(ctx: Context) -> CheckResult:
     """5c: the per-round loss change of x_bar between the logged first-order decrease minus and
     plus its curvature terms (module docstring); each side a pooled one-sided test."""
@@ -204,28 +219,41 @@ def _sandwich(ctx: Context) -> CheckResult:
     slack_hi = np.where(joint, eta * eta * K * cr / 2, 0.0)
     upper = pooled_test(delta, lambda _p: first + slack_hi, 0.5, 0.0, z=ctx.z,
                         effect=ctx.effect)
-    lower = pooled_test(first - slack_lo, lambda _p: delta, 0.5, 0.0, z=ctx.z,
-                        effect=ctx.effect)
+    lo_side = first - slack_lo
+    lower = pooled_test(lo_side, lambda _p: delta, 0.5, 0.0, z=ctx.z, effect=ctx.effect)
+    lo_sum, d_sum = lo_side.sum(1), delta.sum(1)
+    lower_status, lower_txt = lower.status, None
+    if lo_sum.mean() <= 0 or d_sum.mean() <= 0:
+        # a ratio of sums is meaningless when a side sums to <= 0 (large eta L: the curvature
+        # slack exceeds the first-order decrease); test the per-seed difference instead
+        lower_status, diff, se = _difference_test(d_sum - lo_sum, ctx.z)
+        lower_txt = (f"lower side as a difference (the lower bound sums to "
+                     f"{lo_sum.mean():.3g}): Σ Δ - lower = {diff:.3g} ± {se:.2g}")
+    if d_sum.mean() <= 0 < (first + slack_hi).sum(1).mean():
+        st, _, _ = _difference_test((first + slack_hi).sum(1) - d_sum, ctx.z)
+        upper = dataclasses.replace(upper, status=st)
     curve = pd.DataFrame({"round": run.rounds, "measured": delta.mean(0),
                           "bound": (first + slack_hi).mean(0),
                           "lower": (first - slack_lo).mean(0)})
     det = {"upper_ratio": upper.ratio, "upper_status": upper.status,
-           "lower_ratio": lower.ratio, "lower_status": lower.status,
+           "lower_ratio": lower.ratio, "lower_status": lower_status,
            "loss_change": float(delta.sum(1).mean()),
            "first_order_decrease": float(first.sum(1).mean())}
     note = (f"audit of the logs: sum of f(x̄) decreases {det['loss_change']:.4g} against the "
             f"logged first-order decrease {det['first_order_decrease']:.4g}; upper side "
-            f"(bound/measured) {upper.ratio:.3g}, lower side (measured/bound) "
-            f"{1 / lower.ratio if lower.ratio else math.inf:.3g}")
+            f"(bound/measured) {upper.ratio:.3g}, "
+            + ("" if lower_txt else "lower side (measured/bound) ")
+            + (lower_txt if lower_txt else
+               f"{1 / lower.ratio if lower.ratio else math.inf:.3g}"))
     res = CheckResult.from_test(f"{NAME}-round", "5c", ctx.method, ctx.variant, upper,
                                 source=SOURCE, details=det, curve=curve, note=note)
     if upper.status == "violated":
         res.note = ("f(x̄) fell faster than the logged steps allow: the step taken is larger "
                     "than the logged eta times the logged gradient; " + res.note)
-    elif lower.status == "violated":
+    elif lower_status == "violated":
         res.status = "violated"
         res.note = ("f(x̄) fell slower than the logged steps imply: a step smaller than logged "
                     "or a gradient other than the logged one; " + res.note)
-    elif lower.status == "underpowered" and res.status == "held":
+    elif lower_status == "underpowered" and res.status == "held":
         res.status = "underpowered"
     return res

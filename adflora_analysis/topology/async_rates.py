@@ -69,8 +69,9 @@ import scipy.stats as st
 
 from adflora_analysis.errors import AdfloraError, unknown_name
 from adflora_analysis.seeding import numpy_rng
+from adflora_analysis.topology.asynchrony import MODELS
 from adflora_analysis.topology.rates import as_sampler
-from adflora_analysis.topology.samplers import SUPPORT_LIMIT, _chunks
+from adflora_analysis.topology.samplers import SUPPORT_LIMIT, draw_batches
 
 __all__ = ["LAG_STARTS", "PATTERNS", "AsyncRate", "async_consensus_rate", "exchangeable_law",
            "exchangeable_moments", "masked", "pattern_moments", "reduced_operator",
@@ -269,7 +270,7 @@ def exchangeable_moments(obj: Any, *, samples: int = 4000, seed: int = 0, batche
             len(sup[1])
     rng = numpy_rng(seed, "async-rate")
     per = np.concatenate([_draw_patterns(np.asarray(s.sample_batch(rng, k), float))
-                          for k in _chunks(int(samples), s.n)])
+                          for k in draw_batches(int(samples), s.n)])
     parts = np.array_split(per, max(1, batches)) if len(per) >= 2 * batches else None
     sub = None if parts is None else np.stack([p.mean(0) for p in parts])
     return per.mean(0), sub, f"symmetrized Monte Carlo ({len(per)} draws)", len(per)
@@ -433,7 +434,7 @@ def _draws(s, participation: float, samples: int, seed: int
         return W, np.outer(np.asarray(sup[1], float), pa).ravel(), "exact"
     rng = numpy_rng(seed, "async-rate")
     mats = []
-    for k in _chunks(int(samples), s.n):
+    for k in draw_batches(int(samples), s.n):
         W = np.asarray(s.sample_batch(rng, k), float)
         if participation < 1:
             W = masked(W, rng.random((k, s.n)) < participation)
@@ -562,10 +563,6 @@ def async_consensus_rate(obj: Any, *, staleness: int = 0, participation: float =
 
 
 # ---------------------------------------------------------------- the three asynchrony models
-MODELS = ("stale-read", "ad-psgd", "push-sum")
-"""Asynchrony models (core/mixers.py ``make_mixer``; docs/theory.md §9)."""
-
-
 def _step(model: str, W: np.ndarray, x: np.ndarray, w: np.ndarray, lags: list) -> tuple:
     """One round of a frozen block under ``model``: (x, w, lags) -> the same after gossip.
     W (P, n, n) masked, x and w (P, n); ``lags``: stale-read's τ pre-gossip copies (oldest

@@ -46,7 +46,7 @@ from scipy.sparse.csgraph import connected_components
 from adflora_analysis.seeding import numpy_rng
 from adflora_analysis.topology.samplers import EncounterSampler, Sampler
 from adflora_analysis.topology.sparse import SparseW
-from adflora_analysis.topology.spectral import _snap, spectral_summary
+from adflora_analysis.topology.spectral import snap, spectral_summary
 
 __all__ = ["LARGE_N", "LARGE_SAMPLES", "Estimate", "effective_neighbours", "exchangeable_p",
            "large_constants", "operator_p", "symmetric_extremes"]
@@ -100,7 +100,7 @@ def exchangeable_p(s: Sampler, samples: int = LARGE_SAMPLES, seed: int = 0) -> E
     f = np.concatenate([W.frob_dev() for W in _draws(s, samples, seed, "consensus-rate")])
     n = s.n
     se = float(f.std(ddof=1) / math.sqrt(len(f))) / (n - 1) if len(f) > 1 else float("nan")
-    return Estimate(_snap(1.0 - float(f.mean()) / (n - 1)), se, "trace-identity", len(f))
+    return Estimate(snap(1.0 - float(f.mean()) / (n - 1)), se, "trace-identity", len(f))
 
 
 def _deflated(n: int, apply) -> spla.LinearOperator:
@@ -151,7 +151,7 @@ def operator_p(s: Sampler, samples: int = LARGE_SAMPLES, seed: int = 0) -> Estim
         f = np.concatenate([(W.matvec(np.broadcast_to(v, (W.size, n))) ** 2).sum(1)
                             for W in mats])
         se = float(f.std(ddof=1) / math.sqrt(len(f)))
-    return Estimate(_snap(1.0 - float(lam[0])), se, method, 0 if se == 0.0 else count)
+    return Estimate(snap(1.0 - float(lam[0])), se, method, 0 if se == 0.0 else count)
 
 
 def _encounter_offdiag(s: EncounterSampler) -> float | None:
@@ -351,19 +351,19 @@ def large_constants(s: Sampler, samples: int = LARGE_SAMPLES, seed: int = 0,
                                                                  "topology-expected")])
             off = (1.0 - float(diag.mean())) / (n - 1)
         lam = 1.0 - n * off                        # a − b with a = 1 − (n − 1) b
-        spec = {"lambda2": lam, "lambda_n": lam, "spectral_gap": _snap(1.0 - abs(lam))}
+        spec = {"lambda2": lam, "lambda_n": lam, "spectral_gap": snap(1.0 - abs(lam))}
         connected = off > 0
     else:
         EW, _ = _mean_sparse(s, samples, seed)
         if s.is_static and s.symmetric and s.doubly_stochastic:
             lam2, lamn = symmetric_extremes(EW)
             spec = {"lambda2": lam2, "lambda_n": lamn,
-                    "spectral_gap": _snap(1.0 - max(abs(lam2), abs(lamn)))}
+                    "spectral_gap": snap(1.0 - max(abs(lam2), abs(lamn)))}
         else:
             ss = spectral_summary(EW, method="sparse")
             spec = {"lambda2": ss.lambda2, "lambda_n": ss.lambda_n, "spectral_gap": ss.gap}
         if s.is_static and s.symmetric and s.doubly_stochastic:   # p = 1 − (1 − δ)²
-            rate = Estimate(_snap(1.0 - (1.0 - spec["spectral_gap"]) ** 2), 0.0, "exact", 0)
+            rate = Estimate(snap(1.0 - (1.0 - spec["spectral_gap"]) ** 2), 0.0, "exact", 0)
         else:
             rate = operator_p(s, samples, seed)
         connected = connected_components(EW, directed=True, connection="strong",

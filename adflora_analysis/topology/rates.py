@@ -50,8 +50,8 @@ import scipy.sparse.linalg as spla
 
 from adflora_analysis.errors import AdfloraError, unknown_name
 from adflora_analysis.seeding import numpy_rng
-from adflora_analysis.topology.samplers import Sampler, StaticSampler, _chunks
-from adflora_analysis.topology.spectral import _snap
+from adflora_analysis.topology.samplers import Sampler, StaticSampler, draw_batches
+from adflora_analysis.topology.spectral import snap
 from adflora_analysis.topology.validation import as_matrix, is_connected
 
 __all__ = ["RateEstimate", "as_sampler", "consensus_basis", "consensus_rate", "periodic_rates",
@@ -181,11 +181,11 @@ def consensus_rate(obj: Any, *, samples: int = 20000, seed: int = 0, method: str
     if not isinstance(obj, Sampler):
         W = as_matrix(obj)
         if method in ("auto", "exact"):
-            return RateEstimate(_snap(_static_p(W)), 0.0, "exact", 0)
+            return RateEstimate(snap(_static_p(W)), 0.0, "exact", 0)
         obj = StaticSampler(W)
     s = obj
     if s.is_static and method in ("auto", "exact"):
-        return RateEstimate(_snap(_static_p(s.sample(0, None))), 0.0, "exact", 0)
+        return RateEstimate(snap(_static_p(s.sample(0, None))), 0.0, "exact", 0)
     if method == "exact":
         raise AdfloraError(f"no exact consensus rate for a time-varying {s.kind!r} sampler",
                            "use method='auto', 'enumeration' or 'monte-carlo'")
@@ -197,7 +197,7 @@ def consensus_rate(obj: Any, *, samples: int = 20000, seed: int = 0, method: str
             WU = mats @ U  # (K, n, n−1)
             M = np.einsum("k,kia,kib->ab", probs, WU, WU)
             lam = float(np.linalg.eigvalsh(0.5 * (M + M.T))[-1])
-            return RateEstimate(_snap(1.0 - lam), 0.0, "enumeration", len(probs))
+            return RateEstimate(snap(1.0 - lam), 0.0, "enumeration", len(probs))
         if method == "enumeration":
             raise AdfloraError(f"the support of this {s.kind!r} sampler is too large to "
                                "enumerate", "use method='monte-carlo' or 'auto'")
@@ -211,15 +211,15 @@ def consensus_rate(obj: Any, *, samples: int = 20000, seed: int = 0, method: str
 def _monte_carlo(s: Sampler, samples: int, seed: int) -> RateEstimate:
     n = s.n
     U = consensus_basis(n)
-    sizes = _chunks(samples, n)
+    sizes = draw_batches(samples, n)
     if s.exchangeable:
         rng = numpy_rng(seed, "consensus-rate")
         f = np.concatenate([_frob_dev(s.sample_batch(rng, k)) for k in sizes])
         mean = float(f.mean())
         se = float(f.std(ddof=1) / np.sqrt(samples))
-        return RateEstimate(_snap(1.0 - mean / (n - 1)), se / (n - 1), "monte-carlo", samples)
+        return RateEstimate(snap(1.0 - mean / (n - 1)), se / (n - 1), "monte-carlo", samples)
     lam, se = _split_half_lambda(s, U, sizes, samples, seed)
-    return RateEstimate(_snap(1.0 - lam), se, "monte-carlo", samples)
+    return RateEstimate(snap(1.0 - lam), se, "monte-carlo", samples)
 
 
 def _split_half_lambda(s: Sampler, U: np.ndarray, sizes: list[int], samples: int, seed: int
@@ -312,7 +312,7 @@ def second_moment_rate(obj: Any, *, samples: int = 20000, seed: int = 0,
     U = consensus_basis(n)
     if s.is_static:
         B = U.T @ np.asarray(s.sample(0, None)) @ U
-        return _snap(float(np.max(np.abs(np.linalg.eigvals(B))) ** 2))
+        return snap(float(np.max(np.abs(np.linalg.eigvals(B))) ** 2))
     if n > max_n:
         raise AdfloraError(f"second-moment rate needs E[(W−J)⊗(W−J)] of size (n−1)² = "
                            f"{(n - 1) ** 2}; n = {n} is above the limit {max_n}",
@@ -326,13 +326,13 @@ def second_moment_rate(obj: Any, *, samples: int = 20000, seed: int = 0,
     else:
         rng = numpy_rng(seed, "second-moment-rate")
         G = np.zeros((m * m, m * m))
-        for k in _chunks(int(samples), n, budget=1 << 20):
+        for k in draw_batches(int(samples), n, budget=1 << 20):
             Bs = _restrict(s.sample_batch(rng, k), U).reshape(k, m * m)
             G += Bs.T @ Bs
         G /= int(samples)
     # G[(a,c),(b,d)] = E[B_ac B_bd] = (E[B ⊗ B])[(a,b),(c,d)]
     K = G.reshape(m, m, m, m).transpose(0, 2, 1, 3).reshape(m * m, m * m)
-    return _snap(_spectral_radius(K))
+    return snap(_spectral_radius(K))
 
 
 def periodic_rates(obj: Any) -> dict[str, float] | None:
@@ -363,8 +363,8 @@ def periodic_rates(obj: Any) -> dict[str, float] | None:
     sig = np.linalg.svd(prod @ U, compute_uv=False)[0]
     rho = float(np.max(np.abs(np.linalg.eigvals(U.T @ prod @ U))))
     tau = len(mats)
-    return {"period": tau, "p_period": _snap(1.0 - sig ** 2),
-            "rate_per_round": _snap(rho ** (2.0 / tau))}
+    return {"period": tau, "p_period": snap(1.0 - sig ** 2),
+            "rate_per_round": snap(rho ** (2.0 / tau))}
 
 
 def require_mixing(obj: Any, *, tol: float = 1e-12) -> None:

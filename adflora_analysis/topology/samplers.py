@@ -183,7 +183,7 @@ class Sampler:
         check_dense_fits(self.n, 1, "E[W]")
         rng = numpy_rng(seed, "topology-expected")
         total = np.zeros((self.n, self.n))
-        for size in _chunks(samples, self.n):
+        for size in draw_batches(samples, self.n):
             total += self.sample_batch(rng, size).sum(0)
         mean = total / samples
         return _exchangeable_projection(mean) if self.exchangeable else mean
@@ -197,8 +197,13 @@ class Sampler:
         return f"{type(self).__name__}({fields})"
 
 
-def _chunks(total: int, n: int, budget: int = 1 << 21) -> list[int]:
-    """Split ``total`` draws into batches of at most ``budget / n²`` matrices."""
+def draw_batches(total: int, n: int, budget: int = 1 << 21) -> list[int]:
+    """Sizes of the batches ``total`` draws of n x n matrices are split into: at most
+    ``budget / n²`` matrices (float64 entries) a batch.
+
+    >>> draw_batches(5, 1000, budget=2_000_000)
+    [2, 2, 1]
+    """
     step = max(1, budget // (n * n))
     return [min(step, total - i) for i in range(0, total, step)]
 

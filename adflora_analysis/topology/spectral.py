@@ -129,12 +129,17 @@ def spectral_summary(W: Any, *, method: str = "auto", sym_tol: float = 1e-12
         lam2, lamn, sig2 = _sparse_by_component(sp.csr_array(W), sym)
     gap = 1.0 - (max(abs(lam2), abs(lamn)) if sym else sig2)
     return SpectralSummary(n=n, lambda2=lam2, lambda_n=lamn, sigma2=float(sig2),
-                           gap=_snap(float(gap)),
+                           gap=snap(float(gap)),
                            symmetric=sym, method=how)
 
 
-def _snap(x: float, eps: float = 1e-13) -> float:
-    """Round off floating-point noise at the ends: |x − 0| or |x − 1| below ``eps``."""
+def snap(x: float, eps: float = 1e-13) -> float:
+    """``x`` with floating-point noise at the ends rounded off: 0.0 or 1.0 when |x − 0| or
+    |x − 1| is below ``eps``, else ``float(x)`` (a rate, gap or p in [0, 1]).
+
+    >>> snap(1 - 1e-15), snap(0.25)
+    (1.0, 0.25)
+    """
     for v in (0.0, 1.0):
         if abs(x - v) < eps:
             return v
