@@ -15,9 +15,9 @@ from adflora_analysis.config import load_config
 from adflora_analysis.core.audit import RoundAudit, off_diagonal_nonzeros
 from adflora_analysis.core.mixers import synchronous
 from adflora_analysis.core.state import LoraState
+from adflora_analysis.synthetic import mutations as mut
 from adflora_analysis.synthetic.config import SyntheticConfig
 from adflora_analysis.synthetic.runner import study_rows
-from adflora_analysis.theory import mutations as mut
 
 SMALL = dict(n_clients=6, rounds=6, seeds=2, methods=["adf-lora", "ffa-lora"], d_in=6, d_out=6,
              rank=2, target_rank=2, local_steps=3, switch_interval=2, batch_size=8,
@@ -181,3 +181,28 @@ def test_glue_run_is_audited_and_step_audit_says_adamw(tiny, tmp_path):
            if r.check.endswith("-audit")}
     assert res["step-audit"].status == "n/a" and "AdamW steps" in res["step-audit"].note
     assert {res[c].status for c in ("frozen-audit", "gossip-audit", "bytes-audit")} == {"held"}
+
+
+def test_step_tolerance_scales_with_the_state_to_step_ratio():
+    """A1's tolerance is STEP_TOL K ε κ per round, κ = ||X_before|| / ||Δ_replay||: a relative
+    error of 8e-7 at κ = 1e9 (a step near a stationary point, round-off of the state) holds;
+    the same error at κ = 1 does not, and a step 0.95 x η·g is caught even when late rounds sit
+    at a stationary point."""
+    from adflora_analysis.theory.audits import STEP_TOL, check_step_audit
+
+    clean = rows()
+    assert (clean.audit_step_cond >= 0).all() and (clean.audit_step_cond > 1).any()
+    a = clean.copy()
+    late = a["round"] == a["round"].max()
+    a.loc[late, "audit_step_err"] = 8e-7
+    a.loc[late, "audit_step_cond"] = 1e9
+    r = check_step_audit(ctx_of(a))
+    assert r.status == "held", r.note
+    assert r.bound == pytest.approx(STEP_TOL * SMALL["local_steps"] * 2.22e-16 * 1e9, rel=0.01)
+    a.loc[late, "audit_step_cond"] = 1.0
+    assert check_step_audit(ctx_of(a)).status == "violated"
+    with mut.step_scaled(0.95):
+        b = rows()
+    b.loc[b["round"] == b["round"].max(), "audit_step_cond"] = 1e12
+    r = check_step_audit(ctx_of(b))
+    assert r.status == "violated" and "0.95 × the replayed SGD step" in r.note, r.note
