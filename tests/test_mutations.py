@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from adflora_analysis.theory import mutations as mut
+from adflora_analysis.synthetic import mutations as mut
 
 CI_SIZE = {"rounds": 16, "topology_samples": 1000, "constants_every": 0}
 
