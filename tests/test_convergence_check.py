@@ -185,3 +185,30 @@ def test_outside_the_step_condition_a_converging_run_is_not_applicable(tmp_path)
         assert d["eta_L"] > 1 and d["beta_ci"][1] < 0, (m, r.note)
         assert r.status == "n/a" and r.note.startswith("outside the theorem"), (m, r.note)
         assert "converges anyway" in r.note
+
+
+def test_5c_side_that_sums_below_zero_is_tested_as_a_difference():
+    """5c at a large eta L: the curvature slack exceeds the first-order decrease, the lower
+    bound sums to < 0 and a ratio of sums would read `violated` whatever the loss did; the side
+    is tested as the per-seed difference instead: held while f(x̄) falls, violated when it rises
+    beyond the (negative) lower bound."""
+    from adflora_analysis.synthetic.runner import study_rows
+    from adflora_analysis.theory.data import Context, RunData, Series
+    from adflora_analysis.theory.stationarity import _sandwich
+
+    df = study_rows(cfg(rounds=8, seeds=4, methods=["lora"]))
+    df = df[df.layer == "all"].copy()
+
+    def ctx(d):
+        s = Series(d)
+        return Context(s, RunData(d, {}, None, None), {"local_steps": BASE["local_steps"]},
+                       "lora", "base", {"lora": s})
+
+    first = (df.eta * 2 * (df.grad_norm_sq_inner + df.sn_gbar_sq - df.sn_drift) / 2).sum()
+    df["sn_curv_right"] = df["sn_curv_right"] + 4 * first / (df.eta ** 2 * 2).sum()
+    r = _sandwich(ctx(df))
+    assert "as a difference" in r.note and r.status != "violated", r.note
+    up = df.copy()
+    up["loss"] = up["loss_start"] + 10 * first / len(up)    # the loss rises far beyond it
+    r = _sandwich(ctx(up))
+    assert r.status == "violated", r.note
