@@ -235,3 +235,30 @@ def test_float32_bookkeeping_agrees_with_float64():
             checked.add(k)
     assert {"sn_drift", "sn_curv_right", "zeta_sq", "sigma_sq_max", "local_loss"} <= checked
     assert QuadraticProblem(cfg_of(n_clients=1100, rounds=2)).exact_bookkeeping   # float64
+
+
+def test_checking_a_run_made_with_checks_none_is_one_error_line(tmp_path, capsys):
+    """``checks = "none"`` then ``adflora synthetic check``: exit 2, one line naming the
+    missing columns and how to get them; a run naming one check is checked (the others n/a)."""
+    from adflora_analysis.cli import main
+    from adflora_analysis.synthetic.runner import run_study
+
+    def check(out) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as e:
+            main(["synthetic", "check", str(out), "--no-save"])
+        got = capsys.readouterr()
+        return e.value.code, got.out, got.err
+
+    out = tmp_path / "none"
+    run_study(cfg_of(checks="none"), out, progress=False)
+    code, _, err = check(out)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert 'checks = "none"' in lines[0] and "missing" in lines[0] and "xi_A_local" in lines[0]
+    assert '(hint: re-run the study with checks = "all"' in lines[0]
+    one = tmp_path / "one"
+    run_study(cfg_of(checks=["gossip-contraction"]), one, progress=False)
+    code, out_, err = check(one)
+    assert code == 0, err
+    row = next(ln for ln in out_.splitlines() if "gossip-contraction" in ln)
+    assert " n/a " not in row                     # the check it asked for is judged

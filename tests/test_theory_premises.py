@@ -196,7 +196,7 @@ def test_run_made_without_check_columns_is_one_error(clean):
     with pytest.raises(AdfloraError) as e:
         run_checks(clean[0], data=d, entry_points=False)
     msg = str(e.value)
-    assert "checks = 'none'" in msg and "xi_A_local" in msg and 'checks = "all"' in msg
+    assert 'checks = "none"' in msg and "xi_A_local" in msg and 'checks = "all"' in msg
 
 
 def test_unknown_column_declaration_is_refused(user_checks):

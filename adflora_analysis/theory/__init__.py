@@ -119,24 +119,27 @@ for _no, (_name, _fn) in enumerate(AUDITS, 1):
 
 
 def _columns_present(data: RunData, ctxs: list[Context]) -> None:
-    """One error when no check that reads the rows can run because the run computed none of
-    their columns (a run made with ``checks = "none"``, or naming other checks)."""
+    """One error when the run was made with ``checks = "none"`` (config.toml), or when no
+    check that reads the rows can run because the run computed none of their columns (a run
+    naming other checks), naming the missing columns and how to get them."""
     rows = [c for c in REGISTRY.values() if c.builtin and c.required_columns]
+    said = data.meta.get("checks")
     missing: dict[str, None] = {}
     for ctx in ctxs:
         for c in rows:
             if ctx.kind not in c.kinds:
                 continue
             miss = [col for col in c.required_columns if not ctx.run.has(col)]
-            if not miss:
+            if not miss and said != "none":
                 return
             missing.update(dict.fromkeys(miss))
     if not missing:
         return
-    said = data.meta.get("checks")
-    made = f" (it was made with checks = {said!r})" if said is not None else ""
-    raise AdfloraError(f"the run has none of the columns the theory checks read{made}: missing "
-                       + ", ".join(sorted(missing)),
+    what = ("the run was made with checks = \"none\" (the method alone), so it lacks the "
+            "columns the theory checks read" if said == "none" else
+            "the run has none of the columns the theory checks read"
+            + (f" (it was made with checks = {said!r})" if said is not None else ""))
+    raise AdfloraError(f"{what}: missing " + ", ".join(sorted(missing)),
                        "re-run the study with checks = \"all\" (or a list of check names, "
                        "e.g. checks = [\"gossip-contraction\"]) to compute them")
 

@@ -52,7 +52,12 @@ def check_data(run_dir: str | Path) -> RunData:
         df["seed"] = 0
     if "layer" not in df:
         df["layer"] = "all"
-    return RunData(df, run.meta, run.table("constants"), run.table("mixing"), d)
+    meta = dict(run.meta)
+    cfg = run.config
+    for key in ("checks", "measure_every"):      # what the run computed (config.toml)
+        if key in cfg and key not in meta:
+            meta[key] = cfg[key]
+    return RunData(df, meta, run.table("constants"), run.table("mixing"), d)
 
 
 class Series:
