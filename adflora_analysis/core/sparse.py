@@ -85,7 +85,7 @@ class SparseMix:
                     self.crow, self.col, self.weight.to(dtype), (size, size))
         return self._csr[dtype]
 
-    def _coo(self) -> tuple[Tensor, Tensor]:
+    def coo(self) -> tuple[Tensor, Tensor]:
         """Flat (row, col) of every stored entry."""
         counts = self.crow[1:] - self.crow[:-1]
         rows = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device),
@@ -98,7 +98,7 @@ class SparseMix:
 
         B = int(np.prod(self.batch_shape, dtype=np.int64))
         check_dense_fits(self.n, B)
-        rows, cols = self._coo()
+        rows, cols = self.coo()
         W = torch.zeros(B, self.n, self.n, dtype=self.weight.dtype, device=self.weight.device)
         W[rows // self.n, rows % self.n, cols % self.n] = self.weight
         return W.reshape(*self.batch_shape, self.n, self.n)
@@ -117,7 +117,7 @@ class SparseMix:
         [[4.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 6.0]]
         """
         a = active.reshape(-1).to(self.col.device)
-        rows, cols = self._coo()
+        rows, cols = self.coo()
         off = rows != cols
         w = torch.where(off & ~(a[rows] & a[cols]), torch.zeros_like(self.weight), self.weight)
         offsum = torch.zeros(a.numel(), dtype=w.dtype, device=w.device).index_add_(
@@ -134,7 +134,7 @@ class SparseMix:
         >>> W.diagonal().tolist(), W.off_diagonal().dense()[0].tolist()
         ([[0.5, 0.5]], [[0.0, 0.5], [0.5, 0.0]])
         """
-        rows, cols = self._coo()
+        rows, cols = self.coo()
         d = torch.zeros(self.crow.numel() - 1, dtype=self.weight.dtype, device=self.weight.device)
         on = rows == cols
         d[rows[on]] = self.weight[on]
@@ -142,14 +142,14 @@ class SparseMix:
 
     def off_diagonal(self) -> SparseMix:
         """W^t − diag(W^t), same structure (self-weights stored as zeros)."""
-        rows, cols = self._coo()
+        rows, cols = self.coo()
         w = torch.where(rows == cols, torch.zeros_like(self.weight), self.weight)
         return SparseMix(self.n, self.batch_shape, self.crow, self.col, w)
 
     def messages(self) -> Tensor:
         """Client-to-client messages of one gossip step (*batch,): nonzero off-diagonal
         entries of each matrix."""
-        rows, cols = self._coo()
+        rows, cols = self.coo()
         off = (rows != cols) & (self.weight != 0)
         B = int(np.prod(self.batch_shape, dtype=np.int64))
         cnt = torch.bincount(rows[off] // self.n, minlength=B)
@@ -192,7 +192,7 @@ def mixing_stats(W: Tensor | SparseMix) -> dict[str, Tensor]:
                 "mean_degree": off.sum(-1).double().mean(-1)}
     n, shape = W.n, W.batch_shape
     B = int(np.prod(shape, dtype=np.int64))
-    rows, cols = W._coo()
+    rows, cols = W.coo()
     w = W.weight.double()
     b = rows // n
 

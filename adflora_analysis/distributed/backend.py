@@ -297,7 +297,7 @@ class TorchDistBackend:
         """(row, col, weight) of every stored entry (flat (seed, client) indices, CSR order)."""
         cache = self._round(W)
         if "entries" not in cache:
-            rows, cols = W._coo()
+            rows, cols = W.coo()
             cache["entries"] = (rows, cols, W.weight)
         return cache["entries"]
 
