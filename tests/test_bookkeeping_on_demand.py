@@ -262,3 +262,21 @@ def test_checking_a_run_made_with_checks_none_is_one_error_line(tmp_path, capsys
     assert code == 0, err
     row = next(ln for ln in out_.splitlines() if "gossip-contraction" in ln)
     assert " n/a " not in row                     # the check it asked for is judged
+
+
+def test_a_thinned_run_finishes_and_its_checks_see_the_thinning(tmp_path):
+    """``measure_every = 2`` through the run driver: the run is done (NaN in a column the
+    problem skipped is not divergence), and a check that reads a thinned column is n/a naming
+    it, while one that reads every round's columns is judged."""
+    from adflora_analysis.rundir import load_run
+    from adflora_analysis.synthetic.runner import run_study
+    from adflora_analysis.theory import run_checks
+
+    out = tmp_path / "thin"
+    run_study(cfg_of(measure_every=2, rounds=8, seeds=3), out, progress=False)
+    assert load_run(out).status == "done"
+    res = {(r.number, r.check): r for r in run_checks(out, entry_points=False)}
+    stat = next(r for (no, _), r in res.items() if no == "5")
+    assert stat.status == "n/a" and "measure_every" in stat.note, stat.note
+    gossip = next(r for (no, _), r in res.items() if no == "2")
+    assert gossip.status != "n/a", gossip.note

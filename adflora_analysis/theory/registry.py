@@ -278,7 +278,29 @@ def gate(check: Check, ctx: Context) -> list[CheckResult] | None:
         return _answer(check, ctx, "columns missing: " + ", ".join(miss) + " (the run did not "
                        "compute them: re-run with checks = \"all\" or naming this check)",
                        {"missing_columns": miss})
+    thin = thinned_columns(check, ctx)
+    if thin:
+        every = ctx.run.df["measured"].eq(1).mean()
+        return _answer(check, ctx, "reads " + ", ".join(thin) + ", measured on "
+                       f"{every:.0%} of the rounds only (measure_every > 1); its statistic "
+                       "needs every round (re-run with measure_every = 1)",
+                       {"thinned_columns": thin})
     return None
+
+
+def thinned_columns(check: Check, ctx: Context) -> list[str]:
+    """The columns ``check`` reads that the run measured on some rounds only
+    (``measure_every > 1``: NaN where the row's ``measured`` is 0) — read from the rows, so
+    any testbed's thinning is seen. The built-in checks sum, unroll or fit over consecutive
+    rounds, so one that reads such a column is ``n/a`` rather than judged on a thinned
+    series."""
+    df = ctx.run.df
+    if "measured" not in df or not (df["measured"] == 0).any():
+        return []
+    off = df["measured"] == 0
+    cols = [c.rstrip("?") for c in check.reads]
+    return [c for c in cols if c in df and df.loc[off, c].isna().all()
+            and df.loc[~off, c].notna().any()]
 
 
 def run_check(check: Check, ctx: Context) -> list[CheckResult]:
