@@ -43,11 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.theory.data import (
-    Context,
-    async_not_applicable,
-    drift_not_applicable,
-)
+from adflora_analysis.theory.data import Context
 from adflora_analysis.theory.result import CheckResult
 from adflora_analysis.theory.stationarity import f_inf
 from adflora_analysis.theory.stats import decide, pooled_test, threshold
@@ -153,12 +149,7 @@ def fit_exponent(run_avg: np.ndarray, Rs: np.ndarray, *, n_boot: int = 400
 def check_convergence(ctx: Context) -> list[CheckResult]:
     """Check 5 for one (variant, method): measured running average of ||M grad f(x_bar)||^2
     against the a-priori bound, and its decay exponent."""
-    na = drift_not_applicable(ctx, NAME, "5", "the descent step does not cover a round in which "
-                              "clients step different factors")
-    na = na or async_not_applicable(ctx, NAME, "5", "stale mixing does not keep x̄ the "
-                                    "clients' average, so x̄ does not take the averaged step")
-    if na is not None:
-        return [na]
+    # clock drift and stale gossip: the registry answers n/a from REQUIRES before this runs
     run = ctx.run
     missing = [c for c in COLUMNS if not run.has(c)]
     if missing:

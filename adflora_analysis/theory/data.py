@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from adflora_analysis.errors import AdfloraError
-from adflora_analysis.theory.result import CheckResult
 from adflora_analysis.theory.stats import EFFECT_DEFAULT, Z_DEFAULT
 
 
@@ -191,59 +190,3 @@ def async_gossip(vmeta: dict) -> tuple[int, float]:
     """
     g = vmeta.get("gossip") or vmeta.get("async_rate") or {}
     return int(g.get("staleness") or 0), float(g.get("participation") or 1.0)
-
-
-def drift_not_applicable(ctx: Context, name: str, number: str, why: str, *,
-                         phase_mixed_only: bool = False):
-    """An ``n/a`` result for a check that assumes one phase for every client, on a run with
-    clock drift (``gossip.clock_drift`` > 0, docs/theory.md §9) of a method whose clients then
-    train (or, with ``phase_mixed_only``, gossip) different factors in the same round; None
-    when the check applies.
-
-    >>> import pandas as pd
-    >>> ctx = Context(None, None, {"clock_drift": 0.2}, "rolora", "v", {}, 3.0, 0.5, 0.4, 0.0,
-    ...               None, None, True, False, "synthetic")
-    >>> drift_not_applicable(ctx, "gossip-contraction", "2", "W is restricted").status
-    'n/a'
-    >>> ctx.vmeta["clock_drift"] = 0.0
-    >>> drift_not_applicable(ctx, "gossip-contraction", "2", "W is restricted") is None
-    True
-    """
-    from adflora_analysis.core.methods import METHODS
-
-    d = ctx.vmeta.get("clock_drift")
-    d = float(d) if d is not None else 0.0
-    spec = METHODS.get(ctx.method)
-    if not d > 0 or spec is None or not spec.alternates:   # NaN (no drift column) too
-        return None
-    if phase_mixed_only and (spec.mixed_in("A"), spec.mixed_in("B")) != (("A",), ("B",)):
-        return None
-    return CheckResult(name, number, ctx.method, ctx.variant, "n/a",
-                       note=f"clock drift {d:g}: clients in different phases in the same round, "
-                            f"so {why}; read drift runs through docs/theory.md §9's drift "
-                            "measures (C, the frozen block's Ξ, phase_frac_A)",
-                       details={"clock_drift": d})
-
-
-def async_not_applicable(ctx: Context, name: str, number: str, why: str):
-    """An ``n/a`` result for a check derived for synchronous gossip with every client, on a
-    run with stale or partial gossip (τ > 0 or π < 1, docs/theory.md §9); None when the check
-    applies. Check 7 tests such runs against the predicted ρ_τ,π.
-
-    >>> ctx = Context(None, None, {"gossip": {"staleness": 2, "participation": 1.0}}, "lora",
-    ...               "v", {}, 3.0, 0.5, 0.4, 0.0, None, None, True, False, "synthetic")
-    >>> r = async_not_applicable(ctx, "stationarity", "5", "x̄ is not the clients' average")
-    >>> r.status, r.details
-    ('n/a', {'staleness': 2, 'participation': 1.0})
-    >>> ctx.vmeta = {}
-    >>> async_not_applicable(ctx, "stationarity", "5", "x̄ is not the clients' average") is None
-    True
-    """
-    tau, pi = async_gossip(ctx.vmeta)
-    if tau == 0 and pi == 1:
-        return None
-    return CheckResult(name, number, ctx.method, ctx.variant, "n/a",
-                       note=f"stale/partial gossip (τ = {tau}, π = {pi:g}): {why}; check 7 "
-                            "(stale-gossip-rate) tests the consensus rate against the predicted "
-                            "ρ_τ,π (docs/theory.md §9)",
-                       details={"staleness": tau, "participation": pi})

@@ -50,11 +50,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from adflora_analysis.theory.data import (
-    Context,
-    async_not_applicable,
-    drift_not_applicable,
-)
+from adflora_analysis.theory.data import Context
 from adflora_analysis.theory.result import CheckResult
 from adflora_analysis.theory.stats import fit_a_plus_b_over_R, pooled_test, threshold
 
@@ -86,14 +82,7 @@ def f_inf(ctx: Context) -> tuple[np.ndarray, str]:
 
 def check_descent_audit(ctx: Context) -> list[CheckResult]:
     """Checks 5a, 5b and 5c (the descent-bookkeeping audit) for one (variant, method)."""
-    na = drift_not_applicable(ctx, NAME, "5a", "the one-block descent bound does "
-                              "not cover a round in which clients step different factors")
-    na = na or async_not_applicable(ctx, NAME, "5a", "stale mixing does not keep x̄ "
-                                    "the clients' average and an idle client's steps are "
-                                    "discarded, so x̄ does not take the averaged step the "
-                                    "descent bound assumes")
-    if na is not None:
-        return [na]
+    # clock drift and stale gossip: the registry answers n/a from REQUIRES before this runs
     out = []
     run = ctx.run
     missing = [c for c in COLUMNS if not run.has(c)]
