@@ -280,3 +280,31 @@ def test_a_thinned_run_finishes_and_its_checks_see_the_thinning(tmp_path):
     assert stat.status == "n/a" and "measure_every" in stat.note, stat.note
     gossip = next(r for (no, _), r in res.items() if no == "2")
     assert gossip.status != "n/a", gossip.note
+
+
+def test_a_nan_the_problem_did_not_skip_still_stops_a_thinned_run(tmp_path, monkeypatch):
+    """Planted: on a round not measured (measure_every = 2), a NaN loss — a column computed
+    every round — is divergence, not a skipped column: the run stops at that round and no
+    non-finite row is kept."""
+    from adflora_analysis.rundir import load_run
+    from adflora_analysis.synthetic.runner import run_study
+
+    real = QuadraticProblem.evaluate
+
+    def evaluate(self, state, t):
+        out = real(self, state, t)
+        if t == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(QuadraticProblem, "evaluate", evaluate)
+    out = tmp_path / "thin-nan"
+    from adflora_analysis.errors import DivergenceError
+
+    with pytest.raises(DivergenceError, match="non-finite loss = nan at round 3"):
+        run_study(cfg_of(measure_every=2, rounds=8, seeds=2), out, progress=False)
+    run = load_run(out)
+    assert run.status == "diverged" and "loss" in run.meta["error"], run.meta
+    rows = run.table("metrics")
+    tot = rows[rows["layer"] == "all"]                 # per-layer rows carry no loss
+    assert rows["round"].max() == 2 and len(tot) and tot["loss"].notna().all()

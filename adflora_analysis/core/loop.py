@@ -67,7 +67,11 @@ class Problem(Protocol):
         blocks of ``blocks`` after the same K steps (same step sizes, same seeded minibatch or
         noise draws; ``train_mask`` (*batch, k) as in ``local_update``), recomputed
         independently of ``local_update`` (e.g. by autograd), in float64. The loop compares
-        that with the step the clients actually took (``audit_step_err``)."""
+        that with the step the clients actually took (``audit_step_err``).
+
+        Optional: ``thinned_columns`` (frozenset of column names), the columns the problem
+        leaves NaN on a round it does not measure (a ``measured`` column of 0,
+        ``measure_every > 1``); the run driver allows NaN there in those columns only."""
 
     def evaluate(self, state: LoraState, t: int) -> dict[str, Tensor]:
         """Extra per-round metrics after gossip, each of shape (*batch,) (e.g. loss,

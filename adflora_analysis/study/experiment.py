@@ -326,7 +326,7 @@ class _Driver:
                               mixer=job.mixer, carry=carry, start_round=start,
                               backend=self.backend, server=job.server):
             self.where = f"in round {res.t} of job {job.key!r}"
-            check_finite_metrics(res, job)
+            check_finite_metrics(res, job, getattr(problem, "thinned_columns", frozenset()))
             h0 = time.perf_counter()
             extra = self.on_round(job, problem, res) if self.on_round else {}
             hook_s = time.perf_counter() - h0
@@ -406,20 +406,22 @@ class _Driver:
         return out
 
 
-def check_finite_metrics(res: RoundResult, job: Job) -> None:
+def check_finite_metrics(res: RoundResult, job: Job,
+                         thinned: frozenset[str] = frozenset()) -> None:
     """Raise :class:`DivergenceError` at the first non-finite round metric (per layer or
     scalar: losses, gradient norms, consensus errors, ...), naming it, the round, method and
     seed, before any row of the round is written. On a round the problem did not measure
-    (``measured`` 0: ``measure_every > 1``) the columns it skipped are NaN by design, so NaN is
-    allowed there and ±inf is not; the loop checks the state itself every round."""
+    (``measured`` 0: ``measure_every > 1``) the columns it declares skipped (``thinned``: the
+    problem's ``thinned_columns``) are NaN by design, so NaN is allowed in those and nowhere
+    else; ±inf never."""
     import torch
 
     m = res.scalar.get("measured")
-    thinned = m is not None and bool((m.detach().reshape(-1) == 0).all())
+    skipped = m is not None and bool((m.detach().reshape(-1) == 0).all())
     for group in (res.scalar, res.layer):
         for name, v in group.items():
             v = v.detach().reshape(len(job.seeds), -1)
-            bad = torch.isinf(v) if thinned else ~torch.isfinite(v)
+            bad = torch.isinf(v) if skipped and name in thinned else ~torch.isfinite(v)
             if bad.any():
                 i = int(bad.any(-1).nonzero()[0, 0])
                 val = float(v[i][bad[i]][0])

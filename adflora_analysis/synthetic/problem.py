@@ -58,6 +58,7 @@ from adflora_analysis.synthetic.bookkeeping import (
     DESCENT,
     EVAL_SCHEDULED,
     LOCAL_SCHEDULED,
+    SCHEDULED,
     Columns,
     QuadraticBookkeeping,
     cross_term_direct,
@@ -126,6 +127,9 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
         self.K_run = cfg.local_steps if self.steps is None else int(self.steps.max())
         self._step_on = None if self.steps is None else self.steps[:, self.sl].to(self.device)
         self.columns = Columns.of(cfg)   # what the selected checks read (config checks, ...)
+        # NaN by design on a round not measured (measure_every > 1); the run driver's
+        # finiteness check allows NaN in these columns there and nowhere else
+        self.thinned_columns = frozenset(SCHEDULED)
         # float64 bookkeeping passes (else the run's float32 with float64 sums over clients;
         # benchmarks/synthetic.py measures the difference)
         self.exact_bookkeeping = self.dtype == torch.float64 or self.n < PARTIAL_SUM_MIN_N
