@@ -19,6 +19,7 @@ from typing import Literal
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.glue.tasks import get_task
 from adflora_analysis.study.runconfig import FederationConfig
+from adflora_analysis.theory.expect import validate_expectations
 
 
 @dataclass
@@ -61,6 +62,7 @@ class AdapterConfig(FederationConfig):
                 raise AdfloraError(problem, hint)
 
         self.check_federation()
+        validate_expectations(self.expect)
         need(self.gossip.speed_spread == 0,
              f"gossip.speed_spread = {self.gossip.speed_spread}: per-client local steps are "
              "implemented in the synthetic testbed only", "use gossip.speed_spread = 0 here")

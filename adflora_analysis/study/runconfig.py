@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -29,7 +30,7 @@ RESETTING_KEYS = ("topology.graph", "topology.matrix")
 """A variant that sets one of these replaces the whole ``[topology]`` table: keys it does not
 set take their defaults (so an encounter base's ``q`` does not leak into a ring variant)."""
 
-NOT_VARIED = ("sweep", "variants", "seeds", "rounds", "checkpoint_every", "plugins")
+NOT_VARIED = ("sweep", "variants", "seeds", "rounds", "checkpoint_every", "plugins", "expect")
 """Keys a study may not vary: every job of a run directory shares them."""
 
 
@@ -98,7 +99,9 @@ class FederationConfig:
     sweep (dotted key -> list of values; the study runs every combination, e.g.
     ``sweep = {switch_interval = [1, 2, 5]}`` or ``{"topology.q" = [0.05, 0.1]}``), variants
     (tables of keys, dotted or nested, with an optional ``label``, each applied on top of every
-    sweep combination). :func:`expand_study` expands them.
+    sweep combination). :func:`expand_study` expands them. expect (``[[expect]]`` tables: the
+    violations the study declares it expects, each with a ``why``; validated by the testbed
+    with :func:`adflora_analysis.theory.expect.validate_expectations`, applied by the checks).
 
     >>> cfg = FederationConfig(seeds=3, switch_interval=None)
     >>> cfg.seed_list, cfg.switch_for("adf-lora"), cfg.switch_for("rolora")
@@ -132,6 +135,7 @@ class FederationConfig:
     dist_timeout_s: float = 60.0
     sweep: dict[str, list] = field(default_factory=dict)
     variants: list[dict] = field(default_factory=list)
+    expect: list[dict] | None = None
 
     def check_federation(self) -> None:
         """Validate the shared keys; one clear :class:`AdfloraError` for the first problem."""
@@ -350,4 +354,11 @@ def expand_study(cfg: C) -> list[tuple[str, C]]:
         if labels.count(lbl) > 1:
             raise AdfloraError(f"two variants share the label {lbl!r}",
                                "give each [[variants]] a unique label (or none)")
+    for e in cfg.expect or []:
+        for v in (e.get("variants") or []) if isinstance(e, dict) else []:
+            if v not in labels:
+                close = difflib.get_close_matches(str(v), labels, n=1)
+                raise AdfloraError(f"[[expect]] names the variant {v!r}, which the study does "
+                                   "not have", (f"did you mean {close[0]!r}? " if close else "")
+                                   + "use a label of [[variants]] (or the sweep's key=value)")
     return out

@@ -122,7 +122,8 @@ def check(
                                  "(status, complete, rounds covered, config hash) and the "
                                  "results."),
     strict: bool = typer.Option(False, "--strict",
-                                help="Exit 1 if a check that should hold is violated."),
+                                help="Exit 1 if a check that should hold is violated, or a "
+                                "violation the study declares ([[expect]]) did not occur."),
     z: float = typer.Option(3.0, help="One-sided normal level of every test, in standard "
                             "errors (the t threshold for the run's seeds is printed)."),
     effect: float = typer.Option(0.2, help="Relative violation a test must be able to detect "
@@ -143,7 +144,7 @@ def check(
     Example: adflora synthetic check runs/bounds --json --checks my_checks.py
     """
     from adflora_analysis.rundir import load_run, require_complete
-    from adflora_analysis.theory import check_run, format_results
+    from adflora_analysis.theory import check_run, expectation_unmet, format_results
 
     _positive("--z", z, "3")
     _positive("--effect", effect, "0.1")
@@ -185,7 +186,9 @@ def check(
                   ("held", "violated", "finding", "underpowered", "n/a", "error")}
         typer.echo(f"\n{len(results)} results: " + ", ".join(f"{v} {k}" for k, v in
                                                               counts.items() if v)
-                   + f"; {sum(r.unexpected_violation for r in results)} unexpected")
+                   + f"; {sum(r.unexpected_violation for r in results)} unexpected"
+                   + (f"; {unmet} declared violation(s) held (expectation unmet)"
+                      if (unmet := sum(expectation_unmet(r) for r in results)) else ""))
     errors: dict[str, list] = {}                 # one line per failed check
     for r in results:
         if r.status == "error":
@@ -199,5 +202,5 @@ def check(
         raise save_error
     if errors:
         raise typer.Exit(2)
-    if strict and any(r.unexpected_violation for r in results):
+    if strict and any(r.unexpected_violation or expectation_unmet(r) for r in results):
         raise typer.Exit(1)

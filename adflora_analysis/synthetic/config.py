@@ -16,6 +16,7 @@ from typing import Literal
 
 from adflora_analysis.errors import AdfloraError
 from adflora_analysis.study.runconfig import FederationConfig
+from adflora_analysis.theory.expect import validate_expectations
 
 
 @dataclass
@@ -139,6 +140,7 @@ class SyntheticConfig(FederationConfig):
              f"measure_every = {self.measure_every} must lie in [1, rounds = {self.rounds}]",
              "use 1 to measure every round, or k to measure every k-th round")
         self._check_checks()
+        validate_expectations(self.expect)
         need(100 <= self.topology_samples <= 10_000_000,
              f"topology_samples = {self.topology_samples} must lie in [100, 10,000,000]",
              "use e.g. 20000 (the standard error of p shrinks as 1/sqrt(samples))")

@@ -46,6 +46,7 @@ from adflora_analysis.theory.cross_term import (
     check_invariant,
 )
 from adflora_analysis.theory.data import Context, RunData, Series, check_data, contexts
+from adflora_analysis.theory.expect import apply_expectations, expectation_unmet
 from adflora_analysis.theory.frozen import check_frozen, fit_geometric_rate
 from adflora_analysis.theory.gossip import check_gossip
 from adflora_analysis.theory.isolate import (
@@ -75,7 +76,7 @@ from adflora_analysis.theory.stats import EFFECT_DEFAULT, Z_DEFAULT
 
 __all__ = ["CHECK_TIMEOUT_DEFAULT", "REGISTRY", "CheckResult", "Context", "RunData", "Series",
            "bound_check", "check_data", "check_run", "columns_needed", "contexts",
-           "fit_geometric_rate",
+           "expectation_unmet", "fit_geometric_rate",
            "format_results", "kappa", "load_check_file", "load_entry_points", "load_saved_checks",
            "register_check", "rounds_covered", "run_checks", "run_state", "save_results"]
 
@@ -172,7 +173,9 @@ def check_run(run_dir: str | Path, *, z: float = Z_DEFAULT, effect: float = EFFE
         for i, rs in user.items():
             per_ctx[i].extend(rs)
     state = run_state(run_dir, data.metrics, status=status)
-    return [r for rs in per_ctx for r in rs] + loose, state
+    results = apply_expectations([r for rs in per_ctx for r in rs] + loose,
+                                 data.meta.get("expect"))
+    return results, state
 
 
 def run_checks(run_dir: str | Path, *, z: float = Z_DEFAULT, effect: float = EFFECT_DEFAULT,

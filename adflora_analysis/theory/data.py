@@ -53,7 +53,8 @@ def check_data(run_dir: str | Path) -> RunData:
         df["layer"] = "all"
     meta = dict(run.meta)
     cfg = run.config
-    for key in ("checks", "measure_every"):      # what the run computed (config.toml)
+    for key in ("checks", "measure_every", "expect"):  # what the run computed, and the
+        # violations its study declared (config.toml)
         if key in cfg and key not in meta:
             meta[key] = cfg[key]
     return RunData(df, meta, run.table("constants"), run.table("mixing"), d)
