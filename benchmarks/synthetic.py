@@ -327,6 +327,11 @@ def table(sizes: list[int], reps: int, peak: float, bw: float) -> None:
     print(f"machine: {os.cpu_count()} cores, {torch.get_num_threads()} torch thread, "
           f"load average {os.getloadavg()[0]:.1f} (shared, loaded); median of {reps} "
           "interleaved repeats")
+    from adflora_analysis.resources import _HEAP_KEPT
+    print("allocator: large blocks from the kept heap from n >= 1,024 on "
+          f"({'on' if _HEAP_KEPT and _HEAP_KEPT[0] else 'off'}; set by the problem, "
+          "resources.reuse_large_allocations, and so also under the minimal round measured "
+          "in the same process)")
     print("| n | project full s/round | checks off | minimal | FLOP limit | memory limit | "
           "full / minimal | off / minimal |")
     print("|---|---|---|---|---|---|---|---|")

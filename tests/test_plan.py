@@ -206,3 +206,36 @@ def test_lm_testbed_tiny_names_and_mlp_targets():
 
 if __name__ == "__main__":   # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_large_allocations_are_served_from_the_kept_heap_once_and_numbers_do_not_change():
+    """resources.reuse_large_allocations: one mallopt setting per process (glibc), idempotent,
+    and a problem at n >= 1,024 turns it on; the run's numbers do not depend on it (the same
+    factors with the default allocator are checked in a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from adflora_analysis.config import load_config\n"
+            "from adflora_analysis.synthetic.config import SyntheticConfig\n"
+            "from adflora_analysis.synthetic.problem import QuadraticProblem\n"
+            "from adflora_analysis import resources\n"
+            "import sys\n"
+            "if sys.argv[1] == 'off': resources._HEAP_KEPT.append(False)\n"
+            "c = load_config(SyntheticConfig, data=dict(n_clients=1024, rounds=1, d_in=4, "
+            "d_out=4, rank=2, target_rank=2, samples_per_client=4, batch_size=2, "
+            "constants_every=0, topology_samples=100, seeds=1, dtype='float32'))\n"
+            "p = QuadraticProblem(c)\n"
+            "st = p.initial_state()\n"
+            "print(resources._HEAP_KEPT, float(p.X.double().sum()), "
+            "float(st.A[0][0].double().sum()))\n")
+    outs = [subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                           timeout=120) for mode in ("on", "off")]
+    for o in outs:
+        assert o.returncode == 0, o.stderr[-1500:]
+    on, off = (o.stdout.split(" ", 1) for o in outs)
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert on[0] == "[True]" and off[0] == "[False]"
+    assert on[1] == off[1]

@@ -52,6 +52,7 @@ from adflora_analysis.core.reduce import (
     process_sums,
 )
 from adflora_analysis.core.state import LoraState
+from adflora_analysis.resources import reuse_large_allocations
 from adflora_analysis.seeding import torch_generator
 from adflora_analysis.synthetic.bookkeeping import (
     CLIENT_TERMS,
@@ -118,6 +119,8 @@ class QuadraticProblem(QuadraticBookkeeping, Problem):
         self.device = torch.device(cfg.device)
         self.s = cfg.scale
         self.n, self.L, self.r = cfg.n_clients, cfg.n_layers, cfg.rank
+        if self.n >= PARTIAL_SUM_MIN_N and self.device.type == "cpu":
+            reuse_large_allocations()   # no fresh mmap + page faults per round (resources.py)
         self._make_data()
         S = len(self.seeds)
         self.max_fro_A = torch.zeros(S, self.L, dtype=torch.float64, device=self.device)
