@@ -217,6 +217,7 @@ def test_make_cli_md_check_catches_a_changed_word_not_a_last_digit():
     assert mod.normalise("done in 12.5s at /x") == "done in <time> at /x"
 
 
+@pytest.mark.slow
 def test_committed_docs_cli_md_is_up_to_date():
     done = subprocess.run([sys.executable, str(ROOT / "docs" / "make_cli_md.py"), "--check"],
                           capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)

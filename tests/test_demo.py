@@ -10,8 +10,10 @@ import sys
 import tomllib
 
 import pandas as pd
+import pytest
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_every_part(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

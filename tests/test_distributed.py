@@ -124,6 +124,7 @@ def _fault_worker(fault: str, rank: int, n: float, argv: list[str]) -> None:
     main(argv)
 
 
+@pytest.mark.slow
 def test_lost_rank_is_one_error_line_and_resume_matches(tmp_path):
     """Rank 1 dies by SIGKILL after its second checkpoint: the survivor prints exactly one
     line naming the lost rank and the way to resume and exits 2 (torchrun itself exits 1 and
@@ -270,8 +271,9 @@ def _glue_tables(d: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return m.reset_index(drop=True), e.reset_index(drop=True)
 
 
-@pytest.mark.parametrize("nproc, extra", [(2, {}), (3, {"exchange": '"neighbor"',
-                                                        "train_head": "true"})])
+@pytest.mark.parametrize("nproc, extra", [
+    (2, {}), pytest.param(3, {"exchange": '"neighbor"', "train_head": "true"},
+                          marks=pytest.mark.slow)])
 def test_glue_tiny_matches_in_process(tiny, tmp_path, nproc, extra):
     """adf-lora and rolora on the tiny RoBERTa: per-round metrics and every client's evaluation
     under 2 and 3 processes equal the in-process run (1e-5 relative)."""

@@ -93,6 +93,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="no chromium installed (.ci/run installs it)")
 def test_html_report_loads_in_browser(runs, tmp_path):
     html_path = make_report(runs, tmp_path / "rep")
