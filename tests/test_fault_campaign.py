@@ -22,58 +22,21 @@ A summary (cases tried, handled, failing by family) is printed at the end of the
 
 from __future__ import annotations
 
-import os
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import _campaign as C  # tests/ is on sys.path (pytest rootdir-relative import)
 import pytest
 
-#: name -> (family, status, problems, what was observed)
+#: name -> (family, status, problems, what was observed); each outcome is also recorded as
+#: the test's ``user_properties`` ("fault_campaign"), which pytest-xdist ships to the
+#: controller, where ``tests/conftest.py`` prints the tally (so it shows with ``-n 2`` too)
 RESULTS: dict[str, tuple[str, str, list[str], str]] = {}
-
-class _Summary:
-    """Prints the campaign's tally in pytest's terminal summary."""
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if not RESULTS:
-            return
-        tr = terminalreporter
-        fam: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-        for family, status, _, _ in RESULTS.values():
-            f = fam[family]
-            f[0] += status != "skipped"
-            f[1] += status == "handled"
-            f[2] += status == "skipped"
-        tried = sum(f[0] for f in fam.values())
-        handled = sum(f[1] for f in fam.values())
-        tr.write_sep("=", "fault campaign")
-        tr.write_line(f"{len(C.CASES)} cases in {len(C.FAMILIES)} families; tried {tried}, "
-                      f"handled {handled}, failing {tried - handled}, skipped "
-                      f"{sum(f[2] for f in fam.values())}")
-        for name in sorted(fam):
-            t, h, s = fam[name]
-            tr.write_line(f"  {name:22s} tried {t:4d}  handled {h:4d}  failing {t - h:4d}"
-                          + (f"  skipped {s}" if s else ""))
-        failing = sorted((n, p) for n, (_, st, p, _) in RESULTS.items() if st == "failing")
-        if failing:
-            tr.write_line("failing cases:")
-            for n, p in failing:
-                tr.write_line(f"  {n}: {'; '.join(p)[:300]}")
-        log = os.environ.get("ADFLORA_CAMPAIGN_LOG")   # every case's outcome, for review
-        if log:
-            with open(log, "w") as f:
-                for n, (fam_, st, p, seen) in sorted(RESULTS.items()):
-                    f.write(f"{st:8s} {n} [{fam_}] {seen}" + (f" -- {'; '.join(p)}" if p else "")
-                            + "\n")
 
 
 @pytest.fixture(scope="session")
-def templates(tmp_path_factory, request):
-    """The template runs (built once), and the summary plugin."""
-    if not request.config.pluginmanager.has_plugin("fault-campaign-summary"):
-        request.config.pluginmanager.register(_Summary(), "fault-campaign-summary")
+def templates(tmp_path_factory):
+    """The template runs (built once)."""
     t0 = time.perf_counter()
     out = C.build_templates(tmp_path_factory.mktemp("campaign-templates"))
     print(f"fault campaign: templates built in {time.perf_counter() - t0:.1f} s")
@@ -94,17 +57,21 @@ def test_the_campaign_is_large_enough():
 
 
 @pytest.mark.parametrize("case", C.CASES, ids=[c.name for c in C.CASES])
-def test_fault(case: C.Case, templates, tmp_path: Path, capsys):
+def test_fault(case: C.Case, templates, tmp_path: Path, capsys, request):
     ctx = C.Ctx(tmp_path, templates)
+    request.node.user_properties.append(("fault_campaign", (case.family, "failing",
+                                                             ["did not finish"], "")))
     try:
         try:
             argv = case.setup(ctx)
         except pytest.skip.Exception:
             RESULTS[case.name] = (case.family, "skipped", [], "")
+            request.node.user_properties[-1] = ("fault_campaign", RESULTS[case.name])
             raise
         except Exception as e:   # the library refused or broke while the fault was planted
             RESULTS[case.name] = (case.family, "failing",
                                   [f"setup failed: {type(e).__name__}: {e}"[:300]], "")
+            request.node.user_properties[-1] = ("fault_campaign", RESULTS[case.name])
             raise
         before = C.snapshot(ctx.root, ctx.targets)
         if case.mode == "fork":
@@ -120,6 +87,7 @@ def test_fault(case: C.Case, templates, tmp_path: Path, capsys):
     errs = C.error_lines(r.err)
     seen = f"exit {r.code} in {r.seconds:.1f} s" + (f": {errs[-1][:240]}" if errs else "")
     RESULTS[case.name] = (case.family, "failing" if problems else "handled", problems, seen)
+    request.node.user_properties[-1] = ("fault_campaign", RESULTS[case.name])
     assert not problems, (
         f"{case.name} ({case.family}): " + "; ".join(problems)
         + f"\n  argv: adflora {' '.join(argv)}\n  exit: {r.code} after {r.seconds:.1f} s"
