@@ -114,9 +114,9 @@ for _name, _fn, _kinds, _req, _reads, _no, _label in BUILTINS:
     register_check(_name, kinds=_kinds, requires=_req, reads=_reads, builtin=True, number=_no,
                    label=_label)(_fn)
 # the audits (what the states say happened, :mod:`.audits`): each answers n/a itself
-for _no, (_name, _fn) in enumerate(AUDITS, 1):
-    register_check(_name, kinds=_ALL, reads=AUDIT_READS, builtin=True, number=f"A{_no}",
-                   label=_name)(_fn)
+for _no, (_name, _fn, _req) in enumerate(AUDITS, 1):
+    register_check(_name, kinds=_ALL, requires=_req, reads=AUDIT_READS, builtin=True,
+                   number=f"A{_no}", label=_name)(_fn)
 
 
 def _columns_present(data: RunData, ctxs: list[Context]) -> None:

@@ -19,8 +19,10 @@ A4     bytes-audit      ``bytes_sent`` differs from the bytes of W^t's nonzero o
 =====  ===============  ====================================================================
 
 Each says n/a, with the reason, where the loop could not audit: A1 for AdamW steps (GLUE/LM)
-or a mixer that runs the local update itself; A3/A4 for stale/partial gossip; every audit for a
-run made before the audits existed.
+or a mixer that runs the local update itself; A3/A4 declare ``synchronous-gossip`` (the
+registry says ``n/a (stale gossip: ...)`` for them) and say n/a themselves for a gossip model
+whose mixer declares nothing to compare with; every audit for a run made before the audits
+existed.
 
 >>> import numpy as np
 >>> worst(np.array([[0.0, 2.0], [1.0, 0.5]]), np.array([0, 1]), [3, 4])  # (value, round, seed)
@@ -166,8 +168,8 @@ def check_gossip_audit(ctx: Context) -> CheckResult:
     name, no = "gossip-audit", "A3"
     if not ctx.run.has("audit_gossip_over"):
         if ctx.run.has("audit_eps"):
-            return _na(ctx, name, no, "stale/partial gossip: the mixer applies W^t to copies "
-                       "of other rounds and declares nothing to compare with")
+            return _na(ctx, name, no, "the gossip model's mixer declares nothing to compare "
+                       "with (no audit_gossip_* columns)")
         return _na(ctx, name, no, _older(ctx, "audit_gossip_over"))
     over = ctx.run.mat("audit_gossip_over")
     err = ctx.run.mat("audit_gossip_err")
@@ -191,8 +193,8 @@ def check_bytes_audit(ctx: Context) -> CheckResult:
     name, no = "bytes-audit", "A4"
     if not ctx.run.has("audit_bytes"):
         if ctx.run.has("audit_eps"):
-            return _na(ctx, name, no, "stale/partial gossip: the messages depend on the "
-                       "mixer's participation draws; not recounted")
+            return _na(ctx, name, no, "the gossip model's mixer declares no message count "
+                       "(no audit_bytes column); not recounted")
         return _na(ctx, name, no, _older(ctx, "audit_bytes"))
     want = ctx.run.mat("audit_bytes")
     got = ctx.run.mat("bytes_sent")
@@ -215,9 +217,11 @@ AUDIT_READS = ("audit_step_err?", "audit_step_scale?", "audit_step_cond?",
 """The columns the audit checks read (all optional: each check says n/a without them)."""
 
 AUDITS = (
-    ("step-audit", check_step_audit),
-    ("frozen-audit", check_frozen_audit),
-    ("gossip-audit", check_gossip_audit),
-    ("bytes-audit", check_bytes_audit),
+    ("step-audit", check_step_audit, ()),
+    ("frozen-audit", check_frozen_audit, ()),
+    ("gossip-audit", check_gossip_audit, ("synchronous-gossip",)),
+    ("bytes-audit", check_bytes_audit, ("synchronous-gossip",)),
 )
-"""(name, function) of the audit checks, registered by :mod:`adflora_analysis.theory`."""
+"""(name, function, premises) of the audit checks, registered by :mod:`adflora_analysis.theory`:
+A3 and A4 rest on synchronous gossip (under stale or partial gossip the registry answers
+``n/a (stale gossip: ...)`` before they run, as for every check declaring it)."""
