@@ -147,15 +147,19 @@ def _own_dir(run: Path, name: str) -> Path:
 
 
 def _checks(path: Path | None) -> list[dict[str, Any]]:
-    """The saved theory-check results of a run (``checks.json``), or none."""
-    if path is None or not (path / "checks.json").is_file():
+    """The saved theory-check results of a run (``checks.json``) when they still cover the run
+    as it is (:func:`adflora_analysis.theory.load_saved_checks`: same status, config hash and
+    rounds), else none."""
+    if path is None:
         return []
+    from adflora_analysis.errors import AdfloraError
+    from adflora_analysis.theory import load_saved_checks
+
     try:
-        data = json.loads((path / "checks.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        res, _ = load_saved_checks(path)
+    except AdfloraError:
         return []
-    res = data.get("results", data) if isinstance(data, dict) else data
-    return [r for r in res if isinstance(r, dict)] if isinstance(res, list) else []
+    return [r for r in res or [] if isinstance(r, dict)]
 
 
 # -- TensorBoard, live
