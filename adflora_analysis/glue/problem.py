@@ -31,6 +31,7 @@ from adflora_analysis.core.backend import LOCAL, Backend
 from adflora_analysis.core.displacement import DisplacementStats
 from adflora_analysis.core.loop import Problem
 from adflora_analysis.core.metrics import consensus_error
+from adflora_analysis.core.reduce import process_sums
 from adflora_analysis.core.state import LoraState
 from adflora_analysis.errors import DivergenceError
 from adflora_analysis.glue.data import Encoded
@@ -211,11 +212,10 @@ class GlueProblem(Problem):
             del opt
         gm.set_trainable((), False)
         # mean local loss over every client's steps (summed over processes when distributed)
-        tot = self.backend.all_sum(torch.cat([
-            torch.tensor([float(np.sum(losses)), float(len(losses))], dtype=torch.float64),
-            diverged]))
-        if tot[2:].any():   # every process stops, naming the first client that diverged
-            raise self._diverged(t, int(tot[2:].nonzero()[0]))
+        tot, diverged = process_sums(self.backend, torch.tensor(
+            [float(np.sum(losses)), float(len(losses))], dtype=torch.float64), diverged)
+        if diverged.any():   # every process stops, naming the first client that diverged
+            raise self._diverged(t, int(diverged.nonzero()[0]))
         self.last_loss = float(tot[0] / tot[1])
         self.last_steps = int(tot[1])
         self.rounds_done = t
