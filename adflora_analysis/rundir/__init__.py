@@ -91,7 +91,7 @@ from adflora_analysis.rundir.paths import (
     read_json,
     refuse_links,
 )
-from adflora_analysis.rundir.rows import read_rows, read_table
+from adflora_analysis.rundir.rows import read_rows, read_table, verify_rows, verify_table
 
 __all__ = [
     "CHECKPOINT_NAME", "CHECKPOINTS", "CHECK_OUTPUTS", "CONFIG", "KINDS", "LOCK", "MANIFEST",
@@ -101,5 +101,6 @@ __all__ = [
     "detect_kind", "find_links", "git_revision", "init_run_dir", "job_slug", "kind_of",
     "latest_checkpoint", "load_checkpoint", "load_run", "lock_holder", "make_meta", "os_error",
     "package_versions", "read_checkpoints", "read_json", "read_rows", "read_table",
-    "refuse_links", "require_complete", "save_checkpoint", "update_meta",
+    "refuse_links", "require_complete", "save_checkpoint", "update_meta", "verify_rows",
+    "verify_table",
 ]

@@ -22,11 +22,9 @@ Parquet file per extra table) is written whenever the run ends.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +52,8 @@ from adflora_analysis.rundir import (
     os_error,
     read_json,
     save_checkpoint,
+    verify_rows,
+    verify_table,
 )
 from adflora_analysis.study.callbacks import CallbackError, Callbacks, RoundInfo, RunInfo
 
@@ -288,8 +288,8 @@ class _Driver:
         if not self.writer:
             return
         starts = {j.key: self._checkpoint_round(j) for j in jobs}
-        verify_rows(run.path / "metrics.jsonl", jobs, self.done, starts, self.rounds,
-                    self.fingerprint)
+        verify_rows(run.path / "metrics.jsonl", [(j.key, list(j.seeds)) for j in jobs],
+                    self.done, starts, self.rounds, self.fingerprint)
         for name in self.tables:
             if name != "metrics":
                 verify_table(run.path / f"{name}.jsonl", self.fingerprint)
@@ -454,73 +454,6 @@ def check_finite_rows(tables: dict[str, list[dict]], t: int, job: Job) -> None:
                         f"non-finite {col} = {v} in the {name} table at round {t} "
                         f"(method {job.method.name}, job {job.key!r})",
                         "lower the step size (lr); rows up to the previous round are kept")
-
-
-def _verify_header(path: Path, fingerprint: str | None) -> None:
-    """Refuse a row file whose header line names another run's config hash (or has none,
-    while this run records one)."""
-    if fingerprint is None or not path.exists():
-        return
-    head = fileio.jsonl_header(path) or {}
-    if head.get("config_hash") != fingerprint:
-        what = (f"rows of a run with another config (hash {head['config_hash']}, this run "
-                f"{fingerprint})" if head.get("config_hash") else
-                "rows without this run's fingerprint (no header line)")
-        raise AdfloraError(f"cannot resume: {str(path)!r} holds {what}",
-                           "restore the run's own file, or start again with --overwrite")
-
-
-def verify_table(path: Path, fingerprint: str | None) -> None:
-    """Before a resume trusts an extra table (e.g. ``eval.jsonl``): this run's header and no
-    line present twice."""
-    _verify_header(path, fingerprint)
-    rows, _ = fileio.scan_jsonl(path)
-    seen = Counter(json.dumps(r, sort_keys=True) for r in rows)
-    twice = [k for k, c in seen.items() if c > 1]
-    if twice:
-        raise AdfloraError(f"cannot resume: {str(path)!r} holds a row {len(twice)} time(s) "
-                           "more than once", "restore the file, or start again with "
-                           "--overwrite")
-
-
-def verify_rows(path: Path, jobs: list[Job], done: list[str], starts: dict[str, int],
-                rounds: int, fingerprint: str | None = None) -> None:
-    """Check the ``layer == "all"`` rows of ``metrics.jsonl`` before a resume trusts them:
-    every seed of a finished job has rounds ``0 .. rounds-1`` and every seed of the other jobs
-    rounds ``0 .. start-1`` (``starts``: the round its checkpoint resumes at), each exactly
-    once, and no row belongs to another run's job. A damaged line before the last is refused
-    by :func:`~adflora_analysis.fileio.scan_jsonl`. Anything else is one
-    :class:`AdfloraError` naming the damage and the last intact round."""
-    _verify_header(path, fingerprint)
-    rows, _ = fileio.scan_jsonl(path)
-    keys = {j.key for j in jobs}
-    every = Counter((r.get("job"), r.get("seed"), r.get("round"), r.get("layer"))
-                    for r in rows)
-    twice = [k for k, c in every.items() if c > 1]
-    if twice:
-        j, s_, t, layer = twice[0]
-        raise AdfloraError(f"cannot resume: {path.name} holds round {t} of job {j!r}, seed "
-                           f"{s_}, layer {layer} more than once ({len(twice)} duplicated "
-                           "rows)", "restore the file, or start again with --overwrite")
-    seen = Counter((r.get("job"), r.get("seed"), r.get("round")) for r in rows
-                   if r.get("layer", "all") == "all")
-    stray = sorted({str(r.get("job")) for r in rows} - keys)
-    if stray:
-        raise AdfloraError(f"{str(path)!r} holds rows of job(s) {', '.join(stray)} that this "
-                           "run does not have", "start again with --overwrite, or into a new "
-                           "--out")
-    for job in jobs:
-        need = rounds if job.key in done else starts.get(job.key, 0)
-        for t in range(need):
-            bad = [(s, seen[(job.key, s, t)]) for s in job.seeds if seen[(job.key, s, t)] != 1]
-            if bad:
-                s, c = bad[0]
-                what = "missing" if c == 0 else f"present {c} times"
-                raise AdfloraError(
-                    f"cannot resume: {path.name} has round {t} of job {job.key!r}, seed {s} "
-                    f"{what}; rows are intact up to round {t - 1}" if t else
-                    f"cannot resume: {path.name} has round 0 of job {job.key!r}, seed {s} "
-                    f"{what}", "restore the file, or start again with --overwrite")
 
 
 def _to_device(obj: Any, device: Any) -> Any:
