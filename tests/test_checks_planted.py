@@ -240,3 +240,35 @@ def test_complete_graph_p_1_check_2_is_exact_and_can_fail(tmp_path):
     data = check_data(tmp_path / "run")
     data.metrics["xi_A"] = data.metrics["xi_A_local"] * 0.5          # gossip half-averaged
     assert status(run_checks(tmp_path / "run", data=data), "2", "lora") == ["violated"]
+
+
+def test_check_2_with_two_seeds_does_not_trust_a_one_degree_of_freedom_spread():
+    """Two seeds whose per-seed ratios agree by construction (the seeds' spread is ~0) while
+    each round's Ξ(WX)/Ξ(X) scatters ±20 % around 1 − p: a 0.3 % offset is not evidence (the
+    rounds' martingale spread says so: underpowered), a 60 % one still reads violated."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from adflora_analysis.theory.gossip import check_gossip
+
+    rng = np.random.default_rng(0)
+    R, p = 30, 0.5
+    before = np.tile(rng.uniform(1.0, 2.0, R), (2, 1))
+    noise = np.tile(rng.uniform(-0.2, 0.2, R), (2, 1))
+
+    def verdict(offset: float) -> str:
+        after = (1 - p) * before * (1 + noise) * (1 + offset)
+        cols = {"xi_A_local": before, "xi_A": after, "xi_B_local": 0 * before,
+                "xi_B": 0 * before}
+        run = SimpleNamespace(S=2, R=R, rounds=np.arange(R), mixed=[{"A"}] * R,
+                              mat=lambda c: cols[c])
+        ctx = SimpleNamespace(run=run, p=p, p_se=0.0, rho=None, rho_se=None, exchangeable=True,
+                              z=3.0, effect=0.2, method="adf-lora", variant="base")
+        r = check_gossip(ctx)
+        assert r.details["stderr_rounds"] > 100 * r.details["stderr_seeds"]
+        assert r.threshold < 4           # the rounds' degrees of freedom, not t with one
+        return r.status
+
+    assert verdict(0.003) == "underpowered"
+    assert verdict(0.6) == "violated"

@@ -148,6 +148,20 @@ def test_run_that_does_not_converge_violates_check_5(tmp_path):
         assert b.details["final_grad_norm_sq"] > 10 * g.details["final_grad_norm_sq"]
 
 
+def test_outside_the_theorem_a_decay_fit_that_cannot_tell_is_underpowered(tmp_path):
+    """The same non-converging setting at 2 seeds: the decay exponent's interval (t with one
+    degree of freedom) holds both the theorem's exponent and 0, so check 5 cannot say the run
+    does not converge: underpowered, never violated (topology_measures.toml's 2-seed variants
+    read violated before this rule)."""
+    run_study(cfg(q=0.02, heterogeneity=1.0, **{**BOUNDS, "seeds": 2}), tmp_path / "bad",
+              progress=False)
+    r = [r for r in run_checks(tmp_path / "bad", entry_points=False)
+         if r.number == "5" and r.method == "lora"][0]
+    lo, hi = r.details["beta_ci"]
+    assert r.details["eta_L"] > 1 and lo <= r.details["beta_theorem"] and hi >= 0, r.note
+    assert r.status == "underpowered" and "cannot tell" in r.note, r.note
+
+
 def test_consensus_bound_and_slope():
     X, rho = consensus_bound(np.full(50, 0.01), 2, 1.0, 1.0, 0.5, 0.5)
     assert rho < 1 and np.all(np.diff(X) >= 0) and np.isfinite(X).all()

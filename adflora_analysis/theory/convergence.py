@@ -29,8 +29,10 @@ reported with its seed-bootstrap interval against the exponent of the theorem's 
   initial-gap term.
 - Outside it (eta L_hull > 1, the descent step's premise fails): the run cannot violate the
   theorem. If the running average still decays (beta's interval below 0) the status is
-  ``n/a (outside the theorem ...; converges anyway, beta = ...)``; if it does not decay it is
-  ``violated`` with the cause named ("does not converge; eta L_hull > 1 is the likely cause"),
+  ``n/a (outside the theorem ...; converges anyway, beta = ...)``; if it decays significantly
+  slower than the theorem's rate (beta's interval above the theorem's beta) it is
+  ``violated`` with the cause named ("does not converge; eta L_hull > 1 is the likely cause");
+  an interval that holds both the theorem's beta and 0 is ``underpowered``,
   so a setting that does not converge is never read as ``held`` or passed over.
 """
 
@@ -234,6 +236,15 @@ def check_convergence(ctx: Context) -> list[CheckResult]:
             res.status = "n/a"
             res.note = (f"outside the theorem: η L_hull = {etaL:.3g} > 1; converges anyway, "
                         f"β = {beta:.3g} [{lo:.3g}, {hi:.3g}]; " + res.note)
+            det["reasons"] = why
+            return [res]
+        if math.isfinite(lo) and math.isfinite(beta_thm) and lo <= beta_thm:
+            # the fit cannot tell: its interval holds both the theorem's decay and no decay
+            res.status = "underpowered"
+            res.note = (f"outside the theorem: η L_hull = {etaL:.3g} > 1, and the decay fit "
+                        f"cannot tell whether the run converges (β = {beta:.3g} [{lo:.3g}, "
+                        f"{hi:.3g}] holds both the theorem's {beta_thm:.3g} and 0; more seeds "
+                        "or rounds); " + res.note)
             det["reasons"] = why
             return [res]
         why.append(f"does not converge: the running average of ||M ∇f(x̄)||² does not decay "
