@@ -301,6 +301,7 @@ def test_checks_of_synchronous_gossip_are_not_applicable_under_partial_participa
     assert planted["2"] == planted["5a"] == "violated"
 
 
+@pytest.mark.slow
 def test_stale_partial_gossip_under_torch_distributed_matches_in_process(tmp_path):
     """2 processes (gloo): the stale copies are each process's own clients, exchanged by the
     backend like current blocks; the participation masks are drawn for all clients everywhere."""

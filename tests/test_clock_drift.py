@@ -237,6 +237,7 @@ def test_resume_mid_run_equals_the_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
 
 
+@pytest.mark.slow
 def test_drift_under_torch_distributed_matches_in_process(tmp_path):
     from _dist import in_process_and_torchrun
 

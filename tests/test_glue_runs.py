@@ -95,6 +95,7 @@ def test_resume_after_stop_equals_uninterrupted_and_refuses_other_config(tiny, t
     pd.testing.assert_frame_equal(ef, ep)
 
 
+@pytest.mark.slow
 def test_sigkill_then_cli_resume_equals_uninterrupted(tiny, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"""task = "rotten_tomatoes"

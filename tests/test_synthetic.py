@@ -252,6 +252,7 @@ def _cli(*args, cwd=None):
                           capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_run_check_json_strict(tmp_path):
     cfgp = tmp_path / "c.toml"
     cfgp.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in SMALL.items())
