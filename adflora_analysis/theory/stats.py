@@ -25,6 +25,7 @@ level of ``z`` (default z = 3, 0.135 %):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,11 +124,16 @@ def ratio_of_sums(bound: np.ndarray, measured: np.ndarray) -> tuple[float, float
 
 def pooled_test(measured: np.ndarray, bound_fn: Callable[[float], np.ndarray], p: float,
                 p_se: float, *, kind: str = "upper", z: float = Z_DEFAULT,
-                effect: float = EFFECT_DEFAULT) -> RatioTest:
+                effect: float = EFFECT_DEFAULT, replicates: str = "seeds") -> RatioTest:
     """Test ``E[sum of measured] <= E[sum of bound]`` (``upper``) or ``=`` (``equal``).
 
     ``measured``: (S, P) per seed and point; ``bound_fn(p)``: the (S, P) bound for a consensus
-    rate p (pass a constant function when the bound does not depend on p).
+    rate p (pass a constant function when the bound does not depend on p). ``replicates``:
+    ``"seeds"`` (the standard error from the seeds' spread, t with S − 1 d.o.f.) or
+    ``"points"``, for a check whose per-point differences D = measured − bound are martingale
+    differences (mean 0 given the past under an identity, ≤ 0 under an upper bound): the
+    standard error from the spread of all S·P values of D and the normal threshold; below
+    MIN_SEEDS the status is still never ``held`` (docs/theory.md §5, check 2 at two seeds).
 
     >>> m = np.array([[1.0, 1.0], [1.1, 0.9], [0.9, 1.1], [1.0, 1.05]])
     >>> t = pooled_test(m, lambda p: 2 * np.ones_like(m), 0.5, 0.0)
@@ -145,6 +151,13 @@ def pooled_test(measured: np.ndarray, bound_fn: Callable[[float], np.ndarray], p
     if p_se > 0:
         lo = np.asarray(bound_fn(max(p - p_se, 1e-12)), float).reshape(measured.shape).sum(1)
         dR = ratio_of_sums(lo, M)[0] - R
+    if replicates == "points" and measured.size >= 3 and measured.sum() > 0:
+        D = measured - np.asarray(bound_fn(p), float).reshape(measured.shape)
+        se = float(np.std(D, ddof=1) * math.sqrt(D.size) / measured.sum())
+        t = decide(kind, R, se, dR, D.size, float(M.mean()), float(B.mean()), z=z,
+                   effect=effect)
+        held = t.status == "held" and S < MIN_SEEDS
+        return dataclasses.replace(t, seeds=S, status="underpowered" if held else t.status)
     return decide(kind, R, se, dR, S, float(M.mean()), float(B.mean()), z=z, effect=effect)
 
 
