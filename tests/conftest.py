@@ -30,7 +30,7 @@ _CAMPAIGN: dict[str, tuple] = {}
 
 
 def pytest_runtest_logreport(report):
-    if report.when == "teardown" or (report.when == "setup" and not report.skipped):
+    if report.when == "teardown":          # holds every property the test recorded
         for key, value in getattr(report, "user_properties", ()):
             if key == "fault_campaign":
                 _CAMPAIGN[report.nodeid] = tuple(value)

@@ -295,3 +295,27 @@ def test_resume_after_a_raising_callback_logs_each_round_once(tmp_path):
     r = next(r for r in runs if r.info.run_name == "lora/seed0")
     hist = sorted(client.get_metric_history(r.info.run_id, "loss"), key=lambda m: m.step)
     assert [(m.step, m.value) for m in hist] == list(zip(g["round"], g["loss"], strict=True))
+
+
+def test_the_tracker_logs_saved_checks_only_while_they_cover_the_run(tmp_path):
+    """tracking._checks reads checks.json through theory.load_saved_checks: the run's own saved
+    results are logged; the same file recording another config hash (a stale or foreign
+    checks.json) is not."""
+    from adflora_analysis.config import load_config
+    from adflora_analysis.synthetic.config import SyntheticConfig
+    from adflora_analysis.synthetic.runner import run_study
+    from adflora_analysis.theory import run_checks, save_results
+    from adflora_analysis.tracking import _checks
+
+    cfg = load_config(SyntheticConfig, data=dict(
+        n_clients=4, rounds=4, local_steps=1, rank=2, seeds=2, d_in=4, d_out=4, target_rank=2,
+        samples_per_client=8, batch_size=4, constants_every=0, topology_samples=200,
+        methods=["adf-lora"]))
+    out = tmp_path / "run"
+    run_study(cfg, out, progress=False)
+    save_results(out, run_checks(out, entry_points=False))
+    assert _checks(out) and all(isinstance(r, dict) for r in _checks(out))
+    doc = json.loads((out / "checks.json").read_text())
+    doc["run"]["config_hash"] = "0" * 64
+    (out / "checks.json").write_text(json.dumps(doc))
+    assert _checks(out) == []
